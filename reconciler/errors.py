@@ -1,0 +1,67 @@
+"""The one exception hierarchy of reconciler.
+
+Every message is written for a site admin: it names the image, registry,
+file or key concerned and says what to do. No message ever carries a
+password, token or webhook secret.
+"""
+
+from __future__ import annotations
+
+
+class ReconcilerError(Exception):
+    """Base of every error reconciler raises on purpose."""
+
+
+class ConfigError(ReconcilerError):
+    """Bad configuration or bad input given by the operator (exit code 2)."""
+
+
+class InvalidReferenceError(ConfigError):
+    """An image reference that cannot be parsed."""
+
+
+class CredentialError(ConfigError):
+    """Credentials that are configured but cannot be read."""
+
+
+class RegistryError(ReconcilerError):
+    """A registry answered in a way we cannot use."""
+
+
+class AuthenticationError(RegistryError):
+    """The registry or its token service refused our credentials."""
+
+
+class NotFoundError(RegistryError):
+    """The repository, tag, manifest or blob does not exist."""
+
+
+class RateLimitedError(RegistryError):
+    """The registry kept answering 429 after every retry."""
+
+
+class TransferError(RegistryError):
+    """A transfer failed after every retry (connection errors, 5xx, short bodies)."""
+
+
+class UnsupportedManifestError(RegistryError):
+    """A manifest of a kind we do not convert (schema 1, unknown media type)."""
+
+
+class PlatformNotFoundError(RegistryError):
+    """An index that lists no manifest for the requested platform."""
+
+
+class IncompleteListingError(RegistryError):
+    """A tag listing that could not be read to its end.
+
+    Never treat it as "those tags were deleted".
+    """
+
+
+class IntegrityError(ReconcilerError):
+    """Content whose digest or size does not match what was promised."""
+
+
+class BlobStoreError(ReconcilerError):
+    """The local blob store cannot hold or read a blob."""

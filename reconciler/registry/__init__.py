@@ -1,0 +1,1 @@
+"""The OCI distribution protocol: knows nothing of CVMFS, layers or publishing."""

@@ -1,0 +1,252 @@
+"""Registry authentication: Basic, and Bearer tokens from the registry's token service.
+
+The flow is the one of distribution's token spec: a request gets 401 with a
+`WWW-Authenticate` challenge; for `Bearer` we ask the challenge's realm for a
+token for the scopes we need (with Basic credentials, or an OAuth2 POST for
+identity tokens), cache it per (realm, service, scopes, credential) until it
+expires, and retry the request once with it.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import ipaddress
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterable, Optional, Tuple
+from urllib.parse import urljoin, urlsplit
+
+import httpx
+
+from ..errors import AuthenticationError, RegistryError
+from .challenge import Challenge, MalformedChallengeError, parse_www_authenticate
+from .credentials import Credentials
+
+log = logging.getLogger(__name__)
+
+MIN_TOKEN_LIFETIME_S = 60.0
+CLIENT_ID = "reconciler"
+
+TokenKey = Tuple[str, str, Tuple[str, ...], str]
+
+
+@dataclass
+class _CachedToken:
+    value: str = field(repr=False)
+    expires_at: float
+    refresh_at: float
+
+
+class TokenCache:
+    """Bearer tokens keyed by (realm, service, scopes, credential identity). Thread-safe."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._tokens: Dict[TokenKey, _CachedToken] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: TokenKey) -> Optional[str]:
+        """A token still comfortably valid for `key`, or None."""
+        with self._lock:
+            cached = self._tokens.get(key)
+            if cached is None or self._clock() >= cached.refresh_at:
+                return None
+            return cached.value
+
+    def put(self, key: TokenKey, value: str, issued_at: float, expires_in: float) -> None:
+        """Store a token; its lifetime is never taken as less than 60 s."""
+        lifetime = max(expires_in, MIN_TOKEN_LIFETIME_S)
+        expires_at = issued_at + lifetime
+        # Renew a little early so a token does not expire between check and use.
+        refresh_at = expires_at - min(30.0, lifetime * 0.1)
+        with self._lock:
+            self._tokens[key] = _CachedToken(value, expires_at, refresh_at)
+
+    def invalidate(self, key: TokenKey, value: Optional[str] = None) -> None:
+        """Forget the token for `key` (only if it is still `value`, when given)."""
+        with self._lock:
+            cached = self._tokens.get(key)
+            if cached is not None and (value is None or cached.value == value):
+                del self._tokens[key]
+
+
+def _parse_issued_at(text: object, received: float) -> float:
+    """`issued_at` as epoch seconds; the local time when absent, unparsable or skewed."""
+    if not isinstance(text, str) or not text:
+        return received
+    try:
+        value = _dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return received
+    # A clock in the future, or a token "issued" long ago: trust our own clock.
+    if value > received + 5 or value < received - 3600:
+        return received
+    return value
+
+
+def _is_private_host(host: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return host == "localhost" or host.endswith(".localhost")
+    return ip.is_private or ip.is_loopback or ip.is_link_local
+
+
+@dataclass(frozen=True)
+class AuthState:
+    """What was sent with a request, so a 401 can be answered correctly."""
+
+    header: Optional[str] = None
+    token_key: Optional[TokenKey] = None
+
+
+class Authenticator:
+    """Answers a registry's challenges for one registry host.
+
+    `authorize(scopes)` returns the header to send before any 401 is seen
+    (once the registry's challenge is known); `handle_unauthorized` turns a 401
+    into a header for the single retry, or raises AuthenticationError.
+    """
+
+    def __init__(self, registry: str, base_url: str, http: httpx.Client, credentials: Optional[Credentials],
+                 cache: TokenCache, clock: Callable[[], float] = time.time) -> None:
+        self.registry = registry
+        self._base_url = base_url.rstrip("/") + "/v2/"
+        self._http = http
+        self._credentials = credentials
+        self._cache = cache
+        self._clock = clock
+        self._challenge: Optional[Challenge] = None
+        self._lock = threading.Lock()
+
+    @property
+    def _identity(self) -> str:
+        return self._credentials.identity if self._credentials else "anonymous"
+
+    @property
+    def who(self) -> str:
+        """Who we authenticate as, for messages (never the secret)."""
+        if self._credentials and self._credentials.username:
+            return f"user {self._credentials.username!r}"
+        return "an identity token" if self._credentials else "anonymous access"
+
+    def authorize(self, scopes: Iterable[str]) -> AuthState:
+        """The Authorization header for a request needing `scopes`, if a challenge is known."""
+        challenge = self._challenge
+        if challenge is None:
+            return AuthState()
+        return self._answer(challenge, tuple(sorted(set(scopes))), request_url=None)
+
+    def handle_unauthorized(self, response: httpx.Response, scopes: Iterable[str], sent: AuthState) -> AuthState:
+        """Answer a 401: pick the challenge, drop a rejected token, return the new header."""
+        header = response.headers.get("www-authenticate")
+        if not header:
+            raise AuthenticationError(
+                f"{self.registry} answered 401 without a WWW-Authenticate challenge for {response.request.url.path}"
+            )
+        try:
+            challenges = parse_www_authenticate(header)
+        except MalformedChallengeError as exc:
+            raise AuthenticationError(f"{self.registry}: {exc}") from None
+        chosen = next((c for c in challenges if c.scheme == "bearer"), None) or next(
+            (c for c in challenges if c.scheme == "basic"), None
+        )
+        if chosen is None:
+            schemes = ", ".join(c.scheme for c in challenges)
+            raise AuthenticationError(f"{self.registry} asks for unsupported authentication scheme(s): {schemes}")
+        wanted = set(scopes)
+        if chosen.scheme == "bearer" and chosen.get("scope"):
+            wanted.update(chosen.get("scope").split(" "))  # type: ignore[union-attr]
+        if sent.token_key is not None:
+            # The registry rejected a token we held (expired, revoked, or too narrow).
+            self._cache.invalidate(sent.token_key)
+        elif sent.header is not None and chosen.scheme == "basic":
+            raise AuthenticationError(
+                f"{self.registry} rejected the credentials of user {self._credentials.username!r}"
+                if self._credentials else f"{self.registry} requires credentials"
+            )
+        with self._lock:
+            self._challenge = chosen
+        return self._answer(chosen, tuple(sorted(wanted)), request_url=str(response.request.url))
+
+    def _answer(self, challenge: Challenge, scopes: Tuple[str, ...], request_url: Optional[str]) -> AuthState:
+        if challenge.scheme == "basic":
+            if self._credentials is None or self._credentials.identity_token:
+                raise AuthenticationError(
+                    f"{self.registry} requires a username and password; configure them for this registry "
+                    "in the watchlist or in Docker's config.json"
+                )
+            return AuthState(header=self._credentials.basic_header())
+        realm = challenge.get("realm")
+        if not realm:
+            raise AuthenticationError(f"{self.registry}: Bearer challenge without a realm")
+        realm = self._check_realm(realm, request_url)
+        service = challenge.get("service") or ""
+        key: TokenKey = (realm, service, scopes, self._identity)
+        token = self._cache.get(key)
+        if token is None:
+            token = self._fetch_token(key)
+        return AuthState(header=f"Bearer {token}", token_key=key)
+
+    def _check_realm(self, realm: str, request_url: Optional[str]) -> str:
+        base = request_url or self._base_url
+        resolved = urljoin(base, realm)
+        parts, base_parts = urlsplit(resolved), urlsplit(base)
+        if parts.scheme not in ("http", "https"):
+            raise AuthenticationError(f"{self.registry}: token realm {resolved!r} is not an http(s) URL")
+        if base_parts.scheme == "https" and parts.scheme == "http":
+            raise AuthenticationError(f"{self.registry}: refusing plain-http token realm {resolved!r} for an https registry")
+        registry_host = urlsplit(f"//{self.registry}").hostname
+        if parts.hostname != registry_host and _is_private_host(parts.hostname or ""):
+            raise AuthenticationError(
+                f"{self.registry}: token realm {resolved!r} points at a private address other than the registry"
+            )
+        return resolved
+
+    def _fetch_token(self, key: TokenKey) -> str:
+        realm, service, scopes, _ = key
+        creds = self._credentials
+        params = [("client_id", CLIENT_ID)]
+        if service:
+            params.append(("service", service))
+        params.extend(("scope", s) for s in scopes)
+        try:
+            if creds is not None and creds.identity_token:
+                response = self._http.post(realm, data={
+                    "grant_type": "refresh_token", "refresh_token": creds.identity_token,
+                    "service": service, "scope": " ".join(scopes), "client_id": CLIENT_ID,
+                })
+                if response.status_code in (404, 405):
+                    response = self._http.get(realm, params=params, auth=(creds.username or "<token>", creds.identity_token))
+            elif creds is not None:
+                params.append(("account", creds.username))
+                response = self._http.get(realm, params=params, auth=(creds.username, creds.password))
+            else:
+                response = self._http.get(realm, params=params)
+        except httpx.HTTPError as exc:
+            raise RegistryError(f"{self.registry}: token service {realm} unreachable: {type(exc).__name__}") from None
+        received = self._clock()
+        who = self.who
+        if response.status_code in (401, 403):
+            raise AuthenticationError(
+                f"{self.registry}: token service {realm} refused {who} for {' '.join(scopes) or 'no scope'} "
+                f"(HTTP {response.status_code}); check the credentials and that the repository exists"
+            )
+        if response.status_code != 200:
+            raise RegistryError(f"{self.registry}: token service {realm} answered HTTP {response.status_code}")
+        try:
+            body = response.json()
+        except ValueError:
+            raise RegistryError(f"{self.registry}: token service {realm} returned something other than JSON") from None
+        token = body.get("token") or body.get("access_token") if isinstance(body, dict) else None
+        if not isinstance(token, str) or not token:
+            raise RegistryError(f"{self.registry}: token service {realm} returned no token")
+        try:
+            expires_in = float(body.get("expires_in") or MIN_TOKEN_LIFETIME_S)
+        except (TypeError, ValueError):
+            expires_in = MIN_TOKEN_LIFETIME_S
+        self._cache.put(key, token, _parse_issued_at(body.get("issued_at"), received), expires_in)
+        log.debug("obtained token for %s scopes=%s (%s)", self.registry, " ".join(scopes), who)
+        return token

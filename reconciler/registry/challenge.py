@@ -1,0 +1,138 @@
+"""`WWW-Authenticate` parsing (RFC 7235 / RFC 6750).
+
+A header may carry several challenges (`Basic realm="x", Bearer realm="y"`),
+and a quoted parameter value may itself contain commas
+(`scope="repository:a:pull,push"`): splitting on commas is wrong, so this is a
+small tokenizer. Parameter names are case-insensitive; values are kept exactly.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+from ..errors import RegistryError
+
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_TOKEN68 = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+_SPACES = re.compile(r"[ \t]*")
+
+
+class MalformedChallengeError(RegistryError):
+    """A `WWW-Authenticate` header we cannot parse."""
+
+
+@dataclass(frozen=True)
+class Challenge:
+    """One authentication challenge: a scheme and its parameters."""
+
+    scheme: str  # lowercased: "bearer", "basic"
+    params: Dict[str, str] = field(default_factory=dict)
+
+    def get(self, name: str) -> Optional[str]:
+        """The parameter `name` (case-insensitive), or None."""
+        return self.params.get(name.lower())
+
+
+class _Scanner:
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.pos = 0
+
+    def skip_ws(self) -> None:
+        self.pos = _SPACES.match(self.text, self.pos).end()  # type: ignore[union-attr]
+
+    def at_end(self) -> bool:
+        return self.pos >= len(self.text)
+
+    def peek(self) -> str:
+        return self.text[self.pos] if self.pos < len(self.text) else ""
+
+    def token(self) -> Optional[str]:
+        m = _TOKEN.match(self.text, self.pos)
+        if not m:
+            return None
+        self.pos = m.end()
+        return m.group(0)
+
+    def quoted(self) -> str:
+        assert self.peek() == '"'
+        self.pos += 1
+        out = []
+        while self.pos < len(self.text):
+            ch = self.text[self.pos]
+            if ch == "\\" and self.pos + 1 < len(self.text):
+                out.append(self.text[self.pos + 1])
+                self.pos += 2
+                continue
+            if ch == '"':
+                self.pos += 1
+                return "".join(out)
+            out.append(ch)
+            self.pos += 1
+        raise MalformedChallengeError("unterminated quoted string in WWW-Authenticate header")
+
+
+def parse_www_authenticate(header: str) -> List[Challenge]:
+    """Parse a `WWW-Authenticate` header into its challenges, in order.
+
+    Raises MalformedChallengeError for a header that is not RFC 7235 syntax.
+    """
+    s = _Scanner(header)
+    challenges: List[Challenge] = []
+    s.skip_ws()
+    while not s.at_end():
+        if s.peek() == ",":  # empty list elements are allowed
+            s.pos += 1
+            s.skip_ws()
+            continue
+        scheme = s.token()
+        if scheme is None:
+            raise MalformedChallengeError(f"expected an auth scheme at position {s.pos} of WWW-Authenticate")
+        params: Dict[str, str] = {}
+        s.skip_ws()
+        # token68 form (`Negotiate abc==`): one token68 followed by the end or a comma
+        m = _TOKEN68.match(s.text, s.pos)
+        if m and re.match(r"[ \t]*(,|$)", s.text[m.end():]):
+            params[""] = m.group(0)
+            s.pos = m.end()
+            s.skip_ws()
+        while not s.at_end() and s.peek() != ",":
+            before = s.pos
+            name = s.token()
+            if name is None:
+                raise MalformedChallengeError(f"expected a parameter name at position {s.pos} of WWW-Authenticate")
+            s.skip_ws()
+            if s.peek() != "=":
+                # this token was the next challenge's scheme
+                s.pos = before
+                break
+            s.pos += 1
+            s.skip_ws()
+            if s.peek() == '"':
+                value = s.quoted()
+            else:
+                value = s.token() or ""
+                if not value:
+                    raise MalformedChallengeError(
+                        f"parameter {name!r} has no value in WWW-Authenticate"
+                    )
+            params[name.lower()] = value
+            s.skip_ws()
+            if s.peek() == ",":
+                s.pos += 1
+                s.skip_ws()
+                # next element: another param of this challenge, or a new challenge
+                save = s.pos
+                nxt = s.token()
+                s.skip_ws()
+                is_param = nxt is not None and s.peek() == "=" and not s.text.startswith("==", s.pos)
+                s.pos = save
+                if not is_param:
+                    break
+        challenges.append(Challenge(scheme.lower(), params))
+        s.skip_ws()
+    if not challenges:
+        raise MalformedChallengeError("empty WWW-Authenticate header")
+    return challenges

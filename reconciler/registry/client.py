@@ -1,0 +1,460 @@
+"""An OCI distribution API client over httpx.
+
+One `RegistryClient` per registry host. It answers auth challenges, retries
+transient failures with jittered exponential backoff (honouring
+`Retry-After`), follows redirects without leaking `Authorization` to other
+hosts, verifies every manifest and blob against its digest, and resumes
+broken blob transfers with `Range`.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import hashlib
+import logging
+import random
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import BinaryIO, Callable, Dict, Iterable, List, Optional, Tuple
+from urllib.parse import urlencode, urljoin, urlsplit
+
+import httpx
+
+from ..errors import (
+    AuthenticationError,
+    IncompleteListingError,
+    IntegrityError,
+    NotFoundError,
+    RateLimitedError,
+    ReconcilerError,
+    RegistryError,
+    TransferError,
+)
+from .auth import Authenticator, AuthState, TokenCache
+from .credentials import Credentials
+from .manifest import MANIFEST_ACCEPT, MAX_MANIFEST_BYTES, Descriptor, Manifest, parse_manifest
+from .reference import DOCKER_HUB, DOCKER_HUB_API_HOST, is_valid_digest
+
+log = logging.getLogger(__name__)
+
+_RETRY_STATUSES = {408, 429, 500, 502, 503, 504}
+_REDIRECT_STATUSES = {301, 302, 303, 307, 308}
+_MAX_REDIRECTS = 10
+_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
+_LINK_NEXT = re.compile(r"<?([^>;]+)>?\s*;[^,]*\brel=\"?next\"?", re.IGNORECASE)
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How hard to try before a failure goes back to the next cycle."""
+
+    attempts: int = 5
+    base_delay: float = 0.5
+    max_delay: float = 30.0
+    # A registry asking us to wait longer than this is left to the next cycle.
+    max_retry_after: float = 120.0
+    timeout: float = 60.0
+
+
+def parse_retry_after(value: Optional[str], now: float) -> Optional[float]:
+    """Seconds to wait from a `Retry-After` value: delta-seconds, an HTTP-date,
+    or (as Docker Hub's API once sent) a unix timestamp. None when unparsable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        seconds = float(value)
+        if seconds > 1_000_000_000:  # an epoch timestamp, not a delay
+            return max(0.0, seconds - now)
+        return seconds
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - now)
+
+
+def _parse_rate_limit(value: Optional[str]) -> Optional[int]:
+    """`20;w=21600` -> 20."""
+    if not value:
+        return None
+    head = value.split(";", 1)[0].strip()
+    return int(head) if head.isdigit() else None
+
+
+@dataclass(frozen=True)
+class ManifestHead:
+    """What a HEAD on a manifest told us."""
+
+    digest: Optional[str]
+    media_type: Optional[str]
+    size: Optional[int]
+
+
+@dataclass(frozen=True)
+class FetchedManifest:
+    """A manifest body, verified against its digest."""
+
+    digest: str
+    media_type: str
+    raw: bytes = field(repr=False)
+
+    def parse(self) -> Manifest:
+        """The parsed manifest or index."""
+        return parse_manifest(self.raw, self.media_type)
+
+
+@dataclass
+class TransferStats:
+    """Counters of what this client asked the registry for. Thread-safe."""
+
+    manifest_heads: int = 0
+    manifest_gets: int = 0
+    blob_gets: int = 0
+    blob_bytes: int = 0
+    tag_pages: int = 0
+    retries: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, **counts: int) -> None:
+        """Add to the named counters."""
+        with self._lock:
+            for name, n in counts.items():
+                setattr(self, name, getattr(self, name) + n)
+
+
+class _ShortBody(Exception):
+    """The body ended before the promised size: resume it."""
+
+
+class RegistryClient:
+    """The distribution API of one registry host."""
+
+    def __init__(
+        self,
+        registry: str,
+        *,
+        insecure: bool = False,
+        credentials: Optional[Credentials] = None,
+        http: Optional[httpx.Client] = None,
+        max_concurrency: int = 4,
+        retry: RetryPolicy = RetryPolicy(),
+        token_cache: Optional[TokenCache] = None,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.registry = registry
+        host = DOCKER_HUB_API_HOST if registry == DOCKER_HUB else registry
+        self.base_url = f"{'http' if insecure else 'https'}://{host}"
+        self.retry = retry
+        self._owns_http = http is None
+        self._http = http or httpx.Client(timeout=httpx.Timeout(retry.timeout, connect=15.0), follow_redirects=False)
+        self._auth = Authenticator(registry, self.base_url, self._http, credentials, token_cache or TokenCache(clock), clock)
+        self._slots = threading.BoundedSemaphore(max(1, max_concurrency))
+        self._sleep = sleep
+        self._clock = clock
+        self.stats = TransferStats()
+        self.rate_limit_remaining: Optional[int] = None
+        self.rate_limit_limit: Optional[int] = None
+
+    def close(self) -> None:
+        """Close the HTTP connections this client opened."""
+        if self._owns_http:
+            self._http.close()
+
+    def __enter__(self) -> "RegistryClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- transport ---------------------------------------------------------
+
+    def _backoff(self, attempt: int, response: Optional[httpx.Response], what: str) -> None:
+        delay = min(self.retry.max_delay, self.retry.base_delay * (2 ** (attempt - 1)))
+        delay *= random.uniform(0.75, 1.25)
+        if response is not None:
+            asked = parse_retry_after(response.headers.get("retry-after"), self._clock())
+            if asked is not None:
+                if asked > self.retry.max_retry_after:
+                    raise RateLimitedError(
+                        f"{self.registry} asks to wait {asked:.0f}s before {what} (HTTP {response.status_code}); "
+                        "left for the next cycle"
+                    )
+                delay = max(asked, 0.0)
+        self.stats.add(retries=1)
+        log.info("retrying %s on %s in %.1fs (attempt %d of %d)", what, self.registry, delay, attempt + 1, self.retry.attempts)
+        self._sleep(delay)
+
+    def _send_once(self, method: str, url: str, headers: Dict[str, str], stream: bool) -> httpx.Response:
+        """One request, following redirects: never to http from https, and
+        never carrying Authorization to another origin."""
+        origin = urlsplit(url)[:2]
+        for _ in range(_MAX_REDIRECTS + 1):
+            request = self._http.build_request(method, url, headers=headers)
+            response = self._http.send(request, stream=stream, follow_redirects=False)
+            location = response.headers.get("location")
+            if response.status_code not in _REDIRECT_STATUSES or not location:
+                return response
+            response.close()
+            target = urljoin(url, location)
+            if urlsplit(url).scheme == "https" and urlsplit(target).scheme != "https":
+                raise RegistryError(f"{self.registry}: refusing redirect from https to {urlsplit(target).scheme} ({urlsplit(target).netloc})")
+            if urlsplit(target)[:2] != origin:
+                headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
+            url = target
+        raise RegistryError(f"{self.registry}: more than {_MAX_REDIRECTS} redirects for {urlsplit(url).path}")
+
+    def _request(self, method: str, url: str, scopes: Iterable[str], *, headers: Optional[Dict[str, str]] = None,
+                 stream: bool = False, what: str = "request") -> httpx.Response:
+        """Send with auth and retries. Returns any final response that is not
+        401, 429 or 5xx; the caller interprets (and, if streaming, closes) it."""
+        scopes = tuple(scopes)
+        auth: AuthState = self._auth.authorize(scopes)
+        reauthenticated = False
+        attempt = 0
+        while True:
+            sent = dict(headers or {})
+            if auth.header:
+                sent["Authorization"] = auth.header
+            try:
+                response = self._send_once(method, url, sent, stream)
+            except httpx.TransportError as exc:
+                attempt += 1
+                if attempt >= self.retry.attempts:
+                    raise TransferError(f"{self.registry}: {what} failed after {attempt} attempts: {type(exc).__name__}: {exc}") from None
+                self._backoff(attempt, None, what)
+                continue
+            self._record_rate_limit(response)
+            if response.status_code == 401:
+                response.close()
+                if reauthenticated:
+                    raise AuthenticationError(
+                        f"{self.registry} refused {self._auth.who} for {what} (HTTP 401 after a fresh login); "
+                        "check the credentials and the repository name"
+                    )
+                auth = self._auth.handle_unauthorized(response, scopes, auth)
+                reauthenticated = True
+                continue
+            if response.status_code in _RETRY_STATUSES:
+                response.close()
+                attempt += 1
+                if attempt >= self.retry.attempts:
+                    error = RateLimitedError if response.status_code == 429 else TransferError
+                    raise error(f"{self.registry}: {what} still failing with HTTP {response.status_code} after {attempt} attempts")
+                self._backoff(attempt, response, what)
+                continue
+            return response
+
+    def _record_rate_limit(self, response: httpx.Response) -> None:
+        remaining = _parse_rate_limit(response.headers.get("ratelimit-remaining"))
+        if remaining is not None:
+            self.rate_limit_remaining = remaining
+            self.rate_limit_limit = _parse_rate_limit(response.headers.get("ratelimit-limit"))
+
+    @staticmethod
+    def _scopes(repository: str) -> Tuple[str]:
+        return (f"repository:{repository}:pull",)
+
+    def _fail(self, response: httpx.Response, what: str) -> ReconcilerError:
+        detail = ""
+        try:
+            errors = response.json().get("errors") or []
+            detail = "; ".join(f"{e.get('code')}: {e.get('message')}" for e in errors if isinstance(e, dict))[:300]
+        except (ValueError, AttributeError, httpx.ResponseNotRead):
+            pass
+        text = f"{self.registry}: {what}: HTTP {response.status_code}" + (f" ({detail})" if detail else "")
+        if response.status_code == 404:
+            return NotFoundError(text)
+        if response.status_code == 403:
+            return AuthenticationError(text)
+        return RegistryError(text)
+
+    # -- manifests ---------------------------------------------------------
+
+    def head_manifest(self, repository: str, reference: str) -> Optional[ManifestHead]:
+        """HEAD a manifest: the digest the tag points at now.
+
+        Returns None when the registry does not answer HEAD (405), so the
+        caller falls back to GET. A HEAD does not count against Docker Hub's
+        pull limit.
+        """
+        url = f"{self.base_url}/v2/{repository}/manifests/{reference}"
+        what = f"HEAD {repository}:{reference}"
+        with self._slots:
+            response = self._request("HEAD", url, self._scopes(repository), headers={"Accept": MANIFEST_ACCEPT}, what=what)
+        self.stats.add(manifest_heads=1)
+        if response.status_code == 405:
+            return None
+        if response.status_code != 200:
+            raise self._fail(response, what)
+        digest = response.headers.get("docker-content-digest")
+        if digest is not None and not is_valid_digest(digest):
+            digest = None
+        length = response.headers.get("content-length")
+        media_type = (response.headers.get("content-type") or "").split(";", 1)[0].strip() or None
+        return ManifestHead(digest, media_type, int(length) if length and length.isdigit() else None)
+
+    def get_manifest(self, repository: str, reference: str, expected_digest: Optional[str] = None) -> FetchedManifest:
+        """GET a manifest and verify its body: against the digest asked for, and
+        against `Docker-Content-Digest` when the registry sends it."""
+        url = f"{self.base_url}/v2/{repository}/manifests/{reference}"
+        what = f"manifest {repository}@{reference}" if reference.startswith("sha256:") else f"manifest {repository}:{reference}"
+        with self._slots:
+            response = self._request("GET", url, self._scopes(repository), headers={"Accept": MANIFEST_ACCEPT},
+                                     stream=True, what=what)
+            try:
+                if response.status_code != 200:
+                    response.read()
+                    raise self._fail(response, what)
+                body = bytearray()
+                try:
+                    for chunk in response.iter_bytes():
+                        body += chunk
+                        if len(body) > MAX_MANIFEST_BYTES:
+                            raise RegistryError(f"{self.registry}: {what} is larger than {MAX_MANIFEST_BYTES} bytes")
+                except httpx.TransportError as exc:
+                    raise TransferError(f"{self.registry}: {what}: transfer broken: {type(exc).__name__}") from None
+            finally:
+                response.close()
+        self.stats.add(manifest_gets=1)
+        raw = bytes(body)
+        digest = "sha256:" + hashlib.sha256(raw).hexdigest()
+        for claimed, source in (
+            (reference if reference.startswith("sha256:") else None, "the requested digest"),
+            (expected_digest, "the digest the tag pointed at"),
+            (response.headers.get("docker-content-digest"), "Docker-Content-Digest"),
+        ):
+            if claimed and claimed.startswith("sha256:") and claimed != digest:
+                raise IntegrityError(f"{self.registry}: {what}: body hashes to {digest}, not {claimed} ({source})")
+        media_type = (response.headers.get("content-type") or "").split(";", 1)[0].strip()
+        return FetchedManifest(digest, media_type, raw)
+
+    # -- tags --------------------------------------------------------------
+
+    def list_tags(self, repository: str, *, page_size: int = 100, max_pages: int = 1000) -> List[str]:
+        """Every tag of `repository`, following `Link` pagination.
+
+        Links must stay on the same scheme and host; a repeated page or more
+        than `max_pages` pages is an error. Any failure raises
+        IncompleteListingError: a partial list is never returned.
+        """
+        base = f"{self.base_url}/v2/{repository}/tags/list"
+        url: Optional[str] = f"{base}?{urlencode({'n': page_size})}"
+        origin = urlsplit(base)[:2]
+        seen: set = set()
+        tags: List[str] = []
+        known: set = set()
+        pages = 0
+        while url:
+            if url in seen:
+                raise IncompleteListingError(f"{self.registry}: tag listing of {repository} loops back to a page already read")
+            if pages >= max_pages:
+                raise IncompleteListingError(f"{self.registry}: tag listing of {repository} exceeds {max_pages} pages")
+            seen.add(url)
+            what = f"tag list of {repository} (page {pages + 1})"
+            try:
+                with self._slots:
+                    response = self._request("GET", url, self._scopes(repository), what=what)
+            except (RegistryError, IntegrityError) as exc:
+                if isinstance(exc, (NotFoundError, AuthenticationError)) and pages == 0:
+                    raise
+                raise IncompleteListingError(f"{self.registry}: {what} failed, listing incomplete: {exc}") from None
+            pages += 1
+            self.stats.add(tag_pages=1)
+            if response.status_code != 200:
+                error = self._fail(response, what)
+                if pages == 1 and isinstance(error, (NotFoundError, AuthenticationError)):
+                    raise error
+                raise IncompleteListingError(f"{error}; listing incomplete") from None
+            try:
+                body = response.json()
+                page = body.get("tags") or []
+                if not isinstance(page, list) or not all(isinstance(t, str) for t in page):
+                    raise ValueError("tags is not a list of strings")
+            except (ValueError, AttributeError) as exc:
+                raise IncompleteListingError(f"{self.registry}: {what} is not a tag list: {exc}") from None
+            new_tags = [t for t in page if t not in known]
+            known.update(new_tags)
+            tags.extend(new_tags)
+            link = _LINK_NEXT.search(response.headers.get("link", ""))
+            if link:
+                url = urljoin(url, link.group(1).strip())
+                if urlsplit(url)[:2] != origin:
+                    raise IncompleteListingError(
+                        f"{self.registry}: tag listing of {repository} links to another host ({urlsplit(url).netloc}); refused"
+                    )
+            elif new_tags and len(page) == page_size:
+                # No Link but exactly a full page: there may be more; continue after the
+                # last tag. (A registry that ignores n, as distribution 2.8 does, returns
+                # more than n and needs no second request.)
+                url = f"{base}?{urlencode({'n': page_size, 'last': page[-1]})}"
+            else:
+                url = None
+        return tags
+
+    # -- blobs -------------------------------------------------------------
+
+    def fetch_blob(self, repository: str, descriptor: Descriptor, sink: BinaryIO,
+                   progress: Optional[Callable[[int], None]] = None) -> None:
+        """Stream a blob into `sink` (a writable, seekable file), verifying its
+        size and sha256 as it arrives. A broken transfer resumes with `Range`
+        (a 206 with a matching `Content-Range`, else it restarts from zero).
+        Raises IntegrityError when the bytes are not the promised ones."""
+        url = f"{self.base_url}/v2/{repository}/blobs/{descriptor.digest}"
+        what = f"blob {descriptor.digest[:19]} of {repository}"
+        hasher = hashlib.sha256()
+        written = 0
+        breaks = 0
+        with self._slots:
+            while True:
+                headers = {"Range": f"bytes={written}-"} if written else {}
+                response = self._request("GET", url, self._scopes(repository), headers=headers, stream=True, what=what)
+                try:
+                    if response.status_code == 206 and written:
+                        match = _CONTENT_RANGE.match(response.headers.get("content-range", ""))
+                        if not match or int(match.group(1)) != written:
+                            raise TransferError(f"{self.registry}: {what}: resume answered with a mismatched Content-Range")
+                    elif response.status_code == 200:
+                        if written:
+                            log.info("%s: registry ignored Range; restarting %s from zero", self.registry, what)
+                            sink.seek(0)
+                            sink.truncate()
+                            hasher, written = hashlib.sha256(), 0
+                    else:
+                        response.read()
+                        raise self._fail(response, what)
+                    self.stats.add(blob_gets=1)
+                    try:
+                        for chunk in response.iter_bytes(_CHUNK):
+                            written += len(chunk)
+                            if written > descriptor.size:
+                                raise IntegrityError(f"{self.registry}: {what} is longer than its declared {descriptor.size} bytes")
+                            hasher.update(chunk)
+                            sink.write(chunk)
+                            self.stats.add(blob_bytes=len(chunk))
+                            if progress:
+                                progress(len(chunk))
+                        if written < descriptor.size:
+                            raise _ShortBody()
+                    except (httpx.TransportError, _ShortBody) as exc:
+                        breaks += 1
+                        if breaks >= self.retry.attempts:
+                            raise TransferError(
+                                f"{self.registry}: {what} broke off {breaks} times (at {written} of {descriptor.size} bytes)"
+                            ) from None
+                        log.info("%s: %s broke off at %d of %d bytes (%s); resuming", self.registry, what, written,
+                                 descriptor.size, type(exc).__name__)
+                        self._backoff(breaks, None, what)
+                        continue
+                finally:
+                    response.close()
+                break
+        actual = "sha256:" + hasher.hexdigest()
+        if actual != descriptor.digest:
+            raise IntegrityError(f"{self.registry}: {what} hashes to {actual}, not {descriptor.digest}; discarded")
