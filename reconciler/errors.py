@@ -65,3 +65,11 @@ class IntegrityError(ReconcilerError):
 
 class BlobStoreError(ReconcilerError):
     """The local blob store cannot hold or read a blob."""
+
+
+class LayerError(ReconcilerError):
+    """A layer that cannot be applied (corrupt, unsupported, over a limit)."""
+
+
+class HostileLayerError(LayerError):
+    """A layer that tries to reach outside the image root or otherwise attacks the host."""

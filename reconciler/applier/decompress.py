@@ -1,0 +1,188 @@
+"""Layer streams: pick the decoder from the media type, check the magic agrees,
+and hash everything decoded (the DiffID) with memory bounded per chunk."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import zlib
+from typing import BinaryIO, Iterator, Optional
+
+import zstandard
+
+from ..errors import LayerError
+
+log = logging.getLogger(__name__)
+
+GZIP_MAGIC = b"\x1f\x8b\x08"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_IN_CHUNK = 256 * 1024
+_OUT_CHUNK = 1024 * 1024
+
+_LAYER_TYPES = {
+    "application/vnd.oci.image.layer.v1.tar": "none",
+    "application/vnd.oci.image.layer.v1.tar+gzip": "gzip",
+    "application/vnd.oci.image.layer.v1.tar+zstd": "zstd",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar": "none",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip": "gzip",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd": "zstd",
+    "application/vnd.docker.image.rootfs.diff.tar": "none",
+    "application/vnd.docker.image.rootfs.diff.tar.gzip": "gzip",
+    "application/vnd.docker.image.rootfs.diff.tar.zstd": "zstd",
+    "application/vnd.docker.image.rootfs.foreign.diff.tar": "none",
+    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip": "gzip",
+}
+
+
+def compression_for(media_type: str) -> str:
+    """`gzip`, `zstd` or `none` for a layer media type; LayerError for anything else."""
+    kind = _LAYER_TYPES.get(media_type)
+    if kind is None:
+        if "encrypted" in media_type:
+            raise LayerError(f"encrypted layers ({media_type}) are not supported: publish a decrypted image")
+        raise LayerError(f"unknown layer media type {media_type!r}; refusing to parse it")
+    return kind
+
+
+class _ChunkReader:
+    """A minimal read(n) file over an iterator of byte chunks."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._buf = b""
+        self._pos = 0
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0:
+            parts = [self._buf[self._pos:]] + list(self._chunks)
+            self._buf, self._pos = b"", 0
+            return b"".join(parts)
+        while len(self._buf) - self._pos < n:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                break
+            self._buf = self._buf[self._pos:] + chunk
+            self._pos = 0
+        out = self._buf[self._pos:self._pos + n]
+        self._pos += len(out)
+        return out
+
+
+def _gunzip(raw: BinaryIO) -> Iterator[bytes]:
+    """Every gzip member in turn (pigz and eStargz write several), CRC-checked by
+    zlib; NUL padding after the last member is tolerated, other trailing data is not."""
+    pending = raw.read(_IN_CHUNK)
+    if not pending:
+        return
+    while True:
+        if not pending:
+            pending = raw.read(_IN_CHUNK)
+            if not pending:
+                return
+        if pending[:1] == b"\x00":
+            rest = pending
+            while rest:
+                if rest.strip(b"\x00"):
+                    raise LayerError("gzip layer has trailing data that is neither a gzip member nor NUL padding")
+                rest = raw.read(_IN_CHUNK)
+            log.warning("gzip layer ends with NUL padding; ignored")
+            return
+        if len(pending) < 3:
+            pending += raw.read(_IN_CHUNK)
+        if not pending.startswith(GZIP_MAGIC):
+            raise LayerError("layer declared gzip but its data is not a gzip member")
+        d = zlib.decompressobj(wbits=31)
+        while not d.eof:
+            try:
+                out = d.decompress(pending, _OUT_CHUNK)
+            except zlib.error as exc:
+                raise LayerError(f"corrupt gzip data in layer: {exc}") from None
+            if out:
+                yield out
+            pending = d.unconsumed_tail
+            if d.eof:
+                break
+            if not pending:
+                pending = raw.read(_IN_CHUNK)
+                if not pending:
+                    # flush what zlib still holds before declaring truncation
+                    tail = d.flush()
+                    if tail:
+                        yield tail
+                    raise LayerError("gzip layer is truncated (ends inside a member)")
+        pending = d.unused_data
+
+
+def _unzstd(raw: BinaryIO) -> Iterator[bytes]:
+    head = raw.read(4)
+    if not head:
+        return
+    if head != ZSTD_MAGIC and not (0x184D2A50 <= int.from_bytes(head, "little") <= 0x184D2A5F):
+        raise LayerError("layer declared zstd but its data is not a zstd frame")
+
+    class _Prefixed:
+        def __init__(self) -> None:
+            self.first = head
+
+        def read(self, n: int = -1) -> bytes:
+            if self.first:
+                out, self.first = self.first, b""
+                return out
+            return raw.read(n)
+
+    reader = zstandard.ZstdDecompressor().stream_reader(_Prefixed(), read_across_frames=True, closefd=False)
+    try:
+        while True:
+            out = reader.read(_OUT_CHUNK)
+            if not out:
+                return
+            yield out
+    except zstandard.ZstdError as exc:
+        raise LayerError(f"corrupt zstd data in layer: {exc}") from None
+
+
+def _plain(raw: BinaryIO) -> Iterator[bytes]:
+    head = raw.read(_IN_CHUNK)
+    if head.startswith(GZIP_MAGIC) or head.startswith(ZSTD_MAGIC):
+        raise LayerError("layer declared uncompressed but its data is compressed; check the media type")
+    while head:
+        yield head
+        head = raw.read(_IN_CHUNK)
+
+
+class DigestingReader:
+    """The decompressed layer as a file, hashing (and counting) every byte read.
+
+    `max_bytes` bounds the decompressed size (a decompression bomb fails here).
+    """
+
+    def __init__(self, raw: BinaryIO, media_type: str, max_bytes: Optional[int] = None) -> None:
+        kind = compression_for(media_type)
+        chunks = {"gzip": _gunzip, "zstd": _unzstd, "none": _plain}[kind](raw)
+        self._reader = _ChunkReader(chunks)
+        self._hash = hashlib.sha256()
+        self.count = 0
+        self._max = max_bytes
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._reader.read(n)
+        if data:
+            self.count += len(data)
+            if self._max is not None and self.count > self._max:
+                raise LayerError(f"layer decompresses to more than the limit of {self._max} bytes")
+            self._hash.update(data)
+        return data
+
+    def drain(self) -> int:
+        """Read (and hash) whatever is left; returns the number of bytes drained."""
+        total = 0
+        while True:
+            data = self.read(_OUT_CHUNK)
+            if not data:
+                return total
+            total += len(data)
+
+    @property
+    def digest(self) -> str:
+        """sha256 of everything read so far."""
+        return "sha256:" + self._hash.hexdigest()

@@ -1,0 +1,70 @@
+"""Describe a directory tree for comparison with another (ours against umoci's)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+from typing import Dict, FrozenSet, Set, Tuple
+
+from fixtures.build import BuiltImage
+
+UMOCI = shutil.which("umoci")
+
+
+def describe_tree(root: Path) -> Tuple[Dict[bytes, tuple], Set[FrozenSet[bytes]]]:
+    """Per path (bytes, relative): type, mode, uid, gid, size, content hash,
+    file mtime, symlink target; and the hardlink groups (paths sharing an inode)."""
+    entries: Dict[bytes, tuple] = {}
+    inodes: Dict[Tuple[int, int], Set[bytes]] = {}
+    base = os.fsencode(root)
+    for dirpath, dirnames, filenames in os.walk(base):
+        for name in dirnames + filenames:
+            full = os.path.join(dirpath, name)
+            rel = os.path.relpath(full, base)
+            st = os.lstat(full)
+            kind = stat.S_IFMT(st.st_mode)
+            digest = target = mtime = None
+            size = 0
+            if stat.S_ISREG(kind):
+                with open(full, "rb") as fh:
+                    digest = hashlib.sha256(fh.read()).hexdigest()
+                size, mtime = st.st_size, st.st_mtime_ns
+            elif stat.S_ISLNK(kind):
+                target = os.readlink(full)
+            elif stat.S_ISCHR(kind) or stat.S_ISBLK(kind):
+                target = (os.major(st.st_rdev), os.minor(st.st_rdev))
+            xattrs = () if stat.S_ISLNK(kind) else tuple(sorted(
+                (x, os.getxattr(full, x)) for x in os.listxattr(full) if not x.startswith("security.selinux")))
+            entries[rel] = (kind, stat.S_IMODE(st.st_mode) if not stat.S_ISLNK(kind) else 0,
+                            st.st_uid, st.st_gid, size, digest, xattrs, mtime, target)
+            if not stat.S_ISDIR(kind) and st.st_nlink > 1:
+                inodes.setdefault((st.st_dev, st.st_ino), set()).add(rel)
+    return entries, {frozenset(group) for group in inodes.values() if len(group) > 1}
+
+
+def write_oci_layout(image: BuiltImage, directory: Path, tag: str = "latest") -> None:
+    """An OCI image layout of a built (single-platform) fixture, for umoci."""
+    (directory / "blobs" / "sha256").mkdir(parents=True)
+    (directory / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
+    for blob in image.blobs + image.manifests:
+        (directory / "blobs" / "sha256" / blob.digest.split(":")[1]).write_bytes(blob.data)
+    top = image.top
+    index = {"schemaVersion": 2, "manifests": [
+        top.descriptor(annotations={"org.opencontainers.image.ref.name": tag})]}
+    (directory / "index.json").write_text(json.dumps(index))
+
+
+def umoci_unpack(image: BuiltImage, workdir: Path) -> Path:
+    """`umoci unpack` the image; returns the rootfs directory."""
+    layout = workdir / "layout"
+    write_oci_layout(image, layout)
+    bundle = workdir / "bundle"
+    done = subprocess.run([UMOCI, "unpack", "--image", f"{layout}:latest", str(bundle)], capture_output=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"umoci unpack failed: {done.stderr.decode(errors='replace')[-2000:]}")
+    return bundle / "rootfs"
