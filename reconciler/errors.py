@@ -73,3 +73,7 @@ class LayerError(ReconcilerError):
 
 class HostileLayerError(LayerError):
     """A layer that tries to reach outside the image root or otherwise attacks the host."""
+
+
+class PublishError(ReconcilerError):
+    """The publisher cannot make an image or tag visible."""

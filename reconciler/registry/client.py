@@ -270,7 +270,8 @@ class RegistryClient:
             pass
         text = f"{self.registry}: {what}: HTTP {response.status_code}" + (f" ({detail})" if detail else "")
         if response.status_code == 404:
-            return NotFoundError(text)
+            return NotFoundError(text + " (not found: check the repository name and tag, and that the "
+                                        "credentials may see it)")
         if response.status_code == 403:
             return AuthenticationError(text)
         return RegistryError(text)

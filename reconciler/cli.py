@@ -1,0 +1,97 @@
+"""The `reconcile` command.
+
+    reconcile --once [--watchlist F] [--dry-run] [--log-format plain|json]
+
+Exit codes: 0 everything converged, 1 an image or entry failed (the summary
+names each with its reason), 2 a configuration error (nothing touched).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+from . import __version__
+from .errors import ConfigError, ReconcilerError
+from .reconcile import Reconciler
+from .watchlist import load_watchlist
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + "Z",
+                 "level": record.levelname.lower(), "logger": record.name, "message": record.getMessage()}
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def setup_logging(log_format: str, verbose: bool) -> None:
+    """Plain lines or JSON lines on stderr."""
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    # httpx logs every request URL at INFO; keep it for --verbose.
+    logging.getLogger("httpx").setLevel(logging.DEBUG if verbose else logging.WARNING)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="reconcile", description="Keep a CVMFS repository (or a local directory) "
+                                     "in step with container images in OCI registries.")
+    parser.add_argument("--watchlist", type=Path, default=Path("watchlist.toml"),
+                        help="the watchlist file (default: ./watchlist.toml)")
+    parser.add_argument("--once", action="store_true", help="converge once and exit")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan without changing anything")
+    parser.add_argument("--listen", metavar="HOST:PORT", help="service mode: where to accept webhooks")
+    parser.add_argument("--log-format", choices=("plain", "json"), default="plain")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"reconcile {__version__}")
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_format, args.verbose)
+    log = logging.getLogger("reconciler")
+    try:
+        watchlist = load_watchlist(args.watchlist)
+    except ConfigError as exc:
+        print(f"reconcile: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if not (args.once or args.dry_run):
+        print("reconcile: the long-running service is not available yet; use --once (for example from a "
+              "systemd timer)", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        reconciler = Reconciler(watchlist)
+    except ConfigError as exc:
+        print(f"reconcile: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        report = reconciler.run_once(dry_run=args.dry_run)
+    except ConfigError as exc:
+        print(f"reconcile: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except ReconcilerError as exc:
+        log.error("cycle failed: %s", exc)
+        return EXIT_FAILED
+    finally:
+        reconciler.close()
+    print(("plan: " if args.dry_run else "") + report.summary())
+    return EXIT_FAILED if report.failed else EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""What every publisher offers: transactions that make images and tags visible."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import stat
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Dict, Iterator, Optional
+
+from . import layout
+
+log = logging.getLogger(__name__)
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a directory tree, also one with read-only directories (0555) inside;
+    never follows symlinks (shutil.rmtree is fd-based)."""
+
+    def retry(func, name, _exc_info):  # type: ignore[no-untyped-def]
+        parent = os.path.dirname(name)
+        st = os.lstat(parent)
+        os.chmod(parent, stat.S_IMODE(st.st_mode) | 0o700)
+        func(name)
+
+    if path.is_symlink() or not path.exists():
+        path.unlink(missing_ok=True)
+        return
+    shutil.rmtree(path, onerror=retry)
+
+
+class PublishTransaction(ABC):
+    """One round of changes. Images built inside it become visible through
+    their tags; commit() makes everything durable, abort() throws away what
+    this transaction built."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def has_image(self, digest: str) -> bool:
+        """True when the image directory of `digest` is complete and published."""
+        return (self.root / layout.image_relpath(digest)).is_dir()
+
+    @abstractmethod
+    def build_image(self, digest: str) -> "contextlib.AbstractContextManager[Path]":
+        """A directory to fill with the image's root filesystem. On normal exit the
+        image is complete; on an exception its partial content is removed."""
+
+    @abstractmethod
+    def set_tag(self, tag_path: str, digest: str) -> None:
+        """Point `<root>/<tag_path>` at the image `digest`."""
+
+    @abstractmethod
+    def remove_tag(self, tag_path: str) -> None:
+        """Remove the tag link `<root>/<tag_path>` (the image stays until GC)."""
+
+    @abstractmethod
+    def commit(self) -> None:
+        """Make the changes durable (and, for CVMFS, published)."""
+
+    @abstractmethod
+    def abort(self) -> None:
+        """Discard what this transaction built that is not yet visible."""
+
+
+class Publisher(ABC):
+    """A place images are published to."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    @abstractmethod
+    def recover(self) -> None:
+        """Clean up after a crashed run (called once at start)."""
+
+    @abstractmethod
+    def begin(self, message: str) -> PublishTransaction:
+        """Open a transaction; `message` says what it publishes."""
+
+    @contextlib.contextmanager
+    def transaction(self, message: str) -> Iterator[PublishTransaction]:
+        """`begin()`, then commit on success or abort on any exception."""
+        txn = self.begin(message)
+        try:
+            yield txn
+        except BaseException:
+            txn.abort()
+            raise
+        txn.commit()
+
+    def current_tag(self, tag_path: str) -> Optional[str]:
+        """The digest `<root>/<tag_path>` points at, if it points at a complete image."""
+        path = self.root / tag_path
+        try:
+            target = os.readlink(path)
+        except (FileNotFoundError, OSError):
+            return None
+        relative = os.path.relpath(os.path.normpath(os.path.join(os.path.dirname(tag_path) or ".", target)))
+        digest = layout.digest_of_image_relpath(relative)
+        if digest and (self.root / layout.image_relpath(digest)).is_dir():
+            return digest
+        return None
+
+    def tag_links(self) -> Dict[str, str]:
+        """Every tag link under the root (outside hidden directories) and its digest."""
+        out: Dict[str, str] = {}
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            for name in dirnames + filenames:
+                full = os.path.join(dirpath, name)
+                if os.path.islink(full):
+                    rel = os.path.relpath(full, self.root)
+                    digest = self.current_tag(rel)
+                    if digest:
+                        out[rel] = digest
+            dirnames[:] = [d for d in dirnames if not os.path.islink(os.path.join(dirpath, d))]
+        return out

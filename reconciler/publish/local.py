@@ -1,0 +1,112 @@
+"""The local directory publisher (the embedded default; no CVMFS needed).
+
+An image is built in `<root>/.staging/` and renamed into `.images/` only when
+complete; a tag moves by an atomic symlink swap (a new link, then rename over
+the old one). Data is synced before each rename, so a crash at any moment
+leaves every tag pointing at a complete image. Leftovers in `.staging` are
+removed at the next start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+from pathlib import Path
+from typing import Iterator, List
+
+from ..errors import PublishError
+from . import layout
+from .base import Publisher, PublishTransaction, remove_tree
+
+log = logging.getLogger(__name__)
+
+STAGING_DIR = ".staging"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class LocalTransaction(PublishTransaction):
+    def __init__(self, root: Path, message: str) -> None:
+        super().__init__(root)
+        self.message = message
+        self._staged: List[Path] = []
+
+    @contextlib.contextmanager
+    def build_image(self, digest: str) -> Iterator[Path]:
+        final = self.root / layout.image_relpath(digest)
+        staging = self.root / STAGING_DIR / f"{digest.split(':', 1)[1]}.{secrets.token_hex(4)}"
+        staging.mkdir(parents=True)
+        self._staged.append(staging)
+        try:
+            yield staging
+            # Everything written must be on disk before the image can become visible.
+            os.sync()
+            final.parent.mkdir(parents=True, exist_ok=True)
+            if final.exists():
+                log.info("image %s already present; dropping the duplicate build", digest)
+                remove_tree(staging)
+            else:
+                os.rename(staging, final)
+                _fsync_dir(final.parent)
+        except BaseException:
+            remove_tree(staging)
+            raise
+        finally:
+            self._staged.remove(staging)
+
+    def set_tag(self, tag_path: str, digest: str) -> None:
+        path = self.root / tag_path
+        if not self.has_image(digest):
+            raise PublishError(f"cannot point {tag_path} at {digest}: the image is not complete")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists() and not path.is_symlink():
+            raise PublishError(f"{path} exists and is not a tag link; move it away")
+        tmp = path.parent / f".{path.name}.tmp-{secrets.token_hex(4)}"
+        os.symlink(layout.link_target(tag_path, digest), tmp)
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        _fsync_dir(path.parent)
+
+    def remove_tag(self, tag_path: str) -> None:
+        path = self.root / tag_path
+        if path.is_symlink():
+            path.unlink()
+            _fsync_dir(path.parent)
+
+    def commit(self) -> None:
+        log.debug("local publish complete: %s", self.message)
+
+    def abort(self) -> None:
+        for staging in list(self._staged):
+            remove_tree(staging)
+
+
+class LocalPublisher(Publisher):
+    """Publishes into a plain directory."""
+
+    def recover(self) -> None:
+        staging = self.root / STAGING_DIR
+        if staging.is_dir():
+            for leftover in staging.iterdir():
+                log.warning("removing unfinished image build %s left by an interrupted run", leftover)
+                remove_tree(leftover)
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            for name in filenames:
+                if name.startswith(".") and ".tmp-" in name:
+                    os.unlink(os.path.join(dirpath, name))
+
+    def begin(self, message: str) -> LocalTransaction:
+        self.root.mkdir(parents=True, exist_ok=True)
+        return LocalTransaction(self.root, message)

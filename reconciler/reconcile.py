@@ -1,0 +1,292 @@
+"""One reconcile cycle: watchlist -> plan -> fetch -> apply -> publish -> state.
+
+Every watched (tag, platform) is resolved with HEAD requests; only those whose
+digest differs from what is published are fetched (all downloads happen
+before the publisher's transaction opens) and then applied, all in one
+transaction. A failure is confined to its image: the others publish, it is
+reported and retried next cycle.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
+
+from packaging.specifiers import SpecifierSet
+from packaging.version import InvalidVersion, Version
+
+from .applier import ApplyOptions, apply_layer
+from .blobstore import BlobStore
+from .errors import ReconcilerError
+from .fetch import ResolvedImage, fetch_layers, resolve_image
+from .publish import Publisher, PublishTransaction, make_publisher
+from .publish.layout import tag_relpath
+from .registry.client import RegistryClient, RetryPolicy
+from .registry.credentials import CredentialStore, Credentials, DockerConfig, read_secret
+from .registry.manifest import Platform
+from .state import StateDB, TagState
+from .watchlist import ImageEntry, Watchlist
+
+log = logging.getLogger(__name__)
+
+# Back off a failing tag: 1, 2, 4 … minutes, at most its interval.
+_BACKOFF_BASE_S = 60.0
+
+
+def select_tags(entry: ImageEntry, available: Sequence[str]) -> List[str]:
+    """Apply an entry's `tag_pattern`, `semver` and `newest` to a tag list."""
+    tags = list(available)
+    if entry.tag_pattern:
+        pattern = re.compile(entry.tag_pattern)
+        tags = [t for t in tags if pattern.search(t)]
+    versions: Dict[str, Version] = {}
+    for t in tags:
+        try:
+            versions[t] = Version(t)
+        except InvalidVersion:
+            pass
+    if entry.semver:
+        spec = SpecifierSet(entry.semver)
+        tags = [t for t in tags if t in versions and spec.contains(versions[t], prereleases=False)]
+    if entry.newest:
+        if all(t in versions for t in tags):
+            tags.sort(key=lambda t: versions[t])
+        else:
+            tags.sort()
+        tags = tags[-entry.newest:]
+    return sorted(tags)
+
+
+@dataclass
+class ImageOutcome:
+    """What happened to one (entry, tag, platform) this cycle."""
+
+    entry: ImageEntry
+    tag: str
+    platform: Platform
+    tag_path: str
+    status: str = "planned"  # planned | unchanged | published | failed
+    resolved: Optional[ResolvedImage] = None
+    reason: str = ""
+    downloaded: int = 0
+
+    @property
+    def name(self) -> str:
+        suffix = "" if self.tag_path.endswith(f":{self.tag}") else f" [{self.platform}]"
+        return f"{self.entry.source.name}:{self.tag}{suffix}"
+
+    @property
+    def digest(self) -> Optional[str]:
+        return self.resolved.manifest_digest if self.resolved else None
+
+
+@dataclass
+class CycleReport:
+    """The outcome of one cycle."""
+
+    outcomes: List[ImageOutcome] = field(default_factory=list)
+    entry_failures: List[Tuple[ImageEntry, str]] = field(default_factory=list)
+    removed: List[TagState] = field(default_factory=list)
+    transactions: int = 0
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.entry_failures) or any(o.status == "failed" for o in self.outcomes)
+
+    def summary(self) -> str:
+        """A human-readable summary, one line per change or failure."""
+        counts: Dict[str, int] = {}
+        for o in self.outcomes:
+            counts[o.status] = counts.get(o.status, 0) + 1
+        lines = [", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "nothing watched"]
+        for o in self.outcomes:
+            if o.status in ("published", "planned"):
+                lines.append(f"  {o.status:9} {o.name} -> {o.tag_path} ({(o.digest or '')[:19]})")
+        for row in self.removed:
+            lines.append(f"  removed   {row.tag_path}")
+        for entry, reason in self.entry_failures:
+            lines.append(f"  FAILED    {entry.label}: {reason}")
+        for o in self.outcomes:
+            if o.status == "failed":
+                lines.append(f"  FAILED    {o.name}: {o.reason}")
+        return "\n".join(lines)
+
+
+class Reconciler:
+    """Converges a publisher's tree on a watchlist."""
+
+    def __init__(self, watchlist: Watchlist, *, publisher: Optional[Publisher] = None,
+                 apply_options: Optional[ApplyOptions] = None, workers: int = 4,
+                 retry: RetryPolicy = RetryPolicy(), clock: Callable[[], float] = time.time) -> None:
+        self.watchlist = watchlist
+        self.store = BlobStore(watchlist.state_dir / "blobs")
+        self.state = StateDB(watchlist.state_dir / "state.db")
+        self.publisher = publisher or make_publisher(watchlist.publish.backend, watchlist.publish.root)
+        self.apply_options = apply_options or ApplyOptions()
+        self.workers = workers
+        self.retry = retry
+        self.clock = clock
+        self._clients: Dict[str, RegistryClient] = {}
+        self._credentials = CredentialStore(docker_config=DockerConfig())
+        self.publisher.recover()
+
+    def close(self) -> None:
+        for client in self._clients.values():
+            client.close()
+        self.state.close()
+
+    def client(self, host: str) -> RegistryClient:
+        """The (cached) client for a registry host, with its configured credentials."""
+        if host not in self._clients:
+            config = self.watchlist.registry(host)
+            creds: Optional[Credentials]
+            if config.username:
+                secret = read_secret(owner=f"{self.watchlist.path.name}: registries.\"{host}\"",
+                                     password_file=config.password_file, password_env=config.password_env)
+                creds = Credentials(config.username, secret)
+            else:
+                creds = self._credentials.lookup(host)
+            self._clients[host] = RegistryClient(host, insecure=config.insecure, credentials=creds,
+                                                 max_concurrency=config.max_concurrency, retry=self.retry)
+        return self._clients[host]
+
+    # -- plan --------------------------------------------------------------
+
+    def _watched_tags(self, entry: ImageEntry) -> List[str]:
+        if not entry.lists_tags:
+            return list(entry.tags)
+        client = self.client(entry.source.registry)
+        return select_tags(entry, client.list_tags(entry.source.repository))
+
+    def plan(self, entries: Optional[Sequence[ImageEntry]] = None) -> CycleReport:
+        """Resolve every watched tag (HEAD first) and compare with what is published."""
+        report = CycleReport()
+        planned = list(entries or self.watchlist.images)
+        for entry in planned:
+            try:
+                tags = self._watched_tags(entry)
+            except ReconcilerError as exc:
+                log.error("%s: cannot list tags: %s", entry.label, exc)
+                report.entry_failures.append((entry, f"cannot list tags: {exc}"))
+                continue
+            if not tags:
+                log.warning("%s: no tag matches the selection", entry.label)
+            for tag in tags:
+                for i, platform in enumerate(entry.platforms):
+                    outcome = ImageOutcome(entry, tag, platform, tag_relpath(entry.dest, tag, platform, i == 0))
+                    report.outcomes.append(outcome)
+                    try:
+                        outcome.resolved = resolve_image(self.client(entry.source.registry), self.store,
+                                                         entry.source.with_tag(tag), platform)
+                    except ReconcilerError as exc:
+                        self._fail(outcome, exc)
+                        continue
+                    if self.publisher.current_tag(outcome.tag_path) == outcome.resolved.manifest_digest:
+                        outcome.status = "unchanged"
+        self._plan_removals(planned if entries else None, report)
+        return report
+
+    def _plan_removals(self, entries: Optional[List[ImageEntry]], report: CycleReport) -> None:
+        """Published tags that are no longer watched. A tag of an entry whose
+        listing failed is never removed: a partial listing proves nothing."""
+        watched = {o.tag_path for o in report.outcomes}
+        unsure = {e.dest for e, _ in report.entry_failures}
+        in_scope = None if entries is None else {e.source.name for e in entries}
+        for row in self.state.all():
+            if in_scope is not None and row.source not in in_scope:
+                continue
+            if row.tag_path in watched or row.dest in unsure:
+                continue
+            report.removed.append(row)
+
+    def _fail(self, outcome: ImageOutcome, exc: BaseException) -> None:
+        outcome.status = "failed"
+        outcome.reason = str(exc) or type(exc).__name__
+        log.error("%s: %s", outcome.name, outcome.reason)
+
+    # -- the cycle ---------------------------------------------------------
+
+    def run_once(self, *, dry_run: bool = False, entries: Optional[Sequence[ImageEntry]] = None) -> CycleReport:
+        """Plan, fetch, apply and publish once; returns the report."""
+        report = self.plan(entries)
+        if dry_run:
+            return report
+        changes = [o for o in report.outcomes if o.status == "planned"]
+        self._fetch(changes)
+        changes = [o for o in changes if o.status == "planned"]
+        if changes or report.removed:
+            names = sorted({o.name for o in changes})
+            message = "reconciler: " + (", ".join(names[:20]) + (" …" if len(names) > 20 else "") or "tag removals")
+            report.transactions += 1
+            with self.publisher.transaction(message) as txn:
+                self._apply(txn, changes)
+                for row in report.removed:
+                    txn.remove_tag(row.tag_path)
+                    log.info("removed tag %s (no longer watched)", row.tag_path)
+        self._record(report)
+        return report
+
+    def _fetch(self, changes: List[ImageOutcome]) -> None:
+        def one(outcome: ImageOutcome) -> None:
+            assert outcome.resolved is not None
+            try:
+                outcome.downloaded = fetch_layers(self.client(outcome.entry.source.registry), self.store,
+                                                  outcome.resolved)
+                log.info("%s: layers ready (%d bytes downloaded)", outcome.name, outcome.downloaded)
+            except ReconcilerError as exc:
+                self._fail(outcome, exc)
+
+        if changes:
+            with ThreadPoolExecutor(max_workers=self.workers) as pool:
+                list(pool.map(one, changes))
+
+    def _apply(self, txn: PublishTransaction, changes: List[ImageOutcome]) -> None:
+        built: Dict[str, Optional[str]] = {}  # digest -> failure reason (None when built)
+        for outcome in changes:
+            image = outcome.resolved
+            assert image is not None
+            digest = image.manifest_digest
+            if digest not in built:
+                built[digest] = None
+                if not txn.has_image(digest):
+                    try:
+                        with txn.build_image(digest) as target:
+                            self._apply_layers(image, target)
+                    except (ReconcilerError, OSError) as exc:
+                        built[digest] = str(exc) or type(exc).__name__
+            if built[digest] is not None:
+                self._fail(outcome, ReconcilerError(built[digest]))
+                continue
+            try:
+                txn.set_tag(outcome.tag_path, digest)
+            except (ReconcilerError, OSError) as exc:
+                self._fail(outcome, exc)
+                continue
+            outcome.status = "published"
+            log.info("%s: published as %s (%s)", outcome.name, outcome.tag_path, digest[:19])
+
+    def _apply_layers(self, image: ResolvedImage, target: Path) -> None:
+        for layer, diff_id in zip(image.layers, image.config.diff_ids):
+            with self.store.path(layer.digest).open("rb") as blob:
+                apply_layer(blob, layer.media_type, target, expected_diff_id=diff_id, options=self.apply_options)
+
+    def _record(self, report: CycleReport) -> None:
+        now = self.clock()
+        for o in report.outcomes:
+            args = (o.entry.source.name, o.tag, str(o.platform), o.entry.dest, o.tag_path)
+            if o.status in ("published", "unchanged"):
+                assert o.resolved is not None
+                self.state.record_success(*args, o.resolved.tag_digest, o.resolved.manifest_digest,
+                                          next_due=now + o.entry.interval, now=now)
+            elif o.status == "failed":
+                state = self.state.get(*args[:3])
+                failures = (state.failures if state else 0) + 1
+                delay = min(o.entry.interval, _BACKOFF_BASE_S * 2 ** (failures - 1))
+                self.state.record_failure(*args, o.reason, next_due=now + delay, now=now)
+        for row in report.removed:
+            self.state.forget(row.source, row.tag, row.platform)

@@ -1,0 +1,152 @@
+"""`reconcile --once` end to end: the real registry, the applier, the local publisher."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import List
+
+import pytest
+
+from fixtures.push import FixturePusher
+from reconciler.cli import main
+from reconciler.reconcile import Reconciler
+from reconciler.registry.client import RetryPolicy
+from reconciler.watchlist import load_watchlist
+from tests.registry_server import start_registry
+
+
+def write_watchlist(tmp_path: Path, host: str, images: List[str]) -> Path:
+    text = f'[publish]\nroot = "publish"\n[state]\ndir = "state"\n[registries."{host}"]\ninsecure = true\n'
+    text += "".join(f"[[image]]\n{body}\n" for body in images)
+    path = tmp_path / "watchlist.toml"
+    path.write_text(text)
+    return path
+
+
+def run(path: Path, **kw):
+    reconciler = Reconciler(load_watchlist(path), retry=RetryPolicy(attempts=2, base_delay=0.01))
+    try:
+        report = reconciler.run_once(**kw)
+        stats = {h: c.stats for h, c in reconciler._clients.items()}
+    finally:
+        reconciler.close()
+    return report, stats
+
+
+def images_on_disk(root: Path) -> List[str]:
+    base = root / ".images"
+    return sorted(p.name for d in base.iterdir() for p in d.iterdir()) if base.exists() else []
+
+
+@pytest.fixture
+def cycle_watchlist(tmp_path, fixture_registry):
+    host = fixture_registry.host
+    return write_watchlist(tmp_path, host, [
+        f'source = "{host}/fixtures/basic"\ntags = ["v1", "latest"]\ndest = "basic"',
+        f'source = "{host}/fixtures/broken-diffid"\ntags = ["latest"]',
+        f'source = "{host}/fixtures/multiarch"\ntags = ["latest"]\nplatforms = ["linux/amd64", "linux/arm/v7"]',
+        f'source = "{host}/fixtures/manytags"\ntag_pattern = "^t00[0-2]$"\ndest = "many"',
+        f'source = "{host}/fixtures/edges"\ntags = ["latest"]\ndest = "edges"',
+    ])
+
+
+def test_once_publishes_everything_but_the_broken_image(cycle_watchlist, fixture_registry, capsys):
+    assert main(["--once", "--watchlist", str(cycle_watchlist)]) == 1
+    out = capsys.readouterr().out
+    assert "FAILED    " + f"{fixture_registry.host}/fixtures/broken-diffid:latest" in out
+    assert "image config says sha256:0000" in out
+    root = cycle_watchlist.parent / "publish"
+    assert (root / "basic:v1" / "etc" / "motd").read_text() == "upper motd\n"
+    assert os.readlink(root / "basic:v1") == os.readlink(root / "basic:latest")
+    arch = root / fixture_registry.host / "fixtures"
+    assert (arch / "multiarch:latest" / "arch").read_text() == "amd64\n"
+    assert (arch / "multiarch:latest@linux-arm-v7" / "arch").read_text() == "armv7\n"
+    assert sorted(p.name for p in (root / "many").parent.iterdir() if p.name.startswith("many:")) == \
+        ["many:t000", "many:t001", "many:t002"]
+    # the broken image is absent, not half there, and nothing is left in staging
+    assert not (root / fixture_registry.host / "fixtures" / "broken-diffid:latest").exists()
+    assert len(images_on_disk(root)) == 5  # basic, 2 multiarch, manytags, edges
+    assert list((root / ".staging").iterdir()) == []
+
+
+def test_second_run_downloads_nothing_and_opens_no_transaction(cycle_watchlist):
+    cycle_watchlist.write_text(cycle_watchlist.read_text().replace("fixtures/broken-diffid", "fixtures/basic-zstd"))
+    first, _ = run(cycle_watchlist)
+    assert first.transactions == 1 and not first.failed
+    second, stats = run(cycle_watchlist)
+    assert second.transactions == 0
+    assert {o.status for o in second.outcomes} == {"unchanged"}
+    (client_stats,) = stats.values()
+    assert client_stats.blob_bytes == 0 and client_stats.manifest_gets == 0
+
+
+def test_dry_run_changes_nothing(cycle_watchlist, capsys):
+    assert main(["--dry-run", "--watchlist", str(cycle_watchlist)]) == 0
+    assert "planned   " in capsys.readouterr().out
+    assert not (cycle_watchlist.parent / "publish" / "basic:v1").exists()
+
+
+@pytest.fixture
+def own_registry(tmp_path, fixture_images):
+    server = start_registry(tmp_path / "registry")
+    pusher = FixturePusher(server.host)
+
+    def push(fixture: str, tag: str) -> str:
+        image = fixture_images[fixture]
+        image_copy = type(image)(image.name, "team/app", image.blobs, image.manifests, [tag], image.layer_tars)
+        pusher.push(image_copy)
+        return image.top.digest
+
+    server.push = push  # type: ignore[attr-defined]
+    yield server
+    server.stop()
+
+
+def test_tag_moves_to_a_new_digest(tmp_path, own_registry):
+    own_registry.push("basic", "stable")
+    wl = write_watchlist(tmp_path, own_registry.host, [f'source = "{own_registry.host}/team/app"\ntags = ["stable"]\ndest = "app"'])
+    run(wl)
+    root = tmp_path / "publish"
+    old_target = os.readlink(root / "app:stable")
+    new_digest = own_registry.push("edges", "stable")
+    report, _ = run(wl)
+    assert [o.status for o in report.outcomes] == ["published"]
+    assert os.readlink(root / "app:stable") != old_target
+    assert new_digest.split(":")[1] in os.readlink(root / "app:stable")
+    assert (root / old_target).is_dir()  # the old image waits for GC
+
+
+def test_removed_tags_lose_their_link(tmp_path, own_registry):
+    own_registry.push("basic", "a")
+    own_registry.push("manytags", "b")
+    host = own_registry.host
+    wl = write_watchlist(tmp_path, host, [f'source = "{host}/team/app"\ntags = ["a", "b"]\ndest = "app"'])
+    run(wl)
+    assert (tmp_path / "publish" / "app:b").is_symlink()
+    write_watchlist(tmp_path, host, [f'source = "{host}/team/app"\ntags = ["a"]\ndest = "app"'])
+    report, _ = run(wl)
+    assert [r.tag_path for r in report.removed] == ["app:b"]
+    assert not (tmp_path / "publish" / "app:b").exists() and (tmp_path / "publish" / "app:a").is_symlink()
+    write_watchlist(tmp_path, host, [])  # the whole entry dropped from the watchlist
+    run(wl)
+    assert not (tmp_path / "publish" / "app:a").exists()
+
+
+def test_failed_tag_listing_never_removes_published_tags(tmp_path, own_registry):
+    own_registry.push("basic", "1.0")
+    host = own_registry.host
+    wl = write_watchlist(tmp_path, host, [f'source = "{host}/team/app"\ntag_pattern = "^1"\ndest = "app"'])
+    run(wl)
+    own_registry.stop()  # the registry is gone: the listing fails
+    report, _ = run(wl)
+    assert report.failed and report.entry_failures and not report.removed
+    assert (tmp_path / "publish" / "app:1.0" / "etc" / "motd").exists()
+
+
+def test_leftovers_of_a_crash_are_removed_at_start(cycle_watchlist):
+    staging = cycle_watchlist.parent / "publish" / ".staging" / "deadbeef.1234"
+    (staging / "usr").mkdir(parents=True)
+    (staging / "usr" / "half").write_text("x")
+    Reconciler(load_watchlist(cycle_watchlist)).close()
+    assert list(staging.parent.iterdir()) == []

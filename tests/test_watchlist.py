@@ -1,0 +1,134 @@
+"""watchlist.toml: every mistake names the file, the entry and the key."""
+
+from __future__ import annotations
+
+import pytest
+
+from reconciler.cli import main
+from reconciler.errors import ConfigError
+from reconciler.registry.manifest import Platform
+from reconciler.watchlist import load_watchlist, parse_duration
+
+GOOD = '''
+[publish]
+backend = "local"
+root = "./publish"
+
+[state]
+dir = "./.reconciler"
+
+[defaults]
+interval = "15m"
+platforms = ["linux/amd64"]
+
+[registries."127.0.0.1:5000"]
+insecure = true
+username = "robot"
+password_env = "RECONCILER_TEST_PW"
+max_concurrency = 2
+
+[service]
+listen = "127.0.0.1:8080"
+
+[webhooks.distribution]
+token_env = "RECONCILER_HOOK_TOKEN"
+
+[[image]]
+source = "docker.io/library/alpine"
+tags = ["3.20", "3.21"]
+
+[[image]]
+source = "127.0.0.1:5000/team/app"
+tag_pattern = "^v?\\\\d+\\\\.\\\\d+\\\\.\\\\d+$"
+semver = ">=1.2,<2"
+newest = 5
+dest = "team/app"
+platforms = ["linux/amd64", "linux/arm64/v8"]
+interval = "5m"
+'''
+
+
+def write(tmp_path, text):
+    path = tmp_path / "watchlist.toml"
+    path.write_text(text)
+    return path
+
+
+def test_the_documented_example_loads(tmp_path):
+    wl = load_watchlist(write(tmp_path, GOOD))
+    assert wl.publish.root == tmp_path / "publish"
+    assert wl.state_dir == tmp_path / ".reconciler"
+    alpine, app = wl.images
+    assert alpine.source.name == "docker.io/library/alpine" and alpine.tags == ("3.20", "3.21")
+    assert alpine.dest == "docker.io/library/alpine" and alpine.interval == 900
+    assert app.platforms == (Platform("linux", "amd64"), Platform("linux", "arm64", "v8"))
+    assert app.interval == 300 and app.newest == 5 and app.lists_tags
+    assert wl.registry("127.0.0.1:5000").insecure and wl.registry("ghcr.io").insecure is False
+
+
+def test_shipped_watchlist_loads():
+    from pathlib import Path
+    load_watchlist(Path(__file__).resolve().parent.parent / "watchlist.toml")
+
+
+MISTAKES = [
+    ('[publish]\nbackend = "nfs"\n', r"watchlist.toml: publish.backend: expected one of 'local', 'cvmfs'"),
+    ('[publish]\nbackend = "cvmfs"\n', r"publish.repository: required for backend \"cvmfs\""),
+    ('[publish]\nlease_path = "x"\n', r"publish.lease_path: only meaningful with backend"),
+    ('[publish]\nbackend = "cvmfs"\nrepository = "r.org"\nlease_path = "../x"\n', r"publish.lease_path: expected a relative sub-path"),
+    ('[publish]\nroot = 5\n', r"publish.root: expected str, got int 5"),
+    ('[publsh]\nroot = "x"\n', r"watchlist.toml: publsh: unknown key"),
+    ('[state]\ndirectory = "x"\n', r"state.directory: unknown key \(known keys here: dir\)"),
+    ('[defaults]\ninterval = "15 minutes"\n', r"defaults.interval: expected a duration"),
+    ('[defaults]\nplatforms = ["amd64"]\n', r"defaults.platforms: platform 'amd64' must look like os/architecture"),
+    ('[registries."r.io"]\ninsecure = "yes"\n', r'registries."r.io".insecure: expected true or false'),
+    ('[registries."r.io"]\nusername = "u"\n', r'registries."r.io".username: needs password_file or password_env'),
+    ('[registries."r.io"]\npassword_env = "X"\n', r'registries."r.io".username: required when a password'),
+    ('[registries."r.io"]\nmax_concurrency = 0\n', r'registries."r.io".max_concurrency: expected at least 1'),
+    ('[registries."r.io"]\nmirror = "mirror:5000"\n', r'registries."r.io".mirror: expected a URL'),
+    ('[registries."r.io"]\npasword_file = "x"\n', r'registries."r.io".pasword_file: unknown key'),
+    ('[service]\nlisten = "8080"\n', r"service.listen: expected HOST:PORT"),
+    ('[webhooks.bitbucket]\ntoken_env = "X"\n', r"webhooks.bitbucket: unknown provider"),
+    ('[[image]]\ntags = ["1"]\n', r"image\[1\].source: required"),
+    ('[[image]]\nsource = "Alpine"\ntags = ["1"]\n', r"image\[1\].source: invalid image reference 'Alpine'.*lowercase"),
+    ('[[image]]\nsource = "alpine:3.20"\ntags = ["1"]\n', r"image\[1\].source: give the repository only"),
+    ('[[image]]\nsource = "alpine"\n', r"image\[1\] \(docker.io/library/alpine\).tags: required"),
+    ('[[image]]\nsource = "alpine"\ntags = "3.20"\n', r"image\[1\] \(docker.io/library/alpine\).tags: expected a list of strings"),
+    ('[[image]]\nsource = "alpine"\ntags = [3]\n', r"image\[1\] \(docker.io/library/alpine\).tags: expected a list of strings"),
+    ('[[image]]\nsource = "alpine"\ntags = []\n', r"tags: expected at least one tag"),
+    ('[[image]]\nsource = "alpine"\ntags = ["bad tag"]\n', r"tags: 'bad tag' is not a valid tag"),
+    ('[[image]]\nsource = "alpine"\ntags = ["1"]\nnewest = 2\n', r"tags: give either exact `tags` or a selection"),
+    ('[[image]]\nsource = "alpine"\ntag_pattern = "(["\n', r"tag_pattern: not a valid regular expression"),
+    ('[[image]]\nsource = "alpine"\nsemver = "about 2"\n', r"semver: not a version range"),
+    ('[[image]]\nsource = "alpine"\nsemver = ">=1"\nnewest = 0\n', r"newest: expected at least 1"),
+    ('[[image]]\nsource = "alpine"\ntags = ["1"]\ndest = "../etc"\n', r"dest: expected a relative path"),
+    ('[[image]]\nsource = "alpine"\ntags = ["1"]\ndest = "a/b:c"\n', r"dest: expected a relative path"),
+    ('[[image]]\nsource = "alpine"\ntags = ["1"]\ntag = "2"\n', r"image\[1\] \(docker.io/library/alpine\).tag: unknown key"),
+    ('[[image]]\nsource = "alpine"\ntags = ["1"]\n[[image]]\nsource = "ghcr.io/x/y"\ntags = ["1"]\ndest = "docker.io/library/alpine"\n',
+     r"image\[2\] \(ghcr.io/x/y\).dest: 'docker.io/library/alpine' is already the destination of image\[1\]"),
+    ('image = "alpine"\n', r"image: expected a list of \[\[image\]\] tables"),
+    ('[publish\n', r"watchlist.toml: TOML syntax error: .*line 1"),
+]
+
+
+@pytest.mark.parametrize("text,message", MISTAKES, ids=[m[1][:40] for m in MISTAKES])
+def test_each_mistake_has_its_message(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message):
+        load_watchlist(write(tmp_path, text))
+
+
+def test_cli_exits_2_on_a_bad_watchlist_and_touches_nothing(tmp_path, capsys):
+    path = write(tmp_path, '[[image]]\nsource = "alpine"\ntags = "3.20"\n[publish]\nroot = "pub"\n[state]\ndir = "st"\n')
+    assert main(["--once", "--watchlist", str(path)]) == 2
+    assert "image[1] (docker.io/library/alpine).tags: expected a list of strings" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["watchlist.toml"]
+
+
+def test_cli_missing_watchlist(tmp_path, capsys):
+    assert main(["--once", "--watchlist", str(tmp_path / "nope.toml")]) == 2
+    assert "cannot read the watchlist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text,seconds", [("30s", 30), ("15m", 900), ("1h30m", 5400), ("2d", 172800)])
+def test_durations(text, seconds):
+    assert parse_duration(text) == seconds
