@@ -21,6 +21,7 @@ from packaging.specifiers import SpecifierSet
 from packaging.version import InvalidVersion, Version
 
 from .applier import ApplyOptions, apply_layer
+from .apptainer import make_apptainer_ready
 from .blobstore import BlobStore
 from .errors import ReconcilerError
 from .fetch import ResolvedImage, fetch_layers, resolve_image
@@ -274,6 +275,11 @@ class Reconciler:
         for layer, diff_id in zip(image.layers, image.config.diff_ids):
             with self.store.path(layer.digest).open("rb") as blob:
                 apply_layer(blob, layer.media_type, target, expected_diff_id=diff_id, options=self.apply_options)
+        config = image.config
+        kept = make_apptainer_ready(target, env=config.env, entrypoint=config.entrypoint, cmd=config.cmd,
+                                    labels=config.labels, bind_points=self.watchlist.publish.bind_points)
+        if kept:
+            log.debug("%s: the image already has %s; left as they are", image.reference, ", ".join(kept))
 
     def _record(self, report: CycleReport) -> None:
         now = self.clock()

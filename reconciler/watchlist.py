@@ -20,6 +20,7 @@ else:  # pragma: no cover - exercised on Python < 3.11
 
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 
+from .apptainer import DEFAULT_BIND_POINTS
 from .errors import ConfigError, InvalidReferenceError
 from .registry.manifest import Platform
 from .registry.reference import ImageReference, is_valid_tag, normalize_registry, parse_reference
@@ -43,6 +44,7 @@ class PublishConfig:
     root: Path = Path("publish")
     repository: Optional[str] = None
     lease_path: Optional[str] = None
+    bind_points: Tuple[str, ...] = DEFAULT_BIND_POINTS
 
 
 @dataclass(frozen=True)
@@ -200,8 +202,13 @@ def load_watchlist(path: Path) -> Watchlist:
         root = _path(base, root_text or "publish")
     if lease_path is not None and (lease_path.startswith("/") or ".." in lease_path.split("/") or not lease_path.strip("/")):
         raise pub.error("lease_path", "expected a relative sub-path of the repository, such as \"ligo\"")
+    bind_points = pub.strings("bind_points", list(DEFAULT_BIND_POINTS))
+    for point in bind_points:
+        if not point.strip("/") or ".." in point.split("/"):
+            raise pub.error("bind_points", f"expected directory names inside the image such as \"cvmfs\", got {point!r}")
     pub.done()
-    publish = PublishConfig(backend, root, repository, lease_path.strip("/") if lease_path else None)
+    publish = PublishConfig(backend, root, repository, lease_path.strip("/") if lease_path else None,
+                            tuple(p.strip("/") for p in bind_points))
 
     state = _Section(name, "state", top.get("state", dict, {}))
     state_dir = _path(base, state.get("dir", str, ".reconciler"))

@@ -58,6 +58,11 @@ def test_once_publishes_everything_but_the_broken_image(cycle_watchlist, fixture
     assert "image config says sha256:0000" in out
     root = cycle_watchlist.parent / "publish"
     assert (root / "basic:v1" / "etc" / "motd").read_text() == "upper motd\n"
+    # Apptainer-ready from the image config
+    env = (root / "basic:v1" / ".singularity.d" / "env" / "10-docker2singularity.sh").read_text()
+    assert 'GREETING="hello world"' in env
+    assert "'/bin/sh' '-c'" in (root / "basic:v1" / ".singularity.d" / "runscript").read_text()
+    assert (root / "basic:v1" / "cvmfs").is_dir()
     assert os.readlink(root / "basic:v1") == os.readlink(root / "basic:latest")
     arch = root / fixture_registry.host / "fixtures"
     assert (arch / "multiarch:latest" / "arch").read_text() == "amd64\n"

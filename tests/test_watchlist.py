@@ -78,6 +78,8 @@ MISTAKES = [
     ('[publish]\nbackend = "cvmfs"\nrepository = "r.org"\nlease_path = "../x"\n', r"publish.lease_path: expected a relative sub-path"),
     ('[publish]\nroot = 5\n', r"publish.root: expected str, got int 5"),
     ('[publsh]\nroot = "x"\n', r"watchlist.toml: publsh: unknown key"),
+    ('[publish]\nbind_points = ["../x"]\n', r"publish.bind_points: expected directory names"),
+    ('[publish]\nbind_points = "cvmfs"\n', r"publish.bind_points: expected a list of strings"),
     ('[state]\ndirectory = "x"\n', r"state.directory: unknown key \(known keys here: dir\)"),
     ('[defaults]\ninterval = "15 minutes"\n', r"defaults.interval: expected a duration"),
     ('[defaults]\nplatforms = ["amd64"]\n', r"defaults.platforms: platform 'amd64' must look like os/architecture"),

@@ -1,0 +1,230 @@
+"""`python -m tests.bench`: reconciler against skopeo + umoci, side by side, on
+one real image served by the loopback docker-registry. Not a test: it reports
+ratios and writes them to `.bench/results.json`.
+
+Measures, alternating in the same run:
+- apply: our applier on the image's three layers vs `umoci unpack` of the same layers;
+- cold: `reconcile --once` (fresh state and root) vs `skopeo copy` + `umoci unpack`;
+- warm: `reconcile --once` again with nothing changed (requests and blob bytes
+  served, from the registry's log);
+- incremental: v2 (new top layer only) added after v1;
+- peak RSS of the reconciler process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+from fixtures.push import FixturePusher
+from tests.bench.images import build_images
+from tests.registry_server import start_registry
+
+REPO = Path(__file__).resolve().parents[2]
+RECONCILE = Path(sys.executable).with_name("reconcile")
+
+
+def timed(cmd: List[str], **kw) -> Tuple[float, int]:
+    """Run a command; wall seconds and the child's peak RSS in KiB."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kw)
+    _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr.read().decode()[-2000:]}")
+    proc.stderr.close()
+    return elapsed, usage.ru_maxrss
+
+
+class RegistryCounter:
+    """Requests and bytes the registry served between two points (from its JSON log)."""
+
+    def __init__(self, log_path: Path) -> None:
+        self.log_path = log_path
+        self.offset = 0
+
+    def mark(self) -> None:
+        self.offset = self.log_path.stat().st_size
+
+    def since(self) -> Dict[str, int]:
+        # The registry logs a request when it completes; wait until the log stops growing.
+        size, deadline = -1, time.monotonic() + 5
+        while time.monotonic() < deadline:
+            now = self.log_path.stat().st_size
+            if now == size:
+                break
+            size = now
+            time.sleep(0.2)
+        out = {"requests": 0, "manifest_gets": 0, "manifest_heads": 0, "blob_gets": 0, "blob_bytes": 0}
+        with self.log_path.open("rb") as fh:
+            fh.seek(self.offset)
+            for line in fh:
+                try:
+                    entry = json.loads(line)
+                except ValueError:
+                    continue
+                method, uri = entry.get("http.request.method"), entry.get("http.request.uri", "")
+                if not method or "http.response.status" not in entry:
+                    continue
+                out["requests"] += 1
+                if "/manifests/" in uri:
+                    out["manifest_gets" if method == "GET" else "manifest_heads"] += 1
+                elif "/blobs/" in uri and method == "GET":
+                    out["blob_gets"] += 1
+                    out["blob_bytes"] += int(entry.get("http.response.written", 0))
+        return out
+
+
+def push(host: str, images) -> None:
+    pusher = FixturePusher(host)
+    for image in images.values():
+        container = pusher._container(image.repository, image.tags[0])
+        for layer in image.layer_files:
+            pusher.registry.upload_blob(str(layer.gz), container,
+                                        {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                                         "digest": layer.digest, "size": layer.size})
+        with tempfile.TemporaryDirectory() as tmp:
+            for blob in image.blobs:
+                pusher.push_blob(image.repository, blob, Path(tmp))
+        pusher.push_manifest(image.repository, image.top, image.tags[0])
+
+
+def write_watchlist(path: Path, host: str, tags: List[str]) -> None:
+    path.write_text(f'[publish]\nroot = "publish"\n[state]\ndir = "state"\n'
+                    f'[registries."{host}"]\ninsecure = true\n'
+                    f'[[image]]\nsource = "{host}/bench/app"\ntags = {json.dumps(tags)}\ndest = "app"\n')
+
+
+def fresh(path: Path) -> Path:
+    if path.exists():
+        subprocess.run(["rm", "-rf", str(path)], check=True)
+    path.mkdir(parents=True)
+    return path
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pairs", type=int, default=3, help="alternating pairs per comparison (default 3)")
+    parser.add_argument("--workdir", type=Path, default=REPO / ".bench")
+    parser.add_argument("--only", choices=("apply", "e2e"), help="run one part only")
+    args = parser.parse_args()
+    for tool in ("skopeo", "umoci"):
+        if shutil.which(tool) is None:
+            sys.exit(f"bench: {tool} is not installed (bash .ci/setup installs it)")
+    work = args.workdir
+    images = build_images(work / "cache")
+    v1 = images["v1"]
+    results: Dict[str, object] = {"image": {
+        "layers_gzip_bytes": sum(l.size for l in v1.layer_files),
+        "layers_tar_bytes": sum(l.tar.stat().st_size for l in v1.layer_files)}}
+    registry = start_registry(fresh(work / "registry"))
+    try:
+        push(registry.host, images)
+        counter = RegistryCounter(registry.log_path)
+        oci = work / "oci"
+
+        def skopeo_umoci(tag: str) -> float:
+            fresh(oci)
+            t1, _ = timed(["skopeo", "copy", "-q", "--src-tls-verify=false",
+                           f"docker://{registry.host}/bench/app:{tag}", f"oci:{oci / 'layout'}:{tag}"])
+            t2, _ = timed(["umoci", "unpack", "--image", f"{oci / 'layout'}:{tag}", str(oci / "bundle")])
+            return t1 + t2
+
+        if args.only in (None, "apply"):
+            results["apply"] = bench_apply(work, v1, args.pairs, skopeo_umoci)
+        if args.only in (None, "e2e"):
+            results.update(bench_e2e(work, registry.host, args.pairs, skopeo_umoci, counter))
+    finally:
+        registry.stop()
+    out = work / "results.json"
+    out.write_text(json.dumps(results, indent=2))
+    print(summary(results))
+    print(f"bench: details in {out}", file=sys.stderr)
+    return 0
+
+
+def bench_apply(work: Path, image, pairs: int, skopeo_umoci) -> Dict[str, object]:
+    """Our applier on the three layers vs `umoci unpack` of the same layers."""
+    code = ("import sys\nfrom reconciler.applier import apply_layer\n"
+            "root = sys.argv[1]\n"
+            "for gz, diff in zip(sys.argv[2::2], sys.argv[3::2]):\n"
+            "    with open(gz, 'rb') as f:\n"
+            "        apply_layer(f, 'application/vnd.oci.image.layer.v1.tar+gzip', root, expected_diff_id=diff)\n")
+    args: List[str] = []
+    for layer in image.layer_files:
+        args += [str(layer.gz), layer.diff_id]
+    skopeo_umoci("v1")  # leaves the OCI layout that umoci unpacks below
+    layout = work / "oci" / "layout"
+    ours, theirs, rss = [], [], 0
+    for _ in range(pairs):
+        target = fresh(work / "apply-ours")
+        t, r = timed([sys.executable, "-c", code, str(target), *args])
+        ours.append(t)
+        rss = max(rss, r)
+        bundle = work / "apply-umoci"
+        subprocess.run(["rm", "-rf", str(bundle)], check=True)
+        t, _ = timed(["umoci", "unpack", "--image", f"{layout}:v1", str(bundle)])
+        theirs.append(t)
+    return {"ours_s": ours, "umoci_s": theirs, "ours_median_s": statistics.median(ours),
+            "umoci_median_s": statistics.median(theirs),
+            "ratio": statistics.median(ours) / statistics.median(theirs), "ours_peak_rss_kib": rss}
+
+
+def bench_e2e(work: Path, host: str, pairs: int, skopeo_umoci, counter: RegistryCounter) -> Dict[str, object]:
+    run_dir = work / "run"
+    watchlist = run_dir / "watchlist.toml"
+
+    def reconcile() -> Tuple[float, int]:
+        return timed([str(RECONCILE), "--once", "--watchlist", str(watchlist)])
+
+    ours, theirs, rss = [], [], 0
+    for _ in range(pairs):
+        fresh(run_dir)
+        write_watchlist(watchlist, host, ["v1"])
+        t, r = reconcile()
+        ours.append(t)
+        rss = max(rss, r)
+        theirs.append(skopeo_umoci("v1"))
+    cold = {"ours_s": ours, "skopeo_umoci_s": theirs, "ours_median_s": statistics.median(ours),
+            "skopeo_umoci_median_s": statistics.median(theirs),
+            "ratio": statistics.median(ours) / statistics.median(theirs)}
+    # warm: the last cold run's state, nothing changed upstream
+    counter.mark()
+    t, r = reconcile()
+    rss = max(rss, r)
+    warm = {"seconds": t, **counter.since()}
+    # incremental: v2 (a new top layer) added after v1
+    write_watchlist(watchlist, host, ["v1", "v2"])
+    counter.mark()
+    t, r = reconcile()
+    rss = max(rss, r)
+    incremental = {"seconds": t, "ratio_to_cold": t / cold["ours_median_s"], **counter.since()}
+    return {"cold": cold, "warm": warm, "incremental": incremental, "peak_rss_mib": round(rss / 1024, 1)}
+
+
+def summary(results: Dict[str, object]) -> str:
+    parts = []
+    if "apply" in results:
+        a = results["apply"]
+        parts.append(f"apply {a['ours_median_s']:.2f}s vs umoci {a['umoci_median_s']:.2f}s = {a['ratio']:.2f}x")
+    if "cold" in results:
+        c, w, i = results["cold"], results["warm"], results["incremental"]
+        parts.append(f"cold {c['ours_median_s']:.2f}s vs skopeo+umoci {c['skopeo_umoci_median_s']:.2f}s = {c['ratio']:.2f}x")
+        parts.append(f"warm {w['seconds']:.2f}s {w['blob_bytes']} blob bytes {w['manifest_gets']} manifest GETs")
+        parts.append(f"incremental {i['seconds']:.2f}s = {i['ratio_to_cold']:.2f}x cold, {i['blob_bytes']} blob bytes")
+        parts.append(f"peak RSS {results['peak_rss_mib']} MiB")
+    return "bench: " + "; ".join(parts)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
