@@ -79,6 +79,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except ConfigError as exc:
         print(f"reconcile: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except ReconcilerError as exc:
+        log.error("cannot start: %s", exc)
+        return EXIT_FAILED
     try:
         report = reconciler.run_once(dry_run=args.dry_run)
     except ConfigError as exc:

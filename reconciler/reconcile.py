@@ -23,7 +23,7 @@ from packaging.version import InvalidVersion, Version
 from .applier import ApplyOptions, apply_layer
 from .apptainer import make_apptainer_ready
 from .blobstore import BlobStore
-from .errors import ReconcilerError
+from .errors import PublishError, ReconcilerError
 from .fetch import ResolvedImage, fetch_layers, resolve_image
 from .publish import Publisher, PublishTransaction, make_publisher
 from .publish.layout import tag_relpath
@@ -127,7 +127,9 @@ class Reconciler:
         self.watchlist = watchlist
         self.store = BlobStore(watchlist.state_dir / "blobs")
         self.state = StateDB(watchlist.state_dir / "state.db")
-        self.publisher = publisher or make_publisher(watchlist.publish.backend, watchlist.publish.root)
+        pub = watchlist.publish
+        self.publisher = publisher or make_publisher(pub.backend, pub.root, state_dir=watchlist.state_dir,
+                                                     repository=pub.repository or "", lease_path=pub.lease_path or "")
         self.apply_options = apply_options or ApplyOptions()
         self.workers = workers
         self.retry = retry
@@ -224,11 +226,18 @@ class Reconciler:
             names = sorted({o.name for o in changes})
             message = "reconciler: " + (", ".join(names[:20]) + (" …" if len(names) > 20 else "") or "tag removals")
             report.transactions += 1
-            with self.publisher.transaction(message) as txn:
-                self._apply(txn, changes)
-                for row in report.removed:
-                    txn.remove_tag(row.tag_path)
-                    log.info("removed tag %s (no longer watched)", row.tag_path)
+            try:
+                with self.publisher.transaction(message) as txn:
+                    self._apply(txn, changes)
+                    for row in report.removed:
+                        txn.remove_tag(row.tag_path)
+                        log.info("removed tag %s (no longer watched)", row.tag_path)
+            except PublishError as exc:
+                # Nothing of this transaction is visible: every change of it failed.
+                for outcome in changes:
+                    if outcome.status in ("planned", "published"):
+                        self._fail(outcome, PublishError(f"not published: {exc}"))
+                report.removed = []
         self._record(report)
         return report
 

@@ -158,6 +158,7 @@ class _Applier:
         self.dir_times: Dict[PathKey, int] = {}
         self.restore_times: Dict[PathKey, Tuple[int, int]] = {}
         self.created_dirs: Set[PathKey] = set()
+        self.buffer = bytearray(_COPY_CHUNK)
 
     # -- path resolution -------------------------------------------------
 
@@ -437,14 +438,16 @@ class _Applier:
         try:
             source = tf.extractfile(member)
             if source is not None:
+                # One reused buffer: allocating a fresh chunk per read fragments the heap.
+                buffer = self.buffer
                 while True:
-                    chunk = source.read(_COPY_CHUNK)
-                    if not chunk:
+                    n = source.readinto(buffer)
+                    if not n:
                         break
-                    view = memoryview(chunk)
+                    view = memoryview(buffer)[:n]
                     while view:
                         view = view[os.write(fd, view):]
-                    self.stats.bytes += len(chunk)
+                    self.stats.bytes += n
                     if self.stats.bytes > self.limits.max_bytes:
                         raise LayerError(f"layer writes more than the limit of {self.limits.max_bytes} bytes")
             if self.privileged:

@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 GZIP_MAGIC = b"\x1f\x8b\x08"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _IN_CHUNK = 256 * 1024
-_OUT_CHUNK = 1024 * 1024
+_OUT_CHUNK = 256 * 1024
 
 _LAYER_TYPES = {
     "application/vnd.oci.image.layer.v1.tar": "none",

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-from ..errors import ConfigError
+from pathlib import Path
+
 from .base import Publisher, PublishTransaction
+from .cvmfs import CvmfsPublisher
 from .local import LocalPublisher
 
 
-def make_publisher(backend: str, root, **options: object) -> Publisher:
+def make_publisher(backend: str, root: Path, *, state_dir: Path, repository: str = "",
+                   lease_path: str = "") -> Publisher:
     """The publisher for a watchlist's `[publish]` section."""
-    if backend == "local":
-        return LocalPublisher(root)
-    raise ConfigError(f"publish backend {backend!r} is not available yet")
+    if backend == "cvmfs":
+        return CvmfsPublisher(repository, root, state_dir, lease_path or None)
+    return LocalPublisher(root)
 
 
-__all__ = ["Publisher", "PublishTransaction", "LocalPublisher", "make_publisher"]
+__all__ = ["Publisher", "PublishTransaction", "LocalPublisher", "CvmfsPublisher", "make_publisher"]

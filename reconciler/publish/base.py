@@ -5,12 +5,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 import shutil
 import stat
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Dict, Iterator, Optional
 
+from ..errors import PublishError
 from . import layout
 
 log = logging.getLogger(__name__)
@@ -39,6 +41,7 @@ class PublishTransaction(ABC):
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self.changed = False
 
     def has_image(self, digest: str) -> bool:
         """True when the image directory of `digest` is complete and published."""
@@ -49,13 +52,35 @@ class PublishTransaction(ABC):
         """A directory to fill with the image's root filesystem. On normal exit the
         image is complete; on an exception its partial content is removed."""
 
-    @abstractmethod
-    def set_tag(self, tag_path: str, digest: str) -> None:
-        """Point `<root>/<tag_path>` at the image `digest`."""
+    def _sync_dir(self, path: Path) -> None:
+        """Make a directory's entries durable (where the backend needs it)."""
 
-    @abstractmethod
+    def set_tag(self, tag_path: str, digest: str) -> None:
+        """Point `<root>/<tag_path>` at the image `digest`, atomically (a new
+        link renamed over the old one)."""
+        path = self.root / tag_path
+        if not self.has_image(digest):
+            raise PublishError(f"cannot point {tag_path} at {digest}: the image is not complete")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists() and not path.is_symlink():
+            raise PublishError(f"{path} exists and is not a tag link; move it away")
+        tmp = path.parent / f".{path.name}.tmp-{secrets.token_hex(4)}"
+        os.symlink(layout.link_target(tag_path, digest), tmp)
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        self.changed = True
+        self._sync_dir(path.parent)
+
     def remove_tag(self, tag_path: str) -> None:
         """Remove the tag link `<root>/<tag_path>` (the image stays until GC)."""
+        path = self.root / tag_path
+        if path.is_symlink():
+            path.unlink()
+            self.changed = True
+            self._sync_dir(path.parent)
 
     @abstractmethod
     def commit(self) -> None:

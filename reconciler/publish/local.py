@@ -16,7 +16,6 @@ import secrets
 from pathlib import Path
 from typing import Iterator, List
 
-from ..errors import PublishError
 from . import layout
 from .base import Publisher, PublishTransaction, remove_tree
 
@@ -56,33 +55,15 @@ class LocalTransaction(PublishTransaction):
             else:
                 os.rename(staging, final)
                 _fsync_dir(final.parent)
+                self.changed = True
         except BaseException:
             remove_tree(staging)
             raise
         finally:
             self._staged.remove(staging)
 
-    def set_tag(self, tag_path: str, digest: str) -> None:
-        path = self.root / tag_path
-        if not self.has_image(digest):
-            raise PublishError(f"cannot point {tag_path} at {digest}: the image is not complete")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.exists() and not path.is_symlink():
-            raise PublishError(f"{path} exists and is not a tag link; move it away")
-        tmp = path.parent / f".{path.name}.tmp-{secrets.token_hex(4)}"
-        os.symlink(layout.link_target(tag_path, digest), tmp)
-        try:
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        _fsync_dir(path.parent)
-
-    def remove_tag(self, tag_path: str) -> None:
-        path = self.root / tag_path
-        if path.is_symlink():
-            path.unlink()
-            _fsync_dir(path.parent)
+    def _sync_dir(self, path: Path) -> None:
+        _fsync_dir(path)
 
     def commit(self) -> None:
         log.debug("local publish complete: %s", self.message)

@@ -31,19 +31,25 @@ from tests.registry_server import start_registry
 
 REPO = Path(__file__).resolve().parents[2]
 RECONCILE = Path(sys.executable).with_name("reconcile")
+GNU_TIME = "/usr/bin/time"
 
 
 def timed(cmd: List[str], **kw) -> Tuple[float, int]:
-    """Run a command; wall seconds and the child's peak RSS in KiB."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kw)
-    _, status, usage = os.wait4(proc.pid, 0)
-    elapsed = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr.read().decode()[-2000:]}")
-    proc.stderr.close()
-    return elapsed, usage.ru_maxrss
+    """Run a command; wall seconds and its peak RSS in KiB.
+
+    Dirty pages of the previous run are flushed first, so one run's writeback
+    does not land in the next one's time. The RSS comes from GNU time: a
+    forked child's own ru_maxrss would include the pre-exec copy of this process.
+    """
+    os.sync()
+    with tempfile.NamedTemporaryFile("r") as rss:
+        start = time.perf_counter()
+        done = subprocess.run([GNU_TIME, "-f", "%M", "-o", rss.name, *cmd], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, **kw)
+        elapsed = time.perf_counter() - start
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed ({done.returncode}): {done.stderr.decode()[-2000:]}")
+        return elapsed, int(rss.read().strip().splitlines()[-1])
 
 
 class RegistryCounter:
@@ -121,6 +127,9 @@ def main() -> int:
     for tool in ("skopeo", "umoci"):
         if shutil.which(tool) is None:
             sys.exit(f"bench: {tool} is not installed (bash .ci/setup installs it)")
+    if not os.path.exists(GNU_TIME):
+        subprocess.run(["apt-get", "install", "-y", "-qq", "time"], check=True,
+                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"}, stdout=subprocess.DEVNULL)
     work = args.workdir
     images = build_images(work / "cache")
     v1 = images["v1"]
@@ -216,13 +225,14 @@ def summary(results: Dict[str, object]) -> str:
     parts = []
     if "apply" in results:
         a = results["apply"]
-        parts.append(f"apply {a['ours_median_s']:.2f}s vs umoci {a['umoci_median_s']:.2f}s = {a['ratio']:.2f}x")
+        parts.append(f"apply {a['ours_median_s']:.2f}s vs umoci {a['umoci_median_s']:.2f}s = {a['ratio']:.2f}x "
+                     f"(applier peak RSS {a['ours_peak_rss_kib'] // 1024} MiB)")
     if "cold" in results:
         c, w, i = results["cold"], results["warm"], results["incremental"]
         parts.append(f"cold {c['ours_median_s']:.2f}s vs skopeo+umoci {c['skopeo_umoci_median_s']:.2f}s = {c['ratio']:.2f}x")
         parts.append(f"warm {w['seconds']:.2f}s {w['blob_bytes']} blob bytes {w['manifest_gets']} manifest GETs")
         parts.append(f"incremental {i['seconds']:.2f}s = {i['ratio_to_cold']:.2f}x cold, {i['blob_bytes']} blob bytes")
-        parts.append(f"peak RSS {results['peak_rss_mib']} MiB")
+        parts.append(f"reconcile peak RSS {results['peak_rss_mib']} MiB")
     return "bench: " + "; ".join(parts)
 
 

@@ -1,0 +1,252 @@
+"""The publisher contract, run against both backends: the local directory and
+CVMFS (through the `cvmfs_server` test double in tests/cvmfs_double)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import List
+
+import pytest
+
+from reconciler.errors import LayerError
+from reconciler.reconcile import Reconciler
+from reconciler.registry.client import RetryPolicy
+from reconciler.watchlist import load_watchlist
+
+DOUBLE_DIR = Path(__file__).resolve().parent / "cvmfs_double"
+REPO = "containers.test.org"
+
+
+class Backend:
+    """One backend under test: writes watchlists for it and reads what is published."""
+
+    def __init__(self, kind: str, tmp_path: Path, monkeypatch) -> None:
+        self.kind = kind
+        self.tmp = tmp_path
+        self.double = tmp_path / "cvmfs-server"
+        if kind == "cvmfs":
+            monkeypatch.setenv("PATH", f"{DOUBLE_DIR}{os.pathsep}{os.environ['PATH']}")
+            monkeypatch.setenv("CVMFS_DOUBLE_ROOT", str(self.double))
+            subprocess.run(["cvmfs_server", "mkfs", REPO], check=True)
+
+    def mount(self, node: str = "node0") -> Path:
+        return self.double / "nodes" / node / "cvmfs" / REPO
+
+    @property
+    def visible(self) -> Path:
+        """What readers see: the published revision (CVMFS) or the local root."""
+        return self.double / "repos" / REPO / "published" if self.kind == "cvmfs" else self.tmp / "publish"
+
+    def publish_section(self, lease: str = "", node: str = "node0") -> str:
+        if self.kind == "local":
+            return '[publish]\nroot = "publish"\n'
+        text = f'[publish]\nbackend = "cvmfs"\nrepository = "{REPO}"\nroot = "{self.mount(node)}"\n'
+        return text + (f'lease_path = "{lease}"\n' if lease else "")
+
+    def watchlist(self, host: str, images: List[str], name: str = "watchlist.toml", **kw) -> Path:
+        text = self.publish_section(**kw) + f'[state]\ndir = "state-{name}"\n[registries."{host}"]\ninsecure = true\n'
+        text += "".join(f"[[image]]\n{body}\n" for body in images)
+        path = self.tmp / name
+        path.write_text(text)
+        return path
+
+    def calls(self) -> List[List[str]]:
+        log = self.double / "calls.jsonl"
+        if not log.exists():
+            return []
+        calls = [json.loads(line)["argv"] for line in log.read_text().splitlines()]
+        return [c for c in calls if c[0] != "mkfs"]  # the test set-up's own call
+
+    def history(self) -> List[dict]:
+        log = self.double / "repos" / REPO / "history.jsonl"
+        return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+    def violations(self) -> List[dict]:
+        state = self.double / "repos" / REPO / "state.json"
+        return json.loads(state.read_text()).get("violations", []) if state.exists() else []
+
+
+@pytest.fixture(params=["local", "cvmfs"])
+def backend(request, tmp_path, monkeypatch):
+    b = Backend(request.param, tmp_path, monkeypatch)
+    yield b
+    assert b.violations() == [], "the repository was written outside a transaction"
+
+
+def run(path: Path, **kw):
+    reconciler = Reconciler(load_watchlist(path), retry=RetryPolicy(attempts=2, base_delay=0.01), **kw)
+    try:
+        return reconciler.run_once()
+    finally:
+        reconciler.close()
+
+
+def img(host: str, name: str, tags: str, dest: str) -> str:
+    return f'source = "{host}/fixtures/{name}"\ntags = {tags}\ndest = "{dest}"'
+
+
+def test_publish_then_unchanged(backend, fixture_registry):
+    host = fixture_registry.host
+    wl = backend.watchlist(host, [img(host, "basic", '["v1", "latest"]', "basic")])
+    report = run(wl)
+    assert {o.status for o in report.outcomes} == {"published"}
+    seen = backend.visible
+    assert (seen / "basic:v1" / "etc" / "motd").read_text() == "upper motd\n"
+    assert os.readlink(seen / "basic:v1") == os.readlink(seen / "basic:latest")  # two tags, one directory
+    assert "GREETING" in (seen / "basic:v1" / ".singularity.d" / "env" / "10-docker2singularity.sh").read_text()
+    calls_before = len(backend.calls())
+    again = run(wl)
+    assert again.transactions == 0 and {o.status for o in again.outcomes} == {"unchanged"}
+    if backend.kind == "cvmfs":
+        assert [c[0] for c in backend.calls()[calls_before:]] == ["list"]  # no new transaction
+        image_dir = Path(os.path.realpath(seen / "basic:v1"))
+        assert (image_dir / ".cvmfscatalog").exists()
+
+
+def test_three_changed_images_make_one_transaction(backend, fixture_registry):
+    host = fixture_registry.host
+    wl = backend.watchlist(host, [img(host, "basic", '["v1"]', "a"), img(host, "edges", '["latest"]', "b"),
+                                  img(host, "special", '["latest"]', "c")])
+    report = run(wl)
+    assert report.transactions == 1 and not report.failed
+    if backend.kind == "cvmfs":
+        verbs = [c[0] for c in backend.calls()]
+        assert verbs == ["list", "transaction", "publish"]
+        publish = backend.calls()[-1]
+        assert publish[:2] == ["publish", "-m"] and publish[-1] == REPO
+        assert all(name in publish[2] for name in ("fixtures/basic:v1", "fixtures/edges:latest", "fixtures/special:latest"))
+        assert [h["revision"] for h in backend.history()] == [2]
+
+
+def test_tag_moved_keeps_the_old_image_until_gc(backend, fixture_registry):
+    host = fixture_registry.host
+    wl = backend.watchlist(host, [img(host, "basic", '["v1"]', "app")])
+    run(wl)
+    old = os.readlink(backend.visible / "app:v1")
+    wl = backend.watchlist(host, [f'source = "{host}/fixtures/edges"\ntags = ["latest"]\ndest = "app"'])
+    run(wl)  # "app:v1" is no longer watched; "app:latest" is new
+    assert not (backend.visible / "app:v1").exists()
+    assert (backend.visible / "app:latest" / "after-empty").exists()
+    assert (backend.visible / old).is_dir()
+
+
+def test_exception_mid_image_leaves_nothing_visible(backend, fixture_registry, monkeypatch):
+    host = fixture_registry.host
+    wl = backend.watchlist(host, [img(host, "basic", '["v1"]', "good"), img(host, "edges", '["latest"]', "bad")])
+    real = Reconciler._apply_layers
+
+    def failing(self, image, target):
+        if "edges" in str(image.reference):
+            (target / "partial-file").write_text("half an image")
+            raise LayerError("injected failure in the middle of an image")
+        return real(self, image, target)
+
+    monkeypatch.setattr(Reconciler, "_apply_layers", failing)
+    report = run(wl)
+    statuses = {o.tag_path: o.status for o in report.outcomes}
+    assert statuses == {"good:v1": "published", "bad:latest": "failed"}
+    assert not (backend.visible / "bad:latest").exists()
+    assert not list(backend.visible.rglob("partial-file"))
+    assert (backend.visible / "good:v1" / "etc" / "motd").exists()
+
+
+def test_failure_of_the_whole_transaction_aborts_it(backend, fixture_registry, monkeypatch):
+    host = fixture_registry.host
+    wl = backend.watchlist(host, [img(host, "basic", '["v1"]', "app")])
+    from reconciler.publish.base import PublishTransaction
+
+    def broken_set_tag(self, tag_path, digest):
+        raise RuntimeError("injected crash between apply and publish")
+
+    monkeypatch.setattr(PublishTransaction, "set_tag", broken_set_tag)
+    with pytest.raises(RuntimeError):
+        run(wl)
+    assert not (backend.visible / "app:v1").exists()
+    if backend.kind == "cvmfs":
+        assert backend.calls()[-1] == ["abort", "-f", REPO]
+        assert not list(backend.visible.glob(".images/*/*"))
+
+
+def test_killed_run_never_shows_a_partial_image_and_the_next_run_converges(backend, fixture_registry):
+    host = fixture_registry.host
+    wl = backend.watchlist(host, [img(host, "basic", '["v1"]', "app"), img(host, "edges", '["latest"]', "edges")])
+    env = {**os.environ, "CRASH_AFTER_LAYERS": "3", "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    crashed = subprocess.run([sys.executable, "-m", "tests.crash_runner", "--once", "--watchlist", str(wl)],
+                             env=env, capture_output=True)
+    assert crashed.returncode == -9
+    assert not (backend.visible / "app:v1").exists() or (backend.visible / "app:v1" / "etc" / "motd").exists()
+    assert not (backend.visible / "edges:latest").exists()
+    if backend.kind == "cvmfs":
+        assert not list(backend.visible.glob(".images/*/*"))  # nothing was published
+    report = run(wl)
+    assert not report.failed
+    assert (backend.visible / "edges:latest" / "after-empty").exists()
+    assert (backend.visible / "app:v1" / "etc" / "motd").read_text() == "upper motd\n"
+    if backend.kind == "local":
+        assert list((backend.visible / ".staging").iterdir()) == []
+    else:
+        verbs = [c[0] for c in backend.calls()]
+        assert verbs[-4:] == ["list", "abort", "transaction", "publish"]  # our stale transaction aborted first
+
+
+def test_cvmfs_foreign_transaction_is_reported_not_touched(tmp_path, monkeypatch, fixture_registry):
+    backend = Backend("cvmfs", tmp_path, monkeypatch)
+    subprocess.run(["cvmfs_server", "transaction", REPO], check=True, capture_output=True)  # someone else's
+    host = fixture_registry.host
+    wl = backend.watchlist(host, [img(host, "basic", '["v1"]', "app")])
+    report = run(wl)
+    assert report.failed
+    (outcome,) = report.outcomes
+    assert "already in a transaction" in outcome.reason
+    assert "abort" not in [c[0] for c in backend.calls()]
+
+
+def _entries(tree: Path) -> int:
+    return sum(len(d) + len(f) for _, d, f in os.walk(tree))
+
+
+def test_cvmfs_nested_catalogs_keep_catalogs_small(tmp_path, monkeypatch, fixture_registry):
+    backend = Backend("cvmfs", tmp_path, monkeypatch)
+    host = fixture_registry.host
+    wl = backend.watchlist(host, [img(host, "basic", '["v1"]', "a"), img(host, "edges", '["latest"]', "b")])
+    monkeypatch.setenv("CVMFS_DOUBLE_CATALOG_LIMIT", "60")  # below the edges image alone: refused
+    report = run(wl)
+    assert report.failed and "has more than 60 entries" in report.outcomes[0].reason
+    monkeypatch.setenv("CVMFS_DOUBLE_CATALOG_LIMIT", "100")  # each image fits, both in one catalog would not
+    assert not run(wl).failed
+    sizes = [_entries(Path(os.path.realpath(backend.visible / t))) for t in ("a:v1", "b:latest")]
+    assert max(sizes) < 100 < sum(sizes)
+
+
+def test_cvmfs_lease_paths_let_two_publishers_share_a_repository(tmp_path, monkeypatch, fixture_registry):
+    backend = Backend("cvmfs", tmp_path, monkeypatch)
+    host = fixture_registry.host
+    ligo = backend.watchlist(host, [img(host, "basic", '["v1"]', "app")], name="ligo.toml", lease="ligo")
+    monkeypatch.setenv("CVMFS_DOUBLE_NODE", "node1")
+    osg = backend.watchlist(host, [img(host, "edges", '["latest"]', "app")], name="osg.toml", lease="osg", node="node1")
+    # node1 holds an open transaction on /osg: ligo on node0 is not blocked by it
+    subprocess.run(["cvmfs_server", "transaction", f"{REPO}/osg"], check=True, capture_output=True)
+    subprocess.run(["cvmfs_server", "abort", "-f", f"{REPO}/osg"], check=True, capture_output=True)
+    assert not run(osg).failed
+    monkeypatch.setenv("CVMFS_DOUBLE_NODE", "node0")
+    assert not run(ligo).failed
+    published = backend.visible
+    assert (published / "ligo" / "app:v1" / "etc" / "motd").exists()
+    assert (published / "osg" / "app:latest" / "after-empty").exists()
+    assert [c[-1] for c in backend.calls() if c[0] == "publish"] == [f"{REPO}/osg", f"{REPO}/ligo"]
+
+
+def test_cvmfs_overlapping_lease_is_busy(tmp_path, monkeypatch, fixture_registry):
+    backend = Backend("cvmfs", tmp_path, monkeypatch)
+    monkeypatch.setenv("CVMFS_DOUBLE_NODE", "node1")
+    subprocess.run(["cvmfs_server", "transaction", f"{REPO}/ligo"], check=True, capture_output=True)
+    monkeypatch.setenv("CVMFS_DOUBLE_NODE", "node0")
+    host = fixture_registry.host
+    wl = backend.watchlist(host, [img(host, "basic", '["v1"]', "app")], lease="ligo")
+    report = run(wl)
+    (outcome,) = report.outcomes
+    assert outcome.status == "failed" and "lease path is busy" in outcome.reason
