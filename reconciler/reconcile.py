@@ -39,6 +39,10 @@ log = logging.getLogger(__name__)
 _BACKOFF_BASE_S = 60.0
 
 
+def _duration(seconds: float) -> str:
+    return f"{seconds / 86400:g} days" if seconds >= 86400 else f"{seconds / 3600:g} hours"
+
+
 def select_tags(entry: ImageEntry, available: Sequence[str]) -> List[str]:
     """Apply an entry's `tag_pattern`, `semver` and `newest` to a tag list."""
     tags = list(available)
@@ -93,6 +97,7 @@ class CycleReport:
     outcomes: List[ImageOutcome] = field(default_factory=list)
     entry_failures: List[Tuple[ImageEntry, str]] = field(default_factory=list)
     removed: List[TagState] = field(default_factory=list)
+    collected: List[str] = field(default_factory=list)
     transactions: int = 0
 
     @property
@@ -110,6 +115,8 @@ class CycleReport:
                 lines.append(f"  {o.status:9} {o.name} -> {o.tag_path} ({(o.digest or '')[:19]})")
         for row in self.removed:
             lines.append(f"  removed   {row.tag_path}")
+        for digest in self.collected:
+            lines.append(f"  collected {digest[:19]} (unreferenced past the grace period)")
         for entry, reason in self.entry_failures:
             lines.append(f"  FAILED    {entry.label}: {reason}")
         for o in self.outcomes:
@@ -222,7 +229,11 @@ class Reconciler:
         changes = [o for o in report.outcomes if o.status == "planned"]
         self._fetch(changes)
         changes = [o for o in changes if o.status == "planned"]
-        if changes or report.removed:
+        pub = self.watchlist.publish
+        # Never collect the images of an entry whose tags could not be listed this cycle.
+        protected = {entry.source.name for entry, _ in report.entry_failures}
+        doomed = self.state.gc_candidates(self.clock() - pub.gc_grace, protected, pub.gc_max_per_cycle)
+        if changes or report.removed or doomed:
             names = sorted({o.name for o in changes})
             message = "reconciler: " + (", ".join(names[:20]) + (" …" if len(names) > 20 else "") or "tag removals")
             report.transactions += 1
@@ -232,14 +243,38 @@ class Reconciler:
                     for row in report.removed:
                         txn.remove_tag(row.tag_path)
                         log.info("removed tag %s (no longer watched)", row.tag_path)
+                    self._collect(txn, doomed, report)
             except PublishError as exc:
                 # Nothing of this transaction is visible: every change of it failed.
                 for outcome in changes:
                     if outcome.status in ("planned", "published"):
                         self._fail(outcome, PublishError(f"not published: {exc}"))
                 report.removed = []
+                report.collected = []
         self._record(report)
+        self._mark_images(protected)
         return report
+
+    def _collect(self, txn: PublishTransaction, doomed: List[str], report: CycleReport) -> None:
+        """Remove unreferenced images, checking the links as they are now, in this transaction."""
+        if not doomed:
+            return
+        live = set(self.publisher.tag_links().values())
+        for digest in doomed:
+            if digest in live or not txn.has_image(digest):
+                continue
+            txn.remove_image(digest)
+            report.collected.append(digest)
+            log.info("collected image %s: no tag has referenced it for over %s", digest[:19],
+                     _duration(self.watchlist.publish.gc_grace))
+
+    def _mark_images(self, protected: Set[str]) -> None:
+        """Note which image directories no tag references (the GC grace period starts then)."""
+        links = self.publisher.tag_links()
+        owners = {row.tag_path: row.source for row in self.state.all()}
+        source_of = {digest: owners.get(path) for path, digest in links.items()}
+        on_disk = {digest: source_of.get(digest) for digest in self.publisher.images()}
+        self.state.mark_images(on_disk, set(links.values()), self.clock())
 
     def _fetch(self, changes: List[ImageOutcome]) -> None:
         def one(outcome: ImageOutcome) -> None:

@@ -13,7 +13,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional, Set
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tags (
@@ -31,6 +31,11 @@ CREATE TABLE IF NOT EXISTS tags (
     failures INTEGER NOT NULL DEFAULT 0,
     next_due REAL,
     PRIMARY KEY (source, tag, platform)
+);
+CREATE TABLE IF NOT EXISTS images (
+    digest TEXT PRIMARY KEY,
+    source TEXT,
+    unreferenced_since REAL
 );
 CREATE TABLE IF NOT EXISTS blobs (
     digest TEXT PRIMARY KEY,
@@ -123,6 +128,29 @@ class StateDB:
         """Drop a tag that is no longer watched or no longer exists."""
         with self._lock:
             self._conn.execute("DELETE FROM tags WHERE source=? AND tag=? AND platform=?", (source, tag, platform))
+
+    def mark_images(self, on_disk: Dict[str, Optional[str]], referenced: Set[str], now: float) -> None:
+        """Record which published image directories no tag references, and since when.
+        `on_disk` maps each image digest to the source that last published it (if known)."""
+        with self._lock:
+            known = {d: since for d, since in self._conn.execute("SELECT digest, unreferenced_since FROM images")}
+            for digest, source in on_disk.items():
+                since = None if digest in referenced else (known.get(digest) or now)
+                self._conn.execute(
+                    """INSERT INTO images (digest, source, unreferenced_since) VALUES (?, ?, ?)
+                       ON CONFLICT (digest) DO UPDATE SET source=COALESCE(excluded.source, images.source),
+                         unreferenced_since=excluded.unreferenced_since""", (digest, source, since))
+            for digest in set(known) - set(on_disk):
+                self._conn.execute("DELETE FROM images WHERE digest=?", (digest,))
+
+    def gc_candidates(self, unreferenced_before: float, protected_sources: Set[str], limit: int) -> List[str]:
+        """Images unreferenced since before `unreferenced_before`, oldest first, sparing
+        those last published for a source in `protected_sources`."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT digest, source FROM images WHERE unreferenced_since IS NOT NULL AND unreferenced_since <= ? "
+                "ORDER BY unreferenced_since", (unreferenced_before,)).fetchall()
+        return [d for d, source in rows if source not in protected_sources][:limit]
 
     def record_blob(self, digest: str, size: int, media_type: Optional[str], now: Optional[float] = None) -> None:
         now = time.time() if now is None else now

@@ -45,6 +45,8 @@ class PublishConfig:
     repository: Optional[str] = None
     lease_path: Optional[str] = None
     bind_points: Tuple[str, ...] = DEFAULT_BIND_POINTS
+    gc_grace: float = 2 * 86400.0
+    gc_max_per_cycle: int = 50
 
 
 @dataclass(frozen=True)
@@ -206,9 +208,13 @@ def load_watchlist(path: Path) -> Watchlist:
     for point in bind_points:
         if not point.strip("/") or ".." in point.split("/"):
             raise pub.error("bind_points", f"expected directory names inside the image such as \"cvmfs\", got {point!r}")
+    gc_grace = pub.duration("gc_grace", 2 * 86400.0)
+    gc_max = pub.get("gc_max_per_cycle", int, 50, "a whole number")
+    if gc_max < 0:
+        raise pub.error("gc_max_per_cycle", "expected 0 (never collect) or more")
     pub.done()
     publish = PublishConfig(backend, root, repository, lease_path.strip("/") if lease_path else None,
-                            tuple(p.strip("/") for p in bind_points))
+                            tuple(p.strip("/") for p in bind_points), gc_grace, gc_max)
 
     state = _Section(name, "state", top.get("state", dict, {}))
     state_dir = _path(base, state.get("dir", str, ".reconciler"))

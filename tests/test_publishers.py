@@ -250,3 +250,52 @@ def test_cvmfs_overlapping_lease_is_busy(tmp_path, monkeypatch, fixture_registry
     report = run(wl)
     (outcome,) = report.outcomes
     assert outcome.status == "failed" and "lease path is busy" in outcome.reason
+
+
+def test_gc_removes_unreferenced_images_after_the_grace_period(backend, fixture_registry):
+    host = fixture_registry.host
+    now = [1_000_000.0]
+    clock = lambda: now[0]  # noqa: E731
+    first = backend.watchlist(host, [img(host, "basic", '["v1"]', "a"), img(host, "special", '["latest"]', "b")])
+    run(first, clock=clock)
+    old = {Path(os.path.realpath(backend.visible / t)).name for t in ("a:v1", "b:latest")}
+    # a and b are dropped from the watchlist; c is new
+    backend.watchlist(host, [img(host, "edges", '["latest"]', "c")])
+    first.write_text(first.read_text().replace("[publish]\n", "[publish]\ngc_max_per_cycle = 1\n"))
+    now[0] += 60
+    run(first, clock=clock)  # a and b lose their tags: unreferenced from now on
+    def on_disk():
+        return {p.name for p in (backend.visible / ".images").glob("*/*")}
+    assert old <= on_disk()
+    now[0] += 2 * 86400 - 120  # within the grace period
+    assert run(first, clock=clock).collected == []
+    now[0] += 3600  # past it: one image per cycle (gc_max_per_cycle = 1)
+    report = run(first, clock=clock)
+    assert len(report.collected) == 1 and len(old & on_disk()) == 1
+    report = run(first, clock=clock)
+    assert len(report.collected) == 1 and not (old & on_disk())
+    assert (backend.visible / "c:latest" / "after-empty").exists()  # referenced images stay
+
+
+def test_gc_spares_images_of_an_entry_whose_listing_failed(tmp_path, monkeypatch, fixture_images):
+    # The rule lives in the state, not in a backend: the local one shows it.
+    from fixtures.push import FixturePusher
+    from tests.registry_server import start_registry
+
+    backend = Backend("local", tmp_path, monkeypatch)
+    server = start_registry(tmp_path / "own-registry")
+    now = [1_000_000.0]
+    try:
+        image = fixture_images["basic"]
+        FixturePusher(server.host).push(type(image)(image.name, "team/app", image.blobs, image.manifests, ["1.0"],
+                                                    image.layer_tars))
+        wl = backend.watchlist(server.host, [f'source = "{server.host}/team/app"\ntag_pattern = "^1"\ndest = "app"'])
+        run(wl, clock=lambda: now[0])
+    finally:
+        server.stop()
+    os.unlink(backend.visible / "app:1.0")  # the image is unreferenced from now on …
+    run(wl, clock=lambda: now[0])  # … and the registry is gone: the listing fails
+    now[0] += 10 * 86400
+    report = run(wl, clock=lambda: now[0])
+    assert report.entry_failures and report.collected == []
+    assert list((backend.visible / ".images").glob("*/*"))

@@ -10,7 +10,7 @@ import shutil
 import stat
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Dict, Iterator, Optional
+from typing import Dict, Iterator, List, Optional
 
 from ..errors import PublishError
 from . import layout
@@ -82,6 +82,11 @@ class PublishTransaction(ABC):
             self.changed = True
             self._sync_dir(path.parent)
 
+    def remove_image(self, digest: str) -> None:
+        """Delete an image directory that no tag references any more."""
+        remove_tree(self.root / layout.image_relpath(digest))
+        self.changed = True
+
     @abstractmethod
     def commit(self) -> None:
         """Make the changes durable (and, for CVMFS, published)."""
@@ -128,6 +133,17 @@ class Publisher(ABC):
         if digest and (self.root / layout.image_relpath(digest)).is_dir():
             return digest
         return None
+
+    def images(self) -> List[str]:
+        """The digests of every image directory under `.images/`."""
+        base = self.root / layout.IMAGES_DIR
+        out = []
+        for sub in sorted(base.iterdir()) if base.is_dir() else []:
+            for image in sorted(sub.iterdir()) if sub.is_dir() else []:
+                digest = layout.digest_of_image_relpath(f"{layout.IMAGES_DIR}/{sub.name}/{image.name}")
+                if digest:
+                    out.append(digest)
+        return out
 
     def tag_links(self) -> Dict[str, str]:
         """Every tag link under the root (outside hidden directories) and its digest."""

@@ -65,6 +65,16 @@ class LocalTransaction(PublishTransaction):
     def _sync_dir(self, path: Path) -> None:
         _fsync_dir(path)
 
+    def remove_image(self, digest: str) -> None:
+        # Out of .images first, in one rename: a crash mid-delete leaves no half image there.
+        final = self.root / layout.image_relpath(digest)
+        doomed = self.root / STAGING_DIR / f"gc-{digest.split(':', 1)[1]}.{secrets.token_hex(4)}"
+        doomed.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(final, doomed)
+        _fsync_dir(final.parent)
+        self.changed = True
+        remove_tree(doomed)
+
     def commit(self) -> None:
         log.debug("local publish complete: %s", self.message)
 
