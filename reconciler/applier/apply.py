@@ -563,14 +563,14 @@ def apply_layer(stream: BinaryIO, media_type: str, root: Union[str, Path], *,
     `progress(entries, bytes)` is called after each entry.
     """
     stats = LayerStats()
-    reader = DigestingReader(stream, media_type, options.limits.max_bytes)
     root_fd = os.open(os.fspath(root), _PATH_FLAGS)
+    reader = DigestingReader(stream, media_type, options.limits.max_bytes)
     try:
         applier = _Applier(root_fd, options, stats)
         try:
             tf = tarfile.open(fileobj=reader, mode="r|", tarinfo=_TarInfo, encoding="utf-8", errors="surrogateescape")
         except tarfile.ReadError as exc:
-            if reader.count == 0:
+            if reader.consumed == 0:
                 tf = None  # a 0-byte layer is an empty layer
             else:
                 raise LayerError(f"not a tar archive: {exc}") from None
@@ -594,6 +594,7 @@ def apply_layer(stream: BinaryIO, media_type: str, root: Union[str, Path], *,
                 pass
         reader.drain()
     finally:
+        reader.close()
         os.close(root_fd)
     stats.diff_id = reader.digest
     if expected_diff_id and stats.diff_id != expected_diff_id:

@@ -5,10 +5,17 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import queue
+import threading
 import zlib
-from typing import BinaryIO, Iterator, Optional
+from typing import BinaryIO, Iterator, Optional, Union
 
 import zstandard
+
+try:  # ISA-L inflates about twice as fast as zlib, with the same API and checks
+    from isal import isal_zlib as _inflate
+except ImportError:  # pragma: no cover - platforms without isal wheels
+    _inflate = zlib  # type: ignore[misc]
 
 from ..errors import LayerError
 
@@ -44,30 +51,6 @@ def compression_for(media_type: str) -> str:
     return kind
 
 
-class _ChunkReader:
-    """A minimal read(n) file over an iterator of byte chunks."""
-
-    def __init__(self, chunks: Iterator[bytes]) -> None:
-        self._chunks = chunks
-        self._buf = b""
-        self._pos = 0
-
-    def read(self, n: int = -1) -> bytes:
-        if n is None or n < 0:
-            parts = [self._buf[self._pos:]] + list(self._chunks)
-            self._buf, self._pos = b"", 0
-            return b"".join(parts)
-        while len(self._buf) - self._pos < n:
-            chunk = next(self._chunks, None)
-            if chunk is None:
-                break
-            self._buf = self._buf[self._pos:] + chunk
-            self._pos = 0
-        out = self._buf[self._pos:self._pos + n]
-        self._pos += len(out)
-        return out
-
-
 def _gunzip(raw: BinaryIO) -> Iterator[bytes]:
     """Every gzip member in turn (pigz and eStargz write several), CRC-checked by
     zlib; NUL padding after the last member is tolerated, other trailing data is not."""
@@ -91,11 +74,11 @@ def _gunzip(raw: BinaryIO) -> Iterator[bytes]:
             pending += raw.read(_IN_CHUNK)
         if not pending.startswith(GZIP_MAGIC):
             raise LayerError("layer declared gzip but its data is not a gzip member")
-        d = zlib.decompressobj(wbits=31)
+        d = _inflate.decompressobj(wbits=31)
         while not d.eof:
             try:
                 out = d.decompress(pending, _OUT_CHUNK)
-            except zlib.error as exc:
+            except (zlib.error, _inflate.error) as exc:
                 raise LayerError(f"corrupt gzip data in layer: {exc}") from None
             if out:
                 yield out
@@ -150,28 +133,89 @@ def _plain(raw: BinaryIO) -> Iterator[bytes]:
         head = raw.read(_IN_CHUNK)
 
 
-class DigestingReader:
-    """The decompressed layer as a file, hashing (and counting) every byte read.
+_EOF = object()
+_QUEUE_CHUNKS = 16  # at most 16 × 256 KiB decoded ahead of the tar parser
 
-    `max_bytes` bounds the decompressed size (a decompression bomb fails here).
+
+class DigestingReader:
+    """The decompressed layer as a file, hashing (and counting) every byte.
+
+    Decompression and hashing run in a thread of their own (zlib, ISA-L,
+    zstd and hashlib release the GIL), a bounded queue ahead of the tar parser
+    that reads from here. `max_bytes` bounds the decompressed size (a
+    decompression bomb fails here). Call close() when done.
     """
 
     def __init__(self, raw: BinaryIO, media_type: str, max_bytes: Optional[int] = None) -> None:
         kind = compression_for(media_type)
-        chunks = {"gzip": _gunzip, "zstd": _unzstd, "none": _plain}[kind](raw)
-        self._reader = _ChunkReader(chunks)
+        self._chunks = {"gzip": _gunzip, "zstd": _unzstd, "none": _plain}[kind](raw)
         self._hash = hashlib.sha256()
-        self.count = 0
         self._max = max_bytes
+        self.decoded = 0  # bytes decoded (producer side)
+        self.consumed = 0  # bytes handed to the reader
+        self._queue: "queue.Queue[Union[bytes, BaseException, object]]" = queue.Queue(maxsize=_QUEUE_CHUNKS)
+        self._stop = threading.Event()
+        self._buf = b""
+        self._pos = 0
+        self._done = False
+        self._thread = threading.Thread(target=self._produce, name="layer-decoder", daemon=True)
+        self._thread.start()
+
+    def _put(self, item: object) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _produce(self) -> None:
+        try:
+            for chunk in self._chunks:
+                self.decoded += len(chunk)
+                if self._max is not None and self.decoded > self._max:
+                    raise LayerError(f"layer decompresses to more than the limit of {self._max} bytes")
+                self._hash.update(chunk)
+                if not self._put(chunk):
+                    return
+            self._put(_EOF)
+        except BaseException as exc:  # handed to the reader, which raises it
+            self._put(exc)
+
+    def _next_chunk(self) -> Optional[bytes]:
+        if self._done:
+            return None
+        item = self._queue.get()
+        if item is _EOF:
+            self._done = True
+            return None
+        if isinstance(item, BaseException):
+            self._done = True
+            raise item
+        return item  # type: ignore[return-value]
 
     def read(self, n: int = -1) -> bytes:
-        data = self._reader.read(n)
-        if data:
-            self.count += len(data)
-            if self._max is not None and self.count > self._max:
-                raise LayerError(f"layer decompresses to more than the limit of {self._max} bytes")
-            self._hash.update(data)
-        return data
+        if n is None or n < 0:
+            parts = [self._buf[self._pos:]]
+            while True:
+                chunk = self._next_chunk()
+                if chunk is None:
+                    break
+                parts.append(chunk)
+            self._buf, self._pos = b"", 0
+            out = b"".join(parts)
+        else:
+            while len(self._buf) - self._pos < n:
+                chunk = self._next_chunk()
+                if chunk is None:
+                    break
+                self._buf = self._buf[self._pos:] + chunk
+                self._pos = 0
+            out = self._buf[self._pos:self._pos + n]
+            self._pos += len(out)
+        self.consumed += len(out)
+        return out
 
     def drain(self) -> int:
         """Read (and hash) whatever is left; returns the number of bytes drained."""
@@ -182,7 +226,17 @@ class DigestingReader:
                 return total
             total += len(data)
 
+    def close(self) -> None:
+        """Stop the decoder thread (also when the reader gave up early)."""
+        self._stop.set()
+        while self._thread.is_alive():
+            try:
+                self._queue.get(timeout=0.1)
+            except queue.Empty:
+                pass
+        self._thread.join()
+
     @property
     def digest(self) -> str:
-        """sha256 of everything read so far."""
+        """sha256 of everything decoded; final once the stream was drained."""
         return "sha256:" + self._hash.hexdigest()

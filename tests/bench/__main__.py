@@ -123,6 +123,8 @@ def main() -> int:
     parser.add_argument("--pairs", type=int, default=3, help="alternating pairs per comparison (default 3)")
     parser.add_argument("--workdir", type=Path, default=REPO / ".bench")
     parser.add_argument("--only", choices=("apply", "e2e"), help="run one part only")
+    parser.add_argument("--scratch", type=Path, help="where both tools write their trees (default: the workdir); "
+                        "a tmpfs such as /dev/shm/bench gives steadier numbers on disks mounted with `discard`")
     args = parser.parse_args()
     for tool in ("skopeo", "umoci"):
         if shutil.which(tool) is None:
@@ -131,6 +133,7 @@ def main() -> int:
         subprocess.run(["apt-get", "install", "-y", "-qq", "time"], check=True,
                        env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"}, stdout=subprocess.DEVNULL)
     work = args.workdir
+    scratch = args.scratch or work
     images = build_images(work / "cache")
     v1 = images["v1"]
     results: Dict[str, object] = {"image": {
@@ -140,7 +143,7 @@ def main() -> int:
     try:
         push(registry.host, images)
         counter = RegistryCounter(registry.log_path)
-        oci = work / "oci"
+        oci = scratch / "oci"
 
         def skopeo_umoci(tag: str) -> float:
             fresh(oci)
@@ -150,9 +153,10 @@ def main() -> int:
             return t1 + t2
 
         if args.only in (None, "apply"):
-            results["apply"] = bench_apply(work, v1, args.pairs, skopeo_umoci)
+            results["apply"] = bench_apply(scratch, v1, args.pairs, skopeo_umoci)
         if args.only in (None, "e2e"):
-            results.update(bench_e2e(work, registry.host, args.pairs, skopeo_umoci, counter))
+            results.update(bench_e2e(scratch, registry.host, args.pairs, skopeo_umoci, counter))
+        results["scratch"] = str(scratch)
     finally:
         registry.stop()
     out = work / "results.json"
