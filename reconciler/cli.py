@@ -1,6 +1,7 @@
 """The `reconcile` command.
 
     reconcile --once [--watchlist F] [--dry-run] [--log-format plain|json]
+    reconcile [--watchlist F] [--listen HOST:PORT]       (the service)
 
 Exit codes: 0 everything converged, 1 an image or entry failed (the summary
 names each with its reason), 2 a configuration error (nothing touched).
@@ -9,16 +10,23 @@ names each with its reason), 2 a configuration error (nothing touched).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import List, Optional
 
+import uvicorn
+
 from . import __version__
 from .errors import ConfigError, ReconcilerError
 from .reconcile import Reconciler
+from .server import build_app, load_hook_secrets
+from .service import Service
 from .watchlist import load_watchlist
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
@@ -43,8 +51,48 @@ def setup_logging(log_format: str, verbose: bool) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    # httpx logs every request URL at INFO; keep it for --verbose.
-    logging.getLogger("httpx").setLevel(logging.DEBUG if verbose else logging.WARNING)
+    # httpx logs every request URL and APScheduler every job run at INFO; keep them for --verbose.
+    for noisy in ("httpx", "apscheduler"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: it would re-raise SIGTERM after
+    stopping and kill the process before the current cycle can finish."""
+
+    @contextlib.contextmanager
+    def capture_signals(self):  # type: ignore[override]  # uvicorn >= 0.29
+        yield
+
+    def install_signal_handlers(self) -> None:  # uvicorn < 0.29
+        pass
+
+
+def serve(watchlist, reconciler: Reconciler, secrets, listen: Optional[str]) -> int:
+    """Run the service until SIGTERM or SIGINT; the current cycle finishes first."""
+    log = logging.getLogger("reconciler")
+    service = Service(watchlist, reconciler)
+    service.start()
+    try:
+        if listen:
+            host, _, port = listen.rpartition(":")
+            config = uvicorn.Config(build_app(service, secrets), host=host.strip("[]"), port=int(port),
+                                    log_level="warning", lifespan="off", access_log=False)
+            server = _Server(config)
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, lambda *_: setattr(server, "should_exit", True))
+            log.info("service listening on %s (webhooks: %s)", listen, ", ".join(sorted(secrets)) or "none")
+            server.run()  # returns once a signal asked it to exit
+        else:
+            stop = threading.Event()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, lambda *_: stop.set())
+            log.info("service running without an HTTP listener (no [service] listen or --listen)")
+            stop.wait()
+    finally:
+        log.info("stopping: letting the current cycle finish")
+        service.stop()
+    return EXIT_OK
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,10 +118,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     except ConfigError as exc:
         print(f"reconcile: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    secrets = {}
     if not (args.once or args.dry_run):
-        print("reconcile: the long-running service is not available yet; use --once (for example from a "
-              "systemd timer)", file=sys.stderr)
-        return EXIT_CONFIG
+        try:
+            secrets = load_hook_secrets(watchlist.webhooks, watchlist.path.name)
+        except ConfigError as exc:
+            print(f"reconcile: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
     try:
         reconciler = Reconciler(watchlist)
     except ConfigError as exc:
@@ -82,6 +133,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     except ReconcilerError as exc:
         log.error("cannot start: %s", exc)
         return EXIT_FAILED
+    if not (args.once or args.dry_run):
+        try:
+            return serve(watchlist, reconciler, secrets, args.listen or watchlist.listen)
+        finally:
+            reconciler.close()
     try:
         report = reconciler.run_once(dry_run=args.dry_run)
     except ConfigError as exc:

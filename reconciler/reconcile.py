@@ -150,6 +150,10 @@ class Reconciler:
             client.close()
         self.state.close()
 
+    def registry_clients(self) -> Dict[str, RegistryClient]:
+        """The registry clients made so far, by host."""
+        return dict(self._clients)
+
     def client(self, host: str) -> RegistryClient:
         """The (cached) client for a registry host, with its configured credentials."""
         if host not in self._clients:

@@ -1,0 +1,110 @@
+"""The service's HTTP listener (Starlette on uvicorn).
+
+    POST /hooks/<provider>[/<token>]   webhook hints (202 at once; 401 bad secret; 400 bad body)
+    GET  /healthz                      200 while the scheduler and the runner are alive
+    GET  /metrics                      Prometheus text format
+    GET  /status                       JSON: per image and tag, digest, published, last error, next poll
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Dict, Optional
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from .errors import ConfigError
+from .service import Service
+from .watchlist import WebhookConfig
+from .webhooks import MAX_BODY_BYTES, HookRejected, ReplayGuard, matching_entries, parse_hook
+
+log = logging.getLogger(__name__)
+
+
+def load_hook_secrets(webhooks: Dict[str, WebhookConfig], file: str) -> Dict[str, str]:
+    """Read every configured webhook secret now, so a missing one stops the start (exit 2)."""
+    import os
+
+    secrets: Dict[str, str] = {}
+    for provider, config in webhooks.items():
+        where = f"{file}: webhooks.{provider}"
+        if config.token_file:
+            try:
+                secrets[provider] = Path(config.token_file).read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ConfigError(f"{where}.token_file: cannot read {config.token_file}: {exc.strerror}") from None
+        elif config.token_env:
+            value = os.environ.get(config.token_env)
+            if not value:
+                raise ConfigError(f"{where}.token_env: environment variable {config.token_env} is not set")
+            secrets[provider] = value
+        else:
+            raise ConfigError(f"{where}: give token_env or token_file (the shared secret for this provider)")
+        if len(secrets[provider]) < 16:
+            raise ConfigError(f"{where}: the secret is shorter than 16 characters; use a long random one")
+    return secrets
+
+
+async def _read_capped(request: Request) -> Optional[bytes]:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        return None
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            return None
+    return bytes(body)
+
+
+def build_app(service: Service, secrets: Dict[str, str]) -> Starlette:
+    """The ASGI application of a running service."""
+    replays = ReplayGuard()
+    entries = [(e.index, e.source.registry, e.source.repository) for e in service.watchlist.images]
+
+    async def hook(request: Request) -> Response:
+        provider = request.path_params["provider"]
+        secret = secrets.get(provider)
+        if secret is None:
+            return JSONResponse({"error": f"webhook provider {provider!r} is not configured"}, status_code=404)
+        body = await _read_capped(request)
+        if body is None:
+            service.metrics.hooks.labels(provider, "too_large").inc()
+            return JSONResponse({"error": f"body larger than {MAX_BODY_BYTES} bytes"}, status_code=413)
+        try:
+            hints = parse_hook(provider, secret, request.headers, body,
+                               path_token=request.path_params.get("token"), replays=replays)
+        except HookRejected as exc:
+            service.metrics.hooks.labels(provider, "rejected").inc()
+            log.warning("webhook %s from %s refused: %s", provider, request.client.host if request.client else "?", exc)
+            return JSONResponse({"error": str(exc)}, status_code=exc.status)
+        matched = matching_entries(hints, entries)
+        service.metrics.hooks.labels(provider, "accepted").inc()
+        if matched:
+            log.info("webhook %s: polling %s soon", provider,
+                     ", ".join(e.label for e in service.watchlist.images if e.index in matched))
+            service.nudge(matched)
+        return JSONResponse({"accepted": True}, status_code=202)
+
+    async def healthz(request: Request) -> Response:
+        ok = service.healthy
+        return JSONResponse({"status": "ok" if ok else "unhealthy"}, status_code=200 if ok else 503)
+
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def status(request: Request) -> Response:
+        return JSONResponse(service.status())
+
+    return Starlette(routes=[
+        Route("/hooks/{provider}", hook, methods=["POST"]),
+        Route("/hooks/{provider}/{token}", hook, methods=["POST"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+        Route("/status", status, methods=["GET"]),
+    ])

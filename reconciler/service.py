@@ -1,0 +1,171 @@
+"""The long-running reconciler (`reconcile` without --once).
+
+APScheduler polls each watchlist entry at its interval, with jitter; a valid
+webhook moves the matching entries' next poll to now, debounced and
+de-duplicated. One runner thread executes the cycles, so a cycle never
+overlaps itself: entries that come due while a cycle runs are collected and
+handled by the next one. On SIGTERM the current cycle finishes (its
+transaction is published or aborted, never left open) and the process exits.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+import time
+from typing import Dict, Iterable, List, Optional, Set
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.interval import IntervalTrigger
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from .reconcile import CycleReport, Reconciler
+from .watchlist import Watchlist
+
+log = logging.getLogger(__name__)
+
+JITTER = 0.1  # polls spread over ±10 % of the interval
+
+
+class Metrics:
+    """The Prometheus metrics of one service (its own registry: no global state)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.polls = Counter("reconciler_polls", "Tags polled (HEAD requests) per image", ["image"],
+                             registry=self.registry)
+        self.publishes = Counter("reconciler_publishes", "Tags published with a new digest", ["image"],
+                                 registry=self.registry)
+        self.failures = Counter("reconciler_failures", "Failed tags or entries per image", ["image"],
+                                registry=self.registry)
+        self.bytes = Counter("reconciler_downloaded_bytes", "Blob bytes downloaded", registry=self.registry)
+        self.cycles = Counter("reconciler_cycles", "Reconcile cycles run", registry=self.registry)
+        self.hooks = Counter("reconciler_webhooks", "Webhooks received, by provider and outcome",
+                             ["provider", "outcome"], registry=self.registry)
+        self.duration = Histogram("reconciler_cycle_duration_seconds", "Duration of reconcile cycles",
+                                  buckets=(0.5, 1, 5, 15, 60, 300, 900, 3600), registry=self.registry)
+        self.rate_limit = Gauge("reconciler_registry_ratelimit_remaining",
+                                "RateLimit-Remaining last seen per registry", ["registry"], registry=self.registry)
+
+    def record(self, report: CycleReport, seconds: float, reconciler: Reconciler) -> None:
+        self.cycles.inc()
+        self.duration.observe(seconds)
+        for o in report.outcomes:
+            image = o.entry.source.name
+            self.polls.labels(image).inc()
+            if o.status == "published":
+                self.publishes.labels(image).inc()
+            elif o.status == "failed":
+                self.failures.labels(image).inc()
+            self.bytes.inc(o.downloaded)
+        for entry, _ in report.entry_failures:
+            self.failures.labels(entry.source.name).inc()
+        for host, client in reconciler.registry_clients().items():
+            if client.rate_limit_remaining is not None:
+                self.rate_limit.labels(host).set(client.rate_limit_remaining)
+
+
+class Service:
+    """Schedules cycles: at each entry's interval, and sooner when nudged."""
+
+    def __init__(self, watchlist: Watchlist, reconciler: Reconciler, *, debounce: float = 2.0) -> None:
+        self.watchlist = watchlist
+        self.reconciler = reconciler
+        self.debounce = debounce
+        self.metrics = Metrics()
+        self.scheduler = BackgroundScheduler(timezone=dt.timezone.utc)
+        self._due: Set[int] = set()
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._runner = threading.Thread(target=self._run, name="reconcile-runner", daemon=True)
+        self.cycle_running = False
+        self.last_cycle: Optional[float] = None
+
+    # -- scheduling ------------------------------------------------------
+
+    def start(self) -> None:
+        """Start polling (every entry is due once at start)."""
+        now = dt.datetime.now(dt.timezone.utc)
+        for entry in self.watchlist.images:
+            self.scheduler.add_job(self.request, IntervalTrigger(seconds=entry.interval, jitter=entry.interval * JITTER),
+                                   args=[[entry.index], "interval"], id=f"poll-{entry.index}", next_run_time=now,
+                                   max_instances=1, coalesce=True)
+        self.scheduler.start()
+        self._runner.start()
+
+    def request(self, indexes: Iterable[int], reason: str = "") -> None:
+        """Make entries due now."""
+        with self._cond:
+            self._due.update(indexes)
+            self._cond.notify()
+        log.debug("due now (%s): %s", reason, sorted(indexes))
+
+    def nudge(self, indexes: Iterable[int]) -> None:
+        """A webhook hint: poll these entries after a short debounce. Hints that
+        arrive while one is pending join it instead of scheduling another."""
+        run_at = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=self.debounce)
+        for index in indexes:
+            job_id = f"nudge-{index}"
+            if self.scheduler.get_job(job_id) is None:
+                self.scheduler.add_job(self.request, "date", run_date=run_at, args=[[index], "webhook"], id=job_id,
+                                       misfire_grace_time=3600)
+
+    def stop(self, timeout: Optional[float] = None) -> None:
+        """Stop scheduling; the cycle in progress finishes (or aborts) first."""
+        self.scheduler.shutdown(wait=False)
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        if self._runner.is_alive():
+            self._runner.join(timeout)
+
+    @property
+    def healthy(self) -> bool:
+        return self._runner.is_alive() and self.scheduler.running
+
+    # -- the runner ------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._due and not self._stopping:
+                    self._cond.wait()
+                if self._stopping:
+                    return
+                due, self._due = self._due, set()
+            entries = [e for e in self.watchlist.images if e.index in due]
+            started = time.monotonic()
+            self.cycle_running = True
+            try:
+                report = self.reconciler.run_once(entries=entries)
+            except Exception:  # the service must survive any one cycle
+                log.exception("reconcile cycle for %s failed", ", ".join(e.label for e in entries))
+                for entry in entries:
+                    self.metrics.failures.labels(entry.source.name).inc()
+                continue
+            finally:
+                self.cycle_running = False
+                self.last_cycle = time.time()
+            self.metrics.record(report, time.monotonic() - started, self.reconciler)
+            log.info("cycle done in %.1fs: %s", time.monotonic() - started, report.summary().splitlines()[0])
+
+    # -- status ----------------------------------------------------------
+
+    def status(self) -> Dict[str, object]:
+        """Per image and tag: digest, published digest, last error, next poll."""
+        jobs = {job.id: job.next_run_time for job in self.scheduler.get_jobs()} if self.scheduler.running else {}
+        images: List[Dict[str, object]] = []
+        rows = self.reconciler.state.all()
+        for entry in self.watchlist.images:
+            nxt = jobs.get(f"nudge-{entry.index}") or jobs.get(f"poll-{entry.index}")
+            images.append({
+                "source": entry.source.name, "dest": entry.dest,
+                "next_poll": nxt.isoformat() if nxt else None,
+                "tags": [{"tag": r.tag, "platform": r.platform, "path": r.tag_path, "digest": r.manifest_digest,
+                          "published": r.published_digest, "last_success": r.last_success,
+                          "last_error": r.failure_reason if (r.last_failure or 0) > (r.last_success or 0) else None,
+                          "failures": r.failures}
+                         for r in rows if r.source == entry.source.name],
+            })
+        return {"cycle_running": self.cycle_running, "last_cycle": self.last_cycle, "images": images}

@@ -1,0 +1,195 @@
+"""Webhook providers through the HTTP app: a valid and an invalid request each."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+from pathlib import Path
+
+import asyncio
+
+import httpx
+import pytest
+
+from reconciler.errors import ConfigError
+from reconciler.server import build_app, load_hook_secrets
+from reconciler.service import Metrics
+from reconciler.watchlist import WebhookConfig, load_watchlist
+
+SECRET = "s3cret-s3cret-s3cret"
+
+
+class AppClient:
+    """A synchronous client that calls the ASGI app in-process (httpx.ASGITransport)."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    def _call(self, method: str, path: str, **kw) -> httpx.Response:
+        async def go():
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app), base_url="http://hooks") as c:
+                return await c.request(method, path, **kw)
+        return asyncio.run(go())
+
+    def post(self, path: str, **kw) -> httpx.Response:
+        return self._call("POST", path, **kw)
+
+    def get(self, path: str, **kw) -> httpx.Response:
+        return self._call("GET", path, **kw)
+
+
+class FakeService:
+    """What build_app needs of a service; records nudges."""
+
+    def __init__(self, watchlist) -> None:
+        self.watchlist = watchlist
+        self.metrics = Metrics()
+        self.nudged = []
+        self.healthy = True
+
+    def nudge(self, indexes):
+        self.nudged.append(sorted(indexes))
+
+    def status(self):
+        return {"images": []}
+
+
+@pytest.fixture
+def client(tmp_path):
+    (tmp_path / "watchlist.toml").write_text('''
+[[image]]
+source = "registry.example.org/team/app"
+tags = ["1"]
+[[image]]
+source = "docker.io/library/alpine"
+tags = ["3"]
+[[image]]
+source = "ghcr.io/octo/tool"
+tags = ["1"]
+[[image]]
+source = "quay.io/org/thing"
+tags = ["1"]
+[[image]]
+source = "gitlab.example.org/group/project/sub"
+tags = ["1"]
+''')
+    service = FakeService(load_watchlist(tmp_path / "watchlist.toml"))
+    secrets = {p: SECRET for p in ("distribution", "dockerhub", "gitlab", "harbor", "quay", "github", "generic")}
+    c = AppClient(build_app(service, secrets))
+    c.service = service
+    return c
+
+
+def envelope(repository: str) -> bytes:
+    return json.dumps({"events": [
+        {"id": "1", "action": "push", "target": {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                                                 "repository": repository, "digest": "sha256:" + "1" * 64}},
+        {"id": "2", "action": "push", "target": {"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                                                 "repository": repository, "tag": "1", "digest": "sha256:" + "2" * 64}},
+        {"id": "3", "action": "pull", "target": {"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                                                 "repository": "elsewhere/x"}},
+    ]}).encode()
+
+
+def github_sig(body: bytes, secret: str = SECRET) -> str:
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def generic_headers(body: bytes, stamp=None, secret: str = SECRET):
+    stamp = str(int(time.time())) if stamp is None else stamp
+    sig = "sha256=" + hmac.new(secret.encode(), stamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    return {"X-Reconciler-Timestamp": stamp, "X-Reconciler-Signature": sig}
+
+
+GITHUB_BODY = json.dumps({"action": "published", "package": {
+    "name": "Tool", "namespace": "octo", "package_type": "CONTAINER",
+    "package_version": {"container_metadata": {"tag": {"name": "1", "digest": "sha256:" + "3" * 64}}}}}).encode()
+GENERIC_BODY = json.dumps({"image": "registry.example.org/team/app:1"}).encode()
+
+VALID = [
+    ("distribution", "/hooks/distribution", {"Authorization": f"Bearer {SECRET}"}, envelope("team/app"), [1]),
+    ("dockerhub", f"/hooks/dockerhub/{SECRET}", {}, json.dumps({"repository": {"repo_name": "alpine"},
+                                                                "push_data": {"tag": "3"}}).encode(), [2]),
+    ("gitlab", "/hooks/gitlab", {"X-Gitlab-Token": SECRET},
+     json.dumps({"object_kind": "pipeline", "project": {"path_with_namespace": "group/project"}}).encode(), [5]),
+    ("harbor", "/hooks/harbor", {"Authorization": SECRET}, json.dumps(
+        {"type": "PUSH_ARTIFACT", "event_data": {"repository": {"repo_full_name": "team/app"}}}).encode(), [1]),
+    ("quay", f"/hooks/quay/{SECRET}", {}, json.dumps({"repository": "org/thing", "docker_url": "quay.io/org/thing",
+                                                      "updated_tags": ["1"]}).encode(), [4]),
+    ("github", "/hooks/github", {"X-Hub-Signature-256": github_sig(GITHUB_BODY), "X-GitHub-Event": "package"},
+     GITHUB_BODY, [3]),
+    ("generic", "/hooks/generic", generic_headers(GENERIC_BODY), GENERIC_BODY, [1]),
+]
+
+
+@pytest.mark.parametrize("provider,path,headers,body,expected", VALID, ids=[v[0] for v in VALID])
+def test_valid_hook_nudges_only_the_matching_entry(client, provider, path, headers, body, expected):
+    response = client.post(path, content=body, headers=headers)
+    assert response.status_code == 202
+    assert client.service.nudged == [expected]
+
+
+INVALID = [
+    ("distribution", "/hooks/distribution", {"Authorization": "Bearer wrong"}, envelope("team/app"), 401),
+    ("distribution", "/hooks/distribution", {"Authorization": f"Bearer {SECRET}"}, b"{not json", 400),
+    ("dockerhub", "/hooks/dockerhub/wrong-token", {}, b'{"repository": {"repo_name": "alpine"}}', 401),
+    ("dockerhub", "/hooks/dockerhub", {}, b'{"repository": {"repo_name": "alpine"}}', 401),
+    ("gitlab", "/hooks/gitlab", {}, b'{"project": {"path_with_namespace": "group/project"}}', 401),
+    ("gitlab", "/hooks/gitlab", {"X-Gitlab-Token": SECRET}, b'{"object_kind": "push"}', 400),
+    ("harbor", "/hooks/harbor", {"Authorization": SECRET + "x"}, b"{}", 401),
+    ("harbor", "/hooks/harbor", {"Authorization": SECRET}, b'{"type": "PUSH_ARTIFACT"}', 400),
+    ("quay", f"/hooks/quay/{SECRET}", {}, b'["not", "an", "object"]', 400),
+    ("github", "/hooks/github", {"X-Hub-Signature-256": github_sig(GITHUB_BODY, "other-secret")}, GITHUB_BODY, 401),
+    ("generic", "/hooks/generic", generic_headers(GENERIC_BODY, stamp=str(int(time.time()) - 3600)), GENERIC_BODY, 401),
+    ("generic", "/hooks/generic", generic_headers(GENERIC_BODY, secret="other-secret"), GENERIC_BODY, 401),
+    ("nonesuch", "/hooks/nonesuch", {}, b"{}", 404),
+]
+
+
+@pytest.mark.parametrize("provider,path,headers,body,status", INVALID,
+                         ids=[f"{i[0]}-{i[4]}-{n}" for n, i in enumerate(INVALID)])
+def test_invalid_hook_changes_nothing(client, provider, path, headers, body, status):
+    response = client.post(path, content=body, headers=headers)
+    assert response.status_code == status
+    assert client.service.nudged == []
+
+
+def test_generic_replay_is_refused(client):
+    headers = generic_headers(GENERIC_BODY)
+    assert client.post("/hooks/generic", content=GENERIC_BODY, headers=headers).status_code == 202
+    assert client.post("/hooks/generic", content=GENERIC_BODY, headers=headers).status_code == 401
+    assert client.service.nudged == [[1]]
+
+
+def test_oversized_body_is_refused(client):
+    body = b"{" + b" " * (2 << 20) + b"}"
+    response = client.post("/hooks/distribution", content=body, headers={"Authorization": f"Bearer {SECRET}"})
+    assert response.status_code == 413 and client.service.nudged == []
+
+
+def test_unknown_images_are_ignored(client):
+    response = client.post("/hooks/distribution", content=envelope("someone/else"),
+                           headers={"Authorization": f"Bearer {SECRET}"})
+    assert response.status_code == 202 and client.service.nudged == []
+
+
+def test_health_metrics_and_status(client):
+    assert client.get("/healthz").json() == {"status": "ok"}
+    client.post("/hooks/harbor", content=b"{}", headers={"Authorization": "nope"})
+    metrics = client.get("/metrics").text
+    assert 'reconciler_webhooks_total{outcome="rejected",provider="harbor"} 1.0' in metrics
+    assert client.get("/status").json() == {"images": []}
+
+
+def test_hook_secrets_are_required_and_strong(tmp_path, monkeypatch):
+    monkeypatch.delenv("HOOK_TOKEN", raising=False)
+    with pytest.raises(ConfigError, match=r"webhooks.distribution.token_env: environment variable HOOK_TOKEN is not set"):
+        load_hook_secrets({"distribution": WebhookConfig("distribution", token_env="HOOK_TOKEN")}, "watchlist.toml")
+    monkeypatch.setenv("HOOK_TOKEN", "short")
+    with pytest.raises(ConfigError, match="shorter than 16"):
+        load_hook_secrets({"distribution": WebhookConfig("distribution", token_env="HOOK_TOKEN")}, "watchlist.toml")
+    (tmp_path / "tok").write_text(SECRET + "\n")
+    assert load_hook_secrets({"github": WebhookConfig("github", token_file=str(tmp_path / "tok"))}, "w") == \
+        {"github": SECRET}
