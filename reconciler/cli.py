@@ -24,6 +24,7 @@ import uvicorn
 
 from . import __version__
 from .errors import ConfigError, ReconcilerError
+from .progress import ProgressAwareHandler, TerminalProgress
 from .reconcile import Reconciler
 from .server import build_app, load_hook_secrets
 from .service import Service
@@ -41,9 +42,11 @@ class _JsonFormatter(logging.Formatter):
         return json.dumps(entry)
 
 
-def setup_logging(log_format: str, verbose: bool) -> None:
-    """Plain lines or JSON lines on stderr."""
-    handler = logging.StreamHandler(sys.stderr)
+def setup_logging(log_format: str, verbose: bool) -> Optional[TerminalProgress]:
+    """Plain lines or JSON lines on stderr; with plain lines on a terminal, also a
+    progress line (returned, not yet started)."""
+    progress = TerminalProgress(sys.stderr) if log_format == "plain" and sys.stderr.isatty() else None
+    handler: logging.Handler = ProgressAwareHandler(sys.stderr, progress) if progress else logging.StreamHandler(sys.stderr)
     if log_format == "json":
         handler.setFormatter(_JsonFormatter())
     else:
@@ -54,6 +57,7 @@ def setup_logging(log_format: str, verbose: bool) -> None:
     # httpx logs every request URL and APScheduler every job run at INFO; keep them for --verbose.
     for noisy in ("httpx", "apscheduler"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)
+    return progress
 
 
 class _Server(uvicorn.Server):
@@ -111,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    setup_logging(args.log_format, args.verbose)
+    progress = setup_logging(args.log_format, args.verbose)
     log = logging.getLogger("reconciler")
     try:
         watchlist = load_watchlist(args.watchlist)
@@ -126,7 +130,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"reconcile: {exc}", file=sys.stderr)
             return EXIT_CONFIG
     try:
-        reconciler = Reconciler(watchlist)
+        reconciler = Reconciler(watchlist, progress=progress)
     except ConfigError as exc:
         print(f"reconcile: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -138,6 +142,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             return serve(watchlist, reconciler, secrets, args.listen or watchlist.listen)
         finally:
             reconciler.close()
+    if progress is not None:
+        progress.start()
     try:
         report = reconciler.run_once(dry_run=args.dry_run)
     except ConfigError as exc:
@@ -147,6 +153,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         log.error("cycle failed: %s", exc)
         return EXIT_FAILED
     finally:
+        if progress is not None:
+            progress.stop()
         reconciler.close()
     print(("plan: " if args.dry_run else "") + report.summary())
     return EXIT_FAILED if report.failed else EXIT_OK

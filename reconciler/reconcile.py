@@ -15,7 +15,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from packaging.specifiers import SpecifierSet
 from packaging.version import InvalidVersion, Version
@@ -31,6 +31,9 @@ from .registry.client import RegistryClient, RetryPolicy
 from .registry.credentials import CredentialStore, Credentials, DockerConfig, read_secret
 from .registry.manifest import Platform
 from .state import StateDB, TagState
+
+if TYPE_CHECKING:
+    from .progress import TerminalProgress
 from .watchlist import ImageEntry, Watchlist
 
 log = logging.getLogger(__name__)
@@ -130,7 +133,8 @@ class Reconciler:
 
     def __init__(self, watchlist: Watchlist, *, publisher: Optional[Publisher] = None,
                  apply_options: Optional[ApplyOptions] = None, workers: int = 4,
-                 retry: RetryPolicy = RetryPolicy(), clock: Callable[[], float] = time.time) -> None:
+                 retry: RetryPolicy = RetryPolicy(), clock: Callable[[], float] = time.time,
+                 progress: Optional["TerminalProgress"] = None) -> None:
         self.watchlist = watchlist
         self.store = BlobStore(watchlist.state_dir / "blobs")
         self.state = StateDB(watchlist.state_dir / "state.db")
@@ -141,6 +145,7 @@ class Reconciler:
         self.workers = workers
         self.retry = retry
         self.clock = clock
+        self.progress = progress
         self._clients: Dict[str, RegistryClient] = {}
         self._credentials = CredentialStore(docker_config=DockerConfig())
         self.publisher.recover()
@@ -283,9 +288,14 @@ class Reconciler:
     def _fetch(self, changes: List[ImageOutcome]) -> None:
         def one(outcome: ImageOutcome) -> None:
             assert outcome.resolved is not None
+            on_bytes = None
+            if self.progress is not None:
+                progress, name = self.progress, outcome.name
+                progress.expect(name, sum(l.size for l in outcome.resolved.layers if not self.store.has(l.digest)))
+                on_bytes = lambda n: progress.downloaded(name, n)  # noqa: E731
             try:
                 outcome.downloaded = fetch_layers(self.client(outcome.entry.source.registry), self.store,
-                                                  outcome.resolved)
+                                                  outcome.resolved, progress=on_bytes)
                 log.info("%s: layers ready (%d bytes downloaded)", outcome.name, outcome.downloaded)
             except ReconcilerError as exc:
                 self._fail(outcome, exc)
@@ -320,9 +330,16 @@ class Reconciler:
             log.info("%s: published as %s (%s)", outcome.name, outcome.tag_path, digest[:19])
 
     def _apply_layers(self, image: ResolvedImage, target: Path) -> None:
+        on_entries = None
+        if self.progress is not None:
+            progress, name = self.progress, str(image.reference)
+            on_entries = lambda files, nbytes: progress.applied(name, files, nbytes)  # noqa: E731
         for layer, diff_id in zip(image.layers, image.config.diff_ids):
             with self.store.path(layer.digest).open("rb") as blob:
-                apply_layer(blob, layer.media_type, target, expected_diff_id=diff_id, options=self.apply_options)
+                apply_layer(blob, layer.media_type, target, expected_diff_id=diff_id, options=self.apply_options,
+                            progress=on_entries)
+        if self.progress is not None:
+            self.progress.finished(str(image.reference))
         config = image.config
         kept = make_apptainer_ready(target, env=config.env, entrypoint=config.entrypoint, cmd=config.cmd,
                                     labels=config.labels, bind_points=self.watchlist.publish.bind_points)
