@@ -11,10 +11,10 @@ from __future__ import annotations
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Optional, Tuple
+from typing import BinaryIO, Callable, Optional, Tuple
 
 from .blobstore import BlobStore
-from .errors import UnsupportedManifestError
+from .errors import ReconcilerError, UnsupportedManifestError
 from .registry.client import RegistryClient
 from .registry.manifest import (
     CONFIG_TYPES,
@@ -49,6 +49,21 @@ class ResolvedImage:
         return self.manifest.layers
 
 
+def _fetch_blob(client: RegistryClient, mirror: Optional[RegistryClient], repository: str, blob: Descriptor,
+                sink: BinaryIO, progress: Optional[Callable[[int], None]] = None) -> None:
+    """A blob from the mirror if there is one, else (or when it fails) from the origin."""
+    if mirror is not None:
+        try:
+            mirror.fetch_blob(repository, blob, sink, progress)
+            return
+        except ReconcilerError as exc:
+            log.info("mirror %s could not serve %s of %s (%s); fetching it from %s", mirror.registry,
+                     blob.digest[:19], repository, exc, client.registry)
+            sink.seek(0)
+            sink.truncate()
+    client.fetch_blob(repository, blob, sink, progress)
+
+
 def _manifest_bytes(client: RegistryClient, store: BlobStore, repository: str, reference: str,
                     digest: Optional[str]) -> Tuple[str, bytes]:
     """The manifest body from the store when its digest is known, else by GET."""
@@ -61,8 +76,10 @@ def _manifest_bytes(client: RegistryClient, store: BlobStore, repository: str, r
     return fetched.digest, fetched.raw
 
 
-def resolve_image(client: RegistryClient, store: BlobStore, ref: ImageReference, platform: Platform) -> ResolvedImage:
-    """HEAD the tag, then read (or GET) the manifest, pick the platform and load its config."""
+def resolve_image(client: RegistryClient, store: BlobStore, ref: ImageReference, platform: Platform,
+                  mirror: Optional[RegistryClient] = None) -> ResolvedImage:
+    """HEAD the tag, then read (or GET) the manifest, pick the platform and load its config
+    (a blob: from the mirror when there is one)."""
     repo = ref.repository
     head = None if ref.digest else client.head_manifest(repo, ref.reference)
     known = ref.digest or (head.digest if head else None)
@@ -81,7 +98,7 @@ def resolve_image(client: RegistryClient, store: BlobStore, ref: ImageReference,
             f"{ref}: config media type {manifest.config.media_type!r} is not a container image (an artifact?)"
         )
     config_blob = store.ensure(manifest.config.digest, manifest.config.size,
-                               lambda sink: client.fetch_blob(repo, manifest.config, sink))
+                               lambda sink: _fetch_blob(client, mirror, repo, manifest.config, sink))
     config = parse_image_config(config_blob.path.read_bytes())
     if len(config.diff_ids) != len(manifest.layers):
         raise InvalidManifestError(
@@ -91,14 +108,19 @@ def resolve_image(client: RegistryClient, store: BlobStore, ref: ImageReference,
 
 
 def fetch_layers(client: RegistryClient, store: BlobStore, image: ResolvedImage, *,
-                 progress: Optional[Callable[[int], None]] = None, workers: int = 4) -> int:
+                 progress: Optional[Callable[[int], None]] = None, workers: int = 4,
+                 mirror: Optional[RegistryClient] = None) -> int:
     """Download every layer of `image` that the store lacks, concurrently.
+
+    With a `mirror`, blobs (content-addressed, verified all the same) come from
+    it first; any failure there falls back to the origin. Tags are never
+    resolved at a mirror: mirrors can serve stale tags.
     Returns the number of blob bytes downloaded."""
     repo = image.reference.repository
 
     def one(layer: Descriptor) -> int:
         stored = store.ensure(layer.digest, layer.size,
-                              lambda sink: client.fetch_blob(repo, layer, sink, progress))
+                              lambda sink: _fetch_blob(client, mirror, repo, layer, sink, progress))
         return layer.size if stored.downloaded else 0
 
     unique = list({layer.digest: layer for layer in image.layers}.values())

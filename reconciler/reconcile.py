@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Set, Tuple
+from urllib.parse import urlsplit
 
 from packaging.specifiers import SpecifierSet
 from packaging.version import InvalidVersion, Version
@@ -155,6 +156,17 @@ class Reconciler:
             client.close()
         self.state.close()
 
+    def mirror(self, host: str) -> Optional[RegistryClient]:
+        """The (cached) client of a registry's configured blob mirror, anonymous."""
+        url = self.watchlist.registry(host).mirror
+        if not url:
+            return None
+        key = f"mirror:{host}"
+        if key not in self._clients:
+            parts = urlsplit(url)
+            self._clients[key] = RegistryClient(parts.netloc, insecure=parts.scheme == "http", retry=self.retry)
+        return self._clients[key]
+
     def registry_clients(self) -> Dict[str, RegistryClient]:
         """The registry clients made so far, by host."""
         return dict(self._clients)
@@ -200,8 +212,9 @@ class Reconciler:
                     outcome = ImageOutcome(entry, tag, platform, tag_relpath(entry.dest, tag, platform, i == 0))
                     report.outcomes.append(outcome)
                     try:
-                        outcome.resolved = resolve_image(self.client(entry.source.registry), self.store,
-                                                         entry.source.with_tag(tag), platform)
+                        host = entry.source.registry
+                        outcome.resolved = resolve_image(self.client(host), self.store, entry.source.with_tag(tag),
+                                                         platform, mirror=self.mirror(host))
                     except ReconcilerError as exc:
                         self._fail(outcome, exc)
                         continue
@@ -293,9 +306,10 @@ class Reconciler:
                 progress, name = self.progress, outcome.name
                 progress.expect(name, sum(l.size for l in outcome.resolved.layers if not self.store.has(l.digest)))
                 on_bytes = lambda n: progress.downloaded(name, n)  # noqa: E731
+            host = outcome.entry.source.registry
             try:
-                outcome.downloaded = fetch_layers(self.client(outcome.entry.source.registry), self.store,
-                                                  outcome.resolved, progress=on_bytes)
+                outcome.downloaded = fetch_layers(self.client(host), self.store, outcome.resolved,
+                                                  progress=on_bytes, mirror=self.mirror(host))
                 log.info("%s: layers ready (%d bytes downloaded)", outcome.name, outcome.downloaded)
             except ReconcilerError as exc:
                 self._fail(outcome, exc)

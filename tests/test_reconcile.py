@@ -155,3 +155,43 @@ def test_leftovers_of_a_crash_are_removed_at_start(cycle_watchlist):
     (staging / "usr" / "half").write_text("x")
     Reconciler(load_watchlist(cycle_watchlist)).close()
     assert list(staging.parent.iterdir()) == []
+
+
+def _blob_gets(server, since: int) -> int:
+    return sum(1 for e in server.access_log()[since:]
+               if e["http.request.method"] == "GET" and "/blobs/" in e["http.request.uri"])
+
+
+def test_blobs_come_from_the_mirror_and_tags_from_the_origin(tmp_path, token_registry, fixture_registry,
+                                                             monkeypatch):
+    monkeypatch.setenv("ORIGIN_PW", "wonder land, \"quoted\"")
+    origin, mirror = token_registry, fixture_registry  # same storage: the mirror holds every blob
+    wl = tmp_path / "watchlist.toml"
+    wl.write_text(f'[publish]\nroot = "publish"\n[state]\ndir = "state"\n'
+                  f'[registries."{origin.host}"]\ninsecure = true\nusername = "alice"\npassword_env = "ORIGIN_PW"\n'
+                  f'mirror = "http://{mirror.host}"\n'
+                  f'[[image]]\nsource = "{origin.host}/fixtures/edges"\ntags = ["latest"]\ndest = "edges"\n')
+    before = (len(origin.access_log()), len(mirror.access_log()))
+    report, _ = run(wl)
+    assert not report.failed
+    assert _blob_gets(mirror, before[1]) >= 4  # config + layers
+    origin_log = origin.access_log()[before[0]:]
+    assert _blob_gets(origin, before[0]) == 0
+    assert any(e["http.request.method"] == "HEAD" and "/manifests/latest" in e["http.request.uri"] for e in origin_log)
+    assert (tmp_path / "publish" / "edges:latest" / "after-empty").exists()
+
+
+def test_a_mirror_without_the_blob_falls_back_to_the_origin(tmp_path, fixture_registry):
+    empty = start_registry(tmp_path / "empty-mirror")
+    try:
+        wl = tmp_path / "watchlist.toml"
+        wl.write_text(f'[publish]\nroot = "publish"\n[state]\ndir = "state"\n'
+                      f'[registries."{fixture_registry.host}"]\ninsecure = true\nmirror = "http://{empty.host}"\n'
+                      f'[[image]]\nsource = "{fixture_registry.host}/fixtures/basic"\ntags = ["v1"]\ndest = "b"\n')
+        report, _ = run(wl)
+        assert not report.failed
+        assert any("/blobs/" in e["http.request.uri"] and e["http.response.status"] == 404
+                   for e in empty.access_log())
+        assert (tmp_path / "publish" / "b:v1" / "etc" / "motd").exists()
+    finally:
+        empty.stop()
