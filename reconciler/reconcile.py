@@ -137,7 +137,7 @@ class Reconciler:
                  retry: RetryPolicy = RetryPolicy(), clock: Callable[[], float] = time.time,
                  progress: Optional["TerminalProgress"] = None) -> None:
         self.watchlist = watchlist
-        self.store = BlobStore(watchlist.state_dir / "blobs")
+        self.store = BlobStore(watchlist.state_dir / "blobs", max_bytes=watchlist.blob_cache_max)
         self.state = StateDB(watchlist.state_dir / "state.db")
         pub = watchlist.publish
         self.publisher = publisher or make_publisher(pub.backend, pub.root, state_dir=watchlist.state_dir,

@@ -29,6 +29,19 @@ _DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 BACKENDS = ("local", "cvmfs")
 
 
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)\s*$")
+_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+          "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}
+
+
+def parse_size(text: str) -> int:
+    """`500MB`, `50GiB` -> bytes."""
+    m = _SIZE.match(text) if isinstance(text, str) else None
+    if not m:
+        raise ValueError(f"expected a size such as \"50GiB\" or \"500MB\", got {text!r}")
+    return int(float(m.group(1)) * _UNITS[m.group(2)])
+
+
 def parse_duration(text: str) -> float:
     """`90s`, `15m`, `1h30m`, `2d` -> seconds."""
     m = _DURATION.match(text.strip()) if isinstance(text, str) else None
@@ -97,6 +110,7 @@ class Watchlist:
     path: Path
     publish: PublishConfig
     state_dir: Path
+    blob_cache_max: Optional[int]
     interval: float
     platforms: Tuple[Platform, ...]
     registries: Dict[str, RegistryConfig]
@@ -218,6 +232,11 @@ def load_watchlist(path: Path) -> Watchlist:
 
     state = _Section(name, "state", top.get("state", dict, {}))
     state_dir = _path(base, state.get("dir", str, ".reconciler"))
+    cache_text = state.get("blob_cache_max", str)
+    try:
+        blob_cache_max = parse_size(cache_text) if cache_text is not None else None
+    except ValueError as exc:
+        raise state.error("blob_cache_max", str(exc)) from None
     state.done()
 
     defaults = _Section(name, "defaults", top.get("defaults", dict, {}))
@@ -281,7 +300,7 @@ def load_watchlist(path: Path) -> Watchlist:
             raise ConfigError(f"{name}: {entry.label}.dest: {entry.dest!r} is already the destination of "
                               f"image[{seen[key]}]; give one of them another dest")
         seen[key] = entry.index
-    return Watchlist(path, publish, state_dir, interval, platforms, registries, listen, webhooks, tuple(images))
+    return Watchlist(path, publish, state_dir, blob_cache_max, interval, platforms, registries, listen, webhooks, tuple(images))
 
 
 def _image_entry(file: str, index: int, table: Any, interval: float, platforms: Tuple[Platform, ...]) -> ImageEntry:

@@ -16,6 +16,7 @@ root = "./publish"
 
 [state]
 dir = "./.reconciler"
+blob_cache_max = "1.5GiB"
 
 [defaults]
 interval = "15m"
@@ -58,6 +59,7 @@ def test_the_documented_example_loads(tmp_path):
     wl = load_watchlist(write(tmp_path, GOOD))
     assert wl.publish.root == tmp_path / "publish"
     assert wl.state_dir == tmp_path / ".reconciler"
+    assert wl.blob_cache_max == int(1.5 * 2**30)
     alpine, app = wl.images
     assert alpine.source.name == "docker.io/library/alpine" and alpine.tags == ("3.20", "3.21")
     assert alpine.dest == "docker.io/library/alpine" and alpine.interval == 900
@@ -80,7 +82,8 @@ MISTAKES = [
     ('[publsh]\nroot = "x"\n', r"watchlist.toml: publsh: unknown key"),
     ('[publish]\nbind_points = ["../x"]\n', r"publish.bind_points: expected directory names"),
     ('[publish]\nbind_points = "cvmfs"\n', r"publish.bind_points: expected a list of strings"),
-    ('[state]\ndirectory = "x"\n', r"state.directory: unknown key \(known keys here: dir\)"),
+    ('[state]\nblob_cache_max = "lots"\n', r"state.blob_cache_max: expected a size such as"),
+    ('[state]\ndirectory = "x"\n', r"state.directory: unknown key \(known keys here: blob_cache_max, dir\)"),
     ('[defaults]\ninterval = "15 minutes"\n', r"defaults.interval: expected a duration"),
     ('[defaults]\nplatforms = ["amd64"]\n', r"defaults.platforms: platform 'amd64' must look like os/architecture"),
     ('[registries."r.io"]\ninsecure = "yes"\n', r'registries."r.io".insecure: expected true or false'),
