@@ -27,6 +27,7 @@ from .blobstore import BlobStore
 from .errors import PublishError, ReconcilerError
 from .fetch import ResolvedImage, fetch_layers, resolve_image
 from .publish import Publisher, PublishTransaction, make_publisher
+from .publish.chains import ChainCache, chain_ids, clone_tree
 from .publish.layout import tag_relpath
 from .registry.client import RegistryClient, RetryPolicy
 from .registry.credentials import CredentialStore, Credentials, DockerConfig, read_secret
@@ -329,7 +330,7 @@ class Reconciler:
                 if not txn.has_image(digest):
                     try:
                         with txn.build_image(digest) as target:
-                            self._apply_layers(image, target)
+                            self._apply_layers(image, target, txn.chains)
                     except (ReconcilerError, OSError) as exc:
                         built[digest] = str(exc) or type(exc).__name__
             if built[digest] is not None:
@@ -343,15 +344,31 @@ class Reconciler:
             outcome.status = "published"
             log.info("%s: published as %s (%s)", outcome.name, outcome.tag_path, digest[:19])
 
-    def _apply_layers(self, image: ResolvedImage, target: Path) -> None:
+    def _apply_layers(self, image: ResolvedImage, target: Path, chains: Optional[ChainCache] = None) -> None:
+        """Apply the image's layers into `target`: those of a cached chain by cloning
+        its snapshot, the rest one by one (snapshotting all but the top layer)."""
         on_entries = None
         if self.progress is not None:
             progress, name = self.progress, str(image.reference)
             on_entries = lambda files, nbytes: progress.applied(name, files, nbytes)  # noqa: E731
-        for layer, diff_id in zip(image.layers, image.config.diff_ids):
+        ids = chain_ids(image.config.diff_ids)
+        start = 0
+        if chains is not None:
+            start, snapshot = chains.longest_prefix(ids)
+            if snapshot is not None:
+                target.rmdir()
+                entries = clone_tree(snapshot, target)
+                log.info("%s: first %d of %d layers cloned from a snapshot (%d entries)", image.reference, start,
+                         len(ids), entries)
+        layers = list(zip(image.layers, image.config.diff_ids))
+        for i in range(start, len(layers)):
+            layer, diff_id = layers[i]
             with self.store.path(layer.digest).open("rb") as blob:
                 apply_layer(blob, layer.media_type, target, expected_diff_id=diff_id, options=self.apply_options,
                             progress=on_entries)
+            # Updates usually change only the top layer: keep the chain below it.
+            if chains is not None and i == len(layers) - 2:
+                chains.store(ids[i], target)
         if self.progress is not None:
             self.progress.finished(str(image.reference))
         config = image.config

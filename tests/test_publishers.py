@@ -139,11 +139,11 @@ def test_exception_mid_image_leaves_nothing_visible(backend, fixture_registry, m
     wl = backend.watchlist(host, [img(host, "basic", '["v1"]', "good"), img(host, "edges", '["latest"]', "bad")])
     real = Reconciler._apply_layers
 
-    def failing(self, image, target):
+    def failing(self, image, target, chains=None):
         if "edges" in str(image.reference):
             (target / "partial-file").write_text("half an image")
             raise LayerError("injected failure in the middle of an image")
-        return real(self, image, target)
+        return real(self, image, target, chains)
 
     monkeypatch.setattr(Reconciler, "_apply_layers", failing)
     report = run(wl)
@@ -299,3 +299,47 @@ def test_gc_spares_images_of_an_entry_whose_listing_failed(tmp_path, monkeypatch
     report = run(wl, clock=lambda: now[0])
     assert report.entry_failures and report.collected == []
     assert list((backend.visible / ".images").glob("*/*"))
+
+
+def test_an_update_clones_the_shared_layer_chain_and_matches_a_full_apply(tmp_path, monkeypatch, fixture_registry,
+                                                                          fixture_images):
+    import io as _io
+
+    from reconciler.applier import apply_layer
+    from tests.treecompare import describe_tree
+
+    backend = Backend("local", tmp_path, monkeypatch)
+    host = fixture_registry.host
+    wl = backend.watchlist(host, [img(host, "chain-v1", '["latest"]', "v1")])
+    run(wl)
+    v1 = Path(os.path.realpath(backend.visible / "v1:latest"))
+    v1_before = describe_tree(v1)
+    assert len(list((backend.visible / ".chains").iterdir())) == 1  # the chain below the top layer
+    wl = backend.watchlist(host, [img(host, "chain-v1", '["latest"]', "v1"), img(host, "chain-v2", '["latest"]', "v2")])
+    run(wl)
+    v2 = Path(os.path.realpath(backend.visible / "v2:latest"))
+    # v2 shares inodes with the snapshot ...
+    assert os.stat(v2 / "usr/bin/tool").st_ino == os.stat(v1 / "usr/bin/tool").st_ino
+    # ... yet is exactly what applying all of its layers gives
+    built = fixture_images["chain-v2"]
+    blobs = {b.digest: b for b in built.blobs}
+    manifest = json.loads(built.top.data)
+    config = json.loads(blobs[manifest["config"]["digest"]].data)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    for layer, diff_id in zip(manifest["layers"], config["rootfs"]["diff_ids"]):
+        apply_layer(_io.BytesIO(blobs[layer["digest"]].data), layer["mediaType"], scratch, expected_diff_id=diff_id)
+    ours, _ = describe_tree(v2)
+    theirs, _ = describe_tree(scratch)
+    ours = {p: e for p, e in ours.items() if not p.startswith((b".singularity.d", b"cvmfs", b"srv", b"dev", b"proc",
+            b"sys", b"home", b"root", b"tmp", b"var/tmp", b".run", b".exec", b".shell", b".test", b"environment",
+            b"singularity"))}
+    for path in sorted(set(ours) | set(theirs)):
+        mine, full = ours.get(path), theirs.get(path)
+        if mine and full and mine[0] == 0o040000:
+            mine, full = mine[:7], full[:7]  # directory mtimes of implied dirs differ by design
+        assert mine == full, path
+    assert (v2 / "etc/config").read_text() == "config rewritten in v2\n"
+    assert (v2 / "etc/config.link").read_text() == "base config\n"
+    # and v1, which shares those inodes, did not change at all
+    assert describe_tree(v1) == v1_before

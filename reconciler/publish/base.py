@@ -10,10 +10,13 @@ import shutil
 import stat
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional
+from typing import TYPE_CHECKING, Dict, Iterator, List, Optional
 
 from ..errors import PublishError
 from . import layout
+
+if TYPE_CHECKING:
+    from .chains import ChainCache
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +45,8 @@ class PublishTransaction(ABC):
     def __init__(self, root: Path) -> None:
         self.root = root
         self.changed = False
+        # Snapshots of applied layer chains, where the backend can clone them cheaply.
+        self.chains: Optional["ChainCache"] = None
 
     def has_image(self, digest: str) -> bool:
         """True when the image directory of `digest` is complete and published."""

@@ -18,6 +18,7 @@ from typing import Iterator, List
 
 from . import layout
 from .base import Publisher, PublishTransaction, remove_tree
+from .chains import ChainCache
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ class LocalTransaction(PublishTransaction):
         super().__init__(root)
         self.message = message
         self._staged: List[Path] = []
+        self.chains = ChainCache(root)
 
     @contextlib.contextmanager
     def build_image(self, digest: str) -> Iterator[Path]:
@@ -87,6 +89,7 @@ class LocalPublisher(Publisher):
     """Publishes into a plain directory."""
 
     def recover(self) -> None:
+        ChainCache(self.root).clean()
         staging = self.root / STAGING_DIR
         if staging.is_dir():
             for leftover in staging.iterdir():
