@@ -32,6 +32,10 @@ class AuthenticationError(RegistryError):
     """The registry or its token service refused our credentials."""
 
 
+class TokenServiceUnavailableError(RegistryError):
+    """The token service is unreachable or failing (5xx, 429): worth retrying."""
+
+
 class NotFoundError(RegistryError):
     """The repository, tag, manifest or blob does not exist."""
 

@@ -9,6 +9,7 @@ reported and retried next cycle.
 
 from __future__ import annotations
 
+import errno
 import logging
 import re
 import time
@@ -21,7 +22,7 @@ from urllib.parse import urlsplit
 from packaging.specifiers import SpecifierSet
 from packaging.version import InvalidVersion, Version
 
-from .applier import ApplyOptions, apply_layer
+from .applier import ApplyOptions, apply_layer, compression_for
 from .apptainer import make_apptainer_ready
 from .blobstore import BlobStore
 from .errors import PublishError, ReconcilerError
@@ -41,7 +42,12 @@ from .watchlist import ImageEntry, Watchlist
 log = logging.getLogger(__name__)
 
 # Back off a failing tag: 1, 2, 4 … minutes, at most its interval.
-_BACKOFF_BASE_S = 60.0
+BACKOFF_BASE_S = 60.0
+
+
+def retry_delay(failures: int, interval: float, base: float = BACKOFF_BASE_S) -> float:
+    """Seconds until the next attempt after `failures` failures in a row."""
+    return min(interval, base * 2 ** (max(failures, 1) - 1))
 
 
 def _duration(seconds: float) -> str:
@@ -216,6 +222,8 @@ class Reconciler:
                         host = entry.source.registry
                         outcome.resolved = resolve_image(self.client(host), self.store, entry.source.with_tag(tag),
                                                          platform, mirror=self.mirror(host))
+                        for layer in outcome.resolved.layers:
+                            compression_for(layer.media_type)  # refuse unknown layer types before any download
                     except ReconcilerError as exc:
                         self._fail(outcome, exc)
                         continue
@@ -332,7 +340,7 @@ class Reconciler:
                         with txn.build_image(digest) as target:
                             self._apply_layers(image, target, txn.chains)
                     except (ReconcilerError, OSError) as exc:
-                        built[digest] = str(exc) or type(exc).__name__
+                        built[digest] = self._build_failure(exc)
             if built[digest] is not None:
                 self._fail(outcome, ReconcilerError(built[digest]))
                 continue
@@ -343,6 +351,12 @@ class Reconciler:
                 continue
             outcome.status = "published"
             log.info("%s: published as %s (%s)", outcome.name, outcome.tag_path, digest[:19])
+
+    def _build_failure(self, exc: BaseException) -> str:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return (f"{exc.strerror} under {self.publisher.root} while applying the image; free space there "
+                    "(or raise the quota) and it is retried next cycle")
+        return str(exc) or type(exc).__name__
 
     def _apply_layers(self, image: ResolvedImage, target: Path, chains: Optional[ChainCache] = None) -> None:
         """Apply the image's layers into `target`: those of a cached chain by cloning
@@ -388,7 +402,7 @@ class Reconciler:
             elif o.status == "failed":
                 state = self.state.get(*args[:3])
                 failures = (state.failures if state else 0) + 1
-                delay = min(o.entry.interval, _BACKOFF_BASE_S * 2 ** (failures - 1))
-                self.state.record_failure(*args, o.reason, next_due=now + delay, now=now)
+                self.state.record_failure(*args, o.reason, next_due=now + retry_delay(failures, o.entry.interval),
+                                          now=now)
         for row in report.removed:
             self.state.forget(row.source, row.tag, row.platform)

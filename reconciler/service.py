@@ -20,8 +20,8 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from .reconcile import CycleReport, Reconciler
-from .watchlist import Watchlist
+from .reconcile import BACKOFF_BASE_S, CycleReport, Reconciler, retry_delay
+from .watchlist import ImageEntry, Watchlist
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +69,13 @@ class Metrics:
 class Service:
     """Schedules cycles: at each entry's interval, and sooner when nudged."""
 
-    def __init__(self, watchlist: Watchlist, reconciler: Reconciler, *, debounce: float = 2.0) -> None:
+    def __init__(self, watchlist: Watchlist, reconciler: Reconciler, *, debounce: float = 2.0,
+                 backoff_base: float = BACKOFF_BASE_S) -> None:
         self.watchlist = watchlist
         self.reconciler = reconciler
         self.debounce = debounce
+        self.backoff_base = backoff_base
+        self._failures: Dict[int, int] = {}  # entry index -> failed cycles in a row
         self.metrics = Metrics()
         self.scheduler = BackgroundScheduler(timezone=dt.timezone.utc)
         self._due: Set[int] = set()
@@ -81,6 +84,7 @@ class Service:
         self._runner = threading.Thread(target=self._run, name="reconcile-runner", daemon=True)
         self.cycle_running = False
         self.last_cycle: Optional[float] = None
+        self.cycles_done = 0
 
     # -- scheduling ------------------------------------------------------
 
@@ -110,6 +114,24 @@ class Service:
             if self.scheduler.get_job(job_id) is None:
                 self.scheduler.add_job(self.request, "date", run_date=run_at, args=[[index], "webhook"], id=job_id,
                                        misfire_grace_time=3600)
+
+    def _schedule_retries(self, entries: List[ImageEntry], report: Optional[CycleReport]) -> None:
+        """A failed entry is tried again after a backoff (1, 2, 4 … minutes, at
+        most its interval), not only at its next poll."""
+        failed = {e.index for e in entries} if report is None else (
+            {e.index for e, _ in report.entry_failures} | {o.entry.index for o in report.outcomes if o.status == "failed"})
+        now = dt.datetime.now(dt.timezone.utc)
+        for entry in entries:
+            if entry.index not in failed:
+                self._failures.pop(entry.index, None)
+                continue
+            count = self._failures[entry.index] = self._failures.get(entry.index, 0) + 1
+            delay = retry_delay(count, entry.interval, self.backoff_base)
+            log.info("%s: retrying in %.0fs (failure %d in a row)", entry.label, delay, count)
+            if self.scheduler.running:
+                self.scheduler.add_job(self.request, "date", run_date=now + dt.timedelta(seconds=delay),
+                                       args=[[entry.index], "retry"], id=f"retry-{entry.index}",
+                                       replace_existing=True, misfire_grace_time=3600)
 
     def stop(self, timeout: Optional[float] = None) -> None:
         """Stop scheduling; the cycle in progress finishes (or aborts) first."""
@@ -143,10 +165,13 @@ class Service:
                 log.exception("reconcile cycle for %s failed", ", ".join(e.label for e in entries))
                 for entry in entries:
                     self.metrics.failures.labels(entry.source.name).inc()
+                self._schedule_retries(entries, None)
                 continue
             finally:
                 self.cycle_running = False
                 self.last_cycle = time.time()
+                self.cycles_done += 1
+            self._schedule_retries(entries, report)
             self.metrics.record(report, time.monotonic() - started, self.reconciler)
             log.info("cycle done in %.1fs: %s", time.monotonic() - started, report.summary().splitlines()[0])
 
@@ -158,7 +183,8 @@ class Service:
         images: List[Dict[str, object]] = []
         rows = self.reconciler.state.all()
         for entry in self.watchlist.images:
-            nxt = jobs.get(f"nudge-{entry.index}") or jobs.get(f"poll-{entry.index}")
+            upcoming = [jobs.get(f"{kind}-{entry.index}") for kind in ("nudge", "retry", "poll")]
+            nxt = min((t for t in upcoming if t is not None), default=None)
             images.append({
                 "source": entry.source.name, "dest": entry.dest,
                 "next_poll": nxt.isoformat() if nxt else None,

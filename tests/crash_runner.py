@@ -1,5 +1,13 @@
-"""Run `reconcile --once` and SIGKILL the process in the middle of applying
-a layer (after AFTER_ENTRIES entries of the N-th layer), to test crash safety."""
+"""Run `reconcile` and SIGKILL the process at a chosen moment, to test crash safety.
+
+CRASH_AT picks the moment:
+- `download`: once the first blob bytes have arrived;
+- `apply` (the default): after 3 entries of layer CRASH_AFTER_LAYERS + 1;
+- `set-tag`: after the first tag of the cycle was moved (the local backend publishes tag by tag);
+- `commit`: after everything was applied, before the transaction is committed.
+Killing during `cvmfs_server publish` is the test double's own switch
+(CVMFS_DOUBLE_DIE_IN_PUBLISH), as the whole process group dies there.
+"""
 
 import os
 import signal
@@ -7,22 +15,62 @@ import sys
 
 import reconciler.reconcile as reconcile_module
 from reconciler.cli import main
+from reconciler.publish.base import PublishTransaction
+from reconciler.publish.cvmfs import CvmfsTransaction
+from reconciler.publish.local import LocalTransaction
 
+AT = os.environ.get("CRASH_AT", "apply")
 AFTER_LAYERS = int(os.environ.get("CRASH_AFTER_LAYERS", "1"))
-calls = {"layers": 0}
-real_apply = reconcile_module.apply_layer
 
 
-def dying_apply(stream, media_type, root, **kw):
-    calls["layers"] += 1
-    if calls["layers"] > AFTER_LAYERS:
-        def progress(entries, nbytes, seen=[0]):
-            seen[0] += entries
-            if seen[0] >= 3:
-                os.kill(os.getpid(), signal.SIGKILL)
-        kw["progress"] = progress
-    return real_apply(stream, media_type, root, **kw)
+def die() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
-reconcile_module.apply_layer = dying_apply
+def after(count: int, real):
+    calls = [0]
+
+    def wrapper(*args, **kw):
+        calls[0] += 1
+        if calls[0] > count:
+            die()
+        return real(*args, **kw)
+
+    return wrapper
+
+
+if AT == "download":
+    real_fetch = reconcile_module.fetch_layers
+
+    def dying_fetch(*args, **kw):
+        kw["progress"] = lambda nbytes: die()
+        return real_fetch(*args, **kw)
+
+    reconcile_module.fetch_layers = dying_fetch
+elif AT == "apply":
+    real_apply = reconcile_module.apply_layer
+    layers = [0]
+
+    def dying_apply(stream, media_type, root, **kw):
+        layers[0] += 1
+        if layers[0] > AFTER_LAYERS:
+            seen = [0]
+
+            def progress(entries, nbytes):
+                seen[0] += entries
+                if seen[0] >= 3:
+                    die()
+
+            kw["progress"] = progress
+        return real_apply(stream, media_type, root, **kw)
+
+    reconcile_module.apply_layer = dying_apply
+elif AT == "set-tag":
+    PublishTransaction.set_tag = after(1, PublishTransaction.set_tag)  # type: ignore[method-assign]
+elif AT == "commit":
+    LocalTransaction.commit = after(0, LocalTransaction.commit)  # type: ignore[method-assign]
+    CvmfsTransaction.commit = after(0, CvmfsTransaction.commit)  # type: ignore[method-assign]
+elif AT != "none":
+    raise SystemExit(f"crash_runner: unknown CRASH_AT={AT}")
+
 sys.exit(main(sys.argv[1:]))

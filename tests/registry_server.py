@@ -58,6 +58,7 @@ class TokenServer:
     workdir: Path
     expires_in: int = 300
     requests: List[dict] = field(default_factory=list)
+    fail_next: int = 0  # answer this many requests with 503 (a failing token endpoint)
 
     def __post_init__(self) -> None:
         from cryptography import x509
@@ -105,6 +106,10 @@ class TokenServer:
         import jwt
 
         query = parse_qs(urlsplit(path).query)
+        if self.fail_next > 0:
+            self.fail_next -= 1
+            self.requests.append({"ok": False, "injected": True})
+            return 503, {"details": "injected token endpoint failure"}
         user = ""
         if authorization:
             scheme, _, value = authorization.partition(" ")

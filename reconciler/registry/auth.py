@@ -20,7 +20,7 @@ from urllib.parse import urljoin, urlsplit
 
 import httpx
 
-from ..errors import AuthenticationError, RegistryError
+from ..errors import AuthenticationError, RegistryError, TokenServiceUnavailableError
 from .challenge import Challenge, MalformedChallengeError, parse_www_authenticate
 from .credentials import Credentials
 
@@ -226,7 +226,8 @@ class Authenticator:
             else:
                 response = self._http.get(realm, params=params)
         except httpx.HTTPError as exc:
-            raise RegistryError(f"{self.registry}: token service {realm} unreachable: {type(exc).__name__}") from None
+            raise TokenServiceUnavailableError(
+                f"{self.registry}: token service {realm} unreachable: {type(exc).__name__}") from None
         received = self._clock()
         who = self.who
         if response.status_code in (401, 403):
@@ -234,6 +235,9 @@ class Authenticator:
                 f"{self.registry}: token service {realm} refused {who} for {' '.join(scopes) or 'no scope'} "
                 f"(HTTP {response.status_code}); check the credentials and that the repository exists"
             )
+        if response.status_code == 429 or response.status_code >= 500:
+            raise TokenServiceUnavailableError(
+                f"{self.registry}: token service {realm} answered HTTP {response.status_code}")
         if response.status_code != 200:
             raise RegistryError(f"{self.registry}: token service {realm} answered HTTP {response.status_code}")
         try:

@@ -30,6 +30,7 @@ from ..errors import (
     RateLimitedError,
     ReconcilerError,
     RegistryError,
+    TokenServiceUnavailableError,
     TransferError,
 )
 from .auth import Authenticator, AuthState, TokenCache
@@ -44,7 +45,6 @@ _REDIRECT_STATUSES = {301, 302, 303, 307, 308}
 _MAX_REDIRECTS = 10
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 _LINK_NEXT = re.compile(r"<?([^>;]+)>?\s*;[^,]*\brel=\"?next\"?", re.IGNORECASE)
-_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -215,7 +215,7 @@ class RegistryClient:
         """Send with auth and retries. Returns any final response that is not
         401, 429 or 5xx; the caller interprets (and, if streaming, closes) it."""
         scopes = tuple(scopes)
-        auth: AuthState = self._auth.authorize(scopes)
+        auth: AuthState = self._authorized(lambda: self._auth.authorize(scopes), what)
         reauthenticated = False
         attempt = 0
         while True:
@@ -238,7 +238,8 @@ class RegistryClient:
                         f"{self.registry} refused {self._auth.who} for {what} (HTTP 401 after a fresh login); "
                         "check the credentials and the repository name"
                     )
-                auth = self._auth.handle_unauthorized(response, scopes, auth)
+                rejected = auth
+                auth = self._authorized(lambda: self._auth.handle_unauthorized(response, scopes, rejected), what)
                 reauthenticated = True
                 continue
             if response.status_code in _RETRY_STATUSES:
@@ -250,6 +251,18 @@ class RegistryClient:
                 self._backoff(attempt, response, what)
                 continue
             return response
+
+    def _authorized(self, get: Callable[[], AuthState], what: str) -> AuthState:
+        """An Authorization header, retrying a token service that is down or overloaded."""
+        attempt = 0
+        while True:
+            try:
+                return get()
+            except TokenServiceUnavailableError:
+                attempt += 1
+                if attempt >= self.retry.attempts:
+                    raise
+                self._backoff(attempt, None, f"the token for {what}")
 
     def _record_rate_limit(self, response: httpx.Response) -> None:
         remaining = _parse_rate_limit(response.headers.get("ratelimit-remaining"))
@@ -432,7 +445,9 @@ class RegistryClient:
                         raise self._fail(response, what)
                     self.stats.add(blob_gets=1)
                     try:
-                        for chunk in response.iter_bytes(_CHUNK):
+                        # Chunks as they arrive (no re-chunking): bytes received before a
+                        # connection breaks are kept, so the resume starts after them.
+                        for chunk in response.iter_bytes():
                             written += len(chunk)
                             if written > descriptor.size:
                                 raise IntegrityError(f"{self.registry}: {what} is longer than its declared {descriptor.size} bytes")
