@@ -159,6 +159,18 @@ class _Applier:
         self.restore_times: Dict[PathKey, Tuple[int, int]] = {}
         self.created_dirs: Set[PathKey] = set()
         self.buffer = bytearray(_COPY_CHUNK)
+        # The last directory resolved (entries come grouped by directory):
+        # (entry path, fd, real path). Any removal drops it, as only a removal
+        # can change what an existing path resolves to.
+        self._last_dir: Optional[Tuple[PathKey, int, PathKey]] = None
+
+    def close(self) -> None:
+        self._forget_dir()
+
+    def _forget_dir(self) -> None:
+        if self._last_dir is not None:
+            os.close(self._last_dir[1])
+            self._last_dir = None
 
     # -- path resolution -------------------------------------------------
 
@@ -171,6 +183,16 @@ class _Applier:
         Returns (fd, real path) or (None, ()) when a component is missing and
         `create` is false. Missing directories are created 0755 when `create`.
         """
+        last = self._last_dir
+        if last is not None and last[0] == parts:
+            return os.dup(last[1]), last[2]
+        fd, real = self._resolve_dir(parts, create)
+        if fd is not None:
+            self._forget_dir()
+            self._last_dir = (parts, os.dup(fd), real)
+        return fd, real
+
+    def _resolve_dir(self, parts: PathKey, create: bool) -> Tuple[Optional[int], PathKey]:
         pending = list(parts)
         real: List[bytes] = []
         fd = os.dup(self.root_fd)
@@ -250,6 +272,7 @@ class _Applier:
     # -- removal -----------------------------------------------------------
 
     def _remove(self, parent_fd: int, name: bytes, st: os.stat_result) -> None:
+        self._forget_dir()
         if stat.S_ISDIR(st.st_mode):
             fd = os.open(name, os.O_RDONLY | _DIR_FLAGS, dir_fd=parent_fd)
             try:
@@ -565,10 +588,13 @@ def apply_layer(stream: BinaryIO, media_type: str, root: Union[str, Path], *,
     stats = LayerStats()
     root_fd = os.open(os.fspath(root), _PATH_FLAGS)
     reader = DigestingReader(stream, media_type, options.limits.max_bytes)
+    applier: Optional[_Applier] = None
     try:
         applier = _Applier(root_fd, options, stats)
         try:
-            tf = tarfile.open(fileobj=reader, mode="r|", tarinfo=_TarInfo, encoding="utf-8", errors="surrogateescape")
+            # "r:" over a forward-only seekable reader: tarfile reads members
+            # straight from it, without the extra buffer copies of stream mode.
+            tf = tarfile.open(fileobj=reader, mode="r:", tarinfo=_TarInfo, encoding="utf-8", errors="surrogateescape")
         except tarfile.ReadError as exc:
             if reader.consumed == 0:
                 tf = None  # a 0-byte layer is an empty layer
@@ -595,6 +621,8 @@ def apply_layer(stream: BinaryIO, media_type: str, root: Union[str, Path], *,
         reader.drain()
     finally:
         reader.close()
+        if applier is not None:
+            applier.close()
         os.close(root_fd)
     stats.diff_id = reader.digest
     if expected_diff_id and stats.diff_id != expected_diff_id:

@@ -205,17 +205,41 @@ class DigestingReader:
                 parts.append(chunk)
             self._buf, self._pos = b"", 0
             out = b"".join(parts)
+        elif self._pos + n <= len(self._buf):
+            out = self._buf[self._pos:self._pos + n]
+            self._pos += n
         else:
-            while len(self._buf) - self._pos < n:
+            # Collect whole chunks and join once: no re-copying of a growing buffer.
+            parts = [self._buf[self._pos:]]
+            have = len(parts[0])
+            self._buf, self._pos = b"", 0
+            while have < n:
                 chunk = self._next_chunk()
                 if chunk is None:
                     break
-                self._buf = self._buf[self._pos:] + chunk
-                self._pos = 0
-            out = self._buf[self._pos:self._pos + n]
-            self._pos += len(out)
+                take = n - have
+                if len(chunk) > take:
+                    parts.append(chunk[:take])
+                    self._buf, self._pos = chunk, take
+                    have = n
+                else:
+                    parts.append(chunk)
+                    have += len(chunk)
+            out = b"".join(parts)
         self.consumed += len(out)
         return out
+
+    def tell(self) -> int:
+        return self.consumed
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        """Forward only (skipping is reading): enough for tarfile reading members in order."""
+        if whence != 0 or offset < self.consumed:
+            raise LayerError(f"tar parser asked to seek back to {offset} (at {self.consumed}); not a sequential layer")
+        while self.consumed < offset:
+            if not self.read(min(offset - self.consumed, _OUT_CHUNK)):
+                break
+        return self.consumed
 
     def drain(self) -> int:
         """Read (and hash) whatever is left; returns the number of bytes drained."""
