@@ -28,7 +28,7 @@ from .blobstore import BlobStore
 from .errors import PublishError, ReconcilerError
 from .fetch import ResolvedImage, fetch_layers, resolve_image
 from .publish import Publisher, PublishTransaction, make_publisher
-from .publish.chains import ChainCache, chain_ids, clone_tree
+from .publish.chains import ChainCache, chain_ids
 from .publish.layout import tag_relpath
 from .registry.client import RegistryClient, RetryPolicy
 from .registry.credentials import CredentialStore, Credentials, DockerConfig, read_secret
@@ -269,7 +269,9 @@ class Reconciler:
             message = "reconciler: " + (", ".join(names[:20]) + (" …" if len(names) > 20 else "") or "tag removals")
             report.transactions += 1
             try:
-                with self.publisher.transaction(message) as txn:
+                builds = {o.resolved.manifest_digest: chain_ids(o.resolved.config.diff_ids)
+                          for o in changes if o.resolved is not None}
+                with self.publisher.transaction(message, builds) as txn:
                     self._apply(txn, changes)
                     for row in report.removed:
                         txn.remove_tag(row.tag_path)
@@ -366,14 +368,7 @@ class Reconciler:
             progress, name = self.progress, str(image.reference)
             on_entries = lambda files, nbytes: progress.applied(name, files, nbytes)  # noqa: E731
         ids = chain_ids(image.config.diff_ids)
-        start = 0
-        if chains is not None:
-            start, snapshot = chains.longest_prefix(ids)
-            if snapshot is not None:
-                target.rmdir()
-                entries = clone_tree(snapshot, target)
-                log.info("%s: first %d of %d layers cloned from a snapshot (%d entries)", image.reference, start,
-                         len(ids), entries)
+        start = chains.prepare(ids, target) if chains is not None else 0
         layers = list(zip(image.layers, image.config.diff_ids))
         for i in range(start, len(layers)):
             layer, diff_id = layers[i]

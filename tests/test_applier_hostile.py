@@ -9,7 +9,7 @@ import io
 import os
 import tarfile
 from pathlib import Path
-from typing import List, Optional
+from typing import List
 
 import pytest
 import zstandard

@@ -89,6 +89,33 @@ def img(host: str, name: str, tags: str, dest: str) -> str:
     return f'source = "{host}/fixtures/{name}"\ntags = {tags}\ndest = "{dest}"'
 
 
+_OUR_ADDITIONS = (b".singularity.d", b"cvmfs", b"srv", b"dev", b"proc", b"sys", b"home", b"root", b"tmp", b"var/tmp",
+                  b".run", b".exec", b".shell", b".test", b"environment", b"singularity", b".cvmfscatalog")
+
+
+def assert_matches_full_apply(tree: Path, built, scratch: Path) -> None:
+    """`tree` holds exactly what applying every layer of `built` in order gives
+    (besides what we add: .singularity.d, bind points, the catalog marker)."""
+    import io
+
+    from reconciler.applier import apply_layer
+    from tests.treecompare import describe_tree
+
+    blobs = {b.digest: b for b in built.blobs}
+    manifest = json.loads(built.top.data)
+    config = json.loads(blobs[manifest["config"]["digest"]].data)
+    scratch.mkdir()
+    for layer, diff_id in zip(manifest["layers"], config["rootfs"]["diff_ids"]):
+        apply_layer(io.BytesIO(blobs[layer["digest"]].data), layer["mediaType"], scratch, expected_diff_id=diff_id)
+    ours = {p: e for p, e in describe_tree(tree)[0].items() if not p.startswith(_OUR_ADDITIONS)}
+    theirs, _ = describe_tree(scratch)
+    for path in sorted(set(ours) | set(theirs)):
+        mine, full = ours.get(path), theirs.get(path)
+        if mine and full and mine[0] == 0o040000:
+            mine, full = mine[:7], full[:7]  # directory mtimes of implied dirs differ by design
+        assert mine == full, path
+
+
 def test_publish_then_unchanged(backend, fixture_registry):
     host = fixture_registry.host
     wl = backend.watchlist(host, [img(host, "basic", '["v1", "latest"]', "basic")])
@@ -209,17 +236,79 @@ def _entries(tree: Path) -> int:
     return sum(len(d) + len(f) for _, d, f in os.walk(tree))
 
 
-def test_cvmfs_nested_catalogs_keep_catalogs_small(tmp_path, monkeypatch, fixture_registry):
+def _push_wide_image(server, name: str, files: int) -> None:
+    """An image of `files` files in a lower layer and a small top layer."""
+    from fixtures.build import build_image
+    from fixtures.push import FixturePusher
+
+    image = build_image({"name": name, "layers": [
+        {"compression": "gzip", "entries": [{"type": "file", "path": f"d{i // 50}/f{i}", "content": name}
+                                            for i in range(files)]},
+        {"compression": "gzip", "entries": [{"type": "file", "path": "top", "content": name}]}]})
+    FixturePusher(server.host).push(type(image)(name, f"team/{name}", image.blobs, image.manifests, ["v1"],
+                                                image.layer_tars))
+
+
+def test_cvmfs_nested_catalogs_keep_catalogs_small(tmp_path, monkeypatch):
+    from tests.registry_server import start_registry
+
+    backend = Backend("cvmfs", tmp_path, monkeypatch)
+    server = start_registry(tmp_path / "registry")
+    try:
+        for name in ("a", "b"):
+            _push_wide_image(server, name, 300)
+        host = server.host
+        wl = backend.watchlist(host, [f'source = "{host}/team/{n}"\ntags = ["v1"]\ndest = "{n}"' for n in "ab"])
+        monkeypatch.setenv("CVMFS_DOUBLE_CATALOG_LIMIT", "300")  # below one image alone: refused
+        report = run(wl)
+        assert report.failed and "has more than 300 entries" in report.outcomes[0].reason
+        monkeypatch.setenv("CVMFS_DOUBLE_CATALOG_LIMIT", "400")  # each image fits, both in one catalog would not
+        assert not run(wl).failed
+    finally:
+        server.stop()
+    sizes = [_entries(Path(os.path.realpath(backend.visible / t))) for t in ("a:v1", "b:v1")]
+    assert max(sizes) < 400 < sum(sizes)
+    # the layer chains kept for template transactions are catalogs of their own, as are the image buckets
+    assert (backend.visible / ".images" / ".cvmfscatalog").exists()
+    assert all((c / ".cvmfscatalog").exists() for c in (backend.visible / ".chains").iterdir())
+
+
+def test_cvmfs_update_opens_a_template_transaction_from_the_published_chain(tmp_path, monkeypatch, fixture_registry,
+                                                                            fixture_images):
+    from tests.treecompare import describe_tree
+
     backend = Backend("cvmfs", tmp_path, monkeypatch)
     host = fixture_registry.host
-    wl = backend.watchlist(host, [img(host, "basic", '["v1"]', "a"), img(host, "edges", '["latest"]', "b")])
-    monkeypatch.setenv("CVMFS_DOUBLE_CATALOG_LIMIT", "60")  # below the edges image alone: refused
-    report = run(wl)
-    assert report.failed and "has more than 60 entries" in report.outcomes[0].reason
-    monkeypatch.setenv("CVMFS_DOUBLE_CATALOG_LIMIT", "100")  # each image fits, both in one catalog would not
+    wl = backend.watchlist(host, [img(host, "chain-v1", '["latest"]', "v1")])
     assert not run(wl).failed
-    sizes = [_entries(Path(os.path.realpath(backend.visible / t))) for t in ("a:v1", "b:latest")]
-    assert max(sizes) < 100 < sum(sizes)
+    v1_before = describe_tree(Path(os.path.realpath(backend.visible / "v1:latest")))
+    wl = backend.watchlist(host, [img(host, "chain-v1", '["latest"]', "v1"), img(host, "chain-v2", '["latest"]', "v2")])
+    import reconciler.reconcile as reconcile_module
+
+    applied = []
+    real_apply = reconcile_module.apply_layer
+    monkeypatch.setattr(reconcile_module, "apply_layer", lambda *a, **kw: applied.append(1) or real_apply(*a, **kw))
+    assert not run(wl).failed
+    assert len(applied) == 1  # only v2's top layer: the template brought the other two
+    opened = [c for c in backend.calls() if c[0] == "transaction"]
+    v2_digest = fixture_images["chain-v2"].top.digest.split(":")[1]
+    assert opened[-1][1] == "-T" and opened[-1][2].endswith(f"=/.images/{v2_digest[:2]}/{v2_digest}")
+    assert opened[-1][2].startswith("/.chains/")
+    # v2 is exactly what applying all of its layers gives
+    assert_matches_full_apply(Path(os.path.realpath(backend.visible / "v2:latest")), fixture_images["chain-v2"],
+                              tmp_path / "scratch")
+    assert describe_tree(Path(os.path.realpath(backend.visible / "v1:latest"))) == v1_before
+
+
+def test_cvmfs_template_is_not_used_through_a_gateway_lease(tmp_path, monkeypatch, fixture_registry):
+    backend = Backend("cvmfs", tmp_path, monkeypatch)
+    host = fixture_registry.host
+    images = [img(host, "chain-v1", '["latest"]', "v1")]
+    assert not run(backend.watchlist(host, images, lease="ligo")).failed
+    images.append(img(host, "chain-v2", '["latest"]', "v2"))
+    assert not run(backend.watchlist(host, images, lease="ligo")).failed
+    assert not any("-T" in c for c in backend.calls())
+    assert (backend.visible / "ligo" / "v2:latest" / "etc" / "config").read_text() == "config rewritten in v2\n"
 
 
 def test_cvmfs_lease_paths_let_two_publishers_share_a_repository(tmp_path, monkeypatch, fixture_registry):
@@ -303,9 +392,6 @@ def test_gc_spares_images_of_an_entry_whose_listing_failed(tmp_path, monkeypatch
 
 def test_an_update_clones_the_shared_layer_chain_and_matches_a_full_apply(tmp_path, monkeypatch, fixture_registry,
                                                                           fixture_images):
-    import io as _io
-
-    from reconciler.applier import apply_layer
     from tests.treecompare import describe_tree
 
     backend = Backend("local", tmp_path, monkeypatch)
@@ -321,24 +407,7 @@ def test_an_update_clones_the_shared_layer_chain_and_matches_a_full_apply(tmp_pa
     # v2 shares inodes with the snapshot ...
     assert os.stat(v2 / "usr/bin/tool").st_ino == os.stat(v1 / "usr/bin/tool").st_ino
     # ... yet is exactly what applying all of its layers gives
-    built = fixture_images["chain-v2"]
-    blobs = {b.digest: b for b in built.blobs}
-    manifest = json.loads(built.top.data)
-    config = json.loads(blobs[manifest["config"]["digest"]].data)
-    scratch = tmp_path / "scratch"
-    scratch.mkdir()
-    for layer, diff_id in zip(manifest["layers"], config["rootfs"]["diff_ids"]):
-        apply_layer(_io.BytesIO(blobs[layer["digest"]].data), layer["mediaType"], scratch, expected_diff_id=diff_id)
-    ours, _ = describe_tree(v2)
-    theirs, _ = describe_tree(scratch)
-    ours = {p: e for p, e in ours.items() if not p.startswith((b".singularity.d", b"cvmfs", b"srv", b"dev", b"proc",
-            b"sys", b"home", b"root", b"tmp", b"var/tmp", b".run", b".exec", b".shell", b".test", b"environment",
-            b"singularity"))}
-    for path in sorted(set(ours) | set(theirs)):
-        mine, full = ours.get(path), theirs.get(path)
-        if mine and full and mine[0] == 0o040000:
-            mine, full = mine[:7], full[:7]  # directory mtimes of implied dirs differ by design
-        assert mine == full, path
+    assert_matches_full_apply(v2, fixture_images["chain-v2"], tmp_path / "scratch")
     assert (v2 / "etc/config").read_text() == "config rewritten in v2\n"
     assert (v2 / "etc/config.link").read_text() == "base config\n"
     # and v1, which shares those inodes, did not change at all

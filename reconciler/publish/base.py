@@ -112,13 +112,15 @@ class Publisher(ABC):
         """Clean up after a crashed run (called once at start)."""
 
     @abstractmethod
-    def begin(self, message: str) -> PublishTransaction:
-        """Open a transaction; `message` says what it publishes."""
+    def begin(self, message: str, builds: Optional[Dict[str, List[str]]] = None) -> PublishTransaction:
+        """Open a transaction; `message` says what it publishes, `builds` which
+        images it may build (digest -> the ChainIDs of its layers)."""
 
     @contextlib.contextmanager
-    def transaction(self, message: str) -> Iterator[PublishTransaction]:
+    def transaction(self, message: str, builds: Optional[Dict[str, List[str]]] = None
+                    ) -> Iterator[PublishTransaction]:
         """`begin()`, then commit on success or abort on any exception."""
-        txn = self.begin(message)
+        txn = self.begin(message, builds)
         try:
             yield txn
         except BaseException:

@@ -18,7 +18,7 @@ import os
 import secrets
 import stat
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from .base import remove_tree
 
@@ -104,6 +104,16 @@ class ChainCache:
                 return k, path
         return 0, None
 
+    def prepare(self, ids: Sequence[str], target: Path) -> int:
+        """Put the longest cached chain among `ids` into the empty directory
+        `target`; returns how many layers it holds (0: apply them all)."""
+        count, snapshot = self.longest_prefix(ids)
+        if snapshot is not None:
+            target.rmdir()
+            entries = clone_tree(snapshot, target)
+            log.info("first %d of %d layers cloned from a snapshot (%d entries)", count, len(ids), entries)
+        return count
+
     def store(self, chain_id: str, tree: Path) -> None:
         """Snapshot `tree` as the chain `chain_id` (if not cached yet)."""
         final = self._path(chain_id)
@@ -132,3 +142,22 @@ class ChainCache:
         if self.dir.is_dir():
             for leftover in self.dir.glob(".tmp-*"):
                 remove_tree(leftover)
+
+
+class TemplatedChains(ChainCache):
+    """Chains kept inside a CVMFS repository: the publisher opened the
+    transaction with a template (`cvmfs_server transaction -T`) that already
+    cloned a chain into the image directory it is about to build."""
+
+    def __init__(self, root: Path, templated: Dict[Path, int], keep: int = 8) -> None:
+        super().__init__(root, keep)
+        self.templated = templated
+
+    def prepare(self, ids: Sequence[str], target: Path) -> int:
+        return self.templated.get(target, 0)
+
+    def store(self, chain_id: str, tree: Path) -> None:
+        super().store(chain_id, tree)
+        marker = self._path(chain_id) / ".cvmfscatalog"  # each snapshot its own catalog
+        if not marker.exists():
+            marker.touch()

@@ -12,7 +12,16 @@ we did not open is reported and left alone (the next `transaction` then
 fails with "already in a transaction", reported per cycle).
 
 Each image directory gets a `.cvmfscatalog`, so no catalog grows past the
-200k entries at which CernVM-FS refuses to publish. With a lease path,
+200k entries at which CernVM-FS refuses to publish.
+
+Updates cost only their new layers: the chain below an image's top layer is
+kept in the repository (`.chains/<chain id>`, a catalog of its own), and a
+later cycle that builds an image sharing it opens its transaction with
+`cvmfs_server transaction -T /.chains/<id>=/.images/<xx>/<digest>`, a
+metadata-only clone, then applies only the remaining layers. One template per
+transaction (the image that saves the most layers); the `.images/<xx>`
+parents are created ahead, as a template's destination needs one. Not used
+with a gateway lease, where template transactions are not supported. With a lease path,
 several reconcilers publish disjoint sub-trees of one repository through a
 gateway.
 """
@@ -27,11 +36,12 @@ import os
 import subprocess
 import time
 from pathlib import Path
-from typing import Iterator, List, Optional
+from typing import Dict, Iterator, List, Optional, Tuple
 
 from ..errors import PublishError
 from . import layout
 from .base import Publisher, PublishTransaction, remove_tree
+from .chains import CHAINS_DIR, TemplatedChains
 
 log = logging.getLogger(__name__)
 
@@ -47,19 +57,26 @@ _TRANSACTION_ERRORS = {
 
 
 class CvmfsTransaction(PublishTransaction):
-    def __init__(self, publisher: "CvmfsPublisher", message: str) -> None:
+    def __init__(self, publisher: "CvmfsPublisher", message: str, templated: Optional[Dict[Path, int]] = None) -> None:
         super().__init__(publisher.root)
         self.publisher = publisher
         self.message = message
         self._building: List[Path] = []
+        # Image directories the template already filled with their first layers, until built.
+        self._templated: Dict[Path, int] = dict(templated or {})
+        # Layer chains are kept only where a later template transaction can use them.
+        self.chains = None if publisher.lease_path else TemplatedChains(self.root, self._templated)
+
+    def has_image(self, digest: str) -> bool:
+        return self.root / layout.image_relpath(digest) not in self._templated and super().has_image(digest)
 
     @contextlib.contextmanager
     def build_image(self, digest: str) -> Iterator[Path]:
         final = self.root / layout.image_relpath(digest)
-        if final.exists():
+        if final.exists() and final not in self._templated:
             # Left by a failed build earlier in this transaction: never trust it.
             remove_tree(final)
-        final.mkdir(parents=True)
+        final.mkdir(parents=True, exist_ok=True)
         self._building.append(final)
         try:
             yield final
@@ -71,8 +88,15 @@ class CvmfsTransaction(PublishTransaction):
             raise
         finally:
             self._building.remove(final)
+            self._templated.pop(final, None)
 
     def commit(self) -> None:
+        for unfinished in list(self._templated):
+            # Cloned by the template but never completed: it must not be published.
+            remove_tree(unfinished)
+            self._templated.pop(unfinished)
+        if self.publisher.template_parents():
+            self.changed = True
         if not self.changed:
             log.info("nothing changed in %s; closing the transaction without publishing", self.publisher.target)
             self.publisher.run("abort", "-f", self.publisher.target)
@@ -102,6 +126,7 @@ class CvmfsPublisher(Publisher):
     def __init__(self, repository: str, mount: Path, state_dir: Path, lease_path: Optional[str] = None,
                  command: str = "cvmfs_server") -> None:
         super().__init__(mount / lease_path if lease_path else mount)
+        self.mount = mount
         self.repository = repository
         self.lease_path = lease_path
         self.target = f"{repository}/{lease_path}" if lease_path else repository
@@ -147,13 +172,52 @@ class CvmfsPublisher(Publisher):
             log.error("%s is in a transaction that reconciler did not open; leaving it alone. Publishing waits "
                       "until it is published or aborted.", self.repository)
 
-    def begin(self, message: str) -> CvmfsTransaction:
+    def _template(self, builds: Dict[str, List[str]]) -> Optional[Tuple[str, Path, int]]:
+        """The published chain snapshot that saves the most layers for one of
+        `builds`: (its ChainID, the image directory to clone it into, layers)."""
+        if self.lease_path:
+            return None  # template transactions do not work through a gateway lease
+        best: Optional[Tuple[str, Path, int]] = None
+        for digest, ids in builds.items():
+            final = self.root / layout.image_relpath(digest)
+            if final.exists() or not final.parent.is_dir():
+                continue
+            for k in range(len(ids), 0, -1):
+                if k > (best[2] if best else 0) and (self.root / CHAINS_DIR / ids[k - 1].split(":", 1)[1]).is_dir():
+                    best = (ids[k - 1], final, k)
+                    break
+        return best
+
+    def template_parents(self) -> bool:
+        """In a transaction that keeps layer chains: create every `.images/<xx>`
+        directory (a catalog of its own), as a template's destination must have
+        an existing parent. True when any was missing."""
+        if self.lease_path or not (self.root / CHAINS_DIR).is_dir():
+            return False
+        base = self.root / layout.IMAGES_DIR
+        missing = [base / f"{i:02x}" for i in range(256) if not (base / f"{i:02x}").is_dir()]
+        for path in missing:
+            path.mkdir(parents=True, exist_ok=True)
+        (base / CATALOG_MARKER).touch()
+        return bool(missing)
+
+    def begin(self, message: str, builds: Optional[Dict[str, List[str]]] = None) -> CvmfsTransaction:
         self.marker.parent.mkdir(parents=True, exist_ok=True)
         self.marker.write_text(json.dumps({"target": self.target, "pid": os.getpid(), "opened": time.time()}))
-        done = self.run("transaction", self.target, check=False)
+        template = self._template(builds or {})
+        args = ["transaction", self.target]
+        templated: Dict[Path, int] = {}
+        if template is not None:
+            chain_id, final, layers = template
+            source = "/" + os.path.relpath(self.root / CHAINS_DIR / chain_id.split(":", 1)[1], self.mount)
+            dest = "/" + os.path.relpath(final, self.mount)
+            args = ["transaction", "-T", f"{source}={dest}", self.target]
+            templated[final] = layers
+            log.info("%s: template transaction cloning a %d-layer chain into %s", self.target, layers, dest)
+        done = self.run(*args, check=False)
         if done.returncode != 0:
             self.clear_marker()
             reason = _TRANSACTION_ERRORS.get(done.returncode, "")
             raise PublishError(f"cvmfs_server transaction {self.target} failed (exit {done.returncode})"
                                f"{': ' + reason if reason else ''}: {_tail(done)}")
-        return CvmfsTransaction(self, message)
+        return CvmfsTransaction(self, message, templated)

@@ -14,7 +14,7 @@ import logging
 import os
 import secrets
 from pathlib import Path
-from typing import Iterator, List
+from typing import Dict, Iterator, List, Optional
 
 from . import layout
 from .base import Publisher, PublishTransaction, remove_tree
@@ -101,6 +101,6 @@ class LocalPublisher(Publisher):
                 if name.startswith(".") and ".tmp-" in name:
                     os.unlink(os.path.join(dirpath, name))
 
-    def begin(self, message: str) -> LocalTransaction:
+    def begin(self, message: str, builds: Optional[Dict[str, List[str]]] = None) -> LocalTransaction:
         self.root.mkdir(parents=True, exist_ok=True)
         return LocalTransaction(self.root, message)

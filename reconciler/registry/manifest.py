@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Dict, Optional, Tuple, Union
 
 from ..errors import PlatformNotFoundError, RegistryError, UnsupportedManifestError
 from .reference import is_valid_digest
