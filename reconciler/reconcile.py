@@ -369,6 +369,8 @@ class Reconciler:
             on_entries = lambda files, nbytes: progress.applied(name, files, nbytes)  # noqa: E731
         ids = chain_ids(image.config.diff_ids)
         start = chains.prepare(ids, target) if chains is not None else 0
+        if start:
+            log.info("%s: first %d of %d layers taken from a layer chain snapshot", image.reference, start, len(ids))
         layers = list(zip(image.layers, image.config.diff_ids))
         for i in range(start, len(layers)):
             layer, diff_id = layers[i]

@@ -286,6 +286,14 @@ class _Applier:
             os.unlink(name, dir_fd=parent_fd)
         self.stats.removed += 1
 
+    def _clear_dir_at(self, parent_fd: int, name: bytes, keep: Optional[PathKey]) -> None:
+        """_clear_dir on the directory `name` of `parent_fd` (never through a symlink)."""
+        fd = os.open(name, os.O_RDONLY | _DIR_FLAGS, dir_fd=parent_fd)
+        try:
+            self._clear_dir(fd, keep)
+        finally:
+            os.close(fd)
+
     def _clear_dir(self, dir_fd: int, keep: Optional[PathKey]) -> None:
         """Remove a directory's content; with `keep` (its real path), spare this
         layer's own entries and clear their lower content recursively."""
@@ -296,11 +304,7 @@ class _Applier:
             child = keep + (name,) if keep is not None else None
             if child is not None and child in self.upper:
                 if stat.S_ISDIR(st.st_mode):
-                    fd = os.open(name, os.O_RDONLY | _DIR_FLAGS, dir_fd=dir_fd)
-                    try:
-                        self._clear_dir(fd, child)
-                    finally:
-                        os.close(fd)
+                    self._clear_dir_at(dir_fd, name, child)
                 continue
             self._remove(dir_fd, name, st)
 
@@ -317,11 +321,7 @@ class _Applier:
             path = real + (target,)
             if path in self.upper:
                 if stat.S_ISDIR(st.st_mode):
-                    sub = os.open(target, os.O_RDONLY | _DIR_FLAGS, dir_fd=fd)
-                    try:
-                        self._clear_dir(sub, path)
-                    finally:
-                        os.close(sub)
+                    self._clear_dir_at(fd, target, path)
                 return
             self._note_dir_change(fd, real)
             self._remove(fd, target, st)
@@ -335,11 +335,7 @@ class _Applier:
         try:
             self._mark_upper(real)
             self._note_dir_change(fd, real)
-            sub = os.open(b".", os.O_RDONLY | _DIR_FLAGS, dir_fd=fd)
-            try:
-                self._clear_dir(sub, real)
-            finally:
-                os.close(sub)
+            self._clear_dir_at(fd, b".", real)
         finally:
             os.close(fd)
 

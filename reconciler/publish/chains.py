@@ -92,17 +92,25 @@ class ChainCache:
         self.dir = root / CHAINS_DIR
         self.keep = keep
 
-    def _path(self, chain_id: str) -> Path:
+    def path(self, chain_id: str) -> Path:
+        """Where the snapshot of `chain_id` lives (whether or not it exists)."""
         return self.dir / chain_id.split(":", 1)[1]
 
-    def longest_prefix(self, ids: Sequence[str]) -> Tuple[int, Optional[Path]]:
-        """(k, path) of the longest cached chain among `ids` (k layers), or (0, None)."""
-        for k in range(len(ids), 0, -1):
-            path = self._path(ids[k - 1])
+    def find(self, ids: Sequence[str], longer_than: int = 0) -> Tuple[int, Optional[Path]]:
+        """(k, path) of the longest cached chain among `ids` (k layers) if
+        longer than `longer_than`, else (0, None). Only reads."""
+        for k in range(len(ids), longer_than, -1):
+            path = self.path(ids[k - 1])
             if path.is_dir():
-                os.utime(path)  # recently used
                 return k, path
         return 0, None
+
+    def longest_prefix(self, ids: Sequence[str]) -> Tuple[int, Optional[Path]]:
+        """find(), marking the chain found as recently used."""
+        k, path = self.find(ids)
+        if path is not None:
+            os.utime(path)
+        return k, path
 
     def prepare(self, ids: Sequence[str], target: Path) -> int:
         """Put the longest cached chain among `ids` into the empty directory
@@ -111,12 +119,12 @@ class ChainCache:
         if snapshot is not None:
             target.rmdir()
             entries = clone_tree(snapshot, target)
-            log.info("first %d of %d layers cloned from a snapshot (%d entries)", count, len(ids), entries)
+            log.debug("cloned %d entries from layer chain snapshot %s", entries, snapshot.name[:12])
         return count
 
     def store(self, chain_id: str, tree: Path) -> None:
         """Snapshot `tree` as the chain `chain_id` (if not cached yet)."""
-        final = self._path(chain_id)
+        final = self.path(chain_id)
         if final.exists():
             return
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -158,6 +166,6 @@ class TemplatedChains(ChainCache):
 
     def store(self, chain_id: str, tree: Path) -> None:
         super().store(chain_id, tree)
-        marker = self._path(chain_id) / ".cvmfscatalog"  # each snapshot its own catalog
+        marker = self.path(chain_id) / ".cvmfscatalog"  # each snapshot its own catalog
         if not marker.exists():
             marker.touch()

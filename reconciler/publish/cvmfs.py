@@ -41,7 +41,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 from ..errors import PublishError
 from . import layout
 from .base import Publisher, PublishTransaction, remove_tree
-from .chains import CHAINS_DIR, TemplatedChains
+from .chains import CHAINS_DIR, ChainCache, TemplatedChains
 
 log = logging.getLogger(__name__)
 
@@ -172,20 +172,20 @@ class CvmfsPublisher(Publisher):
             log.error("%s is in a transaction that reconciler did not open; leaving it alone. Publishing waits "
                       "until it is published or aborted.", self.repository)
 
-    def _template(self, builds: Dict[str, List[str]]) -> Optional[Tuple[str, Path, int]]:
+    def _template(self, builds: Dict[str, List[str]]) -> Optional[Tuple[Path, Path, int]]:
         """The published chain snapshot that saves the most layers for one of
-        `builds`: (its ChainID, the image directory to clone it into, layers)."""
+        `builds`: (the snapshot, the image directory to clone it into, layers)."""
         if self.lease_path:
             return None  # template transactions do not work through a gateway lease
-        best: Optional[Tuple[str, Path, int]] = None
+        chains = ChainCache(self.root)  # read only: the repository is not writable before the transaction
+        best: Optional[Tuple[Path, Path, int]] = None
         for digest, ids in builds.items():
             final = self.root / layout.image_relpath(digest)
             if final.exists() or not final.parent.is_dir():
                 continue
-            for k in range(len(ids), 0, -1):
-                if k > (best[2] if best else 0) and (self.root / CHAINS_DIR / ids[k - 1].split(":", 1)[1]).is_dir():
-                    best = (ids[k - 1], final, k)
-                    break
+            k, snapshot = chains.find(ids, longer_than=best[2] if best else 0)
+            if snapshot is not None:
+                best = (snapshot, final, k)
         return best
 
     def template_parents(self) -> bool:
@@ -208,8 +208,8 @@ class CvmfsPublisher(Publisher):
         args = ["transaction", self.target]
         templated: Dict[Path, int] = {}
         if template is not None:
-            chain_id, final, layers = template
-            source = "/" + os.path.relpath(self.root / CHAINS_DIR / chain_id.split(":", 1)[1], self.mount)
+            snapshot, final, layers = template
+            source = "/" + os.path.relpath(snapshot, self.mount)
             dest = "/" + os.path.relpath(final, self.mount)
             args = ["transaction", "-T", f"{source}={dest}", self.target]
             templated[final] = layers
