@@ -61,7 +61,6 @@ class CvmfsTransaction(PublishTransaction):
         super().__init__(publisher.root)
         self.publisher = publisher
         self.message = message
-        self._building: List[Path] = []
         # Image directories the template already filled with their first layers, until built.
         self._templated: Dict[Path, int] = dict(templated or {})
         # Layer chains are kept only where a later template transaction can use them.
@@ -77,7 +76,6 @@ class CvmfsTransaction(PublishTransaction):
             # Left by a failed build earlier in this transaction: never trust it.
             remove_tree(final)
         final.mkdir(parents=True, exist_ok=True)
-        self._building.append(final)
         try:
             yield final
             # A nested catalog per image keeps every catalog small.
@@ -87,7 +85,6 @@ class CvmfsTransaction(PublishTransaction):
             remove_tree(final)
             raise
         finally:
-            self._building.remove(final)
             self._templated.pop(final, None)
 
     def commit(self) -> None:
