@@ -158,7 +158,7 @@ def test_root_cannot_be_replaced(places, entry):
 
 def test_symlink_loop_is_refused(places):
     root, _ = places
-    with pytest.raises(HostileLayerError, match="more than 255 symlinks"):
+    with pytest.raises(HostileLayerError, match=r"too many levels of symbolic links \(more than 40.*resolving /a"):
         apply_all(root, [gz([L("a", "b"), L("b", "a"), F("a/x")])])
 
 
@@ -279,3 +279,70 @@ def test_contiguous_and_unknown_typeflags_are_refused(places):
         data = info.tobuf(tarfile.USTAR_FORMAT) + b"\0" * 1024
         with pytest.raises(LayerError, match="unsupported tar entry type"):
             apply_all(root, [data], TAR)
+
+
+def test_forty_symlinks_resolve_and_the_forty_first_is_refused(places):
+    """The kernel's MAXSYMLINKS: a path through 40 links resolves, 41 is ELOOP."""
+    root, _ = places
+
+    def chain(n: int, top: str) -> List[dict]:
+        # top/l0 -> l1 -> ... -> l{n-1} -> d: n links to reach the directory
+        entries = [{"type": "dir", "path": f"{top}/d"}]
+        entries += [L(f"{top}/l{i}", f"l{i + 1}") for i in range(n - 1)] + [L(f"{top}/l{n - 1}", "d")]
+        return entries + [F(f"{top}/l0/x")]
+
+    apply_all(root, [gz(chain(40, "forty"))])
+    assert (root / "forty" / "d" / "x").read_text() == "pwned\n"
+    with pytest.raises(HostileLayerError, match=r"too many levels of symbolic links \(more than 40"):
+        apply_all(root, [gz(chain(41, "fortyone"))])
+    assert not (root / "fortyone" / "d" / "x").exists()
+
+
+def test_long_dotdot_chains_land_where_the_kernel_would(places):
+    """Entries alternating between two symlinks that climb out of a deep chain
+    with `..` (the shape that made resolution quadratic) land in the right
+    place: `..` from an fd is taken step by step as the kernel takes it."""
+    from tests.bench.biglayer import dotdot_entries
+
+    root, _ = places
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for info in dotdot_entries(20, depth=50):
+            tar.addfile(info, io.BytesIO(b"x" * info.size) if info.size else None)
+    apply_all(root, [out.getvalue()], TAR)
+    assert sorted(os.listdir(root / "a")) == [f"f{i:07d}" for i in range(0, 20, 2)]
+    assert sorted(os.listdir(root / "b")) == [f"f{i:07d}" for i in range(1, 20, 2)]
+
+
+def test_a_header_over_the_size_limit_is_refused_before_it_is_read(places):
+    root, _ = places
+    info = tarfile.TarInfo("big-header")
+    info.pax_headers = {"comment": "x" * (5 << 20)}
+    data = info.tobuf(tarfile.PAX_FORMAT) + b"\0" * 1024
+    with pytest.raises(LayerError, match="header size limit"):
+        apply_all(root, [data], TAR)
+    assert os.listdir(root) == []
+
+
+def test_an_endless_header_chain_is_refused(places):
+    """GNU long-name headers chained 17 deep: tarfile would recurse once per header."""
+    root, _ = places
+    chain = b""
+    for i in range(17):
+        name = f"name-{i}".encode() + b"\0"
+        head = tarfile.TarInfo("././@LongLink")
+        head.type, head.size = tarfile.GNUTYPE_LONGNAME, len(name)
+        chain += head.tobuf(tarfile.GNU_FORMAT) + name + b"\0" * (-len(name) % 512)
+    final = tarfile.TarInfo("short")
+    layer = tarfile.TarInfo("first").tobuf(tarfile.USTAR_FORMAT) + chain + final.tobuf(tarfile.USTAR_FORMAT) + \
+        b"\0" * 1024
+    with pytest.raises(LayerError, match="header count limit"):
+        apply_all(root, [layer], TAR)
+
+
+def test_skipped_notes_are_capped_but_counted(places):
+    """A layer of thousands of skippable entries costs a bounded list of notes."""
+    root, _ = places
+    stats = apply_layer(io.BytesIO(gz([F(f".wh..wh.aufs-{i}") for i in range(300)])), GZ, root)
+    assert stats.skipped_count == 300
+    assert len(stats.skipped) == 100

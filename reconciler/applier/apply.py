@@ -4,7 +4,7 @@ Safety rests on three rules, whatever the tar says:
 - every path is resolved component by component from an fd on the root, with
   `O_NOFOLLOW`; symlinks met on the way are resolved by hand as if the root
   were `/` (absolute targets re-rooted, `..` clamped at the root, at most
-  255 links), and the final component is never followed;
+  40 links like the kernel), and the final component is never followed;
 - an existing final component is unlinked (or its subtree removed) and
   recreated with `O_CREAT|O_EXCL|O_NOFOLLOW`, so nothing is ever written
   through a symlink or into an existing (possibly hardlinked) inode; only a
@@ -15,18 +15,27 @@ Safety rests on three rules, whatever the tar says:
 Whiteouts follow the OCI image spec: `.wh.<name>` removes lower content,
 `.wh..wh..opq` hides a directory's lower content wherever it stands in the
 layer, and entries of the same layer survive both.
+
+Memory stays small however many entries a layer has: tar members are
+dropped as soon as they are applied, tar headers are bounded, the paths a
+whiteout must spare are kept as keyed 64-bit hashes, and the directory times
+to set at the end are spooled to a temporary file once they grow.
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
 import os
 import stat
+import struct
 import tarfile
+import tempfile
+from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Callable, Dict, List, Optional, Set, Tuple, Union
+from typing import BinaryIO, Callable, Iterator, List, Optional, Tuple, Union
 
 from ..errors import HostileLayerError, IntegrityError, LayerError
 from .decompress import DigestingReader
@@ -44,6 +53,21 @@ _PATH_FLAGS = getattr(os, "O_PATH", os.O_RDONLY) | _DIR_FLAGS
 _ALLOWED_XATTR_PREFIXES = (b"user.", b"security.capability")
 _FORBIDDEN_XATTR_PARTS = (b".overlay.", b"user.rootlesscontainers")
 
+# Go's archive/tar refuses special headers (PAX, GNU long names) over 1 MiB;
+# one entry's headers together may take this much. Bounds both the memory a
+# header costs and the sparse maps tarfile builds from extension blocks.
+_MAX_HEADER_BYTES = 4 << 20
+# Header blocks one entry may chain (global PAX, PAX, long name, long link…):
+# tarfile parses a chain by recursion, so an endless one would overflow the stack.
+_MAX_HEADERS = 16
+_MAX_SKIPPED_NOTES = 100
+# Directory times are spooled to an unlinked temporary file past this size.
+_TIMES_SPOOL_BYTES = 4 << 20
+# Keys the path hashes of _PathSet. Random per process, so no layer can be
+# built to make two of its paths collide; constant, as every set of one run
+# may share it, and never written anywhere.
+_PATH_HASH_KEY = os.urandom(16)
+
 PathKey = Tuple[bytes, ...]
 # CONTTYPE ("7") and vendor types are refused: tarfile would read them as regular files.
 _SUPPORTED_TYPES = {tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.GNUTYPE_SPARSE, tarfile.LNKTYPE, tarfile.SYMTYPE,
@@ -58,7 +82,7 @@ class LayerLimits:
     max_bytes: int = 1 << 40  # uncompressed tar bytes
     max_depth: int = 1024  # path components
     max_path_bytes: int = 1 << 16
-    max_symlinks: int = 255  # followed while resolving one path
+    max_symlinks: int = 40  # followed while resolving one path (the kernel's MAXSYMLINKS)
 
 
 @dataclass(frozen=True)
@@ -84,18 +108,72 @@ class LayerStats:
     files: int = 0
     bytes: int = 0
     removed: int = 0
-    skipped: List[str] = field(default_factory=list)
+    skipped: List[str] = field(default_factory=list)  # the first notes only; `skipped_count` counts all
+    skipped_count: int = 0
     diff_id: str = ""
+
+    def skip(self, note: str) -> None:
+        """Record something left out. Only the first notes are kept: a layer of
+        a million device nodes must not cost a million strings."""
+        self.skipped_count += 1
+        if len(self.skipped) < _MAX_SKIPPED_NOTES:
+            self.skipped.append(note)
+
+
+class _HeaderGuard:
+    """The tar stream as tarfile sees it: while a member's headers are parsed
+    (from `start_member` to `end_member`), reads beyond _MAX_HEADER_BYTES
+    are refused before they happen; member data passes freely."""
+
+    def __init__(self, raw: DigestingReader) -> None:
+        self.raw = raw
+        self.header_left = _MAX_HEADER_BYTES
+        self.headers = 0
+        self.member_offset = 0
+        self.parsing = True  # tarfile.open parses the first member at once
+
+    def start_member(self) -> None:
+        """A member's headers come next."""
+        self.header_left, self.headers, self.member_offset = _MAX_HEADER_BYTES, 0, self.raw.consumed
+        self.parsing = True
+
+    def end_member(self) -> None:
+        """Its headers are parsed: what follows is data."""
+        self.parsing = False
+
+    def note_header(self) -> None:
+        """One more header block in this member's chain."""
+        self.headers += 1
+        if self.parsing and self.headers > _MAX_HEADERS:
+            raise LayerError(f"the tar entry at offset {self.member_offset} chains more than {_MAX_HEADERS} "
+                             "headers (the header count limit); the layer is corrupt or hostile")
+
+    def read(self, n: int = -1) -> bytes:
+        if self.parsing:
+            if n is None or n < 0 or n > self.header_left:
+                raise LayerError(f"the tar entry at offset {self.member_offset} has more than {_MAX_HEADER_BYTES} "
+                                 "bytes of headers (the header size limit); the layer is corrupt or hostile")
+            self.header_left -= n
+        return self.raw.read(n)
+
+    def tell(self) -> int:
+        return self.raw.tell()
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self.raw.seek(offset, whence)
 
 
 class _TarInfo(tarfile.TarInfo):
-    """tarfile's member parser with two changes: global PAX headers are
+    """tarfile's member parser with three changes: global PAX headers are
     ignored (tarfile would apply them to later members, unlike Go's archive/tar),
-    and the last header block read is kept to tell a clean end of archive from
-    a corrupt header (tarfile stops silently on both)."""
+    the last header block read is kept to tell a clean end of archive from
+    a corrupt header (tarfile stops silently on both), and header chains are
+    counted (through _HeaderGuard, when that is the stream)."""
 
     @classmethod
     def fromtarfile(cls, tf):  # type: ignore[override]
+        if isinstance(tf.fileobj, _HeaderGuard):
+            tf.fileobj.note_header()
         buf = tf.fileobj.read(tarfile.BLOCKSIZE)
         tf.last_header_block = buf
         obj = cls.frombuf(buf, tf.encoding, tf.errors)
@@ -109,6 +187,115 @@ class _TarInfo(tarfile.TarInfo):
         return super()._proc_pax(tf)
 
 
+def _members(tf: tarfile.TarFile, guard: _HeaderGuard) -> Iterator[tarfile.TarInfo]:
+    """The archive's members in order, each forgotten by tarfile once read.
+
+    tarfile's own iteration appends every TarInfo to `tf.members` (for
+    getmember() and hardlink lookups through tarfile, which the applier never
+    uses): a million entries would hold hundreds of MB.
+    """
+    while True:
+        guard.start_member()
+        try:
+            member = tf.next()
+        except ValueError as exc:  # some malformed sparse maps escape tarfile's own errors
+            raise LayerError(f"corrupt tar header at offset {guard.member_offset}: {exc}") from None
+        finally:
+            guard.end_member()
+        tf.members.clear()
+        if member is None:
+            return
+        yield member
+
+
+class _PathSet:
+    """A set of paths at about 16 bytes a path, where a Python set of tuples
+    costs 150: each path is a keyed 64-bit hash (blake2b with a per-process
+    random key), kept in an open-addressing table of 64-bit slots.
+
+    A false "present" needs two of a layer's paths to share 64 bits of a hash
+    keyed by a secret: odds of about n²/2⁶⁵ by chance, and no way to aim at one.
+    """
+
+    def __init__(self) -> None:
+        self._table = array("Q", [0]) * 1024
+        self._mask = 1023
+        self._used = 0
+
+    @staticmethod
+    def _hash(path: PathKey) -> int:
+        digest = hashlib.blake2b(b"/".join(path), digest_size=8, key=_PATH_HASH_KEY).digest()
+        return int.from_bytes(digest, "little") or 1  # 0 marks an empty slot
+
+    def _slot(self, h: int) -> int:
+        """Where `h` is, or the empty slot where it would go (linear probing)."""
+        table, mask = self._table, self._mask
+        i = h & mask
+        while True:
+            found = table[i]
+            if found == h or found == 0:
+                return i
+            i = (i + 1) & mask
+
+    def __contains__(self, path: PathKey) -> bool:
+        h = self._hash(path)
+        return self._table[self._slot(h)] == h
+
+    def __len__(self) -> int:
+        return self._used
+
+    def add(self, path: PathKey) -> bool:
+        """Add `path`; False when it was there already."""
+        h = self._hash(path)
+        i = self._slot(h)
+        if self._table[i] == h:
+            return False
+        self._table[i] = h
+        self._used += 1
+        if self._used * 3 > len(self._table) * 2:
+            self._grow()
+        return True
+
+    def _grow(self) -> None:
+        old = self._table
+        self._table = array("Q", [0]) * (len(old) * 2)
+        self._mask = len(self._table) - 1
+        for h in old:
+            if h:
+                self._table[self._slot(h)] = h
+
+
+class _TimesLog:
+    """Directory times to set at the end of the layer, as (path, atime, mtime)
+    records in the order given. They stay in memory up to a few MiB and then go
+    to an unlinked temporary file: a layer of a million directories must not
+    keep a million paths in memory."""
+
+    _HEAD = struct.Struct("<qqI")
+
+    def __init__(self) -> None:
+        self._file = tempfile.SpooledTemporaryFile(max_size=_TIMES_SPOOL_BYTES)
+
+    def add(self, path: PathKey, atime: int, mtime: int) -> None:
+        """Append one record."""
+        joined = b"/".join(path)
+        self._file.write(self._HEAD.pack(atime, mtime, len(joined)) + joined)
+
+    def __iter__(self) -> Iterator[Tuple[PathKey, int, int]]:
+        self._file.seek(0)
+        while True:
+            head = self._file.read(self._HEAD.size)
+            if not head:
+                return
+            atime, mtime, length = self._HEAD.unpack(head)
+            joined = self._file.read(length)
+            yield (tuple(joined.split(b"/")) if joined else ()), atime, mtime
+
+    def close(self) -> None:
+        """Drop the records (and the temporary file)."""
+        self._file.close()
+
+
 def _encode(name: str) -> bytes:
     return name.encode("utf-8", "surrogateescape")
 
@@ -118,12 +305,14 @@ def _split_name(raw: bytes, what: str, limits: LayerLimits) -> PathKey:
     if b"\x00" in raw:
         raise HostileLayerError(f"{what} {raw[:200]!r} contains a NUL byte")
     if len(raw) > limits.max_path_bytes:
-        raise LayerError(f"{what} is {len(raw)} bytes long, over the limit of {limits.max_path_bytes}")
+        raise LayerError(f"{what} {raw[:200]!r}… is {len(raw)} bytes long, over the path length limit "
+                         f"of {limits.max_path_bytes} bytes")
     parts = tuple(p for p in raw.split(b"/") if p not in (b"", b"."))
     if b".." in parts:
         raise HostileLayerError(f"{what} {raw[:200]!r} climbs out with '..'")
     if len(parts) > limits.max_depth:
-        raise LayerError(f"{what} is {len(parts)} directories deep, over the limit of {limits.max_depth}")
+        raise LayerError(f"{what} {raw[:200]!r} is {len(parts)} directories deep, over the depth limit "
+                         f"of {limits.max_depth}")
     return parts
 
 
@@ -152,12 +341,17 @@ class _Applier:
         self.limits = options.limits
         self.privileged = options.privileged if options.privileged is not None else os.geteuid() == 0
         self.stats = stats
+        root_st = os.fstat(root_fd)
+        self.root_id = (root_st.st_dev, root_st.st_ino)
         # Real paths this layer created or changed, and all their ancestors:
         # whiteouts and opaque markers never remove them.
-        self.upper: Set[PathKey] = set()
-        self.dir_times: Dict[PathKey, int] = {}
-        self.restore_times: Dict[PathKey, Tuple[int, int]] = {}
-        self.created_dirs: Set[PathKey] = set()
+        self.upper = _PathSet()
+        # Directories whose final times are settled: lower ones whose times
+        # were recorded before their first change (in `restore_times`), and
+        # those this layer created (they keep the time of their creation).
+        self.times_noted = _PathSet()
+        self.restore_times = _TimesLog()
+        self.dir_times = _TimesLog()  # the layer's own directory entries
         self.buffer = bytearray(_COPY_CHUNK)
         # The last directory resolved (entries come grouped by directory):
         # (entry path, fd, real path). Any removal drops it, as only a removal
@@ -165,7 +359,10 @@ class _Applier:
         self._last_dir: Optional[Tuple[PathKey, int, PathKey]] = None
 
     def close(self) -> None:
+        """Release the cached directory fd and the spooled directory times."""
         self._forget_dir()
+        self.restore_times.close()
+        self.dir_times.close()
 
     def _forget_dir(self) -> None:
         if self._last_dir is not None:
@@ -193,20 +390,27 @@ class _Applier:
         return fd, real
 
     def _resolve_dir(self, parts: PathKey, create: bool) -> Tuple[Optional[int], PathKey]:
-        pending = list(parts)
+        # Components still to walk, the next one last: a symlink's target is
+        # pushed in O(its length), whatever is pending behind it.
+        pending = list(reversed(parts))
         real: List[bytes] = []
-        fd = os.dup(self.root_fd)
+        # (st_dev, st_ino) of each directory of `real`, the root first: `..`
+        # opens the parent straight from the current fd and checks it is this one.
+        ids = [self.root_id]
+        fd = os.dup(self.root_fd)  # always one open fd, owned here until returned
         links = 0
         try:
             while pending:
-                name = pending.pop(0)
+                name = pending.pop()
                 if name in (b"", b"."):
                     continue
                 if name == b"..":
                     if real:
                         real.pop()
+                        ids.pop()
+                        parent = self._open_parent(fd, real, ids[-1])
                         os.close(fd)
-                        fd = self._reopen(tuple(real))
+                        fd = parent
                     continue
                 try:
                     st = os.stat(name, dir_fd=fd, follow_symlinks=False)
@@ -216,34 +420,54 @@ class _Applier:
                         return None, ()
                     self._note_dir_change(fd, tuple(real))
                     os.mkdir(name, 0o755, dir_fd=fd)
-                    self.created_dirs.add(tuple(real) + (name,))
+                    self.times_noted.add(tuple(real) + (name,))
                     st = os.stat(name, dir_fd=fd, follow_symlinks=False)
                 if stat.S_ISLNK(st.st_mode):
                     links += 1
                     if links > self.limits.max_symlinks:
-                        raise HostileLayerError(f"more than {self.limits.max_symlinks} symlinks resolving {_show(parts)}")
+                        raise HostileLayerError(f"too many levels of symbolic links (more than "
+                                                f"{self.limits.max_symlinks}, the symlink limit) resolving {_show(parts)}")
                     target = os.readlink(name, dir_fd=fd)
                     if target.startswith(b"/"):
-                        real = []
+                        root = os.dup(self.root_fd)
                         os.close(fd)
-                        fd = os.dup(self.root_fd)
-                    pending[:0] = [p for p in target.split(b"/") if p]
+                        fd = root
+                        real.clear()
+                        del ids[1:]
+                    pending.extend(reversed(target.split(b"/")))
                     continue
                 if not stat.S_ISDIR(st.st_mode):
                     if not create:
                         os.close(fd)
                         return None, ()
                     raise LayerError(f"{_show(parts)}: {_show(tuple(real) + (name,))} is not a directory")
-                new_fd = self._open_dir(fd, name)
+                child = self._open_dir(fd, name)
                 os.close(fd)
-                fd = new_fd
+                fd = child
                 real.append(name)
+                ids.append((st.st_dev, st.st_ino))
                 if len(real) > self.limits.max_depth:
-                    raise LayerError(f"{_show(parts)} resolves deeper than {self.limits.max_depth} directories")
+                    raise LayerError(f"{_show(parts)} resolves deeper than the depth limit of "
+                                     f"{self.limits.max_depth} directories")
         except BaseException:
             os.close(fd)
             raise
         return fd, tuple(real)
+
+    def _open_parent(self, fd: int, real: List[bytes], expected: Tuple[int, int]) -> int:
+        """A new fd on the parent of directory `fd`, whose real path is `real`.
+
+        `..` from the fd is O(1) where walking `real` from the root is
+        O(depth), which made long `..` chains quadratic. The parent must be the
+        directory we came down through (only a concurrent rename could make it
+        another); if not, walk from the root after all.
+        """
+        parent = os.open(b"..", _PATH_FLAGS, dir_fd=fd)
+        st = os.fstat(parent)
+        if (st.st_dev, st.st_ino) == expected:
+            return parent
+        os.close(parent)
+        return self._reopen(tuple(real))
 
     def _reopen(self, real: PathKey) -> int:
         """Open a real path (no symlinks expected) from the root."""
@@ -260,14 +484,18 @@ class _Applier:
 
     def _note_dir_change(self, dir_fd: int, real: PathKey) -> None:
         """Remember a lower directory's times before we change its entries."""
-        if real in self.restore_times or real in self.created_dirs:
+        if not self.times_noted.add(real):
             return
         st = os.fstat(dir_fd)
-        self.restore_times[real] = (st.st_atime_ns, st.st_mtime_ns)
+        self.restore_times.add(real, st.st_atime_ns, st.st_mtime_ns)
 
     def _mark_upper(self, path: PathKey) -> None:
-        for i in range(1, len(path) + 1):
-            self.upper.add(path[:i])
+        # Deepest first, stopping at the first ancestor already there: every
+        # path in the set has its ancestors in it too, so an entry costs O(1)
+        # hashes rather than one per ancestor.
+        for i in range(len(path), 0, -1):
+            if not self.upper.add(path[:i]):
+                return
 
     # -- removal -----------------------------------------------------------
 
@@ -346,7 +574,7 @@ class _Applier:
         parts = _split_name(raw, "entry", self.limits)
         base = parts[-1] if parts else b""
         if any(p.startswith(_AUFS_META) for p in parts) and base != OPAQUE_MARKER:
-            self.stats.skipped.append(f"AUFS metadata {_show(parts)}")
+            self.stats.skip(f"AUFS metadata {_show(parts)}")
             return
         if any(p.startswith(WHITEOUT_PREFIX) for p in parts[:-1]):
             raise HostileLayerError(f"entry {_show(parts)} lies under a whiteout name")
@@ -422,7 +650,7 @@ class _Applier:
             self._write_file(tf, member, parent_fd, name, mode)
         elif member.isdir():
             os.mkdir(name, 0o700, dir_fd=parent_fd)
-            self.created_dirs.add(path)
+            self.times_noted.add(path)
             self._set_dir_metadata(parent_fd, name, member, path)
         elif member.issym():
             target = _encode(member.linkname)
@@ -439,7 +667,7 @@ class _Applier:
             if member.isfifo():
                 os.mkfifo(name, 0o600, dir_fd=parent_fd)
             elif not self.privileged:
-                self.stats.skipped.append(f"device {_show(path)} (not root)")
+                self.stats.skip(f"device {_show(path)} (not root)")
                 return
             else:
                 kind = stat.S_IFCHR if member.ischr() else stat.S_IFBLK
@@ -468,7 +696,8 @@ class _Applier:
                         view = view[os.write(fd, view):]
                     self.stats.bytes += n
                     if self.stats.bytes > self.limits.max_bytes:
-                        raise LayerError(f"layer writes more than the limit of {self.limits.max_bytes} bytes")
+                        raise LayerError(f"layer writes more than the limit of {self.limits.max_bytes} bytes "
+                                         f"(the size limit), writing {member.name[:200]!r}")
             if self.privileged:
                 os.fchown(fd, member.uid, member.gid)
             self._set_xattrs_fd(fd, member)
@@ -489,7 +718,8 @@ class _Applier:
             os.fchmod(fd, mode if self.privileged else mode | 0o700)
         finally:
             os.close(fd)
-        self.dir_times[path] = _mtime_ns(member)
+        mtime = _mtime_ns(member)
+        self.dir_times.add(path, mtime, mtime)
 
     def _chown(self, parent_fd: int, name: bytes, member: tarfile.TarInfo) -> None:
         if self.privileged:
@@ -504,10 +734,10 @@ class _Applier:
                 continue
             xname = _encode(key[len("SCHILY.xattr."):])
             if not xname.startswith(_ALLOWED_XATTR_PREFIXES) or any(p in xname for p in _FORBIDDEN_XATTR_PARTS):
-                self.stats.skipped.append(f"xattr {xname.decode(errors='replace')} on {member.name}")
+                self.stats.skip(f"xattr {xname.decode(errors='replace')} on {member.name}")
                 continue
             if xname == b"security.capability" and not self.privileged:
-                self.stats.skipped.append(f"xattr security.capability on {member.name} (not root)")
+                self.stats.skip(f"xattr security.capability on {member.name} (not root)")
                 continue
             out.append((xname, _encode(value)))
         return out
@@ -519,11 +749,11 @@ class _Applier:
             except OSError as exc:
                 if exc.errno not in (errno.ENOTSUP, errno.EPERM):
                     raise
-                self.stats.skipped.append(f"xattr {xname.decode(errors='replace')} on {member.name}: {exc.strerror}")
+                self.stats.skip(f"xattr {xname.decode(errors='replace')} on {member.name}: {exc.strerror}")
 
     def _set_xattrs_at(self, parent_fd: int, name: bytes, member: tarfile.TarInfo) -> None:
         if self._xattrs(member):
-            self.stats.skipped.append(f"xattrs on special file {member.name}")
+            self.stats.skip(f"xattrs on special file {member.name}")
 
     def _clear_xattrs_fd(self, fd: int) -> None:
         try:
@@ -540,33 +770,43 @@ class _Applier:
 
     def finish(self) -> None:
         """Set directory times: restored for lower directories we changed,
-        the layer's own for its directory entries. Paths are re-resolved
-        refusing symlinks, so a later entry cannot redirect these writes."""
-        for path, (atime, mtime) in self.restore_times.items():
-            if path not in self.dir_times:
-                self._set_dir_times(path, atime, mtime)
-        for path, mtime in self.dir_times.items():
-            self._set_dir_times(path, mtime, mtime)
-
-    def _set_dir_times(self, path: PathKey, atime: int, mtime: int) -> None:
+        the layer's own for its directory entries (set last, so they win).
+        Paths are re-resolved refusing symlinks, so a later entry cannot
+        redirect these writes."""
+        parent: Optional[Tuple[PathKey, int]] = None  # the last parent opened: records come grouped
         try:
-            fd = os.open(b".", os.O_RDONLY | _DIR_FLAGS, dir_fd=self.root_fd) if not path else None
-            if fd is None:
-                parent = self._reopen(path[:-1])
-                try:
-                    fd = os.open(path[-1], os.O_RDONLY | _DIR_FLAGS, dir_fd=parent)
-                finally:
-                    os.close(parent)
+            for log in (self.restore_times, self.dir_times):
+                for path, atime, mtime in log:
+                    parent = self._set_dir_times(path, atime, mtime, parent)
+        finally:
+            if parent is not None:
+                os.close(parent[1])
+
+    def _set_dir_times(self, path: PathKey, atime: int, mtime: int,
+                       parent: Optional[Tuple[PathKey, int]]) -> Optional[Tuple[PathKey, int]]:
+        """Set the times of `path`; takes and returns the cached (parent path,
+        fd), which stays valid as nothing but times changes during finish()."""
+        try:
+            if not path:
+                fd = os.open(b".", os.O_RDONLY | _DIR_FLAGS, dir_fd=self.root_fd)
+            else:
+                if parent is None or parent[0] != path[:-1]:
+                    if parent is not None:
+                        os.close(parent[1])
+                        parent = None
+                    parent = (path[:-1], self._reopen(path[:-1]))
+                fd = os.open(path[-1], os.O_RDONLY | _DIR_FLAGS, dir_fd=parent[1])
         except (FileNotFoundError, NotADirectoryError):
-            return  # removed or replaced later in this layer
+            return parent  # removed or replaced later in this layer
         except OSError as exc:
             if exc.errno == errno.ELOOP:
-                return  # replaced by a symlink later in this layer: never follow it
+                return parent  # replaced by a symlink later in this layer: never follow it
             raise
         try:
             os.utime(fd, ns=(atime, mtime))
         finally:
             os.close(fd)
+        return parent
 
 
 def apply_layer(stream: BinaryIO, media_type: str, root: Union[str, Path], *,
@@ -587,10 +827,11 @@ def apply_layer(stream: BinaryIO, media_type: str, root: Union[str, Path], *,
     applier: Optional[_Applier] = None
     try:
         applier = _Applier(root_fd, options, stats)
+        guard = _HeaderGuard(reader)
         try:
             # "r:" over a forward-only seekable reader: tarfile reads members
             # straight from it, without the extra buffer copies of stream mode.
-            tf = tarfile.open(fileobj=reader, mode="r:", tarinfo=_TarInfo, encoding="utf-8", errors="surrogateescape")
+            tf = tarfile.open(fileobj=guard, mode="r:", tarinfo=_TarInfo, encoding="utf-8", errors="surrogateescape")
         except tarfile.ReadError as exc:
             if reader.consumed == 0:
                 tf = None  # a 0-byte layer is an empty layer
@@ -599,10 +840,11 @@ def apply_layer(stream: BinaryIO, media_type: str, root: Union[str, Path], *,
         if tf is not None:
             try:
                 last_bytes = 0
-                for member in tf:
+                for member in _members(tf, guard):
                     stats.entries += 1
                     if stats.entries > options.limits.max_entries:
-                        raise LayerError(f"layer has more than {options.limits.max_entries} entries")
+                        raise LayerError(f"layer has more than {options.limits.max_entries} entries (the entry "
+                                         f"limit); stopped at {member.name[:200]!r}")
                     applier.apply_entry(tf, member)
                     if progress:
                         progress(1, stats.bytes - last_bytes)

@@ -9,6 +9,10 @@ Measures, alternating in the same run:
   served, from the registry's log);
 - incremental: v2 (new top layer only) added after v1;
 - peak RSS of the reconciler process.
+
+`--big-layer N` and `--dotdot-layer N` instead measure the applier alone on one
+generated layer of N entries (see tests/bench/biglayer.py) against
+`umoci unpack`: time and peak RSS of both, the bound the applier must keep.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from pathlib import Path
 from typing import Dict, List, Tuple
 
 from fixtures.push import FixturePusher
+from tests.bench.biglayer import build_layer, describe, layer_summary, single_layer_image, write_layout
 from tests.bench.images import build_images
 from tests.registry_server import start_registry
 
@@ -125,6 +130,10 @@ def main() -> int:
     parser.add_argument("--only", choices=("apply", "e2e"), help="run one part only")
     parser.add_argument("--scratch", type=Path, help="where both tools write their trees (default: the workdir); "
                         "a tmpfs such as /dev/shm/bench gives steadier numbers on disks mounted with `discard`")
+    parser.add_argument("--big-layer", type=int, metavar="N",
+                        help="only the applier vs umoci on one layer of N small files (peak RSS and time)")
+    parser.add_argument("--dotdot-layer", type=int, metavar="N",
+                        help="only the applier vs umoci on one layer of N files written through long `..` chains")
     args = parser.parse_args()
     for tool in ("skopeo", "umoci"):
         if shutil.which(tool) is None:
@@ -134,6 +143,14 @@ def main() -> int:
                        env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"}, stdout=subprocess.DEVNULL)
     work = args.workdir
     scratch = args.scratch or work
+    if args.big_layer or args.dotdot_layer:
+        shape, n = ("files", args.big_layer) if args.big_layer else ("dotdot", args.dotdot_layer)
+        results = bench_big_layer(work, scratch, shape, n, args.pairs)
+        out = work / f"results-{shape}-{n}.json"
+        out.write_text(json.dumps(results, indent=2))
+        print(big_layer_summary(results))
+        print(f"bench: details in {out}", file=sys.stderr)
+        return 0
     images = build_images(work / "cache")
     v1 = images["v1"]
     results: Dict[str, object] = {"image": {
@@ -164,6 +181,43 @@ def main() -> int:
     print(summary(results))
     print(f"bench: details in {out}", file=sys.stderr)
     return 0
+
+
+APPLY_ONE = ("import sys\nfrom reconciler.applier import apply_layer\n"
+             "with open(sys.argv[2], 'rb') as f:\n"
+             "    apply_layer(f, 'application/vnd.oci.image.layer.v1.tar+gzip', sys.argv[1], expected_diff_id=sys.argv[3])\n")
+
+
+def bench_big_layer(work: Path, scratch: Path, shape: str, n: int, pairs: int) -> Dict[str, object]:
+    """Our applier vs `umoci unpack` on one generated layer, alternating; times and peak RSS of both."""
+    layer = build_layer(work / "cache", shape, n)
+    image = single_layer_image(layer, "bench/big", "big")
+    layout = fresh(scratch / "big-oci") / "layout"
+    write_layout(image, layout, "big")
+    ours, theirs, our_rss, their_rss = [], [], 0, 0
+    for _ in range(pairs):
+        target = fresh(scratch / "big-ours")
+        t, r = timed([sys.executable, "-c", APPLY_ONE, str(target), str(layer.gz), layer.diff_id])
+        ours.append(t)
+        our_rss = max(our_rss, r)
+        subprocess.run(["rm", "-rf", str(target)], check=True)
+        bundle = scratch / "big-umoci"
+        subprocess.run(["rm", "-rf", str(bundle)], check=True)
+        t, r = timed(["umoci", "unpack", "--image", f"{layout}:big", str(bundle)])
+        theirs.append(t)
+        their_rss = max(their_rss, r)
+        subprocess.run(["rm", "-rf", str(bundle)], check=True)
+    return {"layer": {**layer_summary(layer), "shape": shape, "name": describe(shape, n, 64 if shape == "dotdot" else None)},
+            "ours_s": ours, "umoci_s": theirs, "ours_median_s": statistics.median(ours),
+            "umoci_median_s": statistics.median(theirs), "ratio": statistics.median(ours) / statistics.median(theirs),
+            "ours_peak_rss_mib": round(our_rss / 1024, 1), "umoci_peak_rss_mib": round(their_rss / 1024, 1)}
+
+
+def big_layer_summary(results: Dict[str, object]) -> str:
+    """One line: the layer, both times and their ratio, both peak RSS figures."""
+    return (f"bench: {results['layer']['name']}: apply {results['ours_median_s']:.2f}s vs umoci "
+            f"{results['umoci_median_s']:.2f}s = {results['ratio']:.2f}x; peak RSS ours "
+            f"{results['ours_peak_rss_mib']} MiB, umoci {results['umoci_peak_rss_mib']} MiB")
 
 
 def bench_apply(work: Path, image, pairs: int, skopeo_umoci) -> Dict[str, object]:
