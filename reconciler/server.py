@@ -9,6 +9,8 @@
 from __future__ import annotations
 
 import logging
+import re
+import time
 from pathlib import Path
 from typing import Dict, Optional
 
@@ -21,7 +23,7 @@ from starlette.routing import Route
 from .errors import ConfigError
 from .service import Service
 from .watchlist import WebhookConfig
-from .webhooks import MAX_BODY_BYTES, HookRejected, ReplayGuard, matching_entries, parse_hook
+from .webhooks import MAX_BODY_BYTES, HookRejected, ReplayGuard, matching_entries, verify_body, verify_headers
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +53,10 @@ def load_hook_secrets(webhooks: Dict[str, WebhookConfig], file: str) -> Dict[str
 
 
 async def _read_capped(request: Request) -> Optional[bytes]:
+    """The request body, or None when it is (or says it is) over MAX_BODY_BYTES."""
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+    # fullmatch on ASCII digits: str.isdigit() would also take "²" and int() then fail.
+    if declared and re.fullmatch(r"[0-9]+", declared) and int(declared) > MAX_BODY_BYTES:
         return None
     body = bytearray()
     async for chunk in request.stream():
@@ -60,6 +64,12 @@ async def _read_capped(request: Request) -> Optional[bytes]:
         if len(body) > MAX_BODY_BYTES:
             return None
     return bytes(body)
+
+
+def _refused(request: Request, provider: str, exc: HookRejected) -> Response:
+    """Log a refused hook (the reason never includes a secret) and answer it."""
+    log.warning("webhook %s from %s refused: %s", provider, request.client.host if request.client else "?", exc)
+    return JSONResponse({"error": str(exc)}, status_code=exc.status)
 
 
 def build_app(service: Service, secrets: Dict[str, str]) -> Starlette:
@@ -72,17 +82,24 @@ def build_app(service: Service, secrets: Dict[str, str]) -> Starlette:
         secret = secrets.get(provider)
         if secret is None:
             return JSONResponse({"error": f"webhook provider {provider!r} is not configured"}, status_code=404)
+        now = time.time()
+        try:
+            # Everything the URL and headers can show is checked before the body is
+            # read, so a stranger cannot make us read (or wait for) a megabyte.
+            checked = verify_headers(provider, secret, request.headers,
+                                     path_token=request.path_params.get("token"), now=now)
+        except HookRejected as exc:
+            service.metrics.hooks.labels(provider, "rejected").inc()
+            return _refused(request, provider, exc)
         body = await _read_capped(request)
         if body is None:
             service.metrics.hooks.labels(provider, "too_large").inc()
             return JSONResponse({"error": f"body larger than {MAX_BODY_BYTES} bytes"}, status_code=413)
         try:
-            hints = parse_hook(provider, secret, request.headers, body,
-                               path_token=request.path_params.get("token"), replays=replays)
+            hints = verify_body(checked, secret, body, now=now, replays=replays)
         except HookRejected as exc:
             service.metrics.hooks.labels(provider, "rejected").inc()
-            log.warning("webhook %s from %s refused: %s", provider, request.client.host if request.client else "?", exc)
-            return JSONResponse({"error": str(exc)}, status_code=exc.status)
+            return _refused(request, provider, exc)
         matched = matching_entries(hints, entries)
         service.metrics.hooks.labels(provider, "accepted").inc()
         if matched:

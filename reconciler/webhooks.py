@@ -9,9 +9,13 @@ never trusted, and the poll itself verifies everything.
 | gitlab       | `X-Gitlab-Token: <token>`                                    | events[] (registry notifications) or project.path_with_namespace |
 | harbor       | `Authorization: <token>` (Harbor's "Auth Header")            | event_data.repository.repo_full_name      |
 | quay         | the secret token as the last URL path segment                | repository                                |
-| github       | `X-Hub-Signature-256: sha256=<HMAC-SHA256(secret, body)>`    | package.namespace/package.name (container)|
-| generic      | `X-Reconciler-Timestamp` + `X-Reconciler-Signature: sha256=<HMAC(secret, "<ts>.<body>")>`, 5 min window, no replays | repository or image |
+| github       | `X-Hub-Signature-256: sha256=<HMAC-SHA256(secret, body)>`; a delivery (`X-GitHub-Delivery`) or signature seen within the window is a replay | package.namespace/package.name (container)|
+| generic      | `X-Reconciler-Timestamp` (unix seconds) + `X-Reconciler-Signature: sha256=<HMAC(secret, "<ts>.<body>")>`, 5 min window either way, no replays | repository or image |
 
+Verification has two stages, so that a stranger cannot make the service read
+(or wait for) a body: `verify_headers` checks everything the URL and headers
+can show (tokens; the form of signatures and timestamps) before the body is
+read, and `verify_body` checks the HMAC, refuses replays and parses.
 Every secret comparison is constant-time.
 """
 
@@ -20,10 +24,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
+import re
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Dict, List, Mapping, Optional, Set, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Set, Tuple
 
 from .errors import ReconcilerError
 from .registry.reference import normalize_registry
@@ -31,10 +38,22 @@ from .registry.reference import normalize_registry
 PROVIDERS = ("distribution", "dockerhub", "gitlab", "harbor", "quay", "github", "generic")
 MAX_BODY_BYTES = 1 << 20
 REPLAY_WINDOW_S = 300.0
+# A generic signature stays valid while its timestamp is within ±window of now,
+# i.e. for up to twice the window after it is first seen; remember that long.
+REPLAY_MEMORY_S = 2 * REPLAY_WINDOW_S
+# Only verified requests are remembered, so only a secret holder can fill the
+# guard; the cap still keeps a runaway sender from growing it without limit.
+REPLAY_MAX_ENTRIES = 10_000
+
+_SIGNATURE = re.compile(r"sha256=[0-9a-f]{64}")
+# Whole unix seconds, optionally with a fraction: no sign, exponent, hex,
+# underscores, `nan` or `inf`, all of which float() would otherwise accept.
+_TIMESTAMP = re.compile(r"[0-9]{1,12}(?:\.[0-9]{1,9})?")
+_DELIVERY = re.compile(r"[0-9A-Za-z-]{1,64}")
 
 
 class HookRejected(ReconcilerError):
-    """A webhook that is refused; `status` is the HTTP answer (401 or 400)."""
+    """A webhook that is refused; `status` is the HTTP answer (401, 400, 404 or 413)."""
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -49,6 +68,166 @@ class RepositoryHint:
     registry: Optional[str] = None
 
 
+@dataclass(frozen=True)
+class CheckedHeaders:
+    """What `verify_headers` accepted; `verify_body` takes only this, so the
+    header checks cannot be skipped.
+
+    For the HMAC providers, `signature` is the claimed signature, `signed_prefix`
+    what precedes the body in the signed text, and `replay_keys` the further
+    header values (GitHub's delivery ID) that must not repeat.
+    """
+
+    provider: str
+    signature: Optional[str] = None
+    signed_prefix: bytes = b""
+    replay_keys: Tuple[str, ...] = ()
+
+
+class ReplayGuard:
+    """Remembers keys (signatures, delivery IDs) for REPLAY_MEMORY_S, at most
+    `max_entries` of them (the oldest are dropped first). Thread-safe."""
+
+    def __init__(self, max_entries: int = REPLAY_MAX_ENTRIES, memory_s: float = REPLAY_MEMORY_S) -> None:
+        if max_entries < 1:
+            raise ValueError("max_entries must be at least 1")
+        self.max_entries = max_entries
+        self.memory_s = memory_s
+        self._seen: "OrderedDict[str, float]" = OrderedDict()  # key -> first seen, oldest first
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._seen)
+
+    def first_time(self, *keys: str, now: float) -> bool:
+        """True, and remember every key, when none of `keys` was seen within
+        the memory; False (remembering nothing new) otherwise."""
+        with self._lock:
+            self._forget_before(now - self.memory_s)
+            if any(key in self._seen for key in keys):
+                return False
+            for key in keys:
+                self._seen[key] = now
+            while len(self._seen) > self.max_entries:
+                self._seen.popitem(last=False)
+            return True
+
+    def _forget_before(self, cutoff: float) -> None:
+        # Entries are in arrival order, so the expired ones are at the front.
+        while self._seen:
+            oldest = next(iter(self._seen.values()))
+            if oldest > cutoff:
+                break
+            self._seen.popitem(last=False)
+
+
+# --- stage 1: URL and headers -------------------------------------------------
+
+def _equal(given: Optional[str], expected: str) -> bool:
+    return given is not None and hmac.compare_digest(given.encode(), expected.encode())
+
+
+def _signature_header(headers: Mapping[str, str], name: str) -> str:
+    given = headers.get(name.lower())
+    if not given:
+        raise HookRejected(401, f"missing {name}")
+    if not _SIGNATURE.fullmatch(given):
+        raise HookRejected(401, f"{name} is not \"sha256=\" followed by 64 lowercase hex digits")
+    return given
+
+
+def _timestamp(headers: Mapping[str, str], now: float) -> str:
+    """The generic provider's timestamp, refused unless it is plain unix
+    seconds within the window on either side of `now`."""
+    stamp = headers.get("x-reconciler-timestamp")
+    if not stamp:
+        raise HookRejected(401, "missing X-Reconciler-Timestamp")
+    if not _TIMESTAMP.fullmatch(stamp):
+        raise HookRejected(401, "X-Reconciler-Timestamp is not a unix time in seconds (digits, optionally a fraction)")
+    value = float(stamp)
+    # The pattern already rules out nan and inf; checked again because a
+    # non-finite value would slip through every comparison below.
+    if not math.isfinite(value) or abs(now - value) > REPLAY_WINDOW_S:
+        raise HookRejected(401, f"X-Reconciler-Timestamp is outside the {REPLAY_WINDOW_S:.0f} s window "
+                                "(is the sender's clock right?)")
+    return stamp
+
+
+def _check_distribution(secret: str, headers: Mapping[str, str], path_token: Optional[str],
+                        now: float) -> CheckedHeaders:
+    if not _equal(headers.get("authorization"), f"Bearer {secret}"):
+        raise HookRejected(401, "missing or wrong Authorization bearer token")
+    return CheckedHeaders("distribution")
+
+
+def _check_path_token(provider: str) -> Callable[..., CheckedHeaders]:
+    def check(secret: str, headers: Mapping[str, str], path_token: Optional[str], now: float) -> CheckedHeaders:
+        if not _equal(path_token, secret):
+            raise HookRejected(401, "missing or wrong secret in the URL")
+        return CheckedHeaders(provider)
+    return check
+
+
+def _check_gitlab(secret: str, headers: Mapping[str, str], path_token: Optional[str], now: float) -> CheckedHeaders:
+    if not _equal(headers.get("x-gitlab-token"), secret):
+        raise HookRejected(401, "missing or wrong X-Gitlab-Token")
+    return CheckedHeaders("gitlab")
+
+
+def _check_harbor(secret: str, headers: Mapping[str, str], path_token: Optional[str], now: float) -> CheckedHeaders:
+    if not _equal(headers.get("authorization"), secret):
+        raise HookRejected(401, "missing or wrong Authorization header")
+    return CheckedHeaders("harbor")
+
+
+def _check_github(secret: str, headers: Mapping[str, str], path_token: Optional[str], now: float) -> CheckedHeaders:
+    signature = _signature_header(headers, "X-Hub-Signature-256")
+    delivery = headers.get("x-github-delivery")
+    keys: Tuple[str, ...] = ()
+    if delivery is not None:
+        # Not covered by the signature, so it is only one more replay key; the
+        # form check keeps arbitrary text out of the guard.
+        if not _DELIVERY.fullmatch(delivery):
+            raise HookRejected(401, "X-GitHub-Delivery is not a delivery ID (a GUID)")
+        keys = (f"github delivery {delivery}",)
+    return CheckedHeaders("github", signature, b"", keys)
+
+
+def _check_generic(secret: str, headers: Mapping[str, str], path_token: Optional[str], now: float) -> CheckedHeaders:
+    signature = _signature_header(headers, "X-Reconciler-Signature")
+    stamp = _timestamp(headers, now)
+    return CheckedHeaders("generic", signature, stamp.encode() + b".")
+
+
+_HEADER_CHECKS: Dict[str, Callable[[str, Mapping[str, str], Optional[str], float], CheckedHeaders]] = {
+    "distribution": _check_distribution,
+    "dockerhub": _check_path_token("dockerhub"),
+    "quay": _check_path_token("quay"),
+    "gitlab": _check_gitlab,
+    "harbor": _check_harbor,
+    "github": _check_github,
+    "generic": _check_generic,
+}
+
+
+def verify_headers(provider: str, secret: str, headers: Mapping[str, str], *,
+                   path_token: Optional[str] = None, now: Optional[float] = None) -> CheckedHeaders:
+    """Stage 1: check what the URL and headers show, before any body is read.
+
+    `headers` must be case-insensitive (as Starlette's are). Token providers
+    are fully authenticated here; for the HMAC providers (github, generic) the
+    signature header must be well formed and the generic timestamp within the
+    window. Raises HookRejected (404 unknown provider, 401 otherwise).
+    """
+    check = _HEADER_CHECKS.get(provider)
+    if check is None:
+        raise HookRejected(404, f"unknown webhook provider {provider!r}")
+    return check(secret, headers, path_token, time.time() if now is None else now)
+
+
+# --- stage 2: body ------------------------------------------------------------
+
 def _json(body: bytes) -> dict:
     try:
         data = json.loads(body)
@@ -57,10 +236,6 @@ def _json(body: bytes) -> dict:
     if not isinstance(data, dict):
         raise HookRejected(400, "body is not a JSON object")
     return data
-
-
-def _equal(given: Optional[str], expected: str) -> bool:
-    return given is not None and hmac.compare_digest(given.encode(), expected.encode())
 
 
 def _str_at(data: object, *path: str) -> Optional[str]:
@@ -89,109 +264,112 @@ def _distribution_events(data: dict) -> List[RepositoryHint]:
     return hints
 
 
-class ReplayGuard:
-    """Remembers signatures seen within the replay window. Thread-safe."""
+def _dockerhub_hints(data: dict) -> List[RepositoryHint]:
+    name = _str_at(data, "repository", "repo_name")
+    if not name:
+        raise HookRejected(400, "expected repository.repo_name")
+    return [RepositoryHint(name if "/" in name else f"library/{name}", "docker.io")]
 
-    def __init__(self) -> None:
-        self._seen: Dict[str, float] = {}
-        self._lock = threading.Lock()
 
-    def first_time(self, signature: str, now: float) -> bool:
-        with self._lock:
-            self._seen = {s: t for s, t in self._seen.items() if t > now - 2 * REPLAY_WINDOW_S}
-            if signature in self._seen:
-                return False
-            self._seen[signature] = now
-            return True
+def _quay_hints(data: dict) -> List[RepositoryHint]:
+    name = _str_at(data, "repository")
+    if not name:
+        raise HookRejected(400, "expected repository")
+    url = _str_at(data, "docker_url") or ""
+    return [RepositoryHint(name, normalize_registry(url.split("/", 1)[0]) if "/" in url else None)]
+
+
+def _gitlab_hints(data: dict) -> List[RepositoryHint]:
+    if "events" in data:
+        return _distribution_events(data)
+    path = _str_at(data, "project", "path_with_namespace")
+    if not path:
+        raise HookRejected(400, "expected registry events or project.path_with_namespace")
+    return [RepositoryHint(path.lower())]
+
+
+def _harbor_hints(data: dict) -> List[RepositoryHint]:
+    name = _str_at(data, "event_data", "repository", "repo_full_name") or \
+        _str_at(data, "data", "repository", "repo_full_name")
+    if not name:
+        raise HookRejected(400, "expected event_data.repository.repo_full_name")
+    return [RepositoryHint(name)]
+
+
+def _github_hints(data: dict) -> List[RepositoryHint]:
+    package = data.get("package") or data.get("registry_package")
+    if not isinstance(package, dict):
+        return []  # another event type (ping, push): nothing to poll
+    owner = _str_at(package, "namespace") or _str_at(package, "owner", "login")
+    name = _str_at(package, "name")
+    if not owner or not name:
+        raise HookRejected(400, "expected package.namespace (or owner.login) and package.name")
+    return [RepositoryHint(f"{owner}/{name}".lower(), "ghcr.io")]
+
+
+def _generic_hints(data: dict) -> List[RepositoryHint]:
+    image = _str_at(data, "image")
+    if image:
+        host, _, repo = image.partition("/")
+        return [RepositoryHint(repo.split(":", 1)[0].split("@", 1)[0], normalize_registry(host))]
+    name = _str_at(data, "repository")
+    if not name:
+        raise HookRejected(400, "expected repository or image")
+    return [RepositoryHint(name)]
+
+
+_PARSERS: Dict[str, Callable[[dict], List[RepositoryHint]]] = {
+    "distribution": _distribution_events,
+    "dockerhub": _dockerhub_hints,
+    "quay": _quay_hints,
+    "gitlab": _gitlab_hints,
+    "harbor": _harbor_hints,
+    "github": _github_hints,
+    "generic": _generic_hints,
+}
+
+_SIGNATURE_HEADERS = {"github": "X-Hub-Signature-256", "generic": "X-Reconciler-Signature"}
+
+
+def _verify_signature(checked: CheckedHeaders, secret: str, body: bytes, now: float,
+                      replays: Optional[ReplayGuard]) -> None:
+    header = _SIGNATURE_HEADERS[checked.provider]
+    digest = hmac.new(secret.encode(), checked.signed_prefix + body, hashlib.sha256).hexdigest()
+    if not _equal(checked.signature, "sha256=" + digest):
+        raise HookRejected(401, f"wrong {header}")
+    # Remembered only once verified, so forged requests cannot fill the guard.
+    keys = (f"{checked.provider} signature {checked.signature}",) + checked.replay_keys
+    if replays is not None and not replays.first_time(*keys, now=now):
+        raise HookRejected(401, "this signed request was already received (replay)")
+
+
+def verify_body(checked: CheckedHeaders, secret: str, body: bytes, *, now: Optional[float] = None,
+                replays: Optional[ReplayGuard] = None) -> List[RepositoryHint]:
+    """Stage 2: verify the body's signature (HMAC providers), refuse replays,
+    and return the repositories the hook hints at.
+
+    Raises HookRejected(413) for a body over MAX_BODY_BYTES, 401 for a wrong
+    signature or a replay, and 400 for a body that cannot be understood.
+    """
+    if len(body) > MAX_BODY_BYTES:
+        raise HookRejected(413, f"body larger than {MAX_BODY_BYTES} bytes")
+    if checked.signature is not None:
+        _verify_signature(checked, secret, body, time.time() if now is None else now, replays)
+    return _PARSERS[checked.provider](_json(body))
 
 
 def parse_hook(provider: str, secret: str, headers: Mapping[str, str], body: bytes, *,
                path_token: Optional[str] = None, now: Optional[float] = None,
                replays: Optional[ReplayGuard] = None) -> List[RepositoryHint]:
-    """Verify a webhook and return the repositories it hints at.
+    """Both stages at once, for a caller that already holds the body.
 
     `headers` must be case-insensitive (as Starlette's are). Raises
     HookRejected(401) for a bad or missing secret/signature and
     HookRejected(400) for a body that cannot be understood.
     """
     now = time.time() if now is None else now
-    if len(body) > MAX_BODY_BYTES:
-        raise HookRejected(413, f"body larger than {MAX_BODY_BYTES} bytes")
-    if provider == "distribution":
-        if not _equal(headers.get("authorization"), f"Bearer {secret}"):
-            raise HookRejected(401, "missing or wrong Authorization bearer token")
-        return _distribution_events(_json(body))
-    if provider in ("dockerhub", "quay"):
-        if not _equal(path_token, secret):
-            raise HookRejected(401, "missing or wrong secret in the URL")
-        data = _json(body)
-        if provider == "dockerhub":
-            name = _str_at(data, "repository", "repo_name")
-            if not name:
-                raise HookRejected(400, "expected repository.repo_name")
-            return [RepositoryHint(name if "/" in name else f"library/{name}", "docker.io")]
-        name = _str_at(data, "repository")
-        if not name:
-            raise HookRejected(400, "expected repository")
-        url = _str_at(data, "docker_url") or ""
-        return [RepositoryHint(name, normalize_registry(url.split("/", 1)[0]) if "/" in url else None)]
-    if provider == "gitlab":
-        if not _equal(headers.get("x-gitlab-token"), secret):
-            raise HookRejected(401, "missing or wrong X-Gitlab-Token")
-        data = _json(body)
-        if "events" in data:
-            return _distribution_events(data)
-        path = _str_at(data, "project", "path_with_namespace")
-        if not path:
-            raise HookRejected(400, "expected registry events or project.path_with_namespace")
-        return [RepositoryHint(path.lower())]
-    if provider == "harbor":
-        if not _equal(headers.get("authorization"), secret):
-            raise HookRejected(401, "missing or wrong Authorization header")
-        data = _json(body)
-        name = _str_at(data, "event_data", "repository", "repo_full_name") or \
-            _str_at(data, "data", "repository", "repo_full_name")
-        if not name:
-            raise HookRejected(400, "expected event_data.repository.repo_full_name")
-        return [RepositoryHint(name)]
-    if provider == "github":
-        given = headers.get("x-hub-signature-256") or ""
-        expected = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-        if not _equal(given, expected):
-            raise HookRejected(401, "missing or wrong X-Hub-Signature-256")
-        data = _json(body)
-        package = data.get("package") or data.get("registry_package")
-        if not isinstance(package, dict):
-            return []  # another event type (ping, push): nothing to poll
-        owner = _str_at(package, "namespace") or _str_at(package, "owner", "login")
-        name = _str_at(package, "name")
-        if not owner or not name:
-            raise HookRejected(400, "expected package.namespace (or owner.login) and package.name")
-        return [RepositoryHint(f"{owner}/{name}".lower(), "ghcr.io")]
-    if provider == "generic":
-        stamp = headers.get("x-reconciler-timestamp") or ""
-        given = headers.get("x-reconciler-signature") or ""
-        expected = "sha256=" + hmac.new(secret.encode(), stamp.encode() + b"." + body, hashlib.sha256).hexdigest()
-        if not _equal(given, expected):
-            raise HookRejected(401, "missing or wrong X-Reconciler-Signature")
-        try:
-            age = abs(now - float(stamp))
-        except ValueError:
-            raise HookRejected(401, "X-Reconciler-Timestamp is not a unix time") from None
-        if age > REPLAY_WINDOW_S:
-            raise HookRejected(401, f"X-Reconciler-Timestamp is outside the {REPLAY_WINDOW_S:.0f} s window")
-        if replays is not None and not replays.first_time(given, now):
-            raise HookRejected(401, "this signed request was already received (replay)")
-        data = _json(body)
-        image = _str_at(data, "image")
-        if image:
-            host, _, repo = image.partition("/")
-            return [RepositoryHint(repo.split(":", 1)[0].split("@", 1)[0], normalize_registry(host))]
-        name = _str_at(data, "repository")
-        if not name:
-            raise HookRejected(400, "expected repository or image")
-        return [RepositoryHint(name)]
-    raise HookRejected(404, f"unknown webhook provider {provider!r}")
+    checked = verify_headers(provider, secret, headers, path_token=path_token, now=now)
+    return verify_body(checked, secret, body, now=now, replays=replays)
 
 
 def matching_entries(hints: List[RepositoryHint], entries: List[Tuple[int, str, str]]) -> Set[int]:
@@ -205,4 +383,3 @@ def matching_entries(hints: List[RepositoryHint], entries: List[Tuple[int, str, 
             if repository == hint.repository or repository.startswith(hint.repository + "/"):
                 out.add(index)
     return out
-

@@ -192,3 +192,136 @@ def test_hook_secrets_are_required_and_strong(tmp_path, monkeypatch):
     (tmp_path / "tok").write_text(SECRET + "\n")
     assert load_hook_secrets({"github": WebhookConfig("github", token_file=str(tmp_path / "tok"))}, "w") == \
         {"github": SECRET}
+
+
+# --- headers first, timestamps, replays (issue: "nan passes the window; body read before the token") ---
+
+class RecordingBody:
+    """A 64 MiB request body streamed in 64 KiB chunks, counting how much the app pulled."""
+
+    def __init__(self, total: int = 64 << 20, chunk: int = 64 << 10) -> None:
+        self.total, self.chunk, self.sent = total, chunk, 0
+
+    async def __aiter__(self):
+        while self.sent < self.total:
+            self.sent += self.chunk
+            yield b" " * self.chunk
+
+
+def well_formed_signature() -> str:
+    return "sha256=" + "0" * 64
+
+
+REFUSED_BEFORE_THE_BODY = [
+    ("distribution-wrong", "/hooks/distribution", {"Authorization": "Bearer wrong"}),
+    ("distribution-missing", "/hooks/distribution", {}),
+    ("dockerhub-wrong", "/hooks/dockerhub/wrong-token", {}),
+    ("quay-missing", "/hooks/quay", {}),
+    ("gitlab-wrong", "/hooks/gitlab", {"X-Gitlab-Token": "wrong"}),
+    ("harbor-missing", "/hooks/harbor", {}),
+    ("github-missing-signature", "/hooks/github", {}),
+    ("github-malformed-signature", "/hooks/github", {"X-Hub-Signature-256": "sha256=not-hex"}),
+    ("github-bad-delivery", "/hooks/github", {"X-Hub-Signature-256": well_formed_signature(),
+                                              "X-GitHub-Delivery": "x" * 500}),
+    ("generic-missing-signature", "/hooks/generic", {"X-Reconciler-Timestamp": str(int(time.time()))}),
+    ("generic-missing-timestamp", "/hooks/generic", {"X-Reconciler-Signature": well_formed_signature()}),
+    ("generic-nan", "/hooks/generic", {"X-Reconciler-Timestamp": "nan",
+                                       "X-Reconciler-Signature": well_formed_signature()}),
+]
+
+
+@pytest.mark.parametrize("name,path,headers", REFUSED_BEFORE_THE_BODY, ids=[r[0] for r in REFUSED_BEFORE_THE_BODY])
+def test_bad_headers_are_refused_without_reading_the_body(client, name, path, headers):
+    body = RecordingBody()
+    response = client.post(path, content=body, headers=headers)
+    assert response.status_code == 401
+    assert body.sent == 0, f"the app read {body.sent} bytes of a request it could refuse from its headers"
+    assert client.service.nudged == []
+
+
+def _now() -> str:
+    return str(int(time.time()))
+
+
+BAD_STAMPS = [
+    ("nan", lambda: "nan"), ("NaN", lambda: "NaN"), ("inf", lambda: "inf"), ("minus-inf", lambda: "-inf"),
+    ("1e400", lambda: "1e400"), ("empty", lambda: ""), ("hex", lambda: hex(int(time.time()))),
+    ("underscores", lambda: f"{int(time.time()):_}"), ("plus-sign", lambda: "+" + _now()),
+    ("exponent", lambda: _now() + "e0"), ("an-hour-ago", lambda: str(int(time.time()) - 3600)),
+    ("in-an-hour", lambda: str(int(time.time()) + 3600)),
+]
+
+
+@pytest.mark.parametrize("name,stamp", BAD_STAMPS, ids=[b[0] for b in BAD_STAMPS])
+def test_generic_timestamp_must_be_plain_unix_seconds_within_the_window(client, name, stamp):
+    # Correctly signed, so only the timestamp is at fault.
+    response = client.post("/hooks/generic", content=GENERIC_BODY, headers=generic_headers(GENERIC_BODY, stamp()))
+    assert response.status_code == 401, response.text
+    assert "X-Reconciler-Timestamp" in response.json()["error"]
+    assert client.service.nudged == []
+
+
+def test_generic_timestamp_with_a_fraction_is_accepted(client):
+    stamp = f"{time.time():.3f}"
+    response = client.post("/hooks/generic", content=GENERIC_BODY, headers=generic_headers(GENERIC_BODY, stamp))
+    assert response.status_code == 202 and client.service.nudged == [[1]]
+
+
+def test_verify_headers_refuses_nan_before_any_body():
+    from reconciler.webhooks import HookRejected, verify_headers
+    headers = {"x-reconciler-timestamp": "nan", "x-reconciler-signature": well_formed_signature()}
+    with pytest.raises(HookRejected) as refused:
+        verify_headers("generic", SECRET, headers, now=time.time())
+    assert refused.value.status == 401
+
+
+def github_headers(body: bytes, delivery: str) -> dict:
+    return {"X-Hub-Signature-256": github_sig(body), "X-GitHub-Event": "package", "X-GitHub-Delivery": delivery}
+
+
+def test_github_replay_is_refused(client):
+    first = client.post("/hooks/github", content=GITHUB_BODY, headers=github_headers(GITHUB_BODY, "72d3162e-cc78-11e3"))
+    again = client.post("/hooks/github", content=GITHUB_BODY, headers=github_headers(GITHUB_BODY, "72d3162e-cc78-11e3"))
+    assert (first.status_code, again.status_code) == (202, 401)
+    assert "replay" in again.json()["error"]
+    assert client.service.nudged == [[3]]
+
+
+def test_github_replay_with_a_new_delivery_id_is_refused(client):
+    # The delivery ID is not signed: an attacker can change it, the signature they cannot.
+    assert client.post("/hooks/github", content=GITHUB_BODY, headers=github_headers(GITHUB_BODY, "a-1")).status_code == 202
+    assert client.post("/hooks/github", content=GITHUB_BODY, headers=github_headers(GITHUB_BODY, "a-2")).status_code == 401
+    assert client.service.nudged == [[3]]
+
+
+def test_github_delivery_id_seen_before_is_refused_even_with_a_new_body(client):
+    other = GITHUB_BODY.replace(b'"Tool"', b'"tool"')
+    assert client.post("/hooks/github", content=GITHUB_BODY, headers=github_headers(GITHUB_BODY, "d-1")).status_code == 202
+    assert client.post("/hooks/github", content=other, headers=github_headers(other, "d-1")).status_code == 401
+
+
+def test_github_forged_requests_are_not_remembered(client):
+    # A wrong signature must not poison the guard for the real delivery that follows.
+    forged = {**github_headers(GITHUB_BODY, "d-9"), "X-Hub-Signature-256": github_sig(GITHUB_BODY, "other-secret")}
+    assert client.post("/hooks/github", content=GITHUB_BODY, headers=forged).status_code == 401
+    assert client.post("/hooks/github", content=GITHUB_BODY, headers=github_headers(GITHUB_BODY, "d-9")).status_code == 202
+
+
+def test_replay_guard_is_bounded_and_drops_the_oldest():
+    from reconciler.webhooks import ReplayGuard
+    guard = ReplayGuard(max_entries=3)
+    for i in range(10):
+        assert guard.first_time(f"key-{i}", now=1000.0 + i)
+    assert len(guard) == 3
+    assert not guard.first_time("key-9", now=1010.0)
+    assert guard.first_time("key-0", now=1010.0)  # dropped to make room: the oldest go first
+
+
+def test_replay_guard_forgets_after_its_memory():
+    from reconciler.webhooks import REPLAY_MEMORY_S, ReplayGuard
+    guard = ReplayGuard()
+    assert guard.first_time("a", "b", now=0.0)
+    assert not guard.first_time("b", "c", now=REPLAY_MEMORY_S - 1)
+    assert len(guard) == 2  # a refused call remembers nothing new
+    assert guard.first_time("a", now=REPLAY_MEMORY_S + 1)
+    assert len(guard) == 1
