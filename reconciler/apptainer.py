@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-import stat
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+from .confined import ConfinedTree
 
 log = logging.getLogger(__name__)
 
@@ -175,92 +175,33 @@ def labels_json(labels: Mapping[str, str]) -> str:
     return json.dumps(dict(labels), indent="\t", sort_keys=True) + "\n"
 
 
-class _Tree:
-    """Creates entries inside an image root without following its symlinks."""
-
-    def __init__(self, root: Path) -> None:
-        self.root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-        self.skipped: List[str] = []
-
-    def close(self) -> None:
-        os.close(self.root_fd)
-
-    def _dir_fd(self, parts: Sequence[str], create: bool) -> Optional[int]:
-        fd = os.dup(self.root_fd)
-        for name in parts:
-            try:
-                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-            except FileNotFoundError:
-                if not create:
-                    os.close(fd)
-                    return None
-                os.mkdir(name, 0o755, dir_fd=fd)
-                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-            if not stat.S_ISDIR(st.st_mode):  # a symlink or file of the image: leave it alone
-                os.close(fd)
-                return None
-            new = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
-            os.close(fd)
-            fd = new
-        return fd
-
-    def mkdirs(self, path: str) -> None:
-        fd = self._dir_fd(path.split("/"), create=True)
-        if fd is None:
-            self.skipped.append(path)
-        else:
-            os.close(fd)
-
-    def write(self, path: str, content: str, mode: int) -> None:
-        *parents, name = path.split("/")
-        fd = self._dir_fd(parents, create=True)
-        if fd is None:
-            self.skipped.append(path)
-            return
-        try:
-            out = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=fd)
-        except FileExistsError:
-            self.skipped.append(path)
-        else:
-            try:
-                os.write(out, content.encode())
-                os.fchmod(out, mode)
-            finally:
-                os.close(out)
-        finally:
-            os.close(fd)
-
-    def symlink(self, path: str, target: str) -> None:
-        try:
-            os.symlink(target, path, dir_fd=self.root_fd)
-        except FileExistsError:
-            self.skipped.append(path)
-
-
 def make_apptainer_ready(root: Path, *, env: Sequence[str] = (), entrypoint: Optional[Sequence[str]] = None,
                          cmd: Optional[Sequence[str]] = None, labels: Optional[Mapping[str, str]] = None,
                          bind_points: Sequence[str] = DEFAULT_BIND_POINTS) -> List[str]:
     """Add `.singularity.d` and bind points to the image tree at `root`.
     Returns the paths left alone because the image already has them."""
-    tree = _Tree(root)
-    try:
-        for directory in (".singularity.d/libs", ".singularity.d/actions", ".singularity.d/env"):
-            tree.mkdirs(directory)
-        for directory in (*APPTAINER_DIRS, *bind_points):
-            tree.mkdirs(directory.strip("/"))
-        for name, text in ACTIONS.items():
-            tree.write(f".singularity.d/actions/{name}", text, 0o755)
-        for name, text in ENV_SCRIPTS.items():
-            tree.write(f".singularity.d/env/{name}", text, 0o755)
+    skipped: List[str] = []
+
+    def done(ok: bool, path: str) -> None:
+        if not ok:
+            skipped.append(path)
+
+    with ConfinedTree(root) as tree:
+        for directory in (".singularity.d/libs", ".singularity.d/actions", ".singularity.d/env",
+                          *APPTAINER_DIRS, *(p.strip("/") for p in bind_points)):
+            done(tree.mkdirs(directory), directory)
+        files = {**{f".singularity.d/actions/{name}": text for name, text in ACTIONS.items()},
+                 **{f".singularity.d/env/{name}": text for name, text in ENV_SCRIPTS.items()}}
         script, bad = env_script(env)
         for entry in bad:
             log.warning("image Env entry %r is not a valid shell variable name; not exported", entry.split("=")[0])
-        tree.write(".singularity.d/env/10-docker2singularity.sh", script, 0o755)
-        tree.write(".singularity.d/runscript", runscript(entrypoint, cmd), 0o755)
-        tree.write(".singularity.d/startscript", "#!/bin/sh\n", 0o755)
-        tree.write(".singularity.d/labels.json", labels_json(labels or {}), 0o644)
+        files[".singularity.d/env/10-docker2singularity.sh"] = script
+        files[".singularity.d/runscript"] = runscript(entrypoint, cmd)
+        files[".singularity.d/startscript"] = "#!/bin/sh\n"
+        for path, text in files.items():
+            done(tree.write_file(path, text.encode(), 0o755), path)
+        path = ".singularity.d/labels.json"
+        done(tree.write_file(path, labels_json(labels or {}).encode(), 0o644), path)
         for name, target in LINKS.items():
-            tree.symlink(name, target)
-    finally:
-        tree.close()
-    return tree.skipped
+            done(tree.symlink(name, target), name)
+    return skipped

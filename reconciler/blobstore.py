@@ -10,6 +10,7 @@ the least recently used blobs (access time is the file's mtime, touched on use).
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 import tempfile
@@ -148,6 +149,11 @@ class BlobStore:
                 pass
             raise
 
+    def read_only(self) -> "ReadOnlyBlobStore":
+        """The same store for `--dry-run`: reads what is on disk, keeps what it
+        fetches in memory, writes nothing."""
+        return ReadOnlyBlobStore(self.root)
+
     def pin(self, digests: Iterable[str]) -> None:
         """Keep these blobs from eviction until `unpin` (they are in use)."""
         with self._lock:
@@ -175,7 +181,10 @@ class BlobStore:
         total = 0
         for sub in (self.root / "sha256").iterdir():
             for blob in sub.iterdir():
-                st = blob.stat()
+                try:
+                    st = blob.stat()
+                except FileNotFoundError:
+                    continue  # evicted by another thread meanwhile
                 total += st.st_size
                 entries.append((st.st_mtime_ns, st.st_size, blob))
         freed = 0
@@ -192,3 +201,44 @@ class BlobStore:
         if freed:
             log.info("blob store: evicted %d bytes of least recently used blobs", freed)
         return freed
+
+
+class ReadOnlyBlobStore(BlobStore):
+    """A blob store that never writes to disk (for `--dry-run`, which may run
+    beside a service): blobs already stored are read from disk; blobs it is
+    asked to fetch (manifests and configs: the plan needs no layer) are kept in
+    memory."""
+
+    def __init__(self, root: Path) -> None:  # no super().__init__: it creates directories
+        self.root = Path(root)
+        self.max_bytes = None
+        self._lock = threading.Lock()
+        self._inflight: Dict[str, Future] = {}
+        self._pinned: Dict[str, int] = {}
+        self._memory: Dict[str, bytes] = {}
+
+    def has(self, digest: str) -> bool:
+        return digest in self._memory or super().has(digest)
+
+    def touch(self, digest: str) -> None:
+        pass
+
+    def read_bytes(self, digest: str) -> bytes:
+        if digest in self._memory:
+            return self._memory[digest]
+        return super().read_bytes(digest)
+
+    def ensure(self, digest: str, size: int, fill: Callable[[BinaryIO], object]) -> StoredBlob:
+        path = self.path(digest)
+        if self.has(digest):
+            return StoredBlob(digest, len(self._memory[digest]) if digest in self._memory else path.stat().st_size,
+                              path, downloaded=False)
+        sink = io.BytesIO()
+        fill(sink)
+        if sink.tell() != size:
+            raise IntegrityError(f"blob {digest}: got {sink.tell()} bytes, expected {size}")
+        self._memory[digest] = sink.getvalue()
+        return StoredBlob(digest, size, path, downloaded=True)
+
+    def evict(self, keep: Iterable[str] = ()) -> int:
+        return 0

@@ -3,17 +3,26 @@
     reconcile --once [--watchlist F] [--dry-run] [--log-format plain|json]
     reconcile [--watchlist F] [--listen HOST:PORT]       (the service)
 
-Exit codes: 0 everything converged, 1 an image or entry failed (the summary
-names each with its reason), 2 a configuration error (nothing touched).
+Exit codes (also in `--help` and the README):
+  0   everything converged
+  1   an image or entry failed (the summary names each with its reason)
+  2   a configuration error (nothing touched)
+  3   cannot start: the machine refuses something (a directory not writable,
+      the port in use, cvmfs_server missing); nothing touched
+  4   another reconciler holds the lock on this state directory or publish
+      target; nothing touched
+  130 interrupted (Ctrl-C); nothing is half-published
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import logging
 import signal
+import socket
 import sys
 import threading
 import time
@@ -23,14 +32,23 @@ from typing import List, Optional
 import uvicorn
 
 from . import __version__
-from .errors import ConfigError, ReconcilerError
+from .errors import BusyError, ConfigError, ReconcilerError, StartError
 from .progress import ProgressAwareHandler, TerminalProgress
 from .reconcile import Reconciler
 from .server import build_app, load_hook_secrets
 from .service import Service
-from .watchlist import load_watchlist
+from .watchlist import load_watchlist, parse_listen
 
-EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_START, EXIT_BUSY, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
+EXIT_CODES_HELP = """exit codes:
+  0    everything converged
+  1    an image or entry failed (the summary names each with its reason)
+  2    a configuration error; nothing was touched
+  3    cannot start: a directory not writable, the port in use, cvmfs_server
+       missing (the message says which); nothing was touched
+  4    another reconciler holds the lock on this state directory or publish
+       target; nothing was touched
+  130  interrupted (Ctrl-C); nothing is half-published"""
 
 
 class _JsonFormatter(logging.Formatter):
@@ -72,21 +90,45 @@ class _Server(uvicorn.Server):
         pass
 
 
-def serve(watchlist, reconciler: Reconciler, secrets, listen: Optional[str]) -> int:
+def bind_listener(listen: str, source: str) -> socket.socket:
+    """The service's listening socket, bound now, so that a bad address or a port
+    in use stops the start with one line (ConfigError or StartError), before
+    anything else is touched. `source` names where `listen` came from."""
+    try:
+        host, port = parse_listen(listen)
+    except ValueError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise StartError(f"{source}: cannot resolve host {host!r} ({exc.strerror}); give an address such as "
+                         "127.0.0.1 or [::1]") from None
+    family, _, _, _, address = infos[0]
+    try:
+        return socket.create_server(address, family=family)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            reason = "the port is already in use by another program; stop it or choose another port"
+        elif exc.errno == errno.EACCES:
+            reason = "permission denied (ports below 1024 need privileges); choose a port above 1024"
+        else:
+            reason = exc.strerror or str(exc)
+        raise StartError(f"cannot listen on {listen} ({source}): {reason}") from None
+
+
+def serve(watchlist, reconciler: Reconciler, secrets, listener: Optional[socket.socket], listen: str = "") -> int:
     """Run the service until SIGTERM or SIGINT; the current cycle finishes first."""
     log = logging.getLogger("reconciler")
     service = Service(watchlist, reconciler)
     service.start()
     try:
-        if listen:
-            host, _, port = listen.rpartition(":")
-            config = uvicorn.Config(build_app(service, secrets), host=host.strip("[]"), port=int(port),
-                                    log_level="warning", lifespan="off", access_log=False)
+        if listener is not None:
+            config = uvicorn.Config(build_app(service, secrets), log_level="warning", lifespan="off", access_log=False)
             server = _Server(config)
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, lambda *_: setattr(server, "should_exit", True))
             log.info("service listening on %s (webhooks: %s)", listen, ", ".join(sorted(secrets)) or "none")
-            server.run()  # returns once a signal asked it to exit
+            server.run(sockets=[listener])  # returns once a signal asked it to exit
         else:
             stop = threading.Event()
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -101,11 +143,13 @@ def serve(watchlist, reconciler: Reconciler, secrets, listen: Optional[str]) -> 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="reconcile", description="Keep a CVMFS repository (or a local directory) "
-                                     "in step with container images in OCI registries.")
+                                     "in step with container images in OCI registries.", epilog=EXIT_CODES_HELP,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--watchlist", type=Path, default=Path("watchlist.toml"),
                         help="the watchlist file (default: ./watchlist.toml)")
     parser.add_argument("--once", action="store_true", help="converge once and exit")
-    parser.add_argument("--dry-run", action="store_true", help="print the plan without changing anything")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan without changing anything (takes no "
+                        "lock and writes nothing: safe beside a running service)")
     parser.add_argument("--listen", metavar="HOST:PORT", help="service mode: where to accept webhooks")
     parser.add_argument("--log-format", choices=("plain", "json"), default="plain")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -116,30 +160,49 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     progress = setup_logging(args.log_format, args.verbose)
+    try:
+        return _main(args, progress)
+    except KeyboardInterrupt:
+        print("reconcile: interrupted; nothing is half-published (an open transaction was aborted, "
+              "unfinished builds are removed at the next start)", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _start(args: argparse.Namespace, progress: Optional[TerminalProgress]):
+    """Read the configuration, bind the listener (service), take the locks and
+    recover: everything that can refuse the start, before any work."""
+    watchlist = load_watchlist(args.watchlist)
+    service = not (args.once or args.dry_run)
+    secrets, listener, listen = {}, None, args.listen or watchlist.listen
+    if service:
+        secrets = load_hook_secrets(watchlist.webhooks, watchlist.path.name)
+        if listen:
+            listener = bind_listener(listen, "--listen" if args.listen else f"{watchlist.path.name}: service.listen")
+    try:
+        reconciler = Reconciler(watchlist, progress=progress, read_only=args.dry_run)
+    except BaseException:
+        if listener is not None:
+            listener.close()
+        raise
+    return watchlist, secrets, listener, listen, reconciler
+
+
+def _main(args: argparse.Namespace, progress: Optional[TerminalProgress]) -> int:
     log = logging.getLogger("reconciler")
     try:
-        watchlist = load_watchlist(args.watchlist)
+        watchlist, secrets, listener, listen, reconciler = _start(args, progress)
     except ConfigError as exc:
         print(f"reconcile: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    secrets = {}
-    if not (args.once or args.dry_run):
-        try:
-            secrets = load_hook_secrets(watchlist.webhooks, watchlist.path.name)
-        except ConfigError as exc:
-            print(f"reconcile: {exc}", file=sys.stderr)
-            return EXIT_CONFIG
-    try:
-        reconciler = Reconciler(watchlist, progress=progress)
-    except ConfigError as exc:
+    except BusyError as exc:
         print(f"reconcile: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    except ReconcilerError as exc:
-        log.error("cannot start: %s", exc)
-        return EXIT_FAILED
+        return EXIT_BUSY
+    except ReconcilerError as exc:  # StartError and whatever else stops the start
+        print(f"reconcile: cannot start: {exc}", file=sys.stderr)
+        return EXIT_START
     if not (args.once or args.dry_run):
         try:
-            return serve(watchlist, reconciler, secrets, args.listen or watchlist.listen)
+            return serve(watchlist, reconciler, secrets, listener, listen or "")
         finally:
             reconciler.close()
     if progress is not None:

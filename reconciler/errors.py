@@ -81,3 +81,14 @@ class HostileLayerError(LayerError):
 
 class PublishError(ReconcilerError):
     """The publisher cannot make an image or tag visible."""
+
+
+class StartError(ReconcilerError):
+    """The machine refuses something the run needs before it can begin: a
+    directory it cannot create or write, a port in use, a missing command
+    (exit code 3)."""
+
+
+class BusyError(ReconcilerError):
+    """Another reconciler holds the lock on the same state directory or
+    publish target (exit code 4)."""

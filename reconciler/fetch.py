@@ -97,9 +97,9 @@ def resolve_image(client: RegistryClient, store: BlobStore, ref: ImageReference,
         raise UnsupportedManifestError(
             f"{ref}: config media type {manifest.config.media_type!r} is not a container image (an artifact?)"
         )
-    config_blob = store.ensure(manifest.config.digest, manifest.config.size,
-                               lambda sink: _fetch_blob(client, mirror, repo, manifest.config, sink))
-    config = parse_image_config(config_blob.path.read_bytes())
+    store.ensure(manifest.config.digest, manifest.config.size,
+                 lambda sink: _fetch_blob(client, mirror, repo, manifest.config, sink))
+    config = parse_image_config(store.read_bytes(manifest.config.digest))
     if len(config.diff_ids) != len(manifest.layers):
         raise InvalidManifestError(
             f"{ref}: manifest has {len(manifest.layers)} layers but the config lists {len(config.diff_ids)} diff_ids"

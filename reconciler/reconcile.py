@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import logging
 import re
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -24,16 +25,17 @@ from packaging.version import InvalidVersion, Version
 
 from .applier import ApplyOptions, apply_layer, compression_for
 from .apptainer import make_apptainer_ready
-from .blobstore import BlobStore
-from .errors import PublishError, ReconcilerError
+from .blobstore import BlobStore, ReadOnlyBlobStore
+from .errors import ConfigError, IntegrityError, LayerError, PublishError, ReconcilerError, StartError
 from .fetch import ResolvedImage, fetch_layers, resolve_image
+from .locking import ProcessLock
 from .publish import Publisher, PublishTransaction, make_publisher
 from .publish.chains import ChainCache, chain_ids
 from .publish.layout import tag_relpath
 from .registry.client import RegistryClient, RetryPolicy
 from .registry.credentials import CredentialStore, Credentials, DockerConfig, read_secret
-from .registry.manifest import Platform
-from .state import StateDB, TagState
+from .registry.manifest import Descriptor, Platform
+from .state import StateDB, TagKey, TagState
 
 if TYPE_CHECKING:
     from .progress import TerminalProgress
@@ -54,6 +56,13 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 86400:g} days" if seconds >= 86400 else f"{seconds / 3600:g} hours"
 
 
+def version_order(tag: str, versions: Dict[str, Version]) -> Tuple[int, object, str]:
+    """The sort key `newest` uses: tags that are not versions rank below every
+    version (in name order among themselves); versions by PEP 440 order."""
+    version = versions.get(tag)
+    return (0, (), tag) if version is None else (1, version, tag)
+
+
 def select_tags(entry: ImageEntry, available: Sequence[str]) -> List[str]:
     """Apply an entry's `tag_pattern`, `semver` and `newest` to a tag list."""
     tags = list(available)
@@ -70,10 +79,7 @@ def select_tags(entry: ImageEntry, available: Sequence[str]) -> List[str]:
         spec = SpecifierSet(entry.semver)
         tags = [t for t in tags if t in versions and spec.contains(versions[t], prereleases=False)]
     if entry.newest:
-        if all(t in versions for t in tags):
-            tags.sort(key=lambda t: versions[t])
-        else:
-            tags.sort()
+        tags.sort(key=lambda t: version_order(t, versions))
         tags = tags[-entry.newest:]
     return sorted(tags)
 
@@ -99,6 +105,16 @@ class ImageOutcome:
     @property
     def digest(self) -> Optional[str]:
         return self.resolved.manifest_digest if self.resolved else None
+
+    @property
+    def key(self) -> TagKey:
+        """Its row in the state database."""
+        return TagKey(self.entry.dest, self.tag, str(self.platform), self.entry.source.name, self.tag_path)
+
+    @property
+    def blobs(self) -> List[Descriptor]:
+        """The config and layers it needs in the blob store."""
+        return [self.resolved.manifest.config, *self.resolved.layers] if self.resolved else []
 
 
 @dataclass
@@ -137,15 +153,22 @@ class CycleReport:
 
 
 class Reconciler:
-    """Converges a publisher's tree on a watchlist."""
+    """Converges a publisher's tree on a watchlist.
+
+    Unless `read_only`, it starts by making this process the only writer: it
+    locks the state directory and the publish target (BusyError when another
+    reconciler holds either), checks that the target can be written
+    (StartError) and only then recovers what an interrupted run left. A
+    `read_only` reconciler (`--dry-run`) takes no lock and writes nothing: it
+    can plan beside a running service.
+    """
 
     def __init__(self, watchlist: Watchlist, *, publisher: Optional[Publisher] = None,
                  apply_options: Optional[ApplyOptions] = None, workers: int = 4,
                  retry: RetryPolicy = RetryPolicy(), clock: Callable[[], float] = time.time,
-                 progress: Optional["TerminalProgress"] = None) -> None:
+                 progress: Optional["TerminalProgress"] = None, read_only: bool = False) -> None:
         self.watchlist = watchlist
-        self.store = BlobStore(watchlist.state_dir / "blobs", max_bytes=watchlist.blob_cache_max)
-        self.state = StateDB(watchlist.state_dir / "state.db")
+        self.read_only = read_only
         pub = watchlist.publish
         self.publisher = publisher or make_publisher(pub.backend, pub.root, state_dir=watchlist.state_dir,
                                                      repository=pub.repository or "", lease_path=pub.lease_path or "")
@@ -156,12 +179,59 @@ class Reconciler:
         self.progress = progress
         self._clients: Dict[str, RegistryClient] = {}
         self._credentials = CredentialStore(docker_config=DockerConfig())
-        self.publisher.recover()
+        self._secrets = self._read_secrets()  # now: a missing password file is a configuration error
+        self._cancel = threading.Event()
+        self._locks: List[ProcessLock] = []
+        blobs = watchlist.state_dir / "blobs"
+        if read_only:
+            self.store: BlobStore = ReadOnlyBlobStore(blobs)
+            self.state = StateDB.read_only(watchlist.state_dir / "state.db")
+            return
+        try:
+            self._lock(ProcessLock(watchlist.state_dir / "lock", f"the state directory {watchlist.state_dir}"))
+            self.publisher.check_ready()
+            self._lock(ProcessLock(self.publisher.lock_path(), self.publisher.target_name))
+            self.store = BlobStore(blobs, max_bytes=watchlist.blob_cache_max)
+            self.state = StateDB(watchlist.state_dir / "state.db")
+        except BaseException:
+            self._release_locks()
+            raise
+        try:
+            self.publisher.recover()
+        except PublishError as exc:  # cvmfs_server missing, the repository unknown: nothing can work
+            self.close()
+            raise StartError(str(exc)) from None
+        except BaseException:
+            self.close()
+            raise
+
+    def _lock(self, lock: ProcessLock) -> None:
+        lock.acquire()
+        self._locks.append(lock)
+
+    def _release_locks(self) -> None:
+        while self._locks:
+            self._locks.pop().release()
+
+    def _read_secrets(self) -> Dict[str, Credentials]:
+        out = {}
+        for host, config in self.watchlist.registries.items():
+            if config.username:
+                secret = read_secret(owner=f"{self.watchlist.path.name}: registries.\"{host}\"",
+                                     password_file=config.password_file, password_env=config.password_env)
+                out[host] = Credentials(config.username, secret)
+        return out
+
+    def cancel(self) -> None:
+        """Ask a running cycle to stop downloading (Ctrl-C): transfers end at their next chunk."""
+        self._cancel.set()
 
     def close(self) -> None:
+        """Close clients and the state database, then release the locks."""
         for client in self._clients.values():
             client.close()
         self.state.close()
+        self._release_locks()
 
     def mirror(self, host: str) -> Optional[RegistryClient]:
         """The (cached) client of a registry's configured blob mirror, anonymous."""
@@ -182,13 +252,7 @@ class Reconciler:
         """The (cached) client for a registry host, with its configured credentials."""
         if host not in self._clients:
             config = self.watchlist.registry(host)
-            creds: Optional[Credentials]
-            if config.username:
-                secret = read_secret(owner=f"{self.watchlist.path.name}: registries.\"{host}\"",
-                                     password_file=config.password_file, password_env=config.password_env)
-                creds = Credentials(config.username, secret)
-            else:
-                creds = self._credentials.lookup(host)
+            creds = self._secrets.get(host) or self._credentials.lookup(host)
             self._clients[host] = RegistryClient(host, insecure=config.insecure, credentials=creds,
                                                  max_concurrency=config.max_concurrency, retry=self.retry)
         return self._clients[host]
@@ -208,9 +272,10 @@ class Reconciler:
         for entry in planned:
             try:
                 tags = self._watched_tags(entry)
-            except ReconcilerError as exc:
-                log.error("%s: cannot list tags: %s", entry.label, exc)
-                report.entry_failures.append((entry, f"cannot list tags: {exc}"))
+            except Exception as exc:  # one entry's failure is never the cycle's
+                reason = f"cannot list tags: {describe_failure(exc)}"
+                log.error("%s: %s", entry.label, reason, exc_info=_traceback_for(exc))
+                report.entry_failures.append((entry, reason))
                 continue
             if not tags:
                 log.warning("%s: no tag matches the selection", entry.label)
@@ -224,7 +289,7 @@ class Reconciler:
                                                          platform, mirror=self.mirror(host))
                         for layer in outcome.resolved.layers:
                             compression_for(layer.media_type)  # refuse unknown layer types before any download
-                    except ReconcilerError as exc:
+                    except Exception as exc:
                         self._fail(outcome, exc)
                         continue
                     if self.publisher.current_tag(outcome.tag_path) == outcome.resolved.manifest_digest:
@@ -233,36 +298,53 @@ class Reconciler:
         return report
 
     def _plan_removals(self, entries: Optional[List[ImageEntry]], report: CycleReport) -> None:
-        """Published tags that are no longer watched. A tag of an entry whose
-        listing failed is never removed: a partial listing proves nothing."""
+        """Published tags that are no longer watched: of the planned entries (by
+        dest, so entries sharing a source never remove each other's tags) and of
+        dests no entry has any more. A tag of an entry whose listing failed is
+        never removed: a partial listing proves nothing."""
         watched = {o.tag_path for o in report.outcomes}
         unsure = {e.dest for e, _ in report.entry_failures}
-        in_scope = None if entries is None else {e.source.name for e in entries}
+        all_dests = {e.dest for e in self.watchlist.images}
+        planned = all_dests if entries is None else {e.dest for e in entries}
         for row in self.state.all():
-            if in_scope is not None and row.source not in in_scope:
-                continue
-            if row.tag_path in watched or row.dest in unsure:
+            in_scope = row.dest in planned or row.dest not in all_dests
+            if not in_scope or row.tag_path in watched or row.dest in unsure:
                 continue
             report.removed.append(row)
 
-    def _fail(self, outcome: ImageOutcome, exc: BaseException) -> None:
+    def _fail(self, outcome: ImageOutcome, exc: BaseException, where: Optional[Path] = None) -> None:
         outcome.status = "failed"
-        outcome.reason = str(exc) or type(exc).__name__
-        log.error("%s: %s", outcome.name, outcome.reason)
+        outcome.reason = describe_failure(exc, where)
+        log.error("%s: %s", outcome.name, outcome.reason, exc_info=_traceback_for(exc))
 
     # -- the cycle ---------------------------------------------------------
 
     def run_once(self, *, dry_run: bool = False, entries: Optional[Sequence[ImageEntry]] = None) -> CycleReport:
         """Plan, fetch, apply and publish once; returns the report."""
+        if self.publisher.needs_recovery and not self.read_only:
+            self.publisher.recover()  # e.g. close a transaction the last cycle could not abort
         report = self.plan(entries)
-        if dry_run:
+        if dry_run or self.read_only:
             return report
+        self._cancel.clear()
         changes = [o for o in report.outcomes if o.status == "planned"]
-        self._fetch(changes)
+        # Every blob of this cycle stays in the store until the cycle is over.
+        pinned = [d.digest for o in changes for d in o.blobs]
+        self.store.pin(pinned)
+        try:
+            self._publish(report, changes)
+        finally:
+            self.store.unpin(pinned)
+            self.store.evict()
+        return report
+
+    def _publish(self, report: CycleReport, changes: List[ImageOutcome]) -> None:
+        self._check_cache_bound(changes)
+        self._fetch([o for o in changes if o.status == "planned"])
         changes = [o for o in changes if o.status == "planned"]
         pub = self.watchlist.publish
         # Never collect the images of an entry whose tags could not be listed this cycle.
-        protected = {entry.source.name for entry, _ in report.entry_failures}
+        protected = {entry.dest for entry, _ in report.entry_failures}
         doomed = self.state.gc_candidates(self.clock() - pub.gc_grace, protected, pub.gc_max_per_cycle)
         if changes or report.removed or doomed:
             names = sorted({o.name for o in changes})
@@ -277,24 +359,38 @@ class Reconciler:
                         txn.remove_tag(row.tag_path)
                         log.info("removed tag %s (no longer watched)", row.tag_path)
                     self._collect(txn, doomed, report)
-            except PublishError as exc:
+            except (PublishError, OSError) as exc:
                 # Nothing of this transaction is visible: every change of it failed.
+                reason = describe_failure(exc, self.publisher.root)
                 for outcome in changes:
                     if outcome.status in ("planned", "published"):
-                        self._fail(outcome, PublishError(f"not published: {exc}"))
+                        self._fail(outcome, PublishError(f"not published: {reason}"))
                 report.removed = []
                 report.collected = []
         self._record(report)
         self._mark_images(protected)
-        return report
+
+    def _check_cache_bound(self, changes: List[ImageOutcome]) -> None:
+        """An image whose blobs alone exceed `blob_cache_max` can never be applied:
+        say so, instead of evicting its layers and failing forever."""
+        bound = self.watchlist.blob_cache_max
+        if bound is None:
+            return
+        for outcome in changes:
+            needed = sum({d.digest: d.size for d in outcome.blobs}.values())
+            if needed > bound:
+                self._fail(outcome, ConfigError(
+                    f"the image needs {needed} bytes of blobs (config and layers) in the blob store, more than [state] blob_cache_max "
+                    f"({bound} bytes) in {self.watchlist.path.name}; raise blob_cache_max above the largest image"))
 
     def _collect(self, txn: PublishTransaction, doomed: List[str], report: CycleReport) -> None:
         """Remove unreferenced images, checking the links as they are now, in this transaction."""
         if not doomed:
             return
         live = set(self.publisher.tag_links().values())
+        on_disk = set(self.publisher.images())
         for digest in doomed:
-            if digest in live or not txn.has_image(digest):
+            if digest in live or digest not in on_disk:
                 continue
             txn.remove_image(digest)
             report.collected.append(digest)
@@ -304,30 +400,41 @@ class Reconciler:
     def _mark_images(self, protected: Set[str]) -> None:
         """Note which image directories no tag references (the GC grace period starts then)."""
         links = self.publisher.tag_links()
-        owners = {row.tag_path: row.source for row in self.state.all()}
-        source_of = {digest: owners.get(path) for path, digest in links.items()}
-        on_disk = {digest: source_of.get(digest) for digest in self.publisher.images()}
+        owners = {row.tag_path: row.dest for row in self.state.all()}
+        dest_of = {digest: owners.get(path) for path, digest in links.items()}
+        on_disk = {digest: dest_of.get(digest) for digest in self.publisher.images()}
         self.state.mark_images(on_disk, set(links.values()), self.clock())
 
     def _fetch(self, changes: List[ImageOutcome]) -> None:
         def one(outcome: ImageOutcome) -> None:
             assert outcome.resolved is not None
-            on_bytes = None
-            if self.progress is not None:
-                progress, name = self.progress, outcome.name
+            progress, name = self.progress, outcome.name
+            if progress is not None:
                 progress.expect(name, sum(l.size for l in outcome.resolved.layers if not self.store.has(l.digest)))
-                on_bytes = lambda n: progress.downloaded(name, n)  # noqa: E731
+
+            def on_bytes(n: int) -> None:
+                if self._cancel.is_set():
+                    raise Cancelled()
+                if progress is not None:
+                    progress.downloaded(name, n)
+
             host = outcome.entry.source.registry
             try:
                 outcome.downloaded = fetch_layers(self.client(host), self.store, outcome.resolved,
                                                   progress=on_bytes, mirror=self.mirror(host))
                 log.info("%s: layers ready (%d bytes downloaded)", outcome.name, outcome.downloaded)
-            except ReconcilerError as exc:
-                self._fail(outcome, exc)
+            except Exception as exc:  # one image's failure is never the cycle's
+                self._fail(outcome, exc, where=self.store.root)
 
         if changes:
-            with ThreadPoolExecutor(max_workers=self.workers) as pool:
+            pool = ThreadPoolExecutor(max_workers=self.workers)
+            try:
                 list(pool.map(one, changes))
+            except BaseException:
+                self.cancel()  # Ctrl-C: the running downloads stop at their next chunk
+                raise
+            finally:
+                pool.shutdown(wait=True, cancel_futures=True)
 
     def _apply(self, txn: PublishTransaction, changes: List[ImageOutcome]) -> None:
         built: Dict[str, Optional[str]] = {}  # digest -> failure reason (None when built)
@@ -341,24 +448,19 @@ class Reconciler:
                     try:
                         with txn.build_image(digest) as target:
                             self._apply_layers(image, target, txn.chains)
-                    except (ReconcilerError, OSError) as exc:
-                        built[digest] = self._build_failure(exc)
+                    except Exception as exc:  # one image's failure is never the cycle's
+                        log.debug("%s: build failed", outcome.name, exc_info=True)
+                        built[digest] = describe_failure(exc, self.publisher.root)
             if built[digest] is not None:
                 self._fail(outcome, ReconcilerError(built[digest]))
                 continue
             try:
                 txn.set_tag(outcome.tag_path, digest)
-            except (ReconcilerError, OSError) as exc:
+            except Exception as exc:
                 self._fail(outcome, exc)
                 continue
             outcome.status = "published"
             log.info("%s: published as %s (%s)", outcome.name, outcome.tag_path, digest[:19])
-
-    def _build_failure(self, exc: BaseException) -> str:
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            return (f"{exc.strerror} under {self.publisher.root} while applying the image; free space there "
-                    "(or raise the quota) and it is retried next cycle")
-        return str(exc) or type(exc).__name__
 
     def _apply_layers(self, image: ResolvedImage, target: Path, chains: Optional[ChainCache] = None) -> None:
         """Apply the image's layers into `target`: those of a cached chain by cloning
@@ -374,9 +476,12 @@ class Reconciler:
         layers = list(zip(image.layers, image.config.diff_ids))
         for i in range(start, len(layers)):
             layer, diff_id = layers[i]
-            with self.store.path(layer.digest).open("rb") as blob:
-                apply_layer(blob, layer.media_type, target, expected_diff_id=diff_id, options=self.apply_options,
-                            progress=on_entries)
+            try:
+                with self.store.path(layer.digest).open("rb") as blob:
+                    apply_layer(blob, layer.media_type, target, expected_diff_id=diff_id, options=self.apply_options,
+                                progress=on_entries)
+            except (LayerError, IntegrityError) as exc:
+                raise type(exc)(f"layer {i + 1} of {len(layers)} ({layer.digest[:19]}): {exc}") from None
             # Updates usually change only the top layer: keep the chain below it.
             if chains is not None and i == len(layers) - 2:
                 chains.store(ids[i], target)
@@ -391,15 +496,38 @@ class Reconciler:
     def _record(self, report: CycleReport) -> None:
         now = self.clock()
         for o in report.outcomes:
-            args = (o.entry.source.name, o.tag, str(o.platform), o.entry.dest, o.tag_path)
             if o.status in ("published", "unchanged"):
                 assert o.resolved is not None
-                self.state.record_success(*args, o.resolved.tag_digest, o.resolved.manifest_digest,
+                self.state.record_success(o.key, o.resolved.tag_digest, o.resolved.manifest_digest,
                                           next_due=now + o.entry.interval, now=now)
             elif o.status == "failed":
-                state = self.state.get(*args[:3])
+                state = self.state.get(o.entry.dest, o.tag, str(o.platform))
                 failures = (state.failures if state else 0) + 1
-                self.state.record_failure(*args, o.reason, next_due=now + retry_delay(failures, o.entry.interval),
+                self.state.record_failure(o.key, o.reason, next_due=now + retry_delay(failures, o.entry.interval),
                                           now=now)
         for row in report.removed:
-            self.state.forget(row.source, row.tag, row.platform)
+            self.state.forget(row.dest, row.tag, row.platform)
+
+
+class Cancelled(BaseException):
+    """Raised inside a download when the cycle was cancelled (Ctrl-C). A
+    BaseException, so that no retry loop takes it for a transfer error."""
+
+
+def _traceback_for(exc: BaseException) -> bool:
+    """Log a traceback only for what no operator caused: an unexpected exception
+    type (a bug), never a ReconcilerError or an OSError (they say what to do)."""
+    return not isinstance(exc, (ReconcilerError, OSError)) and log.isEnabledFor(logging.DEBUG)
+
+
+def describe_failure(exc: BaseException, where: Optional[Path] = None) -> str:
+    """One line for a site admin: what failed and, where we know, what to do.
+    `where` is the directory the failing step was writing to."""
+    if isinstance(exc, ReconcilerError):
+        return str(exc) or type(exc).__name__
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (f"{exc.strerror} under {exc.filename or where or 'an unknown directory'}; free space there "
+                "(or raise the quota) and it is retried next cycle")
+    if isinstance(exc, OSError):
+        return f"{exc.strerror or exc} ({exc.filename})" if exc.filename else f"{exc.strerror or exc}"
+    return f"unexpected {type(exc).__name__}: {exc}"

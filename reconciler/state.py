@@ -1,9 +1,15 @@
 """The state database (SQLite in the state directory).
 
-Per image, tag and platform: the digest last seen, the digest published,
-the last success, the last failure with its reason, and when it is next due.
-Also an index of the blobs in the blob store. It never holds a secret: only
-digests, names and error messages (which never carry secrets).
+Per destination, tag and platform (one row per tag link, so two watchlist
+entries that share a source never share or remove each other's rows): the
+digest last seen, the digest published, the last success, the last failure
+with its reason, and when it is next due. Per image directory, the entry
+(dest) that last published it and since when no tag references it. It never
+holds a secret: only digests, names and error messages (which never carry
+secrets).
+
+Version 1 keyed tags by source; opening such a database migrates it.
+`StateDB.read_only()` opens it for `--dry-run` without writing anything.
 """
 
 from __future__ import annotations
@@ -15,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Set
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS tags (
+SCHEMA_VERSION = 2
+_TAG_COLUMNS = """
     source TEXT NOT NULL,
     tag TEXT NOT NULL,
     platform TEXT NOT NULL,
@@ -29,27 +35,47 @@ CREATE TABLE IF NOT EXISTS tags (
     last_failure REAL,
     failure_reason TEXT,
     failures INTEGER NOT NULL DEFAULT 0,
-    next_due REAL,
-    PRIMARY KEY (source, tag, platform)
+    next_due REAL"""
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS tag_state ({_TAG_COLUMNS},
+    PRIMARY KEY (dest, tag, platform)
 );
-CREATE TABLE IF NOT EXISTS images (
+CREATE TABLE IF NOT EXISTS image_state (
     digest TEXT PRIMARY KEY,
-    source TEXT,
+    dest TEXT,
     unreferenced_since REAL
 );
-CREATE TABLE IF NOT EXISTS blobs (
-    digest TEXT PRIMARY KEY,
-    size INTEGER NOT NULL,
-    media_type TEXT,
-    first_seen REAL NOT NULL,
-    last_used REAL NOT NULL
-);
 """
+# Version 1: tags keyed by (source, tag, platform), images owned by a source.
+_MIGRATE_FROM_1 = """
+INSERT OR REPLACE INTO tag_state SELECT * FROM tags;
+INSERT OR REPLACE INTO image_state (digest, dest, unreferenced_since)
+    SELECT digest, NULL, unreferenced_since FROM images;
+DROP TABLE tags;
+DROP TABLE images;
+DROP TABLE IF EXISTS blobs;
+"""
+
+
+_COLUMNS = ("source, tag, platform, dest, tag_path, seen_digest, manifest_digest, published_digest, last_success, "
+            "last_failure, failure_reason, failures, next_due")
+
+
+@dataclass(frozen=True)
+class TagKey:
+    """One tag link: an entry's (dest, tag, platform), with the source it comes
+    from and the link's path under the publish root."""
+
+    dest: str
+    tag: str
+    platform: str
+    source: str
+    tag_path: str
 
 
 @dataclass(frozen=True)
 class TagState:
-    """What we know of one (source, tag, platform)."""
+    """What we know of one (dest, tag, platform)."""
 
     source: str
     tag: str
@@ -69,93 +95,116 @@ class TagState:
 class StateDB:
     """Thread-safe access to the state database."""
 
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, path: Path, *, _conn: Optional[sqlite3.Connection] = None) -> None:
         self.path = path
+        self._lock = threading.Lock()
+        if _conn is not None:
+            self._conn = _conn
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
         self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.executescript(_SCHEMA)
-        self._lock = threading.Lock()
+        if self._has_table("tags"):
+            self._conn.executescript("BEGIN;" + _MIGRATE_FROM_1 + "COMMIT;")
+        self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    @classmethod
+    def read_only(cls, path: Path) -> "StateDB":
+        """The database at `path` for reading only, writing nothing to disk (not
+        even SQLite's -wal/-shm files when no writer has it open); an empty one
+        in memory when there is none or it is of an older version. Writes raise."""
+        if path.is_file():
+            live_writer = Path(f"{path}-wal").exists()
+            # immutable=1 creates no -shm file; with a writer at work, mode=ro reads its WAL too.
+            uri = f"{path.resolve().as_uri()}?{'mode=ro' if live_writer else 'immutable=1'}"
+            conn = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
+            if conn.execute("SELECT 1 FROM sqlite_master WHERE name='tag_state'").fetchone():
+                return cls(path, _conn=conn)
+            conn.close()
+        conn = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
+        conn.executescript(_SCHEMA)
+        return cls(path, _conn=conn)
+
+    def _has_table(self, name: str) -> bool:
+        return self._conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,)).fetchone() \
+            is not None
 
     def close(self) -> None:
         self._conn.close()
 
-    def get(self, source: str, tag: str, platform: str) -> Optional[TagState]:
+    def get(self, dest: str, tag: str, platform: str) -> Optional[TagState]:
+        """The row of one tag link (an entry's dest, a tag, a platform)."""
         with self._lock:
-            row = self._conn.execute("SELECT * FROM tags WHERE source=? AND tag=? AND platform=?",
-                                     (source, tag, platform)).fetchone()
+            row = self._conn.execute(f"SELECT {_COLUMNS} FROM tag_state WHERE dest=? AND tag=? AND platform=?",
+                                     (dest, tag, platform)).fetchone()
         return TagState(*row) if row else None
 
     def all(self) -> List[TagState]:
+        """Every row, ordered by dest, tag and platform."""
         with self._lock:
-            rows = self._conn.execute("SELECT * FROM tags ORDER BY source, tag, platform").fetchall()
+            rows = self._conn.execute(f"SELECT {_COLUMNS} FROM tag_state ORDER BY dest, tag, platform").fetchall()
         return [TagState(*r) for r in rows]
 
-    def record_success(self, source: str, tag: str, platform: str, dest: str, tag_path: str, seen_digest: str,
-                       manifest_digest: str, next_due: Optional[float] = None, now: Optional[float] = None) -> None:
+    def record_success(self, key: TagKey, seen_digest: str, manifest_digest: str, next_due: Optional[float] = None,
+                       now: Optional[float] = None) -> None:
         """The tag is published at `manifest_digest`."""
         now = time.time() if now is None else now
         with self._lock:
             self._conn.execute(
-                """INSERT INTO tags (source, tag, platform, dest, tag_path, seen_digest, manifest_digest,
-                                     published_digest, last_success, failures, next_due)
+                """INSERT INTO tag_state (source, tag, platform, dest, tag_path, seen_digest, manifest_digest,
+                                          published_digest, last_success, failures, next_due)
                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?)
-                   ON CONFLICT (source, tag, platform) DO UPDATE SET
-                     dest=excluded.dest, tag_path=excluded.tag_path, seen_digest=excluded.seen_digest, manifest_digest=excluded.manifest_digest,
-                     published_digest=excluded.published_digest, last_success=excluded.last_success,
-                     failures=0, next_due=excluded.next_due""",
-                (source, tag, platform, dest, tag_path, seen_digest, manifest_digest, manifest_digest, now, next_due))
+                   ON CONFLICT (dest, tag, platform) DO UPDATE SET
+                     source=excluded.source, tag_path=excluded.tag_path, seen_digest=excluded.seen_digest,
+                     manifest_digest=excluded.manifest_digest, published_digest=excluded.published_digest,
+                     last_success=excluded.last_success, failures=0, next_due=excluded.next_due""",
+                (key.source, key.tag, key.platform, key.dest, key.tag_path, seen_digest, manifest_digest,
+                 manifest_digest, now, next_due))
 
-    def record_failure(self, source: str, tag: str, platform: str, dest: str, tag_path: str, reason: str,
-                       next_due: Optional[float] = None, now: Optional[float] = None) -> int:
+    def record_failure(self, key: TagKey, reason: str, next_due: Optional[float] = None,
+                       now: Optional[float] = None) -> int:
         """A failed attempt; returns how many failures in a row."""
         now = time.time() if now is None else now
         with self._lock:
             self._conn.execute(
-                """INSERT INTO tags (source, tag, platform, dest, tag_path, last_failure, failure_reason, failures,
-                                     next_due)
+                """INSERT INTO tag_state (source, tag, platform, dest, tag_path, last_failure, failure_reason,
+                                          failures, next_due)
                    VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?)
-                   ON CONFLICT (source, tag, platform) DO UPDATE SET
-                     dest=excluded.dest, tag_path=excluded.tag_path, last_failure=excluded.last_failure, failure_reason=excluded.failure_reason,
-                     failures=tags.failures + 1, next_due=excluded.next_due""",
-                (source, tag, platform, dest, tag_path, now, reason[:2000], next_due))
-            row = self._conn.execute("SELECT failures FROM tags WHERE source=? AND tag=? AND platform=?",
-                                     (source, tag, platform)).fetchone()
+                   ON CONFLICT (dest, tag, platform) DO UPDATE SET
+                     source=excluded.source, tag_path=excluded.tag_path, last_failure=excluded.last_failure,
+                     failure_reason=excluded.failure_reason, failures=tag_state.failures + 1,
+                     next_due=excluded.next_due""",
+                (key.source, key.tag, key.platform, key.dest, key.tag_path, now, reason[:2000], next_due))
+            row = self._conn.execute("SELECT failures FROM tag_state WHERE dest=? AND tag=? AND platform=?",
+                                     (key.dest, key.tag, key.platform)).fetchone()
         return int(row[0])
 
-    def forget(self, source: str, tag: str, platform: str) -> None:
-        """Drop a tag that is no longer watched or no longer exists."""
+    def forget(self, dest: str, tag: str, platform: str) -> None:
+        """Drop a tag link that is no longer watched or no longer exists."""
         with self._lock:
-            self._conn.execute("DELETE FROM tags WHERE source=? AND tag=? AND platform=?", (source, tag, platform))
+            self._conn.execute("DELETE FROM tag_state WHERE dest=? AND tag=? AND platform=?", (dest, tag, platform))
 
     def mark_images(self, on_disk: Dict[str, Optional[str]], referenced: Set[str], now: float) -> None:
         """Record which published image directories no tag references, and since when.
-        `on_disk` maps each image digest to the source that last published it (if known)."""
+        `on_disk` maps each image digest to the dest that last published it (if known)."""
         with self._lock:
-            known = {d: since for d, since in self._conn.execute("SELECT digest, unreferenced_since FROM images")}
-            for digest, source in on_disk.items():
+            known = {d: since for d, since in self._conn.execute("SELECT digest, unreferenced_since FROM image_state")}
+            for digest, dest in on_disk.items():
                 since = None if digest in referenced else (known.get(digest) or now)
                 self._conn.execute(
-                    """INSERT INTO images (digest, source, unreferenced_since) VALUES (?, ?, ?)
-                       ON CONFLICT (digest) DO UPDATE SET source=COALESCE(excluded.source, images.source),
-                         unreferenced_since=excluded.unreferenced_since""", (digest, source, since))
+                    """INSERT INTO image_state (digest, dest, unreferenced_since) VALUES (?, ?, ?)
+                       ON CONFLICT (digest) DO UPDATE SET dest=COALESCE(excluded.dest, image_state.dest),
+                         unreferenced_since=excluded.unreferenced_since""", (digest, dest, since))
             for digest in set(known) - set(on_disk):
-                self._conn.execute("DELETE FROM images WHERE digest=?", (digest,))
+                self._conn.execute("DELETE FROM image_state WHERE digest=?", (digest,))
 
-    def gc_candidates(self, unreferenced_before: float, protected_sources: Set[str], limit: int) -> List[str]:
+    def gc_candidates(self, unreferenced_before: float, protected_dests: Set[str], limit: int) -> List[str]:
         """Images unreferenced since before `unreferenced_before`, oldest first, sparing
-        those last published for a source in `protected_sources`."""
+        those last published for a dest in `protected_dests`."""
         with self._lock:
             rows = self._conn.execute(
-                "SELECT digest, source FROM images WHERE unreferenced_since IS NOT NULL AND unreferenced_since <= ? "
+                "SELECT digest, dest FROM image_state WHERE unreferenced_since IS NOT NULL AND unreferenced_since <= ? "
                 "ORDER BY unreferenced_since", (unreferenced_before,)).fetchall()
-        return [d for d, source in rows if source not in protected_sources][:limit]
-
-    def record_blob(self, digest: str, size: int, media_type: Optional[str], now: Optional[float] = None) -> None:
-        now = time.time() if now is None else now
-        with self._lock:
-            self._conn.execute(
-                """INSERT INTO blobs (digest, size, media_type, first_seen, last_used) VALUES (?, ?, ?, ?, ?)
-                   ON CONFLICT (digest) DO UPDATE SET last_used=excluded.last_used""",
-                (digest, size, media_type, now, now))
+        return [d for d, dest in rows if dest not in protected_dests][:limit]

@@ -36,7 +36,7 @@ def run(path: Path, **kw):
 
 def images_on_disk(root: Path) -> List[str]:
     base = root / ".images"
-    return sorted(p.name for d in base.iterdir() for p in d.iterdir()) if base.exists() else []
+    return sorted(p.name for d in base.iterdir() for p in d.iterdir() if p.is_dir()) if base.exists() else []
 
 
 @pytest.fixture
@@ -195,3 +195,40 @@ def test_a_mirror_without_the_blob_falls_back_to_the_origin(tmp_path, fixture_re
         assert (tmp_path / "publish" / "b:v1" / "etc" / "motd").exists()
     finally:
         empty.stop()
+
+
+def test_entries_sharing_a_source_never_remove_each_others_tags(tmp_path, own_registry):
+    """The service polls one entry at a time: removals are scoped by dest and
+    state rows keyed by (dest, tag, platform), so two entries of one source
+    keep each other's tags, even the same tag under two dests."""
+    own_registry.push("basic", "a")
+    own_registry.push("manytags", "b")
+    host = own_registry.host
+    wl = write_watchlist(tmp_path, host, [f'source = "{host}/team/app"\ntags = ["a"]\ndest = "one"',
+                                          f'source = "{host}/team/app"\ntags = ["a", "b"]\ndest = "two"'])
+    reconciler = Reconciler(load_watchlist(wl), retry=RetryPolicy(attempts=2, base_delay=0.01))
+    try:
+        one, two = reconciler.watchlist.images
+        for entry in (one, two, one, two):
+            report = reconciler.run_once(entries=[entry])
+            assert not report.failed and not report.removed, [r.tag_path for r in report.removed]
+        rows = {(r.dest, r.tag) for r in reconciler.state.all()}
+    finally:
+        reconciler.close()
+    root = tmp_path / "publish"
+    assert all((root / link).is_symlink() for link in ("one:a", "two:a", "two:b"))
+    assert rows == {("one", "a"), ("two", "a"), ("two", "b")}
+
+
+@pytest.mark.parametrize("available, newest, expected", [
+    (["2.9", "2.10", "nightly"], 2, ["2.10", "2.9"]),
+    (["2.9", "2.10", "nightly"], 3, ["2.10", "2.9", "nightly"]),
+    (["latest", "nightly", "1.0"], 2, ["1.0", "nightly"]),  # non-versions by name, below every version
+])
+def test_newest_ranks_tags_that_are_not_versions_below_every_version(tmp_path, available, newest, expected):
+    from reconciler.reconcile import select_tags
+
+    wl = tmp_path / "watchlist.toml"
+    wl.write_text(f'[[image]]\nsource = "example.org/team/app"\ntag_pattern = ".*"\nnewest = {newest}\n')
+    (entry,) = load_watchlist(wl).images
+    assert sorted(select_tags(entry, available)) == sorted(expected)

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
-import secrets
 import shutil
 import stat
+import time
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, Iterator, List, Optional
 
+from .. import __version__
+from ..confined import ConfinedTree
 from ..errors import PublishError
 from . import layout
 
@@ -26,15 +29,28 @@ def remove_tree(path: Path) -> None:
     never follows symlinks (shutil.rmtree is fd-based)."""
 
     def retry(func, name, _exc_info):  # type: ignore[no-untyped-def]
-        parent = os.path.dirname(name)
-        st = os.lstat(parent)
-        os.chmod(parent, stat.S_IMODE(st.st_mode) | 0o700)
+        # Through an fd opened without following: the parent is never a symlink's target.
+        fd = os.open(os.path.dirname(name), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            os.fchmod(fd, stat.S_IMODE(os.fstat(fd).st_mode) | 0o700)
+        finally:
+            os.close(fd)
         func(name)
 
     if path.is_symlink() or not path.exists():
         path.unlink(missing_ok=True)
         return
     shutil.rmtree(path, onerror=retry)
+
+
+def image_is_complete(root: Path, digest: str) -> bool:
+    """True when `<root>/.images/…/<digest>` is a real directory and its completion record exists."""
+    try:
+        image = os.lstat(root / layout.image_relpath(digest))
+        record = os.lstat(root / layout.completion_relpath(digest))
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    return stat.S_ISDIR(image.st_mode) and stat.S_ISREG(record.st_mode)
 
 
 class PublishTransaction(ABC):
@@ -49,8 +65,24 @@ class PublishTransaction(ABC):
         self.chains: Optional["ChainCache"] = None
 
     def has_image(self, digest: str) -> bool:
-        """True when the image directory of `digest` is complete and published."""
-        return (self.root / layout.image_relpath(digest)).is_dir()
+        """True when the image directory of `digest` is complete (its completion record exists)."""
+        return image_is_complete(self.root, digest)
+
+    def mark_complete(self, digest: str) -> None:
+        """Write the image's completion record: the last step of every build."""
+        record = json.dumps({"digest": digest, "completed": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                             "reconciler": __version__}).encode() + b"\n"
+        with ConfinedTree(self.root) as tree:
+            if not tree.write_file(layout.completion_relpath(digest), record, 0o444, replace=True, durable=True):
+                raise PublishError(f"cannot write the completion record of image {digest} under {self.root}: "
+                                   f"{os.path.dirname(layout.completion_relpath(digest))} is not a directory")
+            self._sync_dir(self.root / os.path.dirname(layout.completion_relpath(digest)))
+
+    def unmark_complete(self, digest: str) -> None:
+        """Remove the completion record first when an image goes: a crash half-way
+        leaves an unfinished image, never a complete-looking half one."""
+        with ConfinedTree(self.root) as tree:
+            tree.unlink(layout.completion_relpath(digest))
 
     @abstractmethod
     def build_image(self, digest: str) -> "contextlib.AbstractContextManager[Path]":
@@ -63,32 +95,31 @@ class PublishTransaction(ABC):
     def set_tag(self, tag_path: str, digest: str) -> None:
         """Point `<root>/<tag_path>` at the image `digest`, atomically (a new
         link renamed over the old one)."""
-        path = self.root / tag_path
         if not self.has_image(digest):
             raise PublishError(f"cannot point {tag_path} at {digest}: the image is not complete")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.exists() and not path.is_symlink():
-            raise PublishError(f"{path} exists and is not a tag link; move it away")
-        tmp = path.parent / f".{path.name}.tmp-{secrets.token_hex(4)}"
-        os.symlink(layout.link_target(tag_path, digest), tmp)
-        try:
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        with ConfinedTree(self.root) as tree:
+            existing = tree.lstat(tag_path)
+            if existing is not None and not stat.S_ISLNK(existing.st_mode):
+                raise PublishError(f"{self.root / tag_path} exists and is not a tag link; move it away")
+            if not tree.symlink(tag_path, layout.link_target(tag_path, digest), replace=True):
+                raise PublishError(f"cannot create {self.root / tag_path}: a parent of it is not a directory "
+                                   "(a file or symlink stands in the way); move it away")
         self.changed = True
-        self._sync_dir(path.parent)
+        self._sync_dir(self.root / os.path.dirname(tag_path))
 
     def remove_tag(self, tag_path: str) -> None:
         """Remove the tag link `<root>/<tag_path>` (the image stays until GC)."""
-        path = self.root / tag_path
-        if path.is_symlink():
-            path.unlink()
-            self.changed = True
-            self._sync_dir(path.parent)
+        with ConfinedTree(self.root) as tree:
+            existing = tree.lstat(tag_path)
+            if existing is None or not stat.S_ISLNK(existing.st_mode):
+                return
+            tree.unlink(tag_path)
+        self.changed = True
+        self._sync_dir(self.root / os.path.dirname(tag_path))
 
     def remove_image(self, digest: str) -> None:
         """Delete an image directory that no tag references any more."""
+        self.unmark_complete(digest)
         remove_tree(self.root / layout.image_relpath(digest))
         self.changed = True
 
@@ -106,25 +137,43 @@ class Publisher(ABC):
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        # Set when a transaction could not be closed: recover() before the next plan.
+        self.needs_recovery = False
 
     @abstractmethod
     def recover(self) -> None:
-        """Clean up after a crashed run (called once at start)."""
+        """Clean up after a crashed run (at start, and before a cycle when `needs_recovery`)."""
 
     @abstractmethod
     def begin(self, message: str, builds: Optional[Dict[str, List[str]]] = None) -> PublishTransaction:
         """Open a transaction; `message` says what it publishes, `builds` which
         images it may build (digest -> the ChainIDs of its layers)."""
 
+    def lock_path(self) -> Path:
+        """The lock file that makes this process the only one publishing to this target."""
+        return self.root / ".reconciler.lock"
+
+    @property
+    def target_name(self) -> str:
+        """How messages name what this publisher writes to."""
+        return f"the publish root {self.root}"
+
+    def check_ready(self) -> None:
+        """Raise StartError when publishing cannot work at all (checked once at start)."""
+
     @contextlib.contextmanager
     def transaction(self, message: str, builds: Optional[Dict[str, List[str]]] = None
                     ) -> Iterator[PublishTransaction]:
-        """`begin()`, then commit on success or abort on any exception."""
+        """`begin()`, then commit on success or abort on any exception (a failing
+        commit aborts by itself)."""
         txn = self.begin(message, builds)
         try:
             yield txn
-        except BaseException:
-            txn.abort()
+        except BaseException as exc:
+            try:
+                txn.abort()
+            except Exception as abort_exc:  # the original error is what the caller must see
+                log.error("%s: aborting after %s failed too: %s", self.target_name, type(exc).__name__, abort_exc)
             raise
         txn.commit()
 
@@ -137,7 +186,7 @@ class Publisher(ABC):
             return None
         relative = os.path.relpath(os.path.normpath(os.path.join(os.path.dirname(tag_path) or ".", target)))
         digest = layout.digest_of_image_relpath(relative)
-        if digest and (self.root / layout.image_relpath(digest)).is_dir():
+        if digest and image_is_complete(self.root, digest):
             return digest
         return None
 

@@ -18,7 +18,7 @@ import os
 import secrets
 import stat
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 from .base import remove_tree
 
@@ -150,22 +150,3 @@ class ChainCache:
         if self.dir.is_dir():
             for leftover in self.dir.glob(".tmp-*"):
                 remove_tree(leftover)
-
-
-class TemplatedChains(ChainCache):
-    """Chains kept inside a CVMFS repository: the publisher opened the
-    transaction with a template (`cvmfs_server transaction -T`) that already
-    cloned a chain into the image directory it is about to build."""
-
-    def __init__(self, root: Path, templated: Dict[Path, int], keep: int = 8) -> None:
-        super().__init__(root, keep)
-        self.templated = templated
-
-    def prepare(self, ids: Sequence[str], target: Path) -> int:
-        return self.templated.get(target, 0)
-
-    def store(self, chain_id: str, tree: Path) -> None:
-        super().store(chain_id, tree)
-        marker = self.path(chain_id) / ".cvmfscatalog"  # each snapshot its own catalog
-        if not marker.exists():
-            marker.touch()

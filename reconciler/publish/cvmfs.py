@@ -6,13 +6,19 @@ the applier writes straight into `/cvmfs/<repo>[/<lease path>]`, then one
 image that fails inside the transaction has its partial directory removed
 before publishing, so what is published is complete or absent.
 
-A marker file in the state directory says "we opened a transaction": at the
-next start, a transaction left open by a crashed run of ours is aborted; one
-we did not open is reported and left alone (the next `transaction` then
-fails with "already in a transaction", reported per cycle).
+A marker file in the state directory says "we opened a transaction"; it is
+written only once `transaction` succeeded and names our pid and its start
+time. At the next start, a transaction left open by a run of ours that is no
+longer alive is aborted; one we did not open, or one whose process still
+runs, is reported and left alone (the next `transaction` then fails with
+"already in a transaction", reported per cycle). Every way out of a
+transaction ends in `publish` or a checked `abort -f`; the marker is cleared
+only once the repository is out of the transaction.
 
 Each image directory gets a `.cvmfscatalog`, so no catalog grows past the
-200k entries at which CernVM-FS refuses to publish.
+200k entries at which CernVM-FS refuses to publish. It, like every write after
+the layers are applied, goes through `ConfinedTree`: an image that planted a
+symlink at that name cannot make root write outside the repository.
 
 Updates cost only their new layers: the chain below an image's top layer is
 kept in the repository (`.chains/<chain id>`, a catalog of its own), and a
@@ -38,10 +44,12 @@ import time
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Tuple
 
+from ..confined import ConfinedTree
 from ..errors import PublishError
+from ..locking import process_alive, process_start_time
 from . import layout
 from .base import Publisher, PublishTransaction, remove_tree
-from .chains import CHAINS_DIR, ChainCache, TemplatedChains
+from .chains import CHAINS_DIR, ChainCache
 
 log = logging.getLogger(__name__)
 
@@ -72,14 +80,17 @@ class CvmfsTransaction(PublishTransaction):
     @contextlib.contextmanager
     def build_image(self, digest: str) -> Iterator[Path]:
         final = self.root / layout.image_relpath(digest)
-        if final.exists() and final not in self._templated:
-            # Left by a failed build earlier in this transaction: never trust it.
+        if os.path.lexists(final) and final not in self._templated:
+            # Unfinished (no completion record), or left by a failed build earlier in
+            # this transaction: never trust it.
+            self.unmark_complete(digest)
             remove_tree(final)
         final.mkdir(parents=True, exist_ok=True)
         try:
             yield final
             # A nested catalog per image keeps every catalog small.
-            (final / CATALOG_MARKER).touch()
+            mark_catalog(final)
+            self.mark_complete(digest)
             self.changed = True
         except BaseException:
             remove_tree(final)
@@ -88,28 +99,60 @@ class CvmfsTransaction(PublishTransaction):
             self._templated.pop(final, None)
 
     def commit(self) -> None:
-        for unfinished in list(self._templated):
-            # Cloned by the template but never completed: it must not be published.
-            remove_tree(unfinished)
-            self._templated.pop(unfinished)
-        if self.publisher.template_parents():
-            self.changed = True
-        if not self.changed:
-            log.info("nothing changed in %s; closing the transaction without publishing", self.publisher.target)
-            self.publisher.run("abort", "-f", self.publisher.target)
-            self.publisher.clear_marker()
-            return
-        done = self.publisher.run("publish", "-m", self.message, self.publisher.target, check=False)
-        if done.returncode != 0:
-            log.error("cvmfs_server publish failed for %s; aborting the transaction", self.publisher.target)
-            self.abort()
-            raise PublishError(f"cvmfs_server publish {self.publisher.target} failed (exit {done.returncode}): "
-                               f"{_tail(done)}")
+        """Publish, or close the transaction when nothing changed. Any failure on
+        the way (publish refused or timed out, an OSError) aborts the transaction."""
+        try:
+            for unfinished in list(self._templated):
+                # Cloned by the template but never completed: it must not be published.
+                remove_tree(unfinished)
+                self._templated.pop(unfinished)
+            if self.publisher.template_parents():
+                self.changed = True
+            if not self.changed:
+                log.info("nothing changed in %s; closing the transaction without publishing", self.publisher.target)
+                self.publisher.close_transaction()
+                return
+            done = self.publisher.run("publish", "-m", self.message, self.publisher.target, check=False)
+            if done.returncode != 0:
+                raise PublishError(f"cvmfs_server publish {self.publisher.target} failed (exit {done.returncode}): "
+                                   f"{_tail(done)}")
+        except BaseException as exc:
+            log.error("%s: %s; aborting the transaction", self.publisher.target, exc or type(exc).__name__)
+            try:
+                self.abort()
+            except Exception as abort_exc:
+                log.error("%s", abort_exc)
+            raise
         self.publisher.clear_marker()
 
     def abort(self) -> None:
-        self.publisher.run("abort", "-f", self.publisher.target, check=False)
-        self.publisher.clear_marker()
+        self.publisher.close_transaction()
+
+
+def mark_catalog(directory: Path) -> None:
+    """Make `directory` a nested catalog: an empty regular `.cvmfscatalog` in it,
+    replacing whatever the image put at that name without following it."""
+    with ConfinedTree(directory) as tree:
+        if not tree.write_file(CATALOG_MARKER, b"", 0o644, replace=True):
+            raise PublishError(f"{directory / CATALOG_MARKER} is a directory in the image; cannot make "
+                               f"{directory} a nested catalog")
+
+
+class TemplatedChains(ChainCache):
+    """Chains kept inside a CVMFS repository: the publisher opened the
+    transaction with a template (`cvmfs_server transaction -T`) that already
+    cloned a chain into the image directory it is about to build."""
+
+    def __init__(self, root: Path, templated: Dict[Path, int], keep: int = 8) -> None:
+        super().__init__(root, keep)
+        self.templated = templated
+
+    def prepare(self, ids: Sequence[str], target: Path) -> int:
+        return self.templated.get(target, 0)
+
+    def store(self, chain_id: str, tree: Path) -> None:
+        super().store(chain_id, tree)
+        mark_catalog(self.path(chain_id))  # each snapshot its own catalog
 
 
 def _tail(done: subprocess.CompletedProcess) -> str:
@@ -156,18 +199,60 @@ class CvmfsPublisher(Publisher):
     def clear_marker(self) -> None:
         self.marker.unlink(missing_ok=True)
 
+    def close_transaction(self) -> None:
+        """`abort -f`, checked: the marker goes only once the repository is out of
+        the transaction; otherwise PublishError says what to run by hand."""
+        done = self.run("abort", "-f", self.target, check=False)
+        if done.returncode != 0 and self.in_transaction():
+            self.needs_recovery = True  # the next cycle tries again before it plans
+            raise PublishError(f"cvmfs_server abort -f {self.target} failed (exit {done.returncode}): {_tail(done)}; "
+                               f"the transaction is still open. Run `cvmfs_server abort -f {self.target}` as the "
+                               "repository owner; reconciler aborts it at its next start")
+        self.clear_marker()
+
+    def _read_marker(self) -> Optional[dict]:
+        try:
+            data = json.loads(self.marker.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            log.warning("%s: unreadable transaction marker %s (%s); treating it as ours", self.target, self.marker, exc)
+            return {}
+        return data if isinstance(data, dict) else {}
+
     def recover(self) -> None:
+        self.needs_recovery = False
         if not self.in_transaction():
             self.clear_marker()
             return
-        if self.marker.exists():
-            log.warning("%s: aborting the transaction left open by an interrupted run of reconciler (%s)",
-                        self.target, self.marker.read_text().strip())
-            self.run("abort", "-f", self.target)
-            self.clear_marker()
-        else:
+        marker = self._read_marker()
+        if marker is None:
             log.error("%s is in a transaction that reconciler did not open; leaving it alone. Publishing waits "
                       "until it is published or aborted.", self.repository)
+            return
+        pid = marker.get("pid")
+        # Our own pid: a transaction an earlier cycle of this process could not abort.
+        if isinstance(pid, int) and pid != os.getpid() and process_alive(pid, marker.get("start_time")):
+            log.error("%s: the open transaction belongs to reconciler pid %d, which still runs; leaving it alone",
+                      self.target, pid)
+            return
+        log.warning("%s: aborting the transaction left open by an interrupted run of reconciler (pid %s)",
+                    self.target, pid if pid is not None else "unknown")
+        self.close_transaction()
+
+    def lock_path(self) -> Path:
+        """One lock per repository and lease path, shared by every state directory
+        on this machine: in the repository's spool directory on a stratum 0 (else
+        beside the mount point, else in /run/lock)."""
+        name = f".reconciler-{self.repository}" + (f"-{self.lease_path.replace('/', '%')}" if self.lease_path else "")
+        for directory in (Path("/var/spool/cvmfs") / self.repository, self.mount.parent):
+            if directory.is_dir() and os.access(directory, os.W_OK):
+                return directory / f"{name}.lock"
+        return Path("/run/lock") / f"{name.lstrip('.')}.lock"
+
+    @property
+    def target_name(self) -> str:
+        return f"the CernVM-FS repository {self.target}"
 
     def _template(self, builds: Dict[str, List[str]]) -> Optional[Tuple[Path, Path, int]]:
         """The published chain snapshot that saves the most layers for one of
@@ -192,15 +277,20 @@ class CvmfsPublisher(Publisher):
         if self.lease_path or not (self.root / CHAINS_DIR).is_dir():
             return False
         base = self.root / layout.IMAGES_DIR
-        missing = [base / f"{i:02x}" for i in range(256) if not (base / f"{i:02x}").is_dir()]
-        for path in missing:
-            path.mkdir(parents=True, exist_ok=True)
-        (base / CATALOG_MARKER).touch()
+        missing = [f"{i:02x}" for i in range(256) if not (base / f"{i:02x}").is_dir()]
+        with ConfinedTree(self.root) as tree:
+            for name in missing:
+                if not tree.mkdirs(f"{layout.IMAGES_DIR}/{name}"):
+                    raise PublishError(f"{base / name} is not a directory; move it away")
+        mark_catalog(base)
         return bool(missing)
 
-    def begin(self, message: str, builds: Optional[Dict[str, List[str]]] = None) -> CvmfsTransaction:
+    def _write_marker(self) -> None:
         self.marker.parent.mkdir(parents=True, exist_ok=True)
-        self.marker.write_text(json.dumps({"target": self.target, "pid": os.getpid(), "opened": time.time()}))
+        self.marker.write_text(json.dumps({"target": self.target, "pid": os.getpid(),
+                                           "start_time": process_start_time(os.getpid()), "opened": time.time()}))
+
+    def begin(self, message: str, builds: Optional[Dict[str, List[str]]] = None) -> CvmfsTransaction:
         template = self._template(builds or {})
         args = ["transaction", self.target]
         templated: Dict[Path, int] = {}
@@ -213,8 +303,13 @@ class CvmfsPublisher(Publisher):
             log.info("%s: template transaction cloning a %d-layer chain into %s", self.target, layers, dest)
         done = self.run(*args, check=False)
         if done.returncode != 0:
-            self.clear_marker()
             reason = _TRANSACTION_ERRORS.get(done.returncode, "")
             raise PublishError(f"cvmfs_server transaction {self.target} failed (exit {done.returncode})"
                                f"{': ' + reason if reason else ''}: {_tail(done)}")
+        try:
+            self._write_marker()
+        except OSError as exc:
+            # Without the marker a crash would leave a transaction nobody recovers: do not go on.
+            self.close_transaction()
+            raise PublishError(f"cannot write the transaction marker {self.marker}: {exc.strerror}") from None
         return CvmfsTransaction(self, message, templated)

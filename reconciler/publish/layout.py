@@ -3,6 +3,11 @@
     <root>/<dest>:<tag>                      relative symlink to the image directory
     <root>/<dest>:<tag>@<os>-<arch>[-<var>]  the same for the second and later platforms
     <root>/.images/<2 hex>/<64 hex>/         the merged root filesystem of one manifest digest
+    <root>/.images/<2 hex>/<64 hex>.complete its completion record, written last: an image
+                                             directory without one is unfinished and is rebuilt
+
+The completion record stands beside the image, not inside it: nothing an image
+holds can pass for one.
 
 '@' cannot appear in a tag, so a platform suffix never collides with a real tag.
 """
@@ -17,6 +22,7 @@ from ..registry.manifest import Platform
 from ..registry.reference import is_valid_digest
 
 IMAGES_DIR = ".images"
+COMPLETE_SUFFIX = ".complete"
 
 
 def image_relpath(digest: str) -> str:
@@ -25,6 +31,11 @@ def image_relpath(digest: str) -> str:
         raise ValueError(f"not a sha256 digest: {digest!r}")
     hexpart = digest.split(":", 1)[1]
     return f"{IMAGES_DIR}/{hexpart[:2]}/{hexpart}"
+
+
+def completion_relpath(digest: str) -> str:
+    """`.images/ab/abcdef….complete`: the record that the image is complete."""
+    return image_relpath(digest) + COMPLETE_SUFFIX
 
 
 def digest_of_image_relpath(relpath: str) -> Optional[str]:

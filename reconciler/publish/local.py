@@ -1,10 +1,11 @@
 """The local directory publisher (the embedded default; no CVMFS needed).
 
 An image is built in `<root>/.staging/` and renamed into `.images/` only when
-complete; a tag moves by an atomic symlink swap (a new link, then rename over
-the old one). Data is synced before each rename, so a crash at any moment
-leaves every tag pointing at a complete image. Leftovers in `.staging` are
-removed at the next start.
+complete, then its completion record is written; a tag moves by an atomic
+symlink swap (a new link, then rename over the old one). Data is synced before
+each rename, so a crash at any moment leaves every tag pointing at a complete
+image. Leftovers in `.staging` are removed at the next start, by the one
+process that holds the publish root's lock.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import secrets
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional
 
+from ..errors import StartError
 from . import layout
 from .base import Publisher, PublishTransaction, remove_tree
 from .chains import ChainCache
@@ -51,13 +53,17 @@ class LocalTransaction(PublishTransaction):
             # Everything written must be on disk before the image can become visible.
             os.sync()
             final.parent.mkdir(parents=True, exist_ok=True)
-            if final.exists():
+            if self.has_image(digest):
                 log.info("image %s already present; dropping the duplicate build", digest)
                 remove_tree(staging)
-            else:
-                os.rename(staging, final)
-                _fsync_dir(final.parent)
-                self.changed = True
+                return
+            if os.path.lexists(final):
+                log.warning("replacing the unfinished image directory %s (it has no completion record)", final)
+                self._discard(final, f"unfinished-{digest.split(':', 1)[1]}")
+            os.rename(staging, final)
+            _fsync_dir(final.parent)
+            self.mark_complete(digest)
+            self.changed = True
         except BaseException:
             remove_tree(staging)
             raise
@@ -68,13 +74,19 @@ class LocalTransaction(PublishTransaction):
         _fsync_dir(path)
 
     def remove_image(self, digest: str) -> None:
-        # Out of .images first, in one rename: a crash mid-delete leaves no half image there.
-        final = self.root / layout.image_relpath(digest)
-        doomed = self.root / STAGING_DIR / f"gc-{digest.split(':', 1)[1]}.{secrets.token_hex(4)}"
-        doomed.parent.mkdir(parents=True, exist_ok=True)
-        os.rename(final, doomed)
-        _fsync_dir(final.parent)
+        self.unmark_complete(digest)
+        self._discard(self.root / layout.image_relpath(digest), f"gc-{digest.split(':', 1)[1]}")
         self.changed = True
+
+    def _discard(self, path: Path, label: str) -> None:
+        """Delete a directory under .images: renamed into .staging first, so a
+        crash mid-delete leaves nothing half there."""
+        if not os.path.lexists(path):
+            return
+        doomed = self.root / STAGING_DIR / f"{label}.{secrets.token_hex(4)}"
+        doomed.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(path, doomed)
+        _fsync_dir(path.parent)
         remove_tree(doomed)
 
     def commit(self) -> None:
@@ -88,6 +100,19 @@ class LocalTransaction(PublishTransaction):
 class LocalPublisher(Publisher):
     """Publishes into a plain directory."""
 
+    def check_ready(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise StartError(f"the publish root {self.root} cannot be a directory: it, or a directory above it, "
+                             "is a file; fix [publish] root in the watchlist or move that file away") from None
+        except OSError as exc:
+            raise StartError(f"cannot create the publish root {self.root}: {exc.strerror}; create it for this "
+                             "user or fix [publish] root in the watchlist") from None
+        if not os.access(self.root, os.W_OK | os.X_OK):
+            raise StartError(f"the publish root {self.root} is not writable by this user (uid {os.getuid()}); "
+                             "change its owner or run as its owner")
+
     def recover(self) -> None:
         ChainCache(self.root).clean()
         staging = self.root / STAGING_DIR
@@ -100,6 +125,8 @@ class LocalPublisher(Publisher):
             for name in filenames:
                 if name.startswith(".") and ".tmp-" in name:
                     os.unlink(os.path.join(dirpath, name))
+        for leftover in (self.root / layout.IMAGES_DIR).glob("*/.*.tmp-*"):
+            leftover.unlink()  # a completion record that was being written
 
     def begin(self, message: str, builds: Optional[Dict[str, List[str]]] = None) -> LocalTransaction:
         self.root.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,7 @@ Measures, alternating in the same run:
 - incremental: v2 (new top layer only) added after v1;
 - peak RSS of the reconciler process.
 
-`--big-layer N` and `--dotdot-layer N` instead measure the applier alone on one
+`--big-layer N`, `--dirs-layer N` and `--dotdot-layer N` instead measure the applier alone on one
 generated layer of N entries (see tests/bench/biglayer.py) against
 `umoci unpack`: time and peak RSS of both, the bound the applier must keep.
 """
@@ -132,6 +132,8 @@ def main() -> int:
                         "a tmpfs such as /dev/shm/bench gives steadier numbers on disks mounted with `discard`")
     parser.add_argument("--big-layer", type=int, metavar="N",
                         help="only the applier vs umoci on one layer of N small files (peak RSS and time)")
+    parser.add_argument("--dirs-layer", type=int, metavar="N",
+                        help="only the applier vs umoci on one layer of N directories")
     parser.add_argument("--dotdot-layer", type=int, metavar="N",
                         help="only the applier vs umoci on one layer of N files written through long `..` chains")
     args = parser.parse_args()
@@ -143,8 +145,9 @@ def main() -> int:
                        env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"}, stdout=subprocess.DEVNULL)
     work = args.workdir
     scratch = args.scratch or work
-    if args.big_layer or args.dotdot_layer:
-        shape, n = ("files", args.big_layer) if args.big_layer else ("dotdot", args.dotdot_layer)
+    shapes = {"files": args.big_layer, "dirs": args.dirs_layer, "dotdot": args.dotdot_layer}
+    if any(shapes.values()):
+        shape, n = next((shape, n) for shape, n in shapes.items() if n)
         results = bench_big_layer(work, scratch, shape, n, args.pairs)
         out = work / f"results-{shape}-{n}.json"
         out.write_text(json.dumps(results, indent=2))

@@ -18,7 +18,7 @@ import subprocess
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Dict, Iterator, Optional
+from typing import BinaryIO, Callable, Dict, Iterator, Optional
 
 from fixtures.build import Blob, BuiltImage
 
@@ -56,26 +56,15 @@ def _symlink(name: str, target: str) -> tarfile.TarInfo:
     return info
 
 
-def _files_entries(n: int) -> Iterator[tarfile.TarInfo]:
-    """n entries: TOP_DIRS directories (fewer when n is small), then their files, grouped by directory."""
-    dirs = max(1, min(TOP_DIRS, n // 2))
-    files = n - dirs
-    for d in range(dirs):
-        yield _dir(f"d{d:04d}/")
-        share = files // dirs + (1 if d < files % dirs else 0)
-        for f in range(share):
-            yield _file(f"d{d:04d}/f{f:06d}", 8)
-
-
-def _dirs_entries(n: int) -> Iterator[tarfile.TarInfo]:
-    """n directory entries: TOP_DIRS top directories, the rest spread under them."""
+def _spread_entries(n: int, leaf: Callable[[str], tarfile.TarInfo]) -> Iterator[tarfile.TarInfo]:
+    """n entries: TOP_DIRS directories (fewer when n is small), then the rest
+    (`leaf(path)`) spread evenly under them, grouped by directory."""
     tops = max(1, min(TOP_DIRS, n // 2))
-    subs = n - tops
+    rest = n - tops
     for d in range(tops):
         yield _dir(f"d{d:04d}/")
-        share = subs // tops + (1 if d < subs % tops else 0)
-        for s in range(share):
-            yield _dir(f"d{d:04d}/s{s:06d}/")
+        for i in range(rest // tops + (1 if d < rest % tops else 0)):
+            yield leaf(f"d{d:04d}/e{i:06d}")
 
 
 def dotdot_entries(n: int, depth: int) -> Iterator[tarfile.TarInfo]:
@@ -136,7 +125,8 @@ def build_layer(cache: Path, shape: str, n: int, depth: int = 64) -> BigLayer:
     gz_path, meta = cache / f"{stem}.tar.gz", cache / f"{stem}.json"
     if gz_path.exists() and meta.exists():
         return BigLayer(gz_path, **json.loads(meta.read_text()))
-    entries = {"files": lambda: _files_entries(n), "dirs": lambda: _dirs_entries(n),
+    entries = {"files": lambda: _spread_entries(n, lambda path: _file(path, 8)),
+               "dirs": lambda: _spread_entries(n, lambda path: _dir(path + "/")),
                "dotdot": lambda: dotdot_entries(n, depth)}[shape]()
     layer = _write_layer(entries, gz_path)
     meta.write_text(json.dumps({"diff_id": layer.diff_id, "digest": layer.digest, "size": layer.size,

@@ -1,0 +1,231 @@
+"""Writes under a publish root, where image content may have planted symlinks.
+
+Every write that happens after the layers are applied (the Apptainer files,
+catalog markers, completion records, tag links) goes through `ConfinedTree`:
+paths are walked from an fd on the tree's root one component at a time with
+`O_NOFOLLOW`, a component that is not a real directory stops the walk, and
+entries are created with `O_CREAT|O_EXCL|O_NOFOLLOW` or `*at` calls that
+never follow a symlink. Nothing that an image holds can redirect such a write
+outside the tree, whatever runs as root.
+
+(The layer applier has its own resolver: it must follow in-image symlinks as
+if the image root were `/`, which these writes never do.)
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+import stat
+from pathlib import Path
+from typing import List, Optional, Sequence, Union
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class NotConfinedError(OSError):
+    """A path component is a symlink, a file or missing where a directory was needed."""
+
+
+_MISSING = "missing"
+
+
+def _open_subdir(dir_fd: int, name: str) -> Union[int, str, None]:
+    """An fd on the real directory `name` in `dir_fd`; `_MISSING` when there is
+    nothing there; None for a symlink (ELOOP under O_NOFOLLOW) or a non-directory."""
+    try:
+        return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return _MISSING
+    except OSError as exc:
+        if exc.errno in (errno.ENOTDIR, errno.ELOOP):
+            return None
+        raise
+
+
+def _existing_entry(dir_fd: int, name: str, replace: bool) -> Optional[bool]:
+    """Whether something stands at `name` (False: free to create), or None when
+    it must be left alone: it exists and `replace` is off, or it is a directory."""
+    try:
+        existing = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    if not replace or stat.S_ISDIR(existing.st_mode):
+        return None
+    return True
+
+
+def _parts(relpath: Union[str, Sequence[str]]) -> List[str]:
+    parts = relpath.split("/") if isinstance(relpath, str) else list(relpath)
+    parts = [p for p in parts if p not in ("", ".")]
+    if ".." in parts:
+        raise ValueError(f"path {relpath!r} climbs out with '..'")
+    return parts
+
+
+class ConfinedTree:
+    """A directory tree written without ever following a symlink inside it.
+
+    Methods take paths relative to the root ("a/b/c"). They return False (and
+    do nothing) when a parent is not a real directory or the entry exists and
+    is not to be replaced; the caller decides whether that is an error.
+    """
+
+    def __init__(self, root: Union[str, Path]) -> None:
+        self.root = Path(root)
+        self._root_fd = os.open(self.root, _DIR_FLAGS)
+
+    def close(self) -> None:
+        """Release the fd on the root."""
+        if self._root_fd >= 0:
+            os.close(self._root_fd)
+            self._root_fd = -1
+
+    def __enter__(self) -> "ConfinedTree":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- walking ----------------------------------------------------------
+
+    def open_dir(self, relpath: Union[str, Sequence[str]], *, create: bool = False, mode: int = 0o755) -> Optional[int]:
+        """An fd on the directory `relpath` (the caller closes it), or None when
+        a component is missing (and not `create`), a symlink or not a directory."""
+        fd: Optional[int] = os.dup(self._root_fd)
+        try:
+            for name in _parts(relpath):
+                new = _open_subdir(fd, name)
+                if new is _MISSING and create:
+                    try:
+                        os.mkdir(name, mode, dir_fd=fd)
+                    except FileExistsError:
+                        pass  # made meanwhile: opened (or refused) below like any other entry
+                    new = _open_subdir(fd, name)
+                os.close(fd)
+                fd = None
+                if not isinstance(new, int):
+                    return None
+                fd = new
+        except BaseException:
+            if fd is not None:
+                os.close(fd)
+            raise
+        return fd
+
+    def _parent(self, relpath: str, create: bool) -> Optional[tuple]:
+        parts = _parts(relpath)
+        if not parts:
+            raise ValueError("the tree's root itself cannot be written this way")
+        fd = self.open_dir(parts[:-1], create=create)
+        return None if fd is None else (fd, parts[-1])
+
+    def lstat(self, relpath: str) -> Optional[os.stat_result]:
+        """lstat of an entry, or None when it (or a real-directory path to it) is missing."""
+        found = self._parent(relpath, create=False)
+        if found is None:
+            return None
+        fd, name = found
+        try:
+            return os.stat(name, dir_fd=fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+        finally:
+            os.close(fd)
+
+    # -- writing ----------------------------------------------------------
+
+    def mkdirs(self, relpath: str, mode: int = 0o755) -> bool:
+        """Create `relpath` and its missing parents; False when a component is not a real directory."""
+        fd = self.open_dir(relpath, create=True, mode=mode)
+        if fd is None:
+            return False
+        os.close(fd)
+        return True
+
+    def write_file(self, relpath: str, data: bytes, mode: int = 0o644, *, replace: bool = False,
+                   durable: bool = False) -> bool:
+        """Create the regular file `relpath` (and missing parents) holding `data`.
+        An existing entry is kept (False) unless `replace`, which swaps a new file
+        in by rename, so whatever stood there (a symlink included) is never
+        written through. A directory in the way is never replaced (False).
+        `durable` fsyncs the file before it appears under its name."""
+        found = self._parent(relpath, create=True)
+        if found is None:
+            return False
+        fd, name = found
+        try:
+            existing = _existing_entry(fd, name, replace)
+            if existing is None:
+                return False
+            target = f".{name}.tmp-{secrets.token_hex(4)}" if existing else name
+            out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=fd)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(out, view):]
+                os.fchmod(out, mode)  # not narrowed by the umask
+                if durable:
+                    os.fsync(out)
+            except BaseException:
+                os.close(out)
+                os.unlink(target, dir_fd=fd)
+                raise
+            os.close(out)
+            if target != name:
+                os.replace(target, name, src_dir_fd=fd, dst_dir_fd=fd)
+            return True
+        finally:
+            os.close(fd)
+
+    def symlink(self, relpath: str, target: str, *, replace: bool = False) -> bool:
+        """Create the symlink `relpath` -> `target`. With `replace`, an existing
+        symlink or file is swapped atomically (a new link renamed over it); a
+        directory in the way is never replaced (False)."""
+        found = self._parent(relpath, create=True)
+        if found is None:
+            return False
+        fd, name = found
+        try:
+            existing = _existing_entry(fd, name, replace)
+            if existing is None:
+                return False
+            if not existing:
+                os.symlink(target, name, dir_fd=fd)
+                return True
+            tmp = f".{name}.tmp-{secrets.token_hex(4)}"
+            os.symlink(target, tmp, dir_fd=fd)
+            try:
+                os.replace(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
+            except BaseException:
+                os.unlink(tmp, dir_fd=fd)
+                raise
+            return True
+        finally:
+            os.close(fd)
+
+    def unlink(self, relpath: str) -> bool:
+        """Remove a file or symlink (never what it points at); False when absent."""
+        found = self._parent(relpath, create=False)
+        if found is None:
+            return False
+        fd, name = found
+        try:
+            os.unlink(name, dir_fd=fd)
+            return True
+        except FileNotFoundError:
+            return False
+        finally:
+            os.close(fd)
+
+    def sync_dir(self, relpath: str) -> None:
+        """fsync a directory, so renames and new entries in it are durable."""
+        fd = self.open_dir(relpath)
+        if fd is None:
+            raise NotConfinedError(f"{self.root / relpath} is not a directory")
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+

@@ -1,0 +1,87 @@
+"""Hostile images against the writes that come after the applier: the nested
+catalog marker, chain snapshot markers, `.singularity.d` and the bind points.
+Each is planted as a symlink to a directory outside the repository; on both
+backends nothing outside changes and the marker the publisher needs is a
+regular file of its own (issue #11)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Dict, List
+
+import pytest
+
+from fixtures.build import build_image
+from fixtures.push import FixturePusher
+from tests.test_publishers import Backend, run
+from tests.treecompare import describe_tree
+
+OUTER_NAMES = (".cvmfscatalog", ".singularity.d", "singularity", ".run", ".exec", ".shell", ".test", "environment")
+BIND_POINTS = ("dev", "proc", "sys", "tmp", "home", "root", "etc", "var", "cvmfs", "srv")
+INNER_NAMES = ("env", "actions", "libs", "runscript", "startscript", "labels.json")
+# Absolute, and relative with more `..` than any publish root is deep.
+CLIMB = "../" * 40
+
+
+def _links(names, victim: Path, relative: bool) -> List[dict]:
+    target = (CLIMB + str(victim).lstrip("/")) if relative else str(victim)
+    return [{"type": "symlink", "path": name, "target": f"{target}/{name.strip('.') or 'x'}"} for name in names] + \
+        [{"type": "symlink", "path": f"{name}-dir", "target": target} for name in names[:1]]
+
+
+def _hostile_images(victim: Path) -> Dict[str, object]:
+    """Two images of two layers each (so a chain snapshot of the first is kept):
+    `outer` plants links at the top level, `inner` inside a real .singularity.d."""
+    def spec(name: str, first: List[dict]) -> dict:
+        return {"name": f"hostile-{name}", "tags": ["v1"], "layers": [
+            {"compression": "gzip", "entries": first},
+            {"compression": "gzip", "entries": [{"type": "file", "path": "top", "content": name}]}]}
+
+    outer = _links(OUTER_NAMES, victim, relative=False) + \
+        [{"type": "symlink", "path": name, "target": (CLIMB + str(victim).lstrip("/")) if i % 2 else str(victim)}
+         for i, name in enumerate(BIND_POINTS)]
+    inner = [{"type": "dir", "path": ".singularity.d"}] + \
+        _links([f".singularity.d/{n}" for n in INNER_NAMES], victim, relative=True)
+    return {"outer": build_image(spec("outer", outer)), "inner": build_image(spec("inner", inner))}
+
+
+@pytest.fixture
+def victim(tmp_path):
+    """A directory outside the publish root that every hostile link points at."""
+    path = tmp_path / "victim"
+    path.mkdir()
+    (path / "precious").write_text("precious\n")
+    return path
+
+
+@pytest.mark.parametrize("kind", ["local", "cvmfs"])
+def test_hostile_links_never_redirect_a_publisher_write(kind, tmp_path, monkeypatch, fixture_registry, victim):
+    backend = Backend(kind, tmp_path, monkeypatch)
+    host = fixture_registry.host
+    images = _hostile_images(victim)
+    pusher = FixturePusher(host)
+    for image in images.values():
+        pusher.push(image)
+    before = describe_tree(victim), os.stat(victim).st_mtime_ns
+    wl = backend.watchlist(host, [f'source = "{host}/{image.repository}"\ntags = ["v1"]\ndest = "{name}"'
+                                  for name, image in images.items()])
+    report = run(wl)
+    assert not report.failed, [o.reason for o in report.outcomes]
+    assert (describe_tree(victim), os.stat(victim).st_mtime_ns) == before, "a write went outside the root"
+    for name in images:
+        tree = Path(os.path.realpath(backend.visible / f"{name}:v1"))
+        assert (tree / "top").read_text() == name
+        if kind == "cvmfs":
+            marker = tree / ".cvmfscatalog"
+            assert marker.is_file() and not marker.is_symlink() and marker.stat().st_size == 0
+    if kind == "cvmfs":
+        chains = list((backend.visible / ".chains").iterdir())
+        assert chains, "no chain snapshot was kept: the test does not reach the snapshot marker"
+        for chain in chains:
+            assert (chain / ".cvmfscatalog").is_file() and not (chain / ".cvmfscatalog").is_symlink()
+    # What the image planted stays the image's: the links are still links.
+    outer = backend.visible / "outer:v1"
+    assert (outer / ".singularity.d").is_symlink() and (outer / "etc").is_symlink()
+    inner = backend.visible / "inner:v1"
+    assert all((inner / ".singularity.d" / n).is_symlink() for n in INNER_NAMES)
