@@ -45,6 +45,16 @@ def process_alive(pid: int, start_time: Optional[int]) -> bool:
     return current is not None and (start_time is None or current == start_time)
 
 
+def _open_lock_file(path: Path) -> int:
+    """The lock file, read-write; read-only when it exists but belongs to
+    another user (flock works on either)."""
+    flags = os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        return os.open(path, os.O_RDWR | flags, 0o644)
+    except PermissionError:
+        return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+
+
 class ProcessLock:
     """An exclusive lock on `path`; `what` names what it protects in messages."""
 
@@ -57,7 +67,7 @@ class ProcessLock:
         """Take the lock at once, or raise BusyError naming the holder."""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+            fd = _open_lock_file(self.path)
         except OSError as exc:
             raise StartError(f"cannot create the lock file {self.path} ({self.what}): {exc.strerror}; "
                              "check that this user may write there") from None
@@ -73,6 +83,8 @@ class ProcessLock:
             os.close(fd)
             raise
         self._fd = fd
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY:
+            return  # another user's lock file (say, after one run with sudo): flocked, but no holder note
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps({"pid": os.getpid(), "start_time": process_start_time(os.getpid()),
                                   "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import re
+import sqlite3
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -193,6 +195,10 @@ class Reconciler:
             self._lock(ProcessLock(self.publisher.lock_path(), self.publisher.target_name))
             self.store = BlobStore(blobs, max_bytes=watchlist.blob_cache_max)
             self.state = StateDB(watchlist.state_dir / "state.db")
+        except (OSError, sqlite3.Error) as exc:
+            self._release_locks()
+            raise StartError(f"cannot open the state directory {watchlist.state_dir}: {describe_failure(exc)}; "
+                             "check its owner and free space") from None
         except BaseException:
             self._release_locks()
             raise
@@ -201,6 +207,10 @@ class Reconciler:
         except PublishError as exc:  # cvmfs_server missing, the repository unknown: nothing can work
             self.close()
             raise StartError(str(exc)) from None
+        except OSError as exc:  # e.g. a leftover of another user's run that we may not delete
+            self.close()
+            raise StartError(f"cannot clean up what an interrupted run left under {self.publisher.root}: "
+                             f"{describe_failure(exc)}") from None
         except BaseException:
             self.close()
             raise
@@ -359,14 +369,20 @@ class Reconciler:
                         txn.remove_tag(row.tag_path)
                         log.info("removed tag %s (no longer watched)", row.tag_path)
                     self._collect(txn, doomed, report)
-            except (PublishError, OSError) as exc:
-                # Nothing of this transaction is visible: every change of it failed.
+            except Exception as exc:  # the transaction failed: contained to its changes
                 reason = describe_failure(exc, self.publisher.root)
+                log.debug("transaction failed", exc_info=True)
+                # All or nothing (CVMFS): nothing of it is visible, every change failed.
+                # Local: what was done before the failure stands.
+                failed = ("planned", "published") if self.publisher.all_or_nothing else ("planned",)
                 for outcome in changes:
-                    if outcome.status in ("planned", "published"):
+                    if outcome.status in failed:
                         self._fail(outcome, PublishError(f"not published: {reason}"))
-                report.removed = []
-                report.collected = []
+                if self.publisher.all_or_nothing:
+                    report.removed, report.collected = [], []
+                else:
+                    report.removed = [r for r in report.removed
+                                      if not os.path.lexists(self.publisher.root / r.tag_path)]
         self._record(report)
         self._mark_images(protected)
 
@@ -380,8 +396,8 @@ class Reconciler:
             needed = sum({d.digest: d.size for d in outcome.blobs}.values())
             if needed > bound:
                 self._fail(outcome, ConfigError(
-                    f"the image needs {needed} bytes of blobs (config and layers) in the blob store, more than [state] blob_cache_max "
-                    f"({bound} bytes) in {self.watchlist.path.name}; raise blob_cache_max above the largest image"))
+                    f"the image needs {needed} bytes of blobs (config and layers) in the blob store, more than "
+                    f"[state] blob_cache_max ({bound} bytes) in {self.watchlist.path.name}; raise blob_cache_max above the largest image"))
 
     def _collect(self, txn: PublishTransaction, doomed: List[str], report: CycleReport) -> None:
         """Remove unreferenced images, checking the links as they are now, in this transaction."""
@@ -392,7 +408,12 @@ class Reconciler:
         for digest in doomed:
             if digest in live or digest not in on_disk:
                 continue
-            txn.remove_image(digest)
+            try:
+                txn.remove_image(digest)
+            except Exception as exc:  # one image that cannot go never stops the others
+                log.error("cannot collect image %s: %s; it is retried next cycle", digest[:19],
+                          describe_failure(exc, self.publisher.root))
+                continue
             report.collected.append(digest)
             log.info("collected image %s: no tag has referenced it for over %s", digest[:19],
                      _duration(self.watchlist.publish.gc_grace))
@@ -505,8 +526,12 @@ class Reconciler:
                 failures = (state.failures if state else 0) + 1
                 self.state.record_failure(o.key, o.reason, next_due=now + retry_delay(failures, o.entry.interval),
                                           now=now)
+        # A key recorded above keeps its row, though its old tag path went (the
+        # platform order changed, so its link name did).
+        recorded = {(o.entry.dest, o.tag, str(o.platform)) for o in report.outcomes}
         for row in report.removed:
-            self.state.forget(row.dest, row.tag, row.platform)
+            if (row.dest, row.tag, row.platform) not in recorded:
+                self.state.forget(row.dest, row.tag, row.platform)
 
 
 class Cancelled(BaseException):

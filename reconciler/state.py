@@ -46,11 +46,13 @@ CREATE TABLE IF NOT EXISTS image_state (
     unreferenced_since REAL
 );
 """
-# Version 1: tags keyed by (source, tag, platform), images owned by a source.
+# Version 1: tags keyed by (source, tag, platform), images owned by a source (now: by
+# the dest of a tag of that source; sources were one entry each in practice).
 _MIGRATE_FROM_1 = """
 INSERT OR REPLACE INTO tag_state SELECT * FROM tags;
 INSERT OR REPLACE INTO image_state (digest, dest, unreferenced_since)
-    SELECT digest, NULL, unreferenced_since FROM images;
+    SELECT i.digest, (SELECT t.dest FROM tags t WHERE t.source = i.source ORDER BY t.dest LIMIT 1),
+           i.unreferenced_since FROM images i;
 DROP TABLE tags;
 DROP TABLE images;
 DROP TABLE IF EXISTS blobs;

@@ -116,3 +116,31 @@ def test_ctrl_c_during_once_exits_130_and_leaves_nothing_half_done(backend, fixt
     again = reconcile("--once", "--watchlist", str(wl))
     assert again.returncode == 0, again.stderr
     assert "1 published" in again.stdout
+
+
+def test_a_state_database_that_cannot_be_opened_exits_3(tmp_path):
+    (tmp_path / "state" / "state.db").mkdir(parents=True)  # a directory where the database goes
+    wl = tmp_path / "watchlist.toml"
+    wl.write_text('[publish]\nroot = "publish"\n[state]\ndir = "state"\n'
+                  '[[image]]\nsource = "127.0.0.1:1/x/y"\ntags = ["v1"]\ndest = "y"\n')
+    done = reconcile("--once", "--watchlist", str(wl))
+    assert done.returncode == 3, done.stderr
+    assert f"cannot open the state directory {tmp_path / 'state'}" in one_line(done)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv")
+def test_a_lock_file_left_by_root_does_not_stop_the_service_user():
+    """After one run with sudo the lock file belongs to root: flock works on it read-only."""
+    top = Path(tempfile.mkdtemp(prefix="reconciler-lock-"))
+    try:
+        os.chmod(top, 0o777)
+        (top / "lock").write_text("")
+        os.chmod(top / "lock", 0o644)
+        code = ("import sys; from pathlib import Path; from reconciler.locking import ProcessLock\n"
+                "lock = ProcessLock(Path(sys.argv[1]), 'the test'); lock.acquire(); print('locked'); lock.release()\n")
+        done = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c",
+                               code, str(top / "lock")], capture_output=True, text=True, timeout=60,
+                              env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+        assert done.returncode == 0 and done.stdout.strip() == "locked", done.stderr
+    finally:
+        shutil.rmtree(top)

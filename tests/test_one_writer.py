@@ -18,6 +18,8 @@ from typing import Dict, Tuple
 import pytest
 
 from reconciler.publish import layout
+from reconciler.reconcile import Reconciler
+from reconciler.watchlist import load_watchlist
 from tests.registry_server import wait_until
 from tests.test_publishers import REPO, Backend, assert_matches_full_apply, img, run  # noqa: F401 (fixture)
 from tests.test_publishers import backend  # noqa: F401  (the fixture, both backends)
@@ -152,6 +154,42 @@ def test_an_image_without_its_completion_record_is_rebuilt(backend, fixture_regi
     assert [o.status for o in run(wl).outcomes] == ["unchanged"]
 
 
+def test_an_image_of_0_1_keeps_serving_its_tag_until_its_rebuild_is_complete(backend, fixture_registry,
+                                                                           fixture_images, monkeypatch):
+    """An image published by 0.1 has no completion record. Its rebuild failing
+    must not take it away from its tag, and GC never counts it unreferenced."""
+    import reconciler.reconcile as reconcile_module
+    from reconciler.errors import LayerError
+
+    host = fixture_registry.host
+    wl = backend.watchlist(host, [img(host, "edges", '["latest"]', "edges")])
+    assert not run(wl).failed
+    digest = fixture_images["edges"].top.digest
+    if backend.kind == "cvmfs":
+        subprocess.run(["cvmfs_server", "transaction", REPO], check=True, capture_output=True)
+    tree = backend.mount() if backend.kind == "cvmfs" else backend.visible
+    os.unlink(tree / layout.completion_relpath(digest))  # as 0.1 left it
+    if backend.kind == "cvmfs":
+        subprocess.run(["cvmfs_server", "publish", REPO], check=True, capture_output=True)
+
+    def failing_apply(*a, **kw):
+        raise LayerError("injected: the rebuild fails")
+
+    real_apply = reconcile_module.apply_layer
+    monkeypatch.setattr(reconcile_module, "apply_layer", failing_apply)
+    reconciler = Reconciler(load_watchlist(wl))
+    try:
+        assert digest in reconciler.publisher.tag_links().values()  # a reference, record or not
+        report = reconciler.run_once()
+    finally:
+        reconciler.close()
+    assert [o.status for o in report.outcomes] == ["failed"]
+    assert (backend.visible / "edges:latest" / "after-empty").exists(), "the tag lost its image"
+    monkeypatch.setattr(reconcile_module, "apply_layer", real_apply)
+    assert [o.status for o in run(wl).outcomes] == ["published"]
+    assert (backend.visible / layout.completion_relpath(digest)).is_file()
+
+
 # -- the CVMFS transaction marker and commit --------------------------------------------------------
 
 
@@ -169,8 +207,6 @@ def _in_transaction() -> bool:
 def test_cvmfs_marker_of_a_live_process_is_respected_and_of_a_dead_one_recovered(tmp_path, monkeypatch,
                                                                                  fixture_registry):
     from reconciler.locking import process_start_time
-    from reconciler.reconcile import Reconciler
-    from reconciler.watchlist import load_watchlist
 
     backend, wl = _cvmfs(tmp_path, monkeypatch, fixture_registry)
     marker = tmp_path / "state-watchlist.toml" / "cvmfs-transaction.json"
@@ -205,8 +241,6 @@ def test_cvmfs_marker_is_written_only_once_the_transaction_is_open(tmp_path, mon
 def test_cvmfs_a_failing_publish_always_ends_in_a_checked_abort(tmp_path, monkeypatch, fixture_registry):
     from reconciler.errors import PublishError
     from reconciler.publish.cvmfs import CvmfsPublisher
-    from reconciler.reconcile import Reconciler
-    from reconciler.watchlist import load_watchlist
 
     backend, wl = _cvmfs(tmp_path, monkeypatch, fixture_registry)
     marker = tmp_path / "state-watchlist.toml" / "cvmfs-transaction.json"

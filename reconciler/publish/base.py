@@ -135,6 +135,10 @@ class PublishTransaction(ABC):
 class Publisher(ABC):
     """A place images are published to."""
 
+    # True when a failed transaction leaves nothing of itself visible (CVMFS:
+    # nothing shows before publish); False when what it did before the failure stands.
+    all_or_nothing = False
+
     def __init__(self, root: Path) -> None:
         self.root = root
         # Set when a transaction could not be closed: recover() before the next plan.
@@ -177,18 +181,19 @@ class Publisher(ABC):
             raise
         txn.commit()
 
-    def current_tag(self, tag_path: str) -> Optional[str]:
-        """The digest `<root>/<tag_path>` points at, if it points at a complete image."""
-        path = self.root / tag_path
+    def linked_image(self, tag_path: str) -> Optional[str]:
+        """The digest of the image directory `<root>/<tag_path>` links to, complete or not."""
         try:
-            target = os.readlink(path)
-        except (FileNotFoundError, OSError):
+            target = os.readlink(self.root / tag_path)
+        except OSError:
             return None
         relative = os.path.relpath(os.path.normpath(os.path.join(os.path.dirname(tag_path) or ".", target)))
-        digest = layout.digest_of_image_relpath(relative)
-        if digest and image_is_complete(self.root, digest):
-            return digest
-        return None
+        return layout.digest_of_image_relpath(relative)
+
+    def current_tag(self, tag_path: str) -> Optional[str]:
+        """The digest `<root>/<tag_path>` points at, if it points at a complete image."""
+        digest = self.linked_image(tag_path)
+        return digest if digest and image_is_complete(self.root, digest) else None
 
     def images(self) -> List[str]:
         """The digests of every image directory under `.images/`."""
@@ -202,7 +207,10 @@ class Publisher(ABC):
         return out
 
     def tag_links(self) -> Dict[str, str]:
-        """Every tag link under the root (outside hidden directories) and its digest."""
+        """Every tag link under the root (outside hidden directories) and the
+        digest of the image it links to. Images without a completion record
+        count too: a tag still serves them (e.g. images published by 0.1), so
+        garbage collection must never take them."""
         out: Dict[str, str] = {}
         for dirpath, dirnames, filenames in os.walk(self.root):
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]
@@ -210,7 +218,7 @@ class Publisher(ABC):
                 full = os.path.join(dirpath, name)
                 if os.path.islink(full):
                     rel = os.path.relpath(full, self.root)
-                    digest = self.current_tag(rel)
+                    digest = self.linked_image(rel)
                     if digest:
                         out[rel] = digest
             dirnames[:] = [d for d in dirnames if not os.path.islink(os.path.join(dirpath, d))]

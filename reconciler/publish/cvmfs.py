@@ -39,6 +39,7 @@ import errno
 import json
 import logging
 import os
+import secrets
 import subprocess
 import time
 from pathlib import Path
@@ -80,11 +81,13 @@ class CvmfsTransaction(PublishTransaction):
     @contextlib.contextmanager
     def build_image(self, digest: str) -> Iterator[Path]:
         final = self.root / layout.image_relpath(digest)
+        unfinished: Optional[Path] = None
         if os.path.lexists(final) and final not in self._templated:
-            # Unfinished (no completion record), or left by a failed build earlier in
-            # this transaction: never trust it.
+            # No completion record: never built on. It may still be what a tag serves
+            # (an image of 0.1), so it is set aside and put back if this build fails.
             self.unmark_complete(digest)
-            remove_tree(final)
+            unfinished = final.with_name(f".{final.name}.unfinished-{secrets.token_hex(4)}")
+            os.rename(final, unfinished)
         final.mkdir(parents=True, exist_ok=True)
         try:
             yield final
@@ -94,9 +97,14 @@ class CvmfsTransaction(PublishTransaction):
             self.changed = True
         except BaseException:
             remove_tree(final)
+            if unfinished is not None:
+                os.rename(unfinished, final)
+                unfinished = None
             raise
         finally:
             self._templated.pop(final, None)
+            if unfinished is not None:
+                remove_tree(unfinished)
 
     def commit(self) -> None:
         """Publish, or close the transaction when nothing changed. Any failure on
@@ -163,6 +171,8 @@ def _tail(done: subprocess.CompletedProcess) -> str:
 class CvmfsPublisher(Publisher):
     """Publishes into a CernVM-FS repository through `cvmfs_server`."""
 
+    all_or_nothing = True
+
     def __init__(self, repository: str, mount: Path, state_dir: Path, lease_path: Optional[str] = None,
                  command: str = "cvmfs_server") -> None:
         super().__init__(mount / lease_path if lease_path else mount)
@@ -177,7 +187,7 @@ class CvmfsPublisher(Publisher):
         """Run `cvmfs_server` (stdin closed: it must never wait for an answer)."""
         try:
             done = subprocess.run([self.command, *args], stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                                  timeout=_TIMEOUT_S)
+                                  errors="replace", timeout=_TIMEOUT_S)  # file names need not be UTF-8
         except FileNotFoundError:
             raise PublishError(f"{self.command} is not installed or not on PATH; the cvmfs backend needs a "
                                "CernVM-FS stratum 0 (cvmfs-server package)") from None
@@ -241,10 +251,12 @@ class CvmfsPublisher(Publisher):
         self.close_transaction()
 
     def lock_path(self) -> Path:
-        """One lock per repository and lease path, shared by every state directory
-        on this machine: in the repository's spool directory on a stratum 0 (else
-        beside the mount point, else in /run/lock)."""
-        name = f".reconciler-{self.repository}" + (f"-{self.lease_path.replace('/', '%')}" if self.lease_path else "")
+        """One lock per repository on this machine, whatever the lease path and
+        state directory: a publisher node holds one transaction per repository
+        at a time (one spool area, one union mount), and recovery looks at the
+        whole repository. The lock lives in the repository's spool directory on a
+        stratum 0 or gateway publisher (else beside the mount point, else /run/lock)."""
+        name = f".reconciler-{self.repository}"
         for directory in (Path("/var/spool/cvmfs") / self.repository, self.mount.parent):
             if directory.is_dir() and os.access(directory, os.W_OK):
                 return directory / f"{name}.lock"

@@ -57,13 +57,18 @@ class LocalTransaction(PublishTransaction):
                 log.info("image %s already present; dropping the duplicate build", digest)
                 remove_tree(staging)
                 return
-            if os.path.lexists(final):
+            # An unfinished directory (no completion record) may still be what a tag
+            # serves (an image of 0.1): set aside only now, so its tags dangle for
+            # two renames at most, and deleted once the new tree is complete.
+            unfinished = self._set_aside(final, f"unfinished-{digest.split(':', 1)[1]}")
+            if unfinished is not None:
                 log.warning("replacing the unfinished image directory %s (it has no completion record)", final)
-                self._discard(final, f"unfinished-{digest.split(':', 1)[1]}")
             os.rename(staging, final)
             _fsync_dir(final.parent)
             self.mark_complete(digest)
             self.changed = True
+            if unfinished is not None:
+                remove_tree(unfinished)
         except BaseException:
             remove_tree(staging)
             raise
@@ -78,16 +83,23 @@ class LocalTransaction(PublishTransaction):
         self._discard(self.root / layout.image_relpath(digest), f"gc-{digest.split(':', 1)[1]}")
         self.changed = True
 
-    def _discard(self, path: Path, label: str) -> None:
-        """Delete a directory under .images: renamed into .staging first, so a
-        crash mid-delete leaves nothing half there."""
+    def _set_aside(self, path: Path, label: str) -> Optional[Path]:
+        """Rename a directory under .images into .staging (where a crash leaves
+        it to the next start's cleanup); where it went, or None when absent."""
         if not os.path.lexists(path):
-            return
-        doomed = self.root / STAGING_DIR / f"{label}.{secrets.token_hex(4)}"
-        doomed.parent.mkdir(parents=True, exist_ok=True)
-        os.rename(path, doomed)
+            return None
+        aside = self.root / STAGING_DIR / f"{label}.{secrets.token_hex(4)}"
+        aside.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(path, aside)
         _fsync_dir(path.parent)
-        remove_tree(doomed)
+        return aside
+
+    def _discard(self, path: Path, label: str) -> None:
+        """Delete a directory under .images: set aside first, so a crash
+        mid-delete leaves nothing half there."""
+        aside = self._set_aside(path, label)
+        if aside is not None:
+            remove_tree(aside)
 
     def commit(self) -> None:
         log.debug("local publish complete: %s", self.message)

@@ -1,0 +1,41 @@
+"""The state database: its v1 -> v2 migration keeps what 0.1 knew."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from reconciler.state import StateDB
+
+# The schema of reconciler 0.1 (state keyed by source), as it shipped.
+V1_SCHEMA = """
+CREATE TABLE tags (source TEXT NOT NULL, tag TEXT NOT NULL, platform TEXT NOT NULL, dest TEXT NOT NULL,
+    tag_path TEXT NOT NULL, seen_digest TEXT, manifest_digest TEXT, published_digest TEXT, last_success REAL,
+    last_failure REAL, failure_reason TEXT, failures INTEGER NOT NULL DEFAULT 0, next_due REAL,
+    PRIMARY KEY (source, tag, platform));
+CREATE TABLE images (digest TEXT PRIMARY KEY, source TEXT, unreferenced_since REAL);
+CREATE TABLE blobs (digest TEXT PRIMARY KEY, size INTEGER NOT NULL, media_type TEXT, first_seen REAL NOT NULL,
+    last_used REAL NOT NULL);
+"""
+
+
+def test_a_v1_database_is_migrated_with_its_rows_and_image_owners(tmp_path):
+    path = tmp_path / "state.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(V1_SCHEMA)
+    conn.execute("INSERT INTO tags VALUES ('reg/team/app', 'v1', 'linux/amd64', 'app', 'app:v1', 'sha256:a', "
+                 "'sha256:b', 'sha256:b', 100.0, NULL, NULL, 0, 200.0)")
+    conn.execute("INSERT INTO images VALUES ('sha256:old', 'reg/team/app', 50.0)")
+    conn.execute("INSERT INTO images VALUES ('sha256:orphan', 'reg/gone', 60.0)")
+    conn.commit()
+    conn.close()
+    state = StateDB(path)
+    try:
+        row = state.get("app", "v1", "linux/amd64")
+        assert row is not None and row.published_digest == "sha256:b" and row.next_due == 200.0
+        # The image of an entry whose listing fails stays protected: it belongs to that entry's dest.
+        assert state.gc_candidates(1000.0, {"app"}, 10) == ["sha256:orphan"]
+        assert sorted(state.gc_candidates(1000.0, set(), 10)) == ["sha256:old", "sha256:orphan"]
+    finally:
+        state.close()
+    tables = {r[0] for r in sqlite3.connect(path).execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert tables == {"tag_state", "image_state"}
