@@ -25,8 +25,8 @@ from reconciler.reconcile import Reconciler
 from reconciler.registry.client import RetryPolicy
 from reconciler.watchlist import load_watchlist
 from tests.faultproxy import FaultProxy
-from tests.test_publishers import REPO, Backend
-from tests.treecompare import describe_tree
+from tests.test_publishers import Backend
+from tests.treecompare import as_cvmfs_publishes, describe_tree, on_real_cvmfs
 
 ROOT_DIR = Path(__file__).resolve().parent.parent
 WATCHED = {"basic:v1": ("basic", "v1"), "edges:latest": ("edges", "latest")}
@@ -59,6 +59,13 @@ def image_tree(link: Path):
     """What an image holds, minus what cannot match between two conversions:
     the CVMFS catalog marker and the times of the files we generate."""
     entries, hardlinks = describe_tree(Path(os.path.realpath(link)))
+    if on_real_cvmfs(link):
+        return as_cvmfs_publishes(image_tree_entries(entries)), None
+    return image_tree_entries(entries), hardlinks
+
+
+def image_tree_entries(entries):
+    """Entries minus the catalog marker, with the times of our own files blanked."""
     out = {}
     for path, entry in entries.items():
         if path == b".cvmfscatalog":
@@ -66,7 +73,7 @@ def image_tree(link: Path):
         if path.startswith(b".singularity.d"):
             entry = entry[:7] + (None,) + entry[8:]
         out[path] = entry
-    return out, hardlinks
+    return out
 
 
 def layer_digests(image) -> List[str]:
@@ -98,9 +105,18 @@ def proxied(tmp_path, proxy):
     return write_watchlist(tmp_path, proxy.host, image_entries(proxy.host))
 
 
+def same_image(tree, clean) -> bool:
+    """`tree` (from image_tree) equals a clean local conversion; a real CVMFS
+    tree is compared as CernVM-FS stores the clean one."""
+    entries, hardlinks = tree
+    if hardlinks is None:
+        return entries == as_cvmfs_publishes(clean[0])
+    return tree == clean
+
+
 def assert_converged(visible: Path, clean_trees, tags: Iterable[str] = WATCHED) -> None:
     for tag in tags:
-        assert image_tree(visible / tag) == clean_trees[tag], f"{tag} differs from a clean conversion"
+        assert same_image(image_tree(visible / tag), clean_trees[tag]), f"{tag} differs from a clean conversion"
 
 
 def assert_store_verified(state_dir: Path) -> None:
@@ -114,7 +130,7 @@ def assert_nothing_partial(visible: Path, clean_trees) -> None:
     """Every tag that is visible is a complete image; nothing is left half-built."""
     for tag in WATCHED:
         if os.path.lexists(visible / tag):
-            assert image_tree(visible / tag) == clean_trees[tag], f"{tag} is visible but incomplete"
+            assert same_image(image_tree(visible / tag), clean_trees[tag]), f"{tag} is visible but incomplete"
 
 
 def faults_hit(proxy: FaultProxy) -> bool:
@@ -381,7 +397,8 @@ CRASHES = [("local", "download"), ("local", "apply"), ("local", "set-tag"), ("lo
 @pytest.mark.parametrize("kind, moment", CRASHES)
 def test_kill_9_at_any_moment_then_rerun_converges(kind, moment, tmp_path, monkeypatch, fixture_registry,
                                                    clean_trees):
-    backend = Backend(kind, tmp_path, monkeypatch)
+    # A kill in the middle of `cvmfs_server publish` needs the double; every other moment is the real thing.
+    backend = Backend(kind, tmp_path, monkeypatch, double=moment == "publish")
     host = fixture_registry.host
     wl = backend.watchlist(host, image_entries(host))
     env = {**os.environ, "PYTHONPATH": str(ROOT_DIR), "CRASH_AT": "none" if moment == "publish" else moment}
@@ -402,10 +419,8 @@ def test_kill_9_at_any_moment_then_rerun_converges(kind, moment, tmp_path, monke
     if kind == "local":
         assert list((backend.visible / ".staging").iterdir()) == []
     else:
-        listing = subprocess.run(["cvmfs_server", "list"], capture_output=True, text=True, check=True).stdout
-        assert f"{REPO} (stratum0 / local)" in listing  # no transaction left open
         assert not (state_dir / "cvmfs-transaction.json").exists()
-        assert backend.violations() == []
+        backend.check()  # no transaction left open, nothing written outside one, `cvmfs_server check` clean
 
 
 # -- the service: retries with backoff, and a soak under random faults ----------

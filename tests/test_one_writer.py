@@ -21,7 +21,7 @@ from reconciler.publish import layout
 from reconciler.reconcile import Reconciler
 from reconciler.watchlist import load_watchlist
 from tests.registry_server import wait_until
-from tests.test_publishers import REPO, Backend, assert_matches_full_apply, img, run  # noqa: F401 (fixture)
+from tests.test_publishers import Backend, assert_matches_full_apply, img, run
 from tests.test_publishers import backend  # noqa: F401  (the fixture, both backends)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -111,7 +111,7 @@ def test_two_state_directories_cannot_publish_to_one_target(backend, fixture_reg
     finally:
         first.kill()
     assert second.returncode == 4
-    what = "the publish root" if backend.kind == "local" else f"the CernVM-FS repository {REPO}"
+    what = "the publish root" if backend.kind == "local" else f"the CernVM-FS repository {backend.repo}"
     assert f"another reconciler is using {what}" in second.stderr
     assert code == 0, err
     assert not (backend.tmp / "state-other.toml" / "state.db").exists()  # it stopped before touching anything
@@ -140,12 +140,12 @@ def test_an_image_without_its_completion_record_is_rebuilt(backend, fixture_regi
     digest = fixture_images["edges"].top.digest
     # What a crash (or an older version, or a race) can leave: the directory, half filled, no record.
     if backend.kind == "cvmfs":
-        subprocess.run(["cvmfs_server", "transaction", REPO], check=True, capture_output=True)
+        subprocess.run(["cvmfs_server", "transaction", backend.repo], check=True, capture_output=True)
     tree = backend.mount() if backend.kind == "cvmfs" else backend.visible
     os.unlink(tree / layout.completion_relpath(digest))
     os.unlink(tree / layout.image_relpath(digest) / "after-empty")
     if backend.kind == "cvmfs":
-        subprocess.run(["cvmfs_server", "publish", REPO], check=True, capture_output=True)
+        subprocess.run(["cvmfs_server", "publish", backend.repo], check=True, capture_output=True)
     report = run(wl)
     assert [o.status for o in report.outcomes] == ["published"]  # never "unchanged"
     assert_matches_full_apply(Path(os.path.realpath(backend.visible / "edges:latest")), fixture_images["edges"],
@@ -166,11 +166,11 @@ def test_an_image_of_0_1_keeps_serving_its_tag_until_its_rebuild_is_complete(bac
     assert not run(wl).failed
     digest = fixture_images["edges"].top.digest
     if backend.kind == "cvmfs":
-        subprocess.run(["cvmfs_server", "transaction", REPO], check=True, capture_output=True)
+        subprocess.run(["cvmfs_server", "transaction", backend.repo], check=True, capture_output=True)
     tree = backend.mount() if backend.kind == "cvmfs" else backend.visible
     os.unlink(tree / layout.completion_relpath(digest))  # as 0.1 left it
     if backend.kind == "cvmfs":
-        subprocess.run(["cvmfs_server", "publish", REPO], check=True, capture_output=True)
+        subprocess.run(["cvmfs_server", "publish", backend.repo], check=True, capture_output=True)
 
     def failing_apply(*a, **kw):
         raise LayerError("injected: the rebuild fails")
@@ -199,9 +199,9 @@ def _cvmfs(tmp_path, monkeypatch, fixture_registry):
     return backend, backend.watchlist(host, [img(host, "basic", '["v1"]', "app")])
 
 
-def _in_transaction() -> bool:
+def _in_transaction(backend) -> bool:
     listing = subprocess.run(["cvmfs_server", "list"], capture_output=True, text=True, check=True).stdout
-    return "in transaction" in listing
+    return any(line.split()[:1] == [backend.repo] and "in transaction" in line for line in listing.splitlines())
 
 
 def test_cvmfs_marker_of_a_live_process_is_respected_and_of_a_dead_one_recovered(tmp_path, monkeypatch,
@@ -211,7 +211,7 @@ def test_cvmfs_marker_of_a_live_process_is_respected_and_of_a_dead_one_recovered
     backend, wl = _cvmfs(tmp_path, monkeypatch, fixture_registry)
     marker = tmp_path / "state-watchlist.toml" / "cvmfs-transaction.json"
     marker.parent.mkdir()
-    subprocess.run(["cvmfs_server", "transaction", REPO], check=True, capture_output=True)
+    subprocess.run(["cvmfs_server", "transaction", backend.repo], check=True, capture_output=True)
     alive = subprocess.Popen(["sleep", "120"])  # stands for another reconciler at work
     try:
         marker.write_text(json.dumps({"pid": alive.pid, "start_time": process_start_time(alive.pid)}))
@@ -219,23 +219,25 @@ def test_cvmfs_marker_of_a_live_process_is_respected_and_of_a_dead_one_recovered
     finally:
         alive.kill()
         alive.wait()
-    assert _in_transaction() and "abort" not in [c[0] for c in backend.calls()]
+    assert _in_transaction(backend) and "abort" not in [c[0] for c in backend.calls()]
     finished = subprocess.Popen(["true"])
     finished.wait()
     marker.write_text(json.dumps({"pid": finished.pid, "start_time": 1}))  # a pid reused later has another start time
     Reconciler(load_watchlist(wl)).close()
-    assert backend.calls()[-1] == ["abort", "-f", REPO]
-    assert not _in_transaction() and not marker.exists()
+    assert backend.calls()[-1] == ["abort", "-f", backend.repo]
+    assert not _in_transaction(backend) and not marker.exists()
+    backend.check()
 
 
 def test_cvmfs_marker_is_written_only_once_the_transaction_is_open(tmp_path, monkeypatch, fixture_registry):
     backend, wl = _cvmfs(tmp_path, monkeypatch, fixture_registry)
-    subprocess.run(["cvmfs_server", "transaction", REPO], check=True, capture_output=True)  # someone else's
+    subprocess.run(["cvmfs_server", "transaction", backend.repo], check=True, capture_output=True)  # someone else's
     report = run(wl)
     assert report.failed
     assert not (tmp_path / "state-watchlist.toml" / "cvmfs-transaction.json").exists()
-    subprocess.run(["cvmfs_server", "abort", "-f", REPO], check=True, capture_output=True)
+    subprocess.run(["cvmfs_server", "abort", "-f", backend.repo], check=True, capture_output=True)
     assert not run(wl).failed  # and the foreign transaction, once gone, blocks nothing
+    backend.check()
 
 
 def test_cvmfs_a_failing_publish_always_ends_in_a_checked_abort(tmp_path, monkeypatch, fixture_registry):
@@ -254,8 +256,8 @@ def test_cvmfs_a_failing_publish_always_ends_in_a_checked_abort(tmp_path, monkey
     monkeypatch.setattr(CvmfsPublisher, "run", timing_out)
     report = run(wl)
     assert report.failed and "did not finish" in report.outcomes[0].reason
-    assert backend.calls()[-1] == ["abort", "-f", REPO]
-    assert not _in_transaction() and not marker.exists()
+    assert backend.calls()[-1] == ["abort", "-f", backend.repo]
+    assert not _in_transaction(backend) and not marker.exists()
 
     def abort_fails_too(self, *args, check=True):
         if args[0] in ("publish", "abort"):
@@ -267,10 +269,11 @@ def test_cvmfs_a_failing_publish_always_ends_in_a_checked_abort(tmp_path, monkey
     try:
         report = service.run_once()
         assert report.failed and "injected publish failure" in report.outcomes[0].reason
-        assert _in_transaction() and marker.exists(), "the marker stays while the transaction is open"
+        assert _in_transaction(backend) and marker.exists(), "the marker stays while the transaction is open"
         monkeypatch.setattr(CvmfsPublisher, "run", real_run)
         assert not service.run_once().failed  # the next cycle closes the stale transaction first, then publishes
     finally:
         service.close()
-    assert not _in_transaction() and not marker.exists()
+    assert not _in_transaction(backend) and not marker.exists()
     assert (backend.visible / "app:v1" / "etc" / "motd").exists()
+    backend.check()

@@ -47,6 +47,20 @@ def describe_tree(root: Path) -> Tuple[Dict[bytes, tuple], Set[FrozenSet[bytes]]
     return entries, {frozenset(group) for group in inodes.values() if len(group) > 1}
 
 
+def on_real_cvmfs(path: Path) -> bool:
+    """True for a path in a CernVM-FS repository: its union mount at /cvmfs, or
+    the published revision (`/var/spool/cvmfs/<repo>/rdonly`)."""
+    real = os.path.realpath(path)
+    return real.startswith("/cvmfs/") or (real.startswith("/var/spool/cvmfs/") and "/rdonly" in real)
+
+
+def as_cvmfs_publishes(entries: Dict[bytes, tuple]) -> Dict[bytes, tuple]:
+    """Entries as a CernVM-FS publish stores them: file mtimes in whole seconds
+    (hard links, which it breaks up, are not part of the entries)."""
+    return {path: e[:7] + ((e[7] // 10**9 * 10**9) if e[7] is not None else None,) + e[8:]
+            for path, e in entries.items()}
+
+
 def write_oci_layout(image: BuiltImage, directory: Path, tag: str = "latest") -> None:
     """An OCI image layout of a built (single-platform) fixture, for umoci."""
     (directory / "blobs" / "sha256").mkdir(parents=True)

@@ -81,30 +81,31 @@ class CvmfsTransaction(PublishTransaction):
     @contextlib.contextmanager
     def build_image(self, digest: str) -> Iterator[Path]:
         final = self.root / layout.image_relpath(digest)
-        unfinished: Optional[Path] = None
+        build = final
         if os.path.lexists(final) and final not in self._templated:
             # No completion record: never built on. It may still be what a tag serves
-            # (an image of 0.1), so it is set aside and put back if this build fails.
-            self.unmark_complete(digest)
-            unfinished = final.with_name(f".{final.name}.unfinished-{secrets.token_hex(4)}")
-            os.rename(final, unfinished)
-        final.mkdir(parents=True, exist_ok=True)
+            # (an image of 0.1), so the new tree is built beside it and replaces it only
+            # once complete. (A published directory cannot be renamed aside: the union
+            # mount answers EXDEV; one made in this transaction can be renamed.)
+            build = final.with_name(f".{final.name}.rebuild-{secrets.token_hex(4)}")
+        build.mkdir(parents=True, exist_ok=True)
+        in_place = False  # the complete new tree stands at `final`
         try:
-            yield final
+            yield build
             # A nested catalog per image keeps every catalog small.
-            mark_catalog(final)
+            mark_catalog(build)
+            if build != final:
+                remove_tree(final)
+                os.rename(build, final)
+            in_place = True
             self.mark_complete(digest)
             self.changed = True
         except BaseException:
-            remove_tree(final)
-            if unfinished is not None:
-                os.rename(unfinished, final)
-                unfinished = None
+            if not in_place:  # else a tree without its record: rebuilt next cycle, never half
+                remove_tree(build)
             raise
         finally:
             self._templated.pop(final, None)
-            if unfinished is not None:
-                remove_tree(unfinished)
 
     def commit(self) -> None:
         """Publish, or close the transaction when nothing changed. Any failure on
