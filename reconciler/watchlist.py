@@ -112,6 +112,8 @@ class RegistryConfig:
     password_env: Optional[str] = None
     mirror: Optional[str] = None
     max_concurrency: int = 4
+    # Token services this registry may name on a private address (host or host:port).
+    token_realms: Tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -169,7 +171,8 @@ _TOP_KEYS = ("publish", "state", "defaults", "registries", "service", "webhooks"
 _PUBLISH_KEYS = ("backend", "root", "repository", "lease_path", "bind_points", "gc_grace", "gc_max_per_cycle")
 _STATE_KEYS = ("dir", "blob_cache_max")
 _DEFAULTS_KEYS = ("interval", "platforms")
-_REGISTRY_KEYS = ("insecure", "username", "password_file", "password_env", "mirror", "max_concurrency")
+_REGISTRY_KEYS = ("insecure", "username", "password_file", "password_env", "mirror", "max_concurrency",
+                  "token_realms")
 _SERVICE_KEYS = ("listen",)
 _WEBHOOK_KEYS = ("token_env", "token_file")
 _IMAGE_KEYS = ("source", "tags", "tag_pattern", "semver", "newest", "dest", "platforms", "interval")
@@ -418,7 +421,11 @@ def _registry(reg: _Section, host: str, base: Path) -> RegistryConfig:
         password_env=reg.get("password_env", str),
         mirror=reg.get("mirror", str),
         max_concurrency=reg.get("max_concurrency", int, 4, "a whole number"),
+        token_realms=tuple(reg.strings("token_realms", [])),
     )
+    for realm in config.token_realms:
+        if not _REGISTRY_HOST.fullmatch(realm):
+            raise reg.error("token_realms", f'expected hosts such as "auth.internal" or "10.0.0.5:5001", got {realm!r}')
     if config.username and not (config.password_file or config.password_env):
         raise reg.error("username", "needs password_file or password_env beside it")
     if config.password_file and config.password_env:

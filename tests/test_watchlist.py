@@ -214,3 +214,15 @@ def test_parse_listen_refuses(text, message):
     from reconciler.watchlist import parse_listen
     with pytest.raises(ValueError, match=message):
         parse_listen(text)
+
+
+def test_token_realms_allow_private_token_services_per_registry(tmp_path):
+    path = tmp_path / "watchlist.toml"
+    path.write_text('[registries."reg.internal:5000"]\ntoken_realms = ["10.0.0.5:5001", "auth.internal"]\n'
+                    '[[image]]\nsource = "reg.internal:5000/team/app"\ntags = ["v1"]\n')
+    watchlist = load_watchlist(path)
+    assert watchlist.registry("reg.internal:5000").token_realms == ("10.0.0.5:5001", "auth.internal")
+    path.write_text('[registries."reg.internal:5000"]\ntoken_realms = ["https://10.0.0.5/auth"]\n'
+                    '[[image]]\nsource = "reg.internal:5000/team/app"\ntags = ["v1"]\n')
+    with pytest.raises(ConfigError, match=r'token_realms: expected hosts such as'):
+        load_watchlist(path)

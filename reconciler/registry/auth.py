@@ -5,6 +5,11 @@ The flow is the one of distribution's token spec: a request gets 401 with a
 token for the scopes we need (with Basic credentials, or an OAuth2 POST for
 identity tokens), cache it per (realm, service, scopes, credential) until it
 expires, and retry the request once with it.
+
+Credentials and tokens go only to the registry's own origin (the client
+checks that) and to the token realm that the registry's own challenge named.
+A learned challenge is only a guess for the next request: every 401 teaches
+it again (a realm can move; Harbor answers a rejected token with `Basic`).
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 
 from ..errors import AuthenticationError, RegistryError, TokenServiceUnavailableError
-from .challenge import Challenge, MalformedChallengeError, parse_www_authenticate
+from . import USER_AGENT
+from .challenge import Challenge, MalformedChallengeError, parse_challenges, pick_challenge
 from .credentials import Credentials
 
 log = logging.getLogger(__name__)
@@ -30,6 +36,15 @@ MIN_TOKEN_LIFETIME_S = 60.0
 CLIENT_ID = "reconciler"
 
 TokenKey = Tuple[str, str, Tuple[str, ...], str]
+
+
+class TokenServiceBusyError(TokenServiceUnavailableError):
+    """The token service answered 429 or 5xx; `retry_after` is its `Retry-After` header, if any."""
+
+    def __init__(self, message: str, status: int, retry_after: Optional[str]) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
 
 
 @dataclass
@@ -111,8 +126,12 @@ class Authenticator:
     """
 
     def __init__(self, registry: str, base_url: str, http: httpx.Client, credentials: Optional[Credentials],
-                 cache: TokenCache, clock: Callable[[], float] = time.time) -> None:
+                 cache: TokenCache, clock: Callable[[], float] = time.time,
+                 private_realms: Iterable[str] = ()) -> None:
         self.registry = registry
+        # host or host:port of token services on a private address that the
+        # operator allows (an on-premises auth service beside the registry).
+        self._private_realms = frozenset(h.lower() for h in private_realms)
         self._base_url = base_url.rstrip("/") + "/v2/"
         self._http = http
         self._credentials = credentials
@@ -132,6 +151,9 @@ class Authenticator:
             return f"user {self._credentials.username!r}"
         return "an identity token" if self._credentials else "anonymous access"
 
+    def _can_answer_basic(self) -> bool:
+        return self._credentials is not None and not self._credentials.identity_token
+
     def authorize(self, scopes: Iterable[str]) -> AuthState:
         """The Authorization header for a request needing `scopes`, if a challenge is known."""
         challenge = self._challenge
@@ -140,19 +162,25 @@ class Authenticator:
         return self._answer(challenge, tuple(sorted(set(scopes))), request_url=None)
 
     def handle_unauthorized(self, response: httpx.Response, scopes: Iterable[str], sent: AuthState) -> AuthState:
-        """Answer a 401: pick the challenge, drop a rejected token, return the new header."""
-        header = response.headers.get("www-authenticate")
-        if not header:
+        """Answer a 401 of the registry's own origin: pick the challenge (Bearer,
+        else Basic), drop a rejected token, return the header for the retry.
+
+        An empty AuthState means "retry without Authorization", so the registry
+        challenges us as a new client: Harbor answers any request carrying a
+        token it rejects with `Basic realm="harbor"`, and nvcr.io names, after
+        a token expired, a realm that refuses anonymous refreshes; a request
+        without a token gets the usual Bearer challenge back from both.
+        """
+        headers = response.headers.get_list("www-authenticate")
+        if not headers:
             raise AuthenticationError(
                 f"{self.registry} answered 401 without a WWW-Authenticate challenge for {response.request.url.path}"
             )
         try:
-            challenges = parse_www_authenticate(header)
+            challenges = parse_challenges(headers)
         except MalformedChallengeError as exc:
             raise AuthenticationError(f"{self.registry}: {exc}") from None
-        chosen = next((c for c in challenges if c.scheme == "bearer"), None) or next(
-            (c for c in challenges if c.scheme == "basic"), None
-        )
+        chosen = pick_challenge(challenges)
         if chosen is None:
             schemes = ", ".join(c.scheme for c in challenges)
             raise AuthenticationError(f"{self.registry} asks for unsupported authentication scheme(s): {schemes}")
@@ -162,23 +190,40 @@ class Authenticator:
         if sent.token_key is not None:
             # The registry rejected a token we held (expired, revoked, or too narrow).
             self._cache.invalidate(sent.token_key)
+            if chosen.scheme == "basic" and not self._can_answer_basic():
+                return self._start_over()
         elif sent.header is not None and chosen.scheme == "basic":
             raise AuthenticationError(
                 f"{self.registry} rejected the credentials of user {self._credentials.username!r}"
                 if self._credentials else f"{self.registry} requires credentials"
             )
+        try:
+            answer = self._answer(chosen, tuple(sorted(wanted)), request_url=str(response.request.url))
+        except AuthenticationError:
+            if sent.token_key is None:
+                raise
+            log.info("%s: the challenge after a rejected token cannot be answered; asking again without one",
+                     self.registry)
+            return self._start_over()
+        # Learned only once answered: a challenge we cannot meet must not block later requests.
         with self._lock:
             self._challenge = chosen
-        return self._answer(chosen, tuple(sorted(wanted)), request_url=str(response.request.url))
+        return answer
+
+    def _start_over(self) -> AuthState:
+        """Forget the learned challenge: the retry goes without Authorization."""
+        with self._lock:
+            self._challenge = None
+        return AuthState()
 
     def _answer(self, challenge: Challenge, scopes: Tuple[str, ...], request_url: Optional[str]) -> AuthState:
         if challenge.scheme == "basic":
-            if self._credentials is None or self._credentials.identity_token:
+            if not self._can_answer_basic():
                 raise AuthenticationError(
                     f"{self.registry} requires a username and password; configure them for this registry "
                     "in the watchlist or in Docker's config.json"
                 )
-            return AuthState(header=self._credentials.basic_header())
+            return AuthState(header=self._credentials.basic_header())  # type: ignore[union-attr]
         realm = challenge.get("realm")
         if not realm:
             raise AuthenticationError(f"{self.registry}: Bearer challenge without a realm")
@@ -199,9 +244,11 @@ class Authenticator:
         if base_parts.scheme == "https" and parts.scheme == "http":
             raise AuthenticationError(f"{self.registry}: refusing plain-http token realm {resolved!r} for an https registry")
         registry_host = urlsplit(f"//{self.registry}").hostname
-        if parts.hostname != registry_host and _is_private_host(parts.hostname or ""):
+        allowed = parts.netloc.lower() in self._private_realms or (parts.hostname or "") in self._private_realms
+        if parts.hostname != registry_host and _is_private_host(parts.hostname or "") and not allowed:
             raise AuthenticationError(
-                f"{self.registry}: token realm {resolved!r} points at a private address other than the registry"
+                f"{self.registry}: token realm {resolved!r} points at a private address other than the registry; "
+                "if that token service is yours, allow it for this registry in the watchlist"
             )
         return resolved
 
@@ -209,22 +256,24 @@ class Authenticator:
         realm, service, scopes, _ = key
         creds = self._credentials
         params = [("client_id", CLIENT_ID)]
+        headers = {"User-Agent": USER_AGENT}
         if service:
             params.append(("service", service))
         params.extend(("scope", s) for s in scopes)
         try:
             if creds is not None and creds.identity_token:
-                response = self._http.post(realm, data={
+                response = self._http.post(realm, headers=headers, data={
                     "grant_type": "refresh_token", "refresh_token": creds.identity_token,
                     "service": service, "scope": " ".join(scopes), "client_id": CLIENT_ID,
                 })
                 if response.status_code in (404, 405):
-                    response = self._http.get(realm, params=params, auth=(creds.username or "<token>", creds.identity_token))
+                    response = self._http.get(realm, params=params, headers=headers,
+                                              auth=(creds.username or "<token>", creds.identity_token))
             elif creds is not None:
                 params.append(("account", creds.username))
-                response = self._http.get(realm, params=params, auth=(creds.username, creds.password))
+                response = self._http.get(realm, params=params, headers=headers, auth=(creds.username, creds.password))
             else:
-                response = self._http.get(realm, params=params)
+                response = self._http.get(realm, params=params, headers=headers)
         except httpx.HTTPError as exc:
             raise TokenServiceUnavailableError(
                 f"{self.registry}: token service {realm} unreachable: {type(exc).__name__}") from None
@@ -236,8 +285,9 @@ class Authenticator:
                 f"(HTTP {response.status_code}); check the credentials and that the repository exists"
             )
         if response.status_code == 429 or response.status_code >= 500:
-            raise TokenServiceUnavailableError(
-                f"{self.registry}: token service {realm} answered HTTP {response.status_code}")
+            raise TokenServiceBusyError(
+                f"{self.registry}: token service {realm} answered HTTP {response.status_code}",
+                response.status_code, response.headers.get("retry-after"))
         if response.status_code != 200:
             raise RegistryError(f"{self.registry}: token service {realm} answered HTTP {response.status_code}")
         try:

@@ -4,19 +4,29 @@ A header may carry several challenges (`Basic realm="x", Bearer realm="y"`),
 and a quoted parameter value may itself contain commas
 (`scope="repository:a:pull,push"`): splitting on commas is wrong, so this is a
 small tokenizer. Parameter names are case-insensitive; values are kept exactly.
+
+It is lenient where registries are known to stray from the grammar: an
+unquoted value may hold `/` or `:` (`Basic realm=/`,
+`scope=repository:a/b:pull`), and `parse_challenges` reads several
+`WWW-Authenticate` headers, skipping one it cannot parse when another one
+offers a usable challenge.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, Iterable, List, Optional
 
 from ..errors import RegistryError
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _TOKEN68 = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 _SPACES = re.compile(r"[ \t]*")
+# RFC 7235 wants a token here; servers send URLs and scopes unquoted, so take
+# anything up to the next separator.
+_UNQUOTED = re.compile(r'[^\s,"]+')
+SUPPORTED_SCHEMES = ("bearer", "basic")  # in order of preference
 
 
 class MalformedChallengeError(RegistryError):
@@ -48,6 +58,13 @@ class _Scanner:
 
     def peek(self) -> str:
         return self.text[self.pos] if self.pos < len(self.text) else ""
+
+    def unquoted(self) -> str:
+        m = _UNQUOTED.match(self.text, self.pos)
+        if not m:
+            return ""
+        self.pos = m.end()
+        return m.group(0)
 
     def token(self) -> Optional[str]:
         m = _TOKEN.match(self.text, self.pos)
@@ -113,7 +130,7 @@ def parse_www_authenticate(header: str) -> List[Challenge]:
             if s.peek() == '"':
                 value = s.quoted()
             else:
-                value = s.token() or ""
+                value = s.unquoted()
                 if not value:
                     raise MalformedChallengeError(
                         f"parameter {name!r} has no value in WWW-Authenticate"
@@ -136,3 +153,34 @@ def parse_www_authenticate(header: str) -> List[Challenge]:
     if not challenges:
         raise MalformedChallengeError("empty WWW-Authenticate header")
     return challenges
+
+
+def parse_challenges(headers: Iterable[str]) -> List[Challenge]:
+    """The challenges of every `WWW-Authenticate` header of a response, in order.
+
+    A header that cannot be parsed is skipped when another header yields a
+    Bearer or Basic challenge (a `Negotiate` header beside a `Basic` one must
+    not hide the latter); otherwise its MalformedChallengeError is raised.
+    """
+    challenges: List[Challenge] = []
+    error: Optional[MalformedChallengeError] = None
+    for header in headers:
+        try:
+            challenges.extend(parse_www_authenticate(header))
+        except MalformedChallengeError as exc:
+            error = error or exc
+    if error is not None and pick_challenge(challenges) is None:
+        raise error
+    if not challenges:
+        raise MalformedChallengeError("empty WWW-Authenticate header")
+    return challenges
+
+
+def pick_challenge(challenges: Iterable[Challenge]) -> Optional[Challenge]:
+    """The challenge to answer: the first Bearer, else the first Basic, else None."""
+    challenges = list(challenges)
+    for scheme in SUPPORTED_SCHEMES:
+        for challenge in challenges:
+            if challenge.scheme == scheme:
+                return challenge
+    return None

@@ -1,10 +1,15 @@
 """An OCI distribution API client over httpx.
 
-One `RegistryClient` per registry host. It answers auth challenges, retries
-transient failures with jittered exponential backoff (honouring
-`Retry-After`), follows redirects without leaking `Authorization` to other
-hosts, verifies every manifest and blob against its digest, and resumes
-broken blob transfers with `Range`.
+One `RegistryClient` per registry host, shared by every thread that talks to
+it. It answers auth challenges, retries transient failures with jittered
+exponential backoff (honouring `Retry-After`, and making every request to
+the host wait when one is asked to), follows redirects without leaking
+`Authorization` to other hosts, verifies every manifest and blob against its
+digest, and resumes broken blob transfers with `Range`.
+
+Credentials go only to the registry's own origin: a 401 from anywhere else
+(a storage host a blob was redirected to) is a failed download, never a
+challenge to answer.
 """
 
 from __future__ import annotations
@@ -33,10 +38,13 @@ from ..errors import (
     TokenServiceUnavailableError,
     TransferError,
 )
-from .auth import Authenticator, AuthState, TokenCache
+from . import USER_AGENT
+from .auth import Authenticator, AuthState, TokenCache, TokenServiceBusyError
 from .credentials import Credentials
+from .links import next_link
 from .manifest import MANIFEST_ACCEPT, MAX_MANIFEST_BYTES, Descriptor, Manifest, parse_manifest
 from .reference import DOCKER_HUB, DOCKER_HUB_API_HOST, is_valid_digest
+from .throttle import HostThrottle
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +52,12 @@ _RETRY_STATUSES = {408, 429, 500, 502, 503, 504}
 _REDIRECT_STATUSES = {301, 302, 303, 307, 308}
 _MAX_REDIRECTS = 10
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
-_LINK_NEXT = re.compile(r"<?([^>;]+)>?\s*;[^,]*\brel=\"?next\"?", re.IGNORECASE)
+# A HEAD failing with these means what a GET would say; any other failure
+# (403 from mirrors and CDNs, 405, 400) is asked again with GET, as docker does.
+_HEAD_FINAL_STATUSES = {401, 404}
+# At most this many 401s answered within one request (Harbor: a rejected
+# token, then a bare retry, then a fresh token).
+_MAX_AUTH_ROUNDS = 2
 
 
 @dataclass(frozen=True)
@@ -147,17 +160,23 @@ class RegistryClient:
         token_cache: Optional[TokenCache] = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.time,
+        private_realms: Iterable[str] = (),
     ) -> None:
+        """`private_realms`: host or host:port of token services on a private
+        address (other than the registry's) that may be asked for tokens."""
         self.registry = registry
         host = DOCKER_HUB_API_HOST if registry == DOCKER_HUB else registry
         self.base_url = f"{'http' if insecure else 'https'}://{host}"
         self.retry = retry
         self._owns_http = http is None
         self._http = http or httpx.Client(timeout=httpx.Timeout(retry.timeout, connect=15.0), follow_redirects=False)
-        self._auth = Authenticator(registry, self.base_url, self._http, credentials, token_cache or TokenCache(clock), clock)
+        self._origin = urlsplit(self.base_url)[:2]
+        self._auth = Authenticator(registry, self.base_url, self._http, credentials, token_cache or TokenCache(clock), clock,
+                                   private_realms)
         self._slots = threading.BoundedSemaphore(max(1, max_concurrency))
         self._sleep = sleep
         self._clock = clock
+        self._throttle = HostThrottle(clock, sleep)
         self.stats = TransferStats()
         self.rate_limit_remaining: Optional[int] = None
         self.rate_limit_limit: Optional[int] = None
@@ -175,26 +194,34 @@ class RegistryClient:
 
     # -- transport ---------------------------------------------------------
 
-    def _backoff(self, attempt: int, response: Optional[httpx.Response], what: str) -> None:
+    def _backoff(self, attempt: int, what: str, status: Optional[int] = None, retry_after: Optional[str] = None) -> bool:
+        """Sleep before retry `attempt + 1`. Returns True when the wait was the
+        registry's `Retry-After`, which then holds every request to this host."""
         delay = min(self.retry.max_delay, self.retry.base_delay * (2 ** (attempt - 1)))
         delay *= random.uniform(0.75, 1.25)
-        if response is not None:
-            asked = parse_retry_after(response.headers.get("retry-after"), self._clock())
-            if asked is not None:
-                if asked > self.retry.max_retry_after:
-                    raise RateLimitedError(
-                        f"{self.registry} asks to wait {asked:.0f}s before {what} (HTTP {response.status_code}); "
-                        "left for the next cycle"
-                    )
-                delay = max(asked, 0.0)
+        asked = parse_retry_after(retry_after, self._clock())
+        if asked is not None:
+            if asked > self.retry.max_retry_after:
+                raise RateLimitedError(
+                    f"{self.registry} asks to wait {asked:.0f}s before {what} (HTTP {status}); "
+                    "left for the next cycle"
+                )
+            delay = max(asked, 0.0)
+            self._throttle.hold(delay)
         self.stats.add(retries=1)
         log.info("retrying %s on %s in %.1fs (attempt %d of %d)", what, self.registry, delay, attempt + 1, self.retry.attempts)
         self._sleep(delay)
+        return asked is not None
+
+    def _on_registry(self, url: str) -> bool:
+        """Whether `url` is on the registry's own origin (the only one that gets credentials)."""
+        return urlsplit(url)[:2] == self._origin
 
     def _send_once(self, method: str, url: str, headers: Dict[str, str], stream: bool) -> httpx.Response:
         """One request, following redirects: never to http from https, and
-        never carrying Authorization to another origin."""
-        origin = urlsplit(url)[:2]
+        never carrying Authorization off the registry's origin (S3, GCS and
+        Azure SAS URLs reject it, and it is not theirs to see). The response's
+        `url` is the one that answered."""
         for _ in range(_MAX_REDIRECTS + 1):
             request = self._http.build_request(method, url, headers=headers)
             response = self._http.send(request, stream=stream, follow_redirects=False)
@@ -205,7 +232,7 @@ class RegistryClient:
             target = urljoin(url, location)
             if urlsplit(url).scheme == "https" and urlsplit(target).scheme != "https":
                 raise RegistryError(f"{self.registry}: refusing redirect from https to {urlsplit(target).scheme} ({urlsplit(target).netloc})")
-            if urlsplit(target)[:2] != origin:
+            if not self._on_registry(target):
                 headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
             url = target
         raise RegistryError(f"{self.registry}: more than {_MAX_REDIRECTS} redirects for {urlsplit(url).path}")
@@ -215,11 +242,18 @@ class RegistryClient:
         """Send with auth and retries. Returns any final response that is not
         401, 429 or 5xx; the caller interprets (and, if streaming, closes) it."""
         scopes = tuple(scopes)
-        auth: AuthState = self._authorized(lambda: self._auth.authorize(scopes), what)
-        reauthenticated = False
+        self._throttle.wait()
+        on_registry = self._on_registry(url)
+        auth = self._authorized(lambda: self._auth.authorize(scopes), what) if on_registry else AuthState()
+        fresh = False  # `auth` was obtained in answer to a 401 of this very request
+        rounds = 0
         attempt = 0
+        waited = True
         while True:
-            sent = dict(headers or {})
+            if not waited:
+                self._throttle.wait()  # another request may have been asked to hold off
+            waited = False
+            sent = {"User-Agent": USER_AGENT, **(headers or {})}
             if auth.header:
                 sent["Authorization"] = auth.header
             try:
@@ -228,41 +262,60 @@ class RegistryClient:
                 attempt += 1
                 if attempt >= self.retry.attempts:
                     raise TransferError(f"{self.registry}: {what} failed after {attempt} attempts: {type(exc).__name__}: {exc}") from None
-                self._backoff(attempt, None, what)
+                waited = self._backoff(attempt, what)
                 continue
             self._record_rate_limit(response)
             if response.status_code == 401:
                 response.close()
-                if reauthenticated:
+                if not self._on_registry(str(response.url)):
+                    # A storage host (a signed URL that expired or was refused): its
+                    # challenge is not the registry's to answer.
+                    raise TransferError(
+                        f"{self.registry}: {what}: {response.url.host}, where the registry redirected us, answered "
+                        "HTTP 401 (an expired or refused signed URL?); registry credentials are never sent there, "
+                        "so the download failed"
+                    )
+                if fresh or rounds >= _MAX_AUTH_ROUNDS:
                     raise AuthenticationError(
                         f"{self.registry} refused {self._auth.who} for {what} (HTTP 401 after a fresh login); "
                         "check the credentials and the repository name"
                     )
                 rejected = auth
                 auth = self._authorized(lambda: self._auth.handle_unauthorized(response, scopes, rejected), what)
-                reauthenticated = True
+                rounds += 1
+                fresh = auth.header is not None
                 continue
             if response.status_code in _RETRY_STATUSES:
                 response.close()
+                if response.status_code == 429 and not response.headers.get("retry-after") and \
+                        _parse_rate_limit(response.headers.get("ratelimit-remaining")) == 0:
+                    # A spent quota (Docker Hub's pull limit) does not come back within a cycle.
+                    raise RateLimitedError(
+                        f"{self.registry}: {what}: rate limit reached (HTTP 429, RateLimit-Remaining 0 of "
+                        f"{_parse_rate_limit(response.headers.get('ratelimit-limit')) or '?'}); left for the next cycle"
+                    )
                 attempt += 1
                 if attempt >= self.retry.attempts:
                     error = RateLimitedError if response.status_code == 429 else TransferError
                     raise error(f"{self.registry}: {what} still failing with HTTP {response.status_code} after {attempt} attempts")
-                self._backoff(attempt, response, what)
+                waited = self._backoff(attempt, what, response.status_code, response.headers.get("retry-after"))
                 continue
             return response
 
     def _authorized(self, get: Callable[[], AuthState], what: str) -> AuthState:
-        """An Authorization header, retrying a token service that is down or overloaded."""
+        """An Authorization header, retrying a token service that is down or
+        overloaded (honouring its `Retry-After`)."""
         attempt = 0
         while True:
             try:
                 return get()
-            except TokenServiceUnavailableError:
+            except TokenServiceUnavailableError as exc:
                 attempt += 1
                 if attempt >= self.retry.attempts:
                     raise
-                self._backoff(attempt, None, f"the token for {what}")
+                busy = exc if isinstance(exc, TokenServiceBusyError) else None
+                self._backoff(attempt, f"the token for {what}", busy.status if busy else None,
+                              busy.retry_after if busy else None)
 
     def _record_rate_limit(self, response: httpx.Response) -> None:
         remaining = _parse_rate_limit(response.headers.get("ratelimit-remaining"))
@@ -281,7 +334,8 @@ class RegistryClient:
             detail = "; ".join(f"{e.get('code')}: {e.get('message')}" for e in errors if isinstance(e, dict))[:300]
         except (ValueError, AttributeError, httpx.ResponseNotRead):
             pass
-        text = f"{self.registry}: {what}: HTTP {response.status_code}" + (f" ({detail})" if detail else "")
+        source = "" if self._on_registry(str(response.url)) else f" from {response.url.host}"
+        text = f"{self.registry}: {what}: HTTP {response.status_code}{source}" + (f" ({detail})" if detail else "")
         if response.status_code == 404:
             return NotFoundError(text + " (not found: check the repository name and tag, and that the "
                                         "credentials may see it)")
@@ -294,19 +348,20 @@ class RegistryClient:
     def head_manifest(self, repository: str, reference: str) -> Optional[ManifestHead]:
         """HEAD a manifest: the digest the tag points at now.
 
-        Returns None when the registry does not answer HEAD (405), so the
-        caller falls back to GET. A HEAD does not count against Docker Hub's
-        pull limit.
+        Returns None when the HEAD fails other than with 404 (405, or 403
+        from some mirrors and CDNs), so the caller falls back to GET. A HEAD
+        does not count against Docker Hub's pull limit.
         """
         url = f"{self.base_url}/v2/{repository}/manifests/{reference}"
         what = f"HEAD {repository}:{reference}"
         with self._slots:
             response = self._request("HEAD", url, self._scopes(repository), headers={"Accept": MANIFEST_ACCEPT}, what=what)
         self.stats.add(manifest_heads=1)
-        if response.status_code == 405:
-            return None
         if response.status_code != 200:
-            raise self._fail(response, what)
+            if response.status_code in _HEAD_FINAL_STATUSES:
+                raise self._fail(response, what)
+            log.info("%s: %s answered HTTP %d; asking with GET instead", self.registry, what, response.status_code)
+            return None
         digest = response.headers.get("docker-content-digest")
         if digest is not None and not is_valid_digest(digest):
             digest = None
@@ -316,9 +371,36 @@ class RegistryClient:
 
     def get_manifest(self, repository: str, reference: str, expected_digest: Optional[str] = None) -> FetchedManifest:
         """GET a manifest and verify its body: against the digest asked for, and
-        against `Docker-Content-Digest` when the registry sends it."""
-        url = f"{self.base_url}/v2/{repository}/manifests/{reference}"
+        against `Docker-Content-Digest` when the registry sends it.
+
+        With `expected_digest` (what a HEAD said the tag points at) the
+        manifest is fetched by that digest, so a tag moving in between is not
+        an integrity error: the next cycle sees the move. A registry that
+        answers 404 by digest (pull-through caches that know only the tag) is
+        asked by tag, the body still checked against `expected_digest`."""
         what = f"manifest {repository}@{reference}" if reference.startswith("sha256:") else f"manifest {repository}:{reference}"
+        by_digest = bool(expected_digest and is_valid_digest(expected_digest) and not reference.startswith("sha256:"))
+        try:
+            response, raw = self._get_manifest_body(repository, expected_digest if by_digest else reference, what)
+        except NotFoundError:
+            if not by_digest:
+                raise
+            log.info("%s: %s not found by digest %s; asking by tag", self.registry, what, expected_digest)
+            response, raw = self._get_manifest_body(repository, reference, what)
+        digest = "sha256:" + hashlib.sha256(raw).hexdigest()
+        for claimed, source in (
+            (reference if reference.startswith("sha256:") else None, "the requested digest"),
+            (expected_digest, "the digest the tag pointed at"),
+            (response.headers.get("docker-content-digest"), "Docker-Content-Digest"),
+        ):
+            if claimed and claimed.startswith("sha256:") and claimed != digest:
+                raise IntegrityError(f"{self.registry}: {what}: body hashes to {digest}, not {claimed} ({source})")
+        media_type = (response.headers.get("content-type") or "").split(";", 1)[0].strip()
+        return FetchedManifest(digest, media_type, raw)
+
+    def _get_manifest_body(self, repository: str, reference: str, what: str) -> Tuple[httpx.Response, bytes]:
+        """One manifest GET: the (closed) response and its body, at most MAX_MANIFEST_BYTES."""
+        url = f"{self.base_url}/v2/{repository}/manifests/{reference}"
         with self._slots:
             response = self._request("GET", url, self._scopes(repository), headers={"Accept": MANIFEST_ACCEPT},
                                      stream=True, what=what)
@@ -337,17 +419,7 @@ class RegistryClient:
             finally:
                 response.close()
         self.stats.add(manifest_gets=1)
-        raw = bytes(body)
-        digest = "sha256:" + hashlib.sha256(raw).hexdigest()
-        for claimed, source in (
-            (reference if reference.startswith("sha256:") else None, "the requested digest"),
-            (expected_digest, "the digest the tag pointed at"),
-            (response.headers.get("docker-content-digest"), "Docker-Content-Digest"),
-        ):
-            if claimed and claimed.startswith("sha256:") and claimed != digest:
-                raise IntegrityError(f"{self.registry}: {what}: body hashes to {digest}, not {claimed} ({source})")
-        media_type = (response.headers.get("content-type") or "").split(";", 1)[0].strip()
-        return FetchedManifest(digest, media_type, raw)
+        return response, bytes(body)
 
     # -- tags --------------------------------------------------------------
 
@@ -396,10 +468,13 @@ class RegistryClient:
             new_tags = [t for t in page if t not in known]
             known.update(new_tags)
             tags.extend(new_tags)
-            link = _LINK_NEXT.search(response.headers.get("link", ""))
-            if link:
-                url = urljoin(url, link.group(1).strip())
-                if urlsplit(url)[:2] != origin:
+            target = next_link(response.headers.get_list("link"))
+            if target:
+                # Relative to the URL that answered, which a redirect (registry.k8s.io)
+                # may have moved to another host; the link may stay there or come back.
+                answered = str(response.url)
+                url = urljoin(answered, target)
+                if urlsplit(url)[:2] not in (urlsplit(answered)[:2], origin):
                     raise IncompleteListingError(
                         f"{self.registry}: tag listing of {repository} links to another host ({urlsplit(url).netloc}); refused"
                     )
@@ -427,7 +502,11 @@ class RegistryClient:
         breaks = 0
         with self._slots:
             while True:
-                headers = {"Range": f"bytes={written}-"} if written else {}
+                # identity: a CDN compressing on the fly would change the byte
+                # counts that Range resume relies on.
+                headers = {"Accept-Encoding": "identity"}
+                if written:
+                    headers["Range"] = f"bytes={written}-"
                 response = self._request("GET", url, self._scopes(repository), headers=headers, stream=True, what=what)
                 try:
                     if response.status_code == 206 and written:
@@ -466,7 +545,7 @@ class RegistryClient:
                             ) from None
                         log.info("%s: %s broke off at %d of %d bytes (%s); resuming", self.registry, what, written,
                                  descriptor.size, type(exc).__name__)
-                        self._backoff(breaks, None, what)
+                        self._backoff(breaks, what)
                         continue
                 finally:
                     response.close()
