@@ -24,9 +24,12 @@ import json
 import logging
 import re
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .confined import ConfinedTree
+
+if TYPE_CHECKING:
+    from .applier.apply import ChangeObserver
 
 log = logging.getLogger(__name__)
 
@@ -177,16 +180,18 @@ def labels_json(labels: Mapping[str, str]) -> str:
 
 def make_apptainer_ready(root: Path, *, env: Sequence[str] = (), entrypoint: Optional[Sequence[str]] = None,
                          cmd: Optional[Sequence[str]] = None, labels: Optional[Mapping[str, str]] = None,
-                         bind_points: Sequence[str] = DEFAULT_BIND_POINTS) -> List[str]:
+                         bind_points: Sequence[str] = DEFAULT_BIND_POINTS,
+                         observer: Optional["ChangeObserver"] = None) -> List[str]:
     """Add `.singularity.d` and bind points to the image tree at `root`.
-    Returns the paths left alone because the image already has them."""
+    Returns the paths left alone because the image already has them.
+    `observer` is told of every change (an undo log), as the applier tells it."""
     skipped: List[str] = []
 
     def done(ok: bool, path: str) -> None:
         if not ok:
             skipped.append(path)
 
-    with ConfinedTree(root) as tree:
+    with ConfinedTree(root, observer) as tree:
         for directory in (".singularity.d/libs", ".singularity.d/actions", ".singularity.d/env",
                           *APPTAINER_DIRS, *(p.strip("/") for p in bind_points)):
             done(tree.mkdirs(directory), directory)

@@ -19,7 +19,10 @@ import os
 import secrets
 import stat
 from pathlib import Path
-from typing import List, Optional, Sequence, Union
+from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple, Union
+
+if TYPE_CHECKING:
+    from .applier.apply import ChangeObserver
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -44,16 +47,24 @@ def _open_subdir(dir_fd: int, name: str) -> Union[int, str, None]:
         raise
 
 
-def _existing_entry(dir_fd: int, name: str, replace: bool) -> Optional[bool]:
-    """Whether something stands at `name` (False: free to create), or None when
+_REFUSED = "refused"
+
+
+def _existing_entry(dir_fd: int, name: str, replace: bool) -> Union[os.stat_result, str, None]:
+    """The lstat of what stands at `name` (None: free to create), or _REFUSED when
     it must be left alone: it exists and `replace` is off, or it is a directory."""
     try:
         existing = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
     except FileNotFoundError:
-        return False
-    if not replace or stat.S_ISDIR(existing.st_mode):
         return None
-    return True
+    if not replace or stat.S_ISDIR(existing.st_mode):
+        return _REFUSED
+    return existing
+
+
+def _key(parts: Sequence[str]) -> Tuple[bytes, ...]:
+    """Path components as the applier's observers take them."""
+    return tuple(os.fsencode(p) for p in parts)
 
 
 def _parts(relpath: Union[str, Sequence[str]]) -> List[str]:
@@ -72,9 +83,11 @@ class ConfinedTree:
     is not to be replaced; the caller decides whether that is an error.
     """
 
-    def __init__(self, root: Union[str, Path]) -> None:
+    def __init__(self, root: Union[str, Path], observer: Optional["ChangeObserver"] = None) -> None:
         self.root = Path(root)
         self._root_fd = os.open(self.root, _DIR_FLAGS)
+        # Told of every change to what was there (an undo log), as the applier tells it.
+        self.observer = observer
 
     def close(self) -> None:
         """Release the fd on the root."""
@@ -94,10 +107,12 @@ class ConfinedTree:
         """An fd on the directory `relpath` (the caller closes it), or None when
         a component is missing (and not `create`), a symlink or not a directory."""
         fd: Optional[int] = os.dup(self._root_fd)
+        walked: List[str] = []
         try:
             for name in _parts(relpath):
                 new = _open_subdir(fd, name)
                 if new is _MISSING and create:
+                    self._creating(fd, walked, name)
                     try:
                         os.mkdir(name, mode, dir_fd=fd)
                     except FileExistsError:
@@ -108,25 +123,40 @@ class ConfinedTree:
                 if not isinstance(new, int):
                     return None
                 fd = new
+                walked.append(name)
         except BaseException:
             if fd is not None:
                 os.close(fd)
             raise
         return fd
 
-    def _parent(self, relpath: str, create: bool) -> Optional[tuple]:
+    def _creating(self, dir_fd: int, parent: Sequence[str], name: str) -> None:
+        if self.observer is not None:
+            self.observer.changing_entries(dir_fd, _key(parent))
+            self.observer.creating(dir_fd, _key([*parent, name]))
+
+    def _replacing(self, dir_fd: int, parent: Sequence[str], name: str, existing: os.stat_result) -> bool:
+        """Tell the observer an entry is about to be replaced; True when it took it away."""
+        if self.observer is None:
+            return False
+        self.observer.changing_entries(dir_fd, _key(parent))
+        taken = self.observer.removing(dir_fd, _key([*parent, name]), existing)
+        self.observer.creating(dir_fd, _key([*parent, name]))
+        return taken
+
+    def _parent(self, relpath: str, create: bool) -> Optional[Tuple[int, str, List[str]]]:
         parts = _parts(relpath)
         if not parts:
             raise ValueError("the tree's root itself cannot be written this way")
         fd = self.open_dir(parts[:-1], create=create)
-        return None if fd is None else (fd, parts[-1])
+        return None if fd is None else (fd, parts[-1], parts[:-1])
 
     def lstat(self, relpath: str) -> Optional[os.stat_result]:
         """lstat of an entry, or None when it (or a real-directory path to it) is missing."""
         found = self._parent(relpath, create=False)
         if found is None:
             return None
-        fd, name = found
+        fd, name, parent = found
         try:
             return os.stat(name, dir_fd=fd, follow_symlinks=False)
         except FileNotFoundError:
@@ -154,11 +184,15 @@ class ConfinedTree:
         found = self._parent(relpath, create=True)
         if found is None:
             return False
-        fd, name = found
+        fd, name, parent = found
         try:
             existing = _existing_entry(fd, name, replace)
-            if existing is None:
+            if existing is _REFUSED:
                 return False
+            if existing is None:
+                self._creating(fd, parent, name)
+            elif self._replacing(fd, parent, name, existing):
+                existing = None  # the observer took it away
             target = f".{name}.tmp-{secrets.token_hex(4)}" if existing else name
             out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=fd)
             try:
@@ -186,11 +220,15 @@ class ConfinedTree:
         found = self._parent(relpath, create=True)
         if found is None:
             return False
-        fd, name = found
+        fd, name, parent = found
         try:
             existing = _existing_entry(fd, name, replace)
-            if existing is None:
+            if existing is _REFUSED:
                 return False
+            if existing is None:
+                self._creating(fd, parent, name)
+            elif self._replacing(fd, parent, name, existing):
+                existing = None  # the observer took it away
             if not existing:
                 os.symlink(target, name, dir_fd=fd)
                 return True
@@ -210,7 +248,7 @@ class ConfinedTree:
         found = self._parent(relpath, create=False)
         if found is None:
             return False
-        fd, name = found
+        fd, name, parent = found
         try:
             os.unlink(name, dir_fd=fd)
             return True

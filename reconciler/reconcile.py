@@ -10,6 +10,7 @@ reported and retried next cycle.
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
 import os
 import re
@@ -32,7 +33,9 @@ from .errors import ConfigError, IntegrityError, LayerError, PublishError, Recon
 from .fetch import ResolvedImage, fetch_layers, resolve_image
 from .locking import ProcessLock
 from .publish import Publisher, PublishTransaction, make_publisher
-from .publish.chains import ChainCache, chain_ids
+from .applier.undo import UndoError, undo_changes
+from .publish.base import Build
+from .treecopy import clear_directory
 from .publish.layout import tag_relpath
 from .registry.client import RegistryClient, RetryPolicy
 from .registry.credentials import CredentialStore, Credentials, DockerConfig, read_secret
@@ -468,8 +471,8 @@ class Reconciler:
                 built[digest] = None
                 if not txn.has_image(digest):
                     try:
-                        with txn.build_image(digest) as target:
-                            self._apply_layers(image, target, txn.chains)
+                        with txn.build_image(digest, chain_ids(image.config.diff_ids)) as build:
+                            self._apply_layers(image, build)
                     except Exception as exc:  # one image's failure is never the cycle's
                         log.debug("%s: build failed", outcome.name, exc_info=True)
                         built[digest] = describe_failure(exc, self.publisher.root)
@@ -484,36 +487,55 @@ class Reconciler:
             outcome.status = "published"
             log.info("%s: published as %s (%s)", outcome.name, outcome.tag_path, digest[:19])
 
-    def _apply_layers(self, image: ResolvedImage, target: Path, chains: Optional[ChainCache] = None) -> None:
-        """Apply the image's layers into `target`: those of a cached chain by cloning
-        its snapshot, the rest one by one (snapshotting all but the top layer)."""
+    def _apply_layers(self, image: ResolvedImage, build: Build) -> None:
+        """Build the image in `build.path`: from the published image it was cloned
+        from (its top layer undone), or from nothing; then the remaining layers
+        and the Apptainer files. Everything after the layers below the top one
+        goes into the image's own undo log, for the next update."""
         on_entries = None
         if self.progress is not None:
             progress, name = self.progress, str(image.reference)
             on_entries = lambda files, nbytes: progress.applied(name, files, nbytes)  # noqa: E731
-        ids = chain_ids(image.config.diff_ids)
-        start = chains.prepare(ids, target) if chains is not None else 0
-        if start:
-            log.info("%s: first %d of %d layers taken from a layer chain snapshot", image.reference, start, len(ids))
         layers = list(zip(image.layers, image.config.diff_ids))
+        start = self._start_from_base(image, build)
+        # The undo log goes back to the layers below the top one (a one-layer
+        # image keeps none: nothing could start from an empty tree).
+        build.undo_layers = max(start, len(layers) - 1)
+        recorder = build.recorder if build.undo_layers else None
         for i in range(start, len(layers)):
             layer, diff_id = layers[i]
             try:
                 with self.store.path(layer.digest).open("rb") as blob:
-                    apply_layer(blob, layer.media_type, target, expected_diff_id=diff_id, options=self.apply_options,
-                                progress=on_entries)
+                    apply_layer(blob, layer.media_type, build.path, expected_diff_id=diff_id,
+                                options=self.apply_options, progress=on_entries,
+                                observer=recorder if i >= build.undo_layers else None)
             except (LayerError, IntegrityError) as exc:
                 raise type(exc)(f"layer {i + 1} of {len(layers)} ({layer.digest[:19]}): {exc}") from None
-            # Updates usually change only the top layer: keep the chain below it.
-            if chains is not None and i == len(layers) - 2:
-                chains.store(ids[i], target)
         if self.progress is not None:
             self.progress.finished(str(image.reference))
         config = image.config
-        kept = make_apptainer_ready(target, env=config.env, entrypoint=config.entrypoint, cmd=config.cmd,
-                                    labels=config.labels, bind_points=self.watchlist.publish.bind_points)
+        kept = make_apptainer_ready(build.path, env=config.env, entrypoint=config.entrypoint, cmd=config.cmd,
+                                    labels=config.labels, bind_points=self.watchlist.publish.bind_points,
+                                    observer=recorder)
         if kept:
             log.debug("%s: the image already has %s; left as they are", image.reference, ", ".join(kept))
+
+    def _start_from_base(self, image: ResolvedImage, build: Build) -> int:
+        """Undo the top of the image `build.path` was cloned from; returns how many
+        layers are in place (0: none, the tree is empty)."""
+        base = build.base
+        if base is None:
+            return 0
+        try:
+            undone = undo_changes(build.path, base.undo)
+        except (UndoError, OSError) as exc:
+            log.warning("%s: cannot start from the published image %s (%s); building from scratch",
+                        image.reference, base.digest[:19], describe_failure(exc))
+            clear_directory(build.path)
+            return 0
+        log.info("%s: reusing %d of %d layers from the previous version (%s, %d changes undone)",
+                 image.reference, base.layers, len(image.layers), base.digest[:19], undone)
+        return base.layers
 
     def _record(self, report: CycleReport) -> None:
         now = self.clock()
@@ -533,6 +555,15 @@ class Reconciler:
         for row in report.removed:
             if (row.dest, row.tag, row.platform) not in recorded:
                 self.state.forget(row.dest, row.tag, row.platform)
+
+
+def chain_ids(diff_ids: Sequence[str]) -> List[str]:
+    """The OCI ChainID of every prefix of a layer list: the first layer's DiffID,
+    then sha256("<previous ChainID> <next DiffID>")."""
+    out: List[str] = []
+    for diff_id in diff_ids:
+        out.append(diff_id if not out else "sha256:" + hashlib.sha256(f"{out[-1]} {diff_id}".encode()).hexdigest())
+    return out
 
 
 class Cancelled(BaseException):

@@ -1,5 +1,5 @@
 """Hostile images against the writes that come after the applier: the nested
-catalog marker, chain snapshot markers, `.singularity.d` and the bind points.
+catalog marker, the undo log of the top layer, `.singularity.d` and the bind points.
 Each is planted as a symlink to a directory outside the repository; on both
 backends nothing outside changes and the marker the publisher needs is a
 regular file of its own (issue #11)."""
@@ -30,13 +30,18 @@ def _links(names, victim: Path, relative: bool) -> List[dict]:
         [{"type": "symlink", "path": f"{name}-dir", "target": target} for name in names[:1]]
 
 
-def _hostile_images(victim: Path) -> Dict[str, object]:
-    """Two images of two layers each (so a chain snapshot of the first is kept):
-    `outer` plants links at the top level, `inner` inside a real .singularity.d."""
+def _hostile_images(victim: Path, version: str = "v1") -> Dict[str, object]:
+    """Two images of two layers each: `outer` plants links at the top level,
+    `inner` inside a real .singularity.d. Version v2 shares the first layer and
+    changes the top one (it removes a planted link and writes through where one
+    was), so it is built from v1 with v1's top layer undone."""
     def spec(name: str, first: List[dict]) -> dict:
-        return {"name": f"hostile-{name}", "tags": ["v1"], "layers": [
+        top = [{"type": "file", "path": "top", "content": name}]
+        if version == "v2":
+            top += [{"type": "whiteout", "path": "singularity"}, {"type": "file", "path": "environment-dir/x"}]
+        return {"name": f"hostile-{name}", "tags": [version], "layers": [
             {"compression": "gzip", "entries": first},
-            {"compression": "gzip", "entries": [{"type": "file", "path": "top", "content": name}]}]}
+            {"compression": "gzip", "entries": top}]}
 
     outer = _links(OUTER_NAMES, victim, relative=False) + \
         [{"type": "symlink", "path": name, "target": (CLIMB + str(victim).lstrip("/")) if i % 2 else str(victim)}
@@ -75,11 +80,19 @@ def test_hostile_links_never_redirect_a_publisher_write(kind, tmp_path, monkeypa
         if kind == "cvmfs":
             marker = tree / ".cvmfscatalog"
             assert marker.is_file() and not marker.is_symlink() and marker.stat().st_size == 0
-    if kind == "cvmfs":
-        chains = list((backend.visible / ".chains").iterdir())
-        assert chains, "no chain snapshot was kept: the test does not reach the snapshot marker"
-        for chain in chains:
-            assert (chain / ".cvmfscatalog").is_file() and not (chain / ".cvmfscatalog").is_symlink()
+    # v2 of both: built from v1 through v1's undo log, with the planted links in the clone.
+    for image in _hostile_images(victim, "v2").values():
+        pusher.push(image)
+    wl = backend.watchlist(host, [f'source = "{host}/{image.repository}"\ntags = ["v1", "v2"]\ndest = "{name}"'
+                                  for name, image in images.items()])
+    report = run(wl)
+    assert not report.failed, [o.reason for o in report.outcomes]
+    assert (describe_tree(victim), os.stat(victim).st_mtime_ns) == before, "a write went outside the root"
+    for name in images:
+        tree = Path(os.path.realpath(backend.visible / f"{name}:v2"))
+        assert (tree / "top").read_text() == name and (tree / "environment-dir" / "x").is_file()
+        if name == "outer":  # the whited-out link is the Apptainer step's own again
+            assert os.readlink(tree / "singularity") == ".singularity.d/runscript"
     # What the image planted stays the image's: the links are still links.
     outer = backend.visible / "outer:v1"
     assert (outer / ".singularity.d").is_symlink() and (outer / "etc").is_symlink()

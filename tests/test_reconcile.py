@@ -36,7 +36,10 @@ def run(path: Path, **kw):
 
 def images_on_disk(root: Path) -> List[str]:
     base = root / ".images"
-    return sorted(p.name for d in base.iterdir() for p in d.iterdir() if p.is_dir()) if base.exists() else []
+    if not base.exists():
+        return []
+    # Image directories only: not their undo logs (<digest>.undo) or records (<digest>.complete)
+    return sorted(p.name for d in base.iterdir() for p in d.iterdir() if p.is_dir() and "." not in p.name)
 
 
 @pytest.fixture

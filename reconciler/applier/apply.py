@@ -25,20 +25,24 @@ to set at the end are spooled to a temporary file once they grow.
 from __future__ import annotations
 
 import errno
-import hashlib
 import logging
 import os
 import stat
 import struct
 import tarfile
 import tempfile
-from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator, List, Optional, Tuple, Union
 
+try:
+    from typing import Protocol
+except ImportError:  # Python < 3.8 has none; we need >= 3.9 anyway
+    Protocol = object  # type: ignore[assignment,misc]
+
 from ..errors import HostileLayerError, IntegrityError, LayerError
 from .decompress import DigestingReader
+from .pathset import PathKey, PathSet
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +67,7 @@ _MAX_HEADERS = 16
 _MAX_SKIPPED_NOTES = 100
 # Directory times are spooled to an unlinked temporary file past this size.
 _TIMES_SPOOL_BYTES = 4 << 20
-# Keys the path hashes of _PathSet. Random per process, so no layer can be
-# built to make two of its paths collide; constant, as every set of one run
-# may share it, and never written anywhere.
-_PATH_HASH_KEY = os.urandom(16)
 
-PathKey = Tuple[bytes, ...]
 # CONTTYPE ("7") and vendor types are refused: tarfile would read them as regular files.
 _SUPPORTED_TYPES = {tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.GNUTYPE_SPARSE, tarfile.LNKTYPE, tarfile.SYMTYPE,
                     tarfile.DIRTYPE, tarfile.FIFOTYPE, tarfile.CHRTYPE, tarfile.BLKTYPE}
@@ -98,6 +97,27 @@ class ApplyOptions:
     privileged: Optional[bool] = None
     # CVMFS resolves symlink targets containing $(VAR) per client: refuse them there.
     forbid_variant_symlinks: bool = False
+
+
+class ChangeObserver(Protocol):
+    """Told of every change the applier makes to what was already in the tree,
+    just before it happens (an undo log keeps what is needed to go back).
+    Paths are real paths (symlinks resolved), relative to the root."""
+
+    def creating(self, parent_fd: int, path: PathKey) -> None:
+        """Something is about to be created at `path`, where nothing is."""
+
+    def removing(self, parent_fd: int, path: PathKey, st: os.stat_result) -> bool:
+        """The entry at `path` (its lstat `st`) is about to be removed. Returns
+        True when the observer took it away itself (renamed it elsewhere)."""
+
+    def changing_metadata(self, parent_fd: int, name: bytes, path: PathKey) -> None:
+        """The directory `name` in `parent_fd` (at `path`) keeps its content but
+        is about to get new owner, mode, xattrs and times."""
+
+    def changing_entries(self, dir_fd: int, path: PathKey) -> None:
+        """The existing directory `dir_fd` (at `path`) is about to gain or lose
+        entries (its times change; the applier restores them at the end)."""
 
 
 @dataclass
@@ -208,63 +228,6 @@ def _members(tf: tarfile.TarFile, guard: _HeaderGuard) -> Iterator[tarfile.TarIn
         yield member
 
 
-class _PathSet:
-    """A set of paths at about 16 bytes a path, where a Python set of tuples
-    costs 150: each path is a keyed 64-bit hash (blake2b with a per-process
-    random key), kept in an open-addressing table of 64-bit slots.
-
-    A false "present" needs two of a layer's paths to share 64 bits of a hash
-    keyed by a secret: odds of about n²/2⁶⁵ by chance, and no way to aim at one.
-    """
-
-    def __init__(self) -> None:
-        self._table = array("Q", [0]) * 1024
-        self._mask = 1023
-        self._used = 0
-
-    @staticmethod
-    def _hash(path: PathKey) -> int:
-        digest = hashlib.blake2b(b"/".join(path), digest_size=8, key=_PATH_HASH_KEY).digest()
-        return int.from_bytes(digest, "little") or 1  # 0 marks an empty slot
-
-    def _slot(self, h: int) -> int:
-        """Where `h` is, or the empty slot where it would go (linear probing)."""
-        table, mask = self._table, self._mask
-        i = h & mask
-        while True:
-            found = table[i]
-            if found == h or found == 0:
-                return i
-            i = (i + 1) & mask
-
-    def __contains__(self, path: PathKey) -> bool:
-        h = self._hash(path)
-        return self._table[self._slot(h)] == h
-
-    def __len__(self) -> int:
-        return self._used
-
-    def add(self, path: PathKey) -> bool:
-        """Add `path`; False when it was there already."""
-        h = self._hash(path)
-        i = self._slot(h)
-        if self._table[i] == h:
-            return False
-        self._table[i] = h
-        self._used += 1
-        if self._used * 3 > len(self._table) * 2:
-            self._grow()
-        return True
-
-    def _grow(self) -> None:
-        old = self._table
-        self._table = array("Q", [0]) * (len(old) * 2)
-        self._mask = len(self._table) - 1
-        for h in old:
-            if h:
-                self._table[self._slot(h)] = h
-
-
 class _TimesLog:
     """Directory times to set at the end of the layer, as (path, atime, mtime)
     records in the order given. They stay in memory up to a few MiB and then go
@@ -335,8 +298,10 @@ def _mtime_ns(member: tarfile.TarInfo) -> int:
 class _Applier:
     """State for applying one layer onto one root."""
 
-    def __init__(self, root_fd: int, options: ApplyOptions, stats: LayerStats) -> None:
+    def __init__(self, root_fd: int, options: ApplyOptions, stats: LayerStats,
+                 observer: Optional[ChangeObserver] = None) -> None:
         self.root_fd = root_fd
+        self.observer = observer
         self.options = options
         self.limits = options.limits
         self.privileged = options.privileged if options.privileged is not None else os.geteuid() == 0
@@ -345,11 +310,11 @@ class _Applier:
         self.root_id = (root_st.st_dev, root_st.st_ino)
         # Real paths this layer created or changed, and all their ancestors:
         # whiteouts and opaque markers never remove them.
-        self.upper = _PathSet()
+        self.upper = PathSet()
         # Directories whose final times are settled: lower ones whose times
         # were recorded before their first change (in `restore_times`), and
         # those this layer created (they keep the time of their creation).
-        self.times_noted = _PathSet()
+        self.times_noted = PathSet()
         self.restore_times = _TimesLog()
         self.dir_times = _TimesLog()  # the layer's own directory entries
         self.buffer = bytearray(_COPY_CHUNK)
@@ -419,6 +384,8 @@ class _Applier:
                         os.close(fd)
                         return None, ()
                     self._note_dir_change(fd, tuple(real))
+                    if self.observer is not None:
+                        self.observer.creating(fd, tuple(real) + (name,))
                     os.mkdir(name, 0o755, dir_fd=fd)
                     self.times_noted.add(tuple(real) + (name,))
                     st = os.stat(name, dir_fd=fd, follow_symlinks=False)
@@ -486,6 +453,8 @@ class _Applier:
         """Remember a lower directory's times before we change its entries."""
         if not self.times_noted.add(real):
             return
+        if self.observer is not None:
+            self.observer.changing_entries(dir_fd, real)
         st = os.fstat(dir_fd)
         self.restore_times.add(real, st.st_atime_ns, st.st_mtime_ns)
 
@@ -499,8 +468,13 @@ class _Applier:
 
     # -- removal -----------------------------------------------------------
 
-    def _remove(self, parent_fd: int, name: bytes, st: os.stat_result) -> None:
+    def _remove(self, parent_fd: int, name: bytes, st: os.stat_result, path: Optional[PathKey]) -> None:
+        """Remove the entry `name` (a subtree too); `path` is its real path, or
+        None inside a subtree already being removed (the observer saw its root)."""
         self._forget_dir()
+        if path is not None and self.observer is not None and self.observer.removing(parent_fd, path, st):
+            self.stats.removed += 1
+            return
         if stat.S_ISDIR(st.st_mode):
             fd = os.open(name, os.O_RDONLY | _DIR_FLAGS, dir_fd=parent_fd)
             try:
@@ -534,7 +508,7 @@ class _Applier:
                 if stat.S_ISDIR(st.st_mode):
                     self._clear_dir_at(dir_fd, name, child)
                 continue
-            self._remove(dir_fd, name, st)
+            self._remove(dir_fd, name, st, child)
 
     def whiteout(self, parent: PathKey, target: bytes) -> None:
         """`.wh.<target>` in directory `parent`."""
@@ -552,7 +526,7 @@ class _Applier:
                     self._clear_dir_at(fd, target, path)
                 return
             self._note_dir_change(fd, real)
-            self._remove(fd, target, st)
+            self._remove(fd, target, st, path)
         finally:
             os.close(fd)
 
@@ -592,6 +566,8 @@ class _Applier:
         if not parts:
             if not member.isdir():
                 raise HostileLayerError(f"entry {member.name!r} would replace the image root with a non-directory")
+            if self.observer is not None:
+                self.observer.changing_metadata(self.root_fd, b".", ())
             self._set_dir_metadata(self.root_fd, b".", member, ())
             return
         self._create(tf, member, parts)
@@ -628,6 +604,8 @@ class _Applier:
             existing = None
         if member.isdir() and existing is not None and stat.S_ISDIR(existing.st_mode):
             self._mark_upper(path)
+            if self.observer is not None:
+                self.observer.changing_metadata(parent_fd, name, path)
             self._set_dir_metadata(parent_fd, name, member, path)
             return
         if member.islnk():
@@ -643,7 +621,9 @@ class _Applier:
                 return  # already that inode (a link to itself)
         self._note_dir_change(parent_fd, real_parent)
         if existing is not None:
-            self._remove(parent_fd, name, existing)
+            self._remove(parent_fd, name, existing, path)
+        if self.observer is not None:
+            self.observer.creating(parent_fd, path)
         self._mark_upper(path)
         mode = stat.S_IMODE(member.mode)
         if member.isreg():
@@ -811,7 +791,8 @@ class _Applier:
 
 def apply_layer(stream: BinaryIO, media_type: str, root: Union[str, Path], *,
                 expected_diff_id: Optional[str] = None, options: ApplyOptions = ApplyOptions(),
-                progress: Optional[Callable[[int, int], None]] = None) -> LayerStats:
+                progress: Optional[Callable[[int, int], None]] = None,
+                observer: Optional[ChangeObserver] = None) -> LayerStats:
     """Apply one layer blob (`stream`, compressed as `media_type` says) onto `root`.
 
     Returns what was done. Raises HostileLayerError for a layer that tries to
@@ -819,14 +800,15 @@ def apply_layer(stream: BinaryIO, media_type: str, root: Union[str, Path], *,
     limit, and IntegrityError when the uncompressed stream does not hash to
     `expected_diff_id`. On any error the tree is partly changed: the caller
     applies into a staging area or a transaction it can throw away.
-    `progress(entries, bytes)` is called after each entry.
+    `progress(entries, bytes)` is called after each entry; `observer` is told
+    of every change to what was in the tree before (see ChangeObserver).
     """
     stats = LayerStats()
     root_fd = os.open(os.fspath(root), _PATH_FLAGS)
     reader = DigestingReader(stream, media_type, options.limits.max_bytes)
     applier: Optional[_Applier] = None
     try:
-        applier = _Applier(root_fd, options, stats)
+        applier = _Applier(root_fd, options, stats, observer)
         guard = _HeaderGuard(reader)
         try:
             # "r:" over a forward-only seekable reader: tarfile reads members

@@ -10,16 +10,15 @@ import shutil
 import stat
 import time
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, Iterator, List, Optional
+from typing import Dict, Iterator, List, Optional, Sequence
 
 from .. import __version__
+from ..applier.undo import UndoRecorder
 from ..confined import ConfinedTree
 from ..errors import PublishError
 from . import layout
-
-if TYPE_CHECKING:
-    from .chains import ChainCache
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +42,47 @@ def remove_tree(path: Path) -> None:
     shutil.rmtree(path, onerror=retry)
 
 
+@dataclass(frozen=True)
+class BaseImage:
+    """A published image an update can start from: its tree, cloned, and its
+    undo log replayed give the tree of its first `layers` layers."""
+
+    digest: str
+    path: Path
+    undo: Path
+    layers: int
+
+
+@dataclass
+class Build:
+    """Where one image is built, and what is there already.
+
+    `path` holds a clone of `base` (when there is one): replaying
+    `base.undo` on it leaves the base's first `base.layers` layers. Changes
+    after those are to be told to `recorder`, the undo log of this image."""
+
+    path: Path
+    recorder: UndoRecorder
+    base: Optional[BaseImage] = None
+    # How many of the image's layers lie below its undo log (set by the builder;
+    # 0: the log is no start for an update).
+    undo_layers: int = 0
+
+
+def read_record(root: Path, digest: str) -> Optional[dict]:
+    """The completion record of an image, or None (absent, unreadable, a symlink)."""
+    try:
+        fd = os.open(root / layout.completion_relpath(digest), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        with os.fdopen(fd, "rb") as fh:
+            data = json.loads(fh.read(1 << 20))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def image_is_complete(root: Path, digest: str) -> bool:
     """True when `<root>/.images/…/<digest>` is a real directory and its completion record exists."""
     try:
@@ -61,17 +101,18 @@ class PublishTransaction(ABC):
     def __init__(self, root: Path) -> None:
         self.root = root
         self.changed = False
-        # Snapshots of applied layer chains, where the backend can clone them cheaply.
-        self.chains: Optional["ChainCache"] = None
 
     def has_image(self, digest: str) -> bool:
         """True when the image directory of `digest` is complete (its completion record exists)."""
         return image_is_complete(self.root, digest)
 
-    def mark_complete(self, digest: str) -> None:
-        """Write the image's completion record: the last step of every build."""
+    def mark_complete(self, digest: str, chain: Sequence[str] = (), undo_layers: int = 0) -> None:
+        """Write the image's completion record: the last step of every build.
+        `chain`: the ChainIDs of its layers; its undo log goes back to the
+        first `undo_layers` of them (0: there is none to start an update from)."""
         record = json.dumps({"digest": digest, "completed": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                             "reconciler": __version__}).encode() + b"\n"
+                             "reconciler": __version__, "chain": list(chain),
+                             "undo_layers": undo_layers}).encode() + b"\n"
         with ConfinedTree(self.root) as tree:
             if not tree.write_file(layout.completion_relpath(digest), record, 0o444, replace=True, durable=True):
                 raise PublishError(f"cannot write the completion record of image {digest} under {self.root}: "
@@ -85,9 +126,11 @@ class PublishTransaction(ABC):
             tree.unlink(layout.completion_relpath(digest))
 
     @abstractmethod
-    def build_image(self, digest: str) -> "contextlib.AbstractContextManager[Path]":
-        """A directory to fill with the image's root filesystem. On normal exit the
-        image is complete; on an exception its partial content is removed."""
+    def build_image(self, digest: str, chain: Sequence[str]) -> "contextlib.AbstractContextManager[Build]":
+        """Where to build the image whose layers have the ChainIDs `chain`
+        (maybe seeded from a published image sharing its first layers). On
+        normal exit the image is complete; on an exception its partial content
+        is removed."""
 
     def _sync_dir(self, path: Path) -> None:
         """Make a directory's entries durable (where the backend needs it)."""
@@ -118,9 +161,10 @@ class PublishTransaction(ABC):
         self._sync_dir(self.root / os.path.dirname(tag_path))
 
     def remove_image(self, digest: str) -> None:
-        """Delete an image directory that no tag references any more."""
+        """Delete an image directory that no tag references any more (its undo log too)."""
         self.unmark_complete(digest)
         remove_tree(self.root / layout.image_relpath(digest))
+        remove_tree(self.root / layout.undo_relpath(digest))
         self.changed = True
 
     @abstractmethod
@@ -149,7 +193,7 @@ class Publisher(ABC):
         """Clean up after a crashed run (at start, and before a cycle when `needs_recovery`)."""
 
     @abstractmethod
-    def begin(self, message: str, builds: Optional[Dict[str, List[str]]] = None) -> PublishTransaction:
+    def begin(self, message: str, builds: Optional[Dict[str, Sequence[str]]] = None) -> PublishTransaction:
         """Open a transaction; `message` says what it publishes, `builds` which
         images it may build (digest -> the ChainIDs of its layers)."""
 
@@ -166,7 +210,7 @@ class Publisher(ABC):
         """Raise StartError when publishing cannot work at all (checked once at start)."""
 
     @contextlib.contextmanager
-    def transaction(self, message: str, builds: Optional[Dict[str, List[str]]] = None
+    def transaction(self, message: str, builds: Optional[Dict[str, Sequence[str]]] = None
                     ) -> Iterator[PublishTransaction]:
         """`begin()`, then commit on success or abort on any exception (a failing
         commit aborts by itself)."""
@@ -194,6 +238,24 @@ class Publisher(ABC):
         """The digest `<root>/<tag_path>` points at, if it points at a complete image."""
         digest = self.linked_image(tag_path)
         return digest if digest and image_is_complete(self.root, digest) else None
+
+    def find_base(self, chain: Sequence[str]) -> Optional[BaseImage]:
+        """The complete image with an undo log whose first layers are the most
+        of `chain`'s (at least one), or None. Reads the completion records."""
+        best: Optional[BaseImage] = None
+        for digest in self.images():
+            record = read_record(self.root, digest)
+            if record is None:
+                continue
+            theirs, layers = record.get("chain"), record.get("undo_layers")
+            if not isinstance(theirs, list) or not isinstance(layers, int) or not 1 <= layers <= len(chain):
+                continue
+            if layers > len(theirs) or theirs[layers - 1] != chain[layers - 1] or (best and best.layers >= layers):
+                continue
+            undo = self.root / layout.undo_relpath(digest)
+            if image_is_complete(self.root, digest) and undo.is_dir() and not undo.is_symlink():
+                best = BaseImage(digest, self.root / layout.image_relpath(digest), undo, layers)
+        return best
 
     def images(self) -> List[str]:
         """The digests of every image directory under `.images/`."""

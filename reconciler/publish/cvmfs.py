@@ -20,16 +20,17 @@ Each image directory gets a `.cvmfscatalog`, so no catalog grows past the
 the layers are applied, goes through `ConfinedTree`: an image that planted a
 symlink at that name cannot make root write outside the repository.
 
-Updates cost only their new layers: the chain below an image's top layer is
-kept in the repository (`.chains/<chain id>`, a catalog of its own), and a
-later cycle that builds an image sharing it opens its transaction with
-`cvmfs_server transaction -T /.chains/<id>=/.images/<xx>/<digest>`, a
-metadata-only clone, then applies only the remaining layers. One template per
-transaction (the image that saves the most layers); the `.images/<xx>`
-parents are created ahead, as a template's destination needs one. Not used
-with a gateway lease, where template transactions are not supported. With a lease path,
-several reconcilers publish disjoint sub-trees of one repository through a
-gateway.
+Updates cost only their new layers, and a cold image is published once: each
+image keeps the undo log of its top layer beside it (`.images/<xx>/<digest>.undo`,
+small: what that layer replaced or removed). A later cycle that builds an image
+sharing all but the top layer of a published one opens its transaction with
+`cvmfs_server transaction -T /.images/<aa>/<old>=/.images/<bb>/<new>`, a
+metadata-only clone, replays the undo log on it and applies only the new
+layers. One template per transaction (the image that saves the most layers);
+the `.images/<xx>` parents are created ahead, as a template's destination
+needs one. Not used with a gateway lease, where template transactions are not
+supported. With a lease path, several reconcilers publish disjoint sub-trees
+of one repository through a gateway.
 """
 
 from __future__ import annotations
@@ -43,14 +44,14 @@ import secrets
 import subprocess
 import time
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 from ..confined import ConfinedTree
 from ..errors import PublishError
 from ..locking import process_alive, process_start_time
 from . import layout
-from .base import Publisher, PublishTransaction, remove_tree
-from .chains import CHAINS_DIR, ChainCache
+from ..applier.undo import UndoRecorder
+from .base import BaseImage, Build, Publisher, PublishTransaction, remove_tree
 
 log = logging.getLogger(__name__)
 
@@ -66,43 +67,52 @@ _TRANSACTION_ERRORS = {
 
 
 class CvmfsTransaction(PublishTransaction):
-    def __init__(self, publisher: "CvmfsPublisher", message: str, templated: Optional[Dict[Path, int]] = None) -> None:
+    def __init__(self, publisher: "CvmfsPublisher", message: str,
+                 templated: Optional[Dict[Path, BaseImage]] = None) -> None:
         super().__init__(publisher.root)
         self.publisher = publisher
         self.message = message
-        # Image directories the template already filled with their first layers, until built.
-        self._templated: Dict[Path, int] = dict(templated or {})
-        # Layer chains are kept only where a later template transaction can use them.
-        self.chains = None if publisher.lease_path else TemplatedChains(self.root, self._templated)
+        # Image directories the template cloned from a published image, until built.
+        self._templated: Dict[Path, BaseImage] = dict(templated or {})
 
     def has_image(self, digest: str) -> bool:
         return self.root / layout.image_relpath(digest) not in self._templated and super().has_image(digest)
 
     @contextlib.contextmanager
-    def build_image(self, digest: str) -> Iterator[Path]:
+    def build_image(self, digest: str, chain: Sequence[str]) -> Iterator[Build]:
         final = self.root / layout.image_relpath(digest)
-        build = final
-        if os.path.lexists(final) and final not in self._templated:
+        base = self._templated.get(final)
+        path = final
+        if os.path.lexists(final) and base is None:
             # No completion record: never built on. It may still be what a tag serves
             # (an image of 0.1), so the new tree is built beside it and replaces it only
             # once complete. (A published directory cannot be renamed aside: the union
             # mount answers EXDEV; one made in this transaction can be renamed.)
-            build = final.with_name(f".{final.name}.rebuild-{secrets.token_hex(4)}")
-        build.mkdir(parents=True, exist_ok=True)
+            path = final.with_name(f".{final.name}.rebuild-{secrets.token_hex(4)}")
+        path.mkdir(parents=True, exist_ok=True)
+        undo = final.with_name(f".{final.name}.undo-{secrets.token_hex(4)}")
         in_place = False  # the complete new tree stands at `final`
+        build: Optional[Build] = None
         try:
+            build = Build(path, UndoRecorder(undo), base)
             yield build
             # A nested catalog per image keeps every catalog small.
-            mark_catalog(build)
-            if build != final:
+            mark_catalog(path, build.recorder)
+            build.recorder.close()
+            if path != final:
                 remove_tree(final)
-                os.rename(build, final)
+                os.rename(path, final)
             in_place = True
-            self.mark_complete(digest)
+            remove_tree(self.root / layout.undo_relpath(digest))
+            os.rename(undo, self.root / layout.undo_relpath(digest))
+            self.mark_complete(digest, chain, build.undo_layers)
             self.changed = True
         except BaseException:
+            if build is not None:
+                build.recorder.close()
             if not in_place:  # else a tree without its record: rebuilt next cycle, never half
-                remove_tree(build)
+                remove_tree(path)
+            remove_tree(undo)
             raise
         finally:
             self._templated.pop(final, None)
@@ -115,7 +125,7 @@ class CvmfsTransaction(PublishTransaction):
                 # Cloned by the template but never completed: it must not be published.
                 remove_tree(unfinished)
                 self._templated.pop(unfinished)
-            if self.publisher.template_parents():
+            if self.publisher.prepare_templates():
                 self.changed = True
             if not self.changed:
                 log.info("nothing changed in %s; closing the transaction without publishing", self.publisher.target)
@@ -138,34 +148,25 @@ class CvmfsTransaction(PublishTransaction):
         self.publisher.close_transaction()
 
 
-def mark_catalog(directory: Path) -> None:
+def mark_catalog(directory: Path, observer: Optional[UndoRecorder] = None) -> None:
     """Make `directory` a nested catalog: an empty regular `.cvmfscatalog` in it,
-    replacing whatever the image put at that name without following it."""
-    with ConfinedTree(directory) as tree:
+    replacing whatever the image put at that name without following it
+    (and telling `observer`, the image's undo log)."""
+    with ConfinedTree(directory, observer) as tree:
         if not tree.write_file(CATALOG_MARKER, b"", 0o644, replace=True):
             raise PublishError(f"{directory / CATALOG_MARKER} is a directory in the image; cannot make "
                                f"{directory} a nested catalog")
 
 
-class TemplatedChains(ChainCache):
-    """Chains kept inside a CVMFS repository: the publisher opened the
-    transaction with a template (`cvmfs_server transaction -T`) that already
-    cloned a chain into the image directory it is about to build."""
-
-    def __init__(self, root: Path, templated: Dict[Path, int], keep: int = 8) -> None:
-        super().__init__(root, keep)
-        self.templated = templated
-
-    def prepare(self, ids: Sequence[str], target: Path) -> int:
-        return self.templated.get(target, 0)
-
-    def store(self, chain_id: str, tree: Path) -> None:
-        super().store(chain_id, tree)
-        mark_catalog(self.path(chain_id))  # each snapshot its own catalog
+# What every publish and abort prints while remounting: never the reason for a failure.
+_NOISE = ("CernVM-FS: ", "Failed to set requested number of open files")
 
 
 def _tail(done: subprocess.CompletedProcess) -> str:
-    text = (done.stderr or "").strip() or (done.stdout or "").strip()
+    """The end of what a failed command said: `publish` reports on stdout, the
+    others on stderr, and both print remount chatter first."""
+    lines = [line.strip() for text in (done.stdout, done.stderr) for line in (text or "").splitlines()]
+    text = " / ".join(line for line in lines if line and not line.startswith(_NOISE))
     return text[-500:] or "no message"
 
 
@@ -267,54 +268,70 @@ class CvmfsPublisher(Publisher):
     def target_name(self) -> str:
         return f"the CernVM-FS repository {self.target}"
 
-    def _template(self, builds: Dict[str, List[str]]) -> Optional[Tuple[Path, Path, int]]:
-        """The published chain snapshot that saves the most layers for one of
-        `builds`: (the snapshot, the image directory to clone it into, layers)."""
+    def _template(self, builds: Dict[str, Sequence[str]]) -> Optional[Tuple[BaseImage, Path]]:
+        """The published image that saves the most layers for one of `builds`,
+        and the image directory to clone it into (read only: the repository is
+        not writable before the transaction)."""
         if self.lease_path:
             return None  # template transactions do not work through a gateway lease
-        chains = ChainCache(self.root)  # read only: the repository is not writable before the transaction
-        best: Optional[Tuple[Path, Path, int]] = None
-        for digest, ids in builds.items():
+        best: Optional[Tuple[BaseImage, Path]] = None
+        for digest, chain in builds.items():
             final = self.root / layout.image_relpath(digest)
-            if final.exists() or not final.parent.is_dir():
+            if os.path.lexists(final) or not final.parent.is_dir():
                 continue
-            k, snapshot = chains.find(ids, longer_than=best[2] if best else 0)
-            if snapshot is not None:
-                best = (snapshot, final, k)
+            base = self.find_base(chain)
+            if base is not None and (best is None or base.layers > best[0].layers):
+                best = (base, final)
         return best
 
-    def template_parents(self) -> bool:
-        """In a transaction that keeps layer chains: create every `.images/<xx>`
-        directory (a catalog of its own), as a template's destination must have
-        an existing parent. True when any was missing."""
-        if self.lease_path or not (self.root / CHAINS_DIR).is_dir():
+    def prepare_templates(self) -> bool:
+        """In a transaction: create every `.images/<xx>` directory (a catalog of its
+        own), as a template's destination must have an existing parent, and drop
+        the layer chain snapshots of earlier versions. True when anything changed."""
+        if self.lease_path:
             return False
+        changed = False
+        legacy = self.root / layout.LEGACY_CHAINS_DIR
+        if legacy.is_dir() and not legacy.is_symlink():
+            log.info("%s: removing %s (layer chain snapshots are no longer kept)", self.target, legacy)
+            remove_tree(legacy)
+            changed = True
         base = self.root / layout.IMAGES_DIR
+        if not base.is_dir():
+            return changed
         missing = [f"{i:02x}" for i in range(256) if not (base / f"{i:02x}").is_dir()]
         with ConfinedTree(self.root) as tree:
             for name in missing:
                 if not tree.mkdirs(f"{layout.IMAGES_DIR}/{name}"):
                     raise PublishError(f"{base / name} is not a directory; move it away")
-        mark_catalog(base)
-        return bool(missing)
+        if missing or not (base / CATALOG_MARKER).is_file():
+            mark_catalog(base)
+        return changed or bool(missing)
 
     def _write_marker(self) -> None:
         self.marker.parent.mkdir(parents=True, exist_ok=True)
         self.marker.write_text(json.dumps({"target": self.target, "pid": os.getpid(),
                                            "start_time": process_start_time(os.getpid()), "opened": time.time()}))
 
-    def begin(self, message: str, builds: Optional[Dict[str, List[str]]] = None) -> CvmfsTransaction:
+    def begin(self, message: str, builds: Optional[Dict[str, Sequence[str]]] = None) -> CvmfsTransaction:
         template = self._template(builds or {})
-        args = ["transaction", self.target]
-        templated: Dict[Path, int] = {}
+        templated: Dict[Path, BaseImage] = {}
+        done = None
         if template is not None:
-            snapshot, final, layers = template
-            source = "/" + os.path.relpath(snapshot, self.mount)
+            base, final = template
+            source = "/" + os.path.relpath(base.path, self.mount)
             dest = "/" + os.path.relpath(final, self.mount)
-            args = ["transaction", "-T", f"{source}={dest}", self.target]
-            templated[final] = layers
-            log.info("%s: template transaction cloning a %d-layer chain into %s", self.target, layers, dest)
-        done = self.run(*args, check=False)
+            done = self.run("transaction", "-T", f"{source}={dest}", self.target, check=False)
+            if done.returncode == 0:
+                templated[final] = base
+                log.info("%s: the new image %s starts from a clone of %s (reusing %d layers)", self.target,
+                         final.name[:12], base.path.name[:12], base.layers)
+            else:  # a failed -T leaves no transaction open: open a plain one
+                log.warning("%s: template transaction %s=%s failed (exit %d): %s; building from scratch",
+                            self.target, source, dest, done.returncode, _tail(done))
+        if not templated:
+            done = self.run("transaction", self.target, check=False)
+        assert done is not None
         if done.returncode != 0:
             reason = _TRANSACTION_ERRORS.get(done.returncode, "")
             raise PublishError(f"cvmfs_server transaction {self.target} failed (exit {done.returncode})"

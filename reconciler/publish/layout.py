@@ -5,6 +5,8 @@
     <root>/.images/<2 hex>/<64 hex>/         the merged root filesystem of one manifest digest
     <root>/.images/<2 hex>/<64 hex>.complete its completion record, written last: an image
                                              directory without one is unfinished and is rebuilt
+    <root>/.images/<2 hex>/<64 hex>.undo/    the undo log of its top layer and of what we added
+                                             (an update of that image starts from it)
 
 The completion record stands beside the image, not inside it: nothing an image
 holds can pass for one.
@@ -23,6 +25,8 @@ from ..registry.reference import is_valid_digest
 
 IMAGES_DIR = ".images"
 COMPLETE_SUFFIX = ".complete"
+UNDO_SUFFIX = ".undo"
+LEGACY_CHAINS_DIR = ".chains"  # layer chain snapshots of 0.1 and early 0.2: removed when seen
 
 
 def image_relpath(digest: str) -> str:
@@ -31,6 +35,11 @@ def image_relpath(digest: str) -> str:
         raise ValueError(f"not a sha256 digest: {digest!r}")
     hexpart = digest.split(":", 1)[1]
     return f"{IMAGES_DIR}/{hexpart[:2]}/{hexpart}"
+
+
+def undo_relpath(digest: str) -> str:
+    """`.images/ab/abcdef….undo`: the undo log of the image's top layer."""
+    return image_relpath(digest) + UNDO_SUFFIX
 
 
 def completion_relpath(digest: str) -> str:

@@ -15,12 +15,13 @@ import logging
 import os
 import secrets
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, Iterator, List, Optional, Sequence
 
 from ..errors import StartError
 from . import layout
-from .base import Publisher, PublishTransaction, remove_tree
-from .chains import ChainCache
+from ..applier.undo import UndoRecorder
+from ..treecopy import clone_tree
+from .base import Build, Publisher, PublishTransaction, remove_tree
 
 log = logging.getLogger(__name__)
 
@@ -36,26 +37,37 @@ def _fsync_dir(path: Path) -> None:
 
 
 class LocalTransaction(PublishTransaction):
-    def __init__(self, root: Path, message: str) -> None:
-        super().__init__(root)
+    def __init__(self, publisher: "LocalPublisher", message: str) -> None:
+        super().__init__(publisher.root)
+        self.publisher = publisher
         self.message = message
         self._staged: List[Path] = []
-        self.chains = ChainCache(root)
 
     @contextlib.contextmanager
-    def build_image(self, digest: str) -> Iterator[Path]:
+    def build_image(self, digest: str, chain: Sequence[str]) -> Iterator[Build]:
         final = self.root / layout.image_relpath(digest)
         staging = self.root / STAGING_DIR / f"{digest.split(':', 1)[1]}.{secrets.token_hex(4)}"
-        staging.mkdir(parents=True)
-        self._staged.append(staging)
+        undo = staging.with_name(staging.name + layout.UNDO_SUFFIX)
+        staging.parent.mkdir(parents=True, exist_ok=True)
+        self._staged += [staging, undo]
         try:
-            yield staging
+            base = self.publisher.find_base(chain)
+            if base is not None:
+                clone_tree(base.path, staging)  # hardlinks: the applier never writes into an inode
+            else:
+                staging.mkdir()
+            build = Build(staging, UndoRecorder(undo), base)
+            try:
+                yield build
+            finally:
+                build.recorder.close()
             # Everything written must be on disk before the image can become visible.
             os.sync()
             final.parent.mkdir(parents=True, exist_ok=True)
             if self.has_image(digest):
                 log.info("image %s already present; dropping the duplicate build", digest)
                 remove_tree(staging)
+                remove_tree(undo)
                 return
             # An unfinished directory (no completion record) may still be what a tag
             # serves (an image of 0.1): set aside only now, so its tags dangle for
@@ -63,17 +75,21 @@ class LocalTransaction(PublishTransaction):
             unfinished = self._set_aside(final, f"unfinished-{digest.split(':', 1)[1]}")
             if unfinished is not None:
                 log.warning("replacing the unfinished image directory %s (it has no completion record)", final)
+            self._discard(self.root / layout.undo_relpath(digest), f"undo-{digest.split(':', 1)[1]}")
+            os.rename(undo, self.root / layout.undo_relpath(digest))
             os.rename(staging, final)
             _fsync_dir(final.parent)
-            self.mark_complete(digest)
+            self.mark_complete(digest, chain, build.undo_layers)
             self.changed = True
             if unfinished is not None:
                 remove_tree(unfinished)
         except BaseException:
             remove_tree(staging)
+            remove_tree(undo)
             raise
         finally:
             self._staged.remove(staging)
+            self._staged.remove(undo)
 
     def _sync_dir(self, path: Path) -> None:
         _fsync_dir(path)
@@ -81,6 +97,7 @@ class LocalTransaction(PublishTransaction):
     def remove_image(self, digest: str) -> None:
         self.unmark_complete(digest)
         self._discard(self.root / layout.image_relpath(digest), f"gc-{digest.split(':', 1)[1]}")
+        self._discard(self.root / layout.undo_relpath(digest), f"gc-undo-{digest.split(':', 1)[1]}")
         self.changed = True
 
     def _set_aside(self, path: Path, label: str) -> Optional[Path]:
@@ -126,7 +143,11 @@ class LocalPublisher(Publisher):
                              "change its owner or run as its owner")
 
     def recover(self) -> None:
-        ChainCache(self.root).clean()
+        legacy = self.root / layout.LEGACY_CHAINS_DIR
+        if legacy.is_dir() and not legacy.is_symlink():
+            log.info("removing %s: layer chain snapshots are no longer kept (updates start from the "
+                     "previous image)", legacy)
+            remove_tree(legacy)
         staging = self.root / STAGING_DIR
         if staging.is_dir():
             for leftover in staging.iterdir():
@@ -140,6 +161,6 @@ class LocalPublisher(Publisher):
         for leftover in (self.root / layout.IMAGES_DIR).glob("*/.*.tmp-*"):
             leftover.unlink()  # a completion record that was being written
 
-    def begin(self, message: str, builds: Optional[Dict[str, List[str]]] = None) -> LocalTransaction:
+    def begin(self, message: str, builds: Optional[Dict[str, Sequence[str]]] = None) -> LocalTransaction:
         self.root.mkdir(parents=True, exist_ok=True)
-        return LocalTransaction(self.root, message)
+        return LocalTransaction(self, message)

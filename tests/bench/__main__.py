@@ -10,6 +10,11 @@ Measures, alternating in the same run:
 - incremental: v2 (new top layer only) added after v1;
 - peak RSS of the reconciler process.
 
+`--cvmfs` adds the same comparison into a real CernVM-FS repository (root,
+CernVM-FS from ../shared/cvmfs): cold `reconcile --once` against skopeo +
+umoci + `cp -a` into a transaction + publish, the v2 update, and the catalog
+entries each adds.
+
 `--big-layer N`, `--dirs-layer N` and `--dotdot-layer N` instead measure the applier alone on one
 generated layer of N entries (see tests/bench/biglayer.py) against
 `umoci unpack`: time and peak RSS of both, the bound the applier must keep.
@@ -127,7 +132,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--pairs", type=int, default=3, help="alternating pairs per comparison (default 3)")
     parser.add_argument("--workdir", type=Path, default=REPO / ".bench")
-    parser.add_argument("--only", choices=("apply", "e2e"), help="run one part only")
+    parser.add_argument("--only", choices=("apply", "e2e", "cvmfs"), help="run one part only")
+    parser.add_argument("--cvmfs", action="store_true", help="also into a real CernVM-FS repository (as root)")
     parser.add_argument("--scratch", type=Path, help="where both tools write their trees (default: the workdir); "
                         "a tmpfs such as /dev/shm/bench gives steadier numbers on disks mounted with `discard`")
     parser.add_argument("--big-layer", type=int, metavar="N",
@@ -176,6 +182,8 @@ def main() -> int:
             results["apply"] = bench_apply(scratch, v1, args.pairs, skopeo_umoci)
         if args.only in (None, "e2e"):
             results.update(bench_e2e(scratch, registry.host, args.pairs, skopeo_umoci, counter))
+        if args.cvmfs or args.only == "cvmfs":
+            results["cvmfs"] = bench_cvmfs(scratch, registry.host, args.pairs, skopeo_umoci)
         results["scratch"] = str(scratch)
     finally:
         registry.stop()
@@ -282,6 +290,73 @@ def bench_e2e(work: Path, host: str, pairs: int, skopeo_umoci, counter: Registry
     return {"cold": cold, "warm": warm, "incremental": incremental, "peak_rss_mib": round(rss / 1024, 1)}
 
 
+BENCH_REPO = "bench.reconciler.org"
+
+
+def catalog_entries(repo: str) -> int:
+    """Entries in all catalogs of the repository's published revision."""
+    out = subprocess.run(["cvmfs_server", "list-catalogs", "-e", repo], capture_output=True, text=True,
+                         check=True).stdout
+    return sum(int(line.split()[0]) for line in out.splitlines() if line.strip() and line.split()[0].isdigit())
+
+
+def tree_entries(root: Path) -> int:
+    return sum(len(d) + len(f) for _, d, f in os.walk(root))
+
+
+def bench_cvmfs(work: Path, host: str, pairs: int, skopeo_umoci) -> Dict[str, object]:
+    """Cold into a real repository, ours vs skopeo + umoci + cp -a + publish; then the v2 update."""
+    from tests import cvmfs_real
+
+    if not cvmfs_real.available():
+        sys.exit(f"bench: --cvmfs needs root and CernVM-FS (bash {cvmfs_real.SHARED}/install.sh)")
+    run_dir = work / "cvmfs-run"
+    watchlist = run_dir / "watchlist.toml"
+    mount = Path("/cvmfs") / BENCH_REPO
+
+    def write(tags: List[str]) -> None:
+        watchlist.write_text(f'[publish]\nbackend = "cvmfs"\nrepository = "{BENCH_REPO}"\nroot = "{mount}"\n'
+                             f'[state]\ndir = "state"\n[registries."{host}"]\ninsecure = true\n'
+                             f'[[image]]\nsource = "{host}/bench/app"\ntags = {json.dumps(tags)}\ndest = "app"\n')
+
+    def naive() -> float:
+        took = skopeo_umoci("v1")  # leaves the bundle in <work>/oci/bundle
+        cvmfs_real.fresh_repository(BENCH_REPO)
+        start = time.perf_counter()
+        subprocess.run(["cvmfs_server", "transaction", BENCH_REPO], check=True, capture_output=True)
+        subprocess.run(["cp", "-a", str(work / "oci" / "bundle" / "rootfs"), str(mount / "app")], check=True)
+        subprocess.run(["cvmfs_server", "publish", BENCH_REPO], check=True, capture_output=True, cwd="/")
+        return took + time.perf_counter() - start
+
+    ours, theirs, ours_entries, theirs_entries = [], [], 0, 0
+    image_entries = 0
+    for _ in range(pairs):
+        cvmfs_real.fresh_repository(BENCH_REPO)
+        fresh(run_dir)
+        write(["v1"])
+        t, _ = timed([str(RECONCILE), "--once", "--watchlist", str(watchlist)], cwd="/")
+        ours.append(t)
+        ours_entries = catalog_entries(BENCH_REPO)
+        theirs.append(naive())
+        theirs_entries = catalog_entries(BENCH_REPO)
+        image_entries = tree_entries(work / "oci" / "bundle" / "rootfs")
+    # The update: ours from the last cold state (re-made: the naive run wiped the repository).
+    cvmfs_real.fresh_repository(BENCH_REPO)
+    fresh(run_dir)
+    write(["v1"])
+    timed([str(RECONCILE), "--once", "--watchlist", str(watchlist)], cwd="/")
+    before = catalog_entries(BENCH_REPO)
+    write(["v1", "v2"])
+    update, _ = timed([str(RECONCILE), "--once", "--watchlist", str(watchlist)], cwd="/")
+    added = catalog_entries(BENCH_REPO) - before
+    cold = statistics.median(ours)
+    return {"ours_s": ours, "naive_s": theirs, "ours_median_s": cold, "naive_median_s": statistics.median(theirs),
+            "ratio": cold / statistics.median(theirs), "image_entries": image_entries,
+            "ours_catalog_entries": ours_entries, "naive_catalog_entries": theirs_entries,
+            "entries_ratio": ours_entries / max(1, image_entries), "update_s": update,
+            "update_ratio_to_cold": update / cold, "update_catalog_entries_added": added}
+
+
 def summary(results: Dict[str, object]) -> str:
     parts = []
     if "apply" in results:
@@ -294,6 +369,13 @@ def summary(results: Dict[str, object]) -> str:
         parts.append(f"warm {w['seconds']:.2f}s {w['blob_bytes']} blob bytes {w['manifest_gets']} manifest GETs")
         parts.append(f"incremental {i['seconds']:.2f}s = {i['ratio_to_cold']:.2f}x cold, {i['blob_bytes']} blob bytes")
         parts.append(f"reconcile peak RSS {results['peak_rss_mib']} MiB")
+    if "cvmfs" in results:
+        c = results["cvmfs"]
+        parts.append(f"cvmfs cold {c['ours_median_s']:.2f}s vs skopeo+umoci+cp+publish {c['naive_median_s']:.2f}s = "
+                     f"{c['ratio']:.2f}x, catalog entries {c['ours_catalog_entries']} for an image of "
+                     f"{c['image_entries']} = {c['entries_ratio']:.2f}x (naive {c['naive_catalog_entries']}); "
+                     f"update {c['update_s']:.2f}s = {c['update_ratio_to_cold']:.2f}x cold, "
+                     f"+{c['update_catalog_entries_added']} entries")
     return "bench: " + "; ".join(parts)
 
 

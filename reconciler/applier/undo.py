@@ -1,0 +1,258 @@
+"""An undo log of the changes made to a tree, and its replay.
+
+While an image's top layer is applied (and the Apptainer files and markers
+written after it), `UndoRecorder` is told of every change to what was there
+before (see `ChangeObserver`) and keeps, in a directory of its own beside the
+image, what is needed to go back: what stood at a path before its first change
+(the entry itself, renamed away instead of deleted, or a clone of it), that
+nothing stood there, a directory's old owner, mode, xattrs and times.
+
+`undo_changes` replays such a log on a clone of the image, newest change first,
+and so turns the clone back into the tree of the layers below the top one. An
+update that changes only the top layer then costs that layer: clone the
+previous image, undo its top, apply the new top. Each step of the replay
+replaces the whole subtree at a path with what was there just before that
+change, so the reverse order undoes nested changes correctly.
+
+Paths are real paths (the applier resolved the image's symlinks); the replay
+walks them with O_NOFOLLOW and stops with UndoError where the tree is not the
+one the log was written for.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import stat
+from pathlib import Path
+from typing import BinaryIO, Dict, List, Optional, Tuple
+
+from ..errors import LayerError
+from ..treecopy import clone_entry, remove_at
+from .pathset import PathKey, PathSet
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+JOURNAL = "journal"
+SAVED = "saved"
+
+
+class UndoError(LayerError):
+    """The tree does not match its undo log (or the log is unreadable)."""
+
+
+def _text(path: PathKey) -> str:
+    return b"/".join(path).decode("utf-8", "surrogateescape")
+
+
+def _parts(text: str) -> PathKey:
+    return tuple(text.encode("utf-8", "surrogateescape").split(b"/")) if text else ()
+
+
+def _xattrs(fd: int) -> List[List[str]]:
+    """A directory's xattrs, as [name, value in latin-1] pairs (JSON-safe, lossless)."""
+    try:
+        names = os.listxattr(fd)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTSUP, errno.EPERM):
+            return []
+        raise
+    return [[name, os.getxattr(fd, name).decode("latin-1")] for name in sorted(names)]
+
+
+class UndoRecorder:
+    """Writes an undo log into `undo_dir` (created here; it must not exist).
+    A ChangeObserver for the applier and for ConfinedTree writes."""
+
+    def __init__(self, undo_dir: Path) -> None:
+        self.undo_dir = undo_dir
+        os.mkdir(undo_dir, 0o700)
+        self._dir_fd = os.open(undo_dir, _DIR_FLAGS)
+        os.mkdir(SAVED, 0o700, dir_fd=self._dir_fd)
+        self._saved_fd = os.open(SAVED, _DIR_FLAGS, dir_fd=self._dir_fd)
+        fd = os.open(JOURNAL, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                     dir_fd=self._dir_fd)
+        self._journal: Optional[BinaryIO] = os.fdopen(fd, "wb")
+        self._content = PathSet()  # paths whose state before their first change is kept
+        self._meta = PathSet()
+        self._times = PathSet()
+        self._saved = 0
+
+    def _write(self, record: dict) -> None:
+        assert self._journal is not None, "the undo log is closed"
+        self._journal.write(json.dumps(record).encode() + b"\n")
+
+    # -- ChangeObserver -----------------------------------------------------
+
+    def creating(self, parent_fd: int, path: PathKey) -> None:
+        """Nothing stood at `path`: undoing removes whatever is there."""
+        if path in self._content:
+            return
+        self._content.add(path)
+        self._write({"op": "absent", "path": _text(path)})
+
+    def removing(self, parent_fd: int, path: PathKey, st: os.stat_result) -> bool:
+        """Keep the entry about to go: renamed into the log (free), or cloned where
+        the file system cannot rename it (a published directory on a union mount)."""
+        if path in self._content:
+            return False
+        self._content.add(path)
+        saved = str(self._saved)
+        self._saved += 1
+        taken = True
+        try:
+            os.rename(path[-1], saved, src_dir_fd=parent_fd, dst_dir_fd=self._saved_fd)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            clone_entry(parent_fd, os.fsdecode(path[-1]), self._saved_fd, saved)
+            taken = False
+        self._write({"op": "saved", "path": _text(path), "id": saved})
+        return taken
+
+    def changing_metadata(self, parent_fd: int, name: bytes, path: PathKey) -> None:
+        """Keep a directory's owner, mode, xattrs and times."""
+        if path in self._content or path in self._meta:
+            return
+        self._meta.add(path)
+        fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+        try:
+            st = os.fstat(fd)
+            self._write({"op": "meta", "path": _text(path), "uid": st.st_uid, "gid": st.st_gid,
+                         "mode": stat.S_IMODE(st.st_mode), "atime": st.st_atime_ns, "mtime": st.st_mtime_ns,
+                         "xattrs": _xattrs(fd)})
+        finally:
+            os.close(fd)
+
+    def changing_entries(self, dir_fd: int, path: PathKey) -> None:
+        """Keep the times of a directory whose entries change."""
+        if path in self._content or path in self._times:
+            return
+        self._times.add(path)
+        st = os.fstat(dir_fd)
+        self._write({"op": "times", "path": _text(path), "atime": st.st_atime_ns, "mtime": st.st_mtime_ns})
+
+    # -----------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Write the log out (fsynced) and release its descriptors."""
+        if self._journal is not None:
+            self._journal.flush()
+            os.fsync(self._journal.fileno())
+            self._journal.close()
+            self._journal = None
+            os.close(self._saved_fd)
+            os.close(self._dir_fd)
+
+    def __enter__(self) -> "UndoRecorder":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _read_journal(undo_fd: int, undo_dir: Path) -> List[dict]:
+    try:
+        fd = os.open(JOURNAL, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=undo_fd)
+    except OSError as exc:
+        raise UndoError(f"cannot read the undo log in {undo_dir}: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as fh:
+        try:
+            return [json.loads(line) for line in fh]
+        except ValueError as exc:
+            raise UndoError(f"the undo log in {undo_dir} is corrupt: {exc}") from None
+
+
+def _open_parent(root_fd: int, path: PathKey, undo_dir: Path) -> int:
+    """An fd on the parent directory of `path`, walked without following anything."""
+    fd = os.dup(root_fd)
+    try:
+        for name in path[:-1]:
+            child = os.open(name, _DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = child
+    except OSError as exc:
+        os.close(fd)
+        raise UndoError(f"the tree does not match the undo log in {undo_dir}: "
+                        f"{_text(path[:-1])}: {exc.strerror}") from None
+    return fd
+
+
+def _open_dir(root_fd: int, path: PathKey, undo_dir: Path) -> int:
+    if not path:
+        return os.dup(root_fd)
+    parent = _open_parent(root_fd, path, undo_dir)
+    try:
+        return os.open(path[-1], _DIR_FLAGS, dir_fd=parent)
+    except OSError as exc:
+        raise UndoError(f"the tree does not match the undo log in {undo_dir}: {_text(path)}: "
+                        f"{exc.strerror}") from None
+    finally:
+        os.close(parent)
+
+
+def _restore_metadata(fd: int, record: dict) -> None:
+    if os.geteuid() == 0:
+        os.fchown(fd, record["uid"], record["gid"])
+    for name in os.listxattr(fd):
+        os.removexattr(fd, name)
+    for name, value in record["xattrs"]:
+        os.setxattr(fd, name, value.encode("latin-1"))
+    os.fchmod(fd, record["mode"])
+
+
+def undo_changes(tree: Path, undo_dir: Path) -> int:
+    """Replay the undo log in `undo_dir` on `tree` (a clone of the tree it was
+    written for), newest change first. The log is only read: it can be
+    replayed again on another clone. Returns the number of changes undone.
+    Raises UndoError where the tree does not match the log."""
+    root_fd = os.open(tree, _DIR_FLAGS)
+    try:
+        undo_fd = os.open(undo_dir, _DIR_FLAGS)
+    except OSError as exc:
+        os.close(root_fd)
+        raise UndoError(f"cannot open the undo log {undo_dir}: {exc.strerror}") from None
+    times: Dict[PathKey, Tuple[int, int]] = {}
+    try:
+        saved_fd = os.open(SAVED, _DIR_FLAGS, dir_fd=undo_fd)
+        try:
+            records = _read_journal(undo_fd, undo_dir)
+            for record in reversed(records):
+                path = _parts(record["path"])
+                op = record["op"]
+                if op == "times":
+                    times[path] = (record["atime"], record["mtime"])
+                    continue
+                if op == "meta":
+                    times[path] = (record["atime"], record["mtime"])
+                    fd = _open_dir(root_fd, path, undo_dir)
+                    try:
+                        _restore_metadata(fd, record)
+                    finally:
+                        os.close(fd)
+                    continue
+                if not path:
+                    raise UndoError(f"the undo log in {undo_dir} replaces the tree's root")
+                parent = _open_parent(root_fd, path, undo_dir)
+                try:
+                    name = os.fsdecode(path[-1])
+                    remove_at(parent, name)
+                    if op == "saved":
+                        clone_entry(saved_fd, record["id"], parent, name)
+                    elif op != "absent":
+                        raise UndoError(f"the undo log in {undo_dir} has an unknown record {op!r}")
+                finally:
+                    os.close(parent)
+        finally:
+            os.close(saved_fd)
+        # Times last: every change above touched the times of a parent.
+        for path, (atime, mtime) in times.items():
+            fd = _open_dir(root_fd, path, undo_dir)
+            try:
+                os.utime(fd, ns=(atime, mtime))
+            finally:
+                os.close(fd)
+    finally:
+        os.close(undo_fd)
+        os.close(root_fd)
+    return len(records)

@@ -1,0 +1,126 @@
+"""Cloning and removing trees through file descriptors, never following a symlink.
+
+A clone recreates directories (same owner, mode, xattrs and times) and
+hardlinks everything else. Sharing inodes between an image and its clone is
+safe because the layer applier never writes into an existing inode: it
+unlinks and recreates. (On a CernVM-FS union mount a hardlink to a published
+file copies it up first; a publish stores hard links as separate entries.)
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+from typing import Union
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def copy_dir_metadata(src_fd: int, dst_fd: int) -> None:
+    """Owner (as root), xattrs, mode and times of one directory onto another."""
+    st = os.fstat(src_fd)
+    if os.geteuid() == 0:
+        os.fchown(dst_fd, st.st_uid, st.st_gid)
+    for name in os.listxattr(src_fd):
+        os.setxattr(dst_fd, name, os.getxattr(src_fd, name))
+    os.fchmod(dst_fd, stat.S_IMODE(st.st_mode))
+    os.utime(dst_fd, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def clone_into(src_fd: int, dst_fd: int) -> int:
+    """Clone the content of directory `src_fd` into the empty directory `dst_fd`
+    (metadata of the directories inside included, not of `dst_fd` itself).
+    Returns the number of entries."""
+    count = 0
+    with os.scandir(src_fd) as it:
+        entries = [(e.name, e.is_dir(follow_symlinks=False)) for e in it]
+    for name, is_dir in entries:
+        count += 1
+        if is_dir:
+            os.mkdir(name, 0o700, dir_fd=dst_fd)
+            sub_src = os.open(name, _DIR_FLAGS, dir_fd=src_fd)
+            try:
+                sub_dst = os.open(name, _DIR_FLAGS, dir_fd=dst_fd)
+                try:
+                    count += clone_into(sub_src, sub_dst)
+                    copy_dir_metadata(sub_src, sub_dst)
+                finally:
+                    os.close(sub_dst)
+            finally:
+                os.close(sub_src)
+        else:
+            os.link(name, name, src_dir_fd=src_fd, dst_dir_fd=dst_fd, follow_symlinks=False)
+    return count
+
+
+def clone_entry(src_dir_fd: int, src_name: str, dst_dir_fd: int, dst_name: str) -> None:
+    """Clone one entry (a whole directory, or a hardlink of anything else)."""
+    st = os.stat(src_name, dir_fd=src_dir_fd, follow_symlinks=False)
+    if not stat.S_ISDIR(st.st_mode):
+        os.link(src_name, dst_name, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd, follow_symlinks=False)
+        return
+    os.mkdir(dst_name, 0o700, dir_fd=dst_dir_fd)
+    src = os.open(src_name, _DIR_FLAGS, dir_fd=src_dir_fd)
+    try:
+        dst = os.open(dst_name, _DIR_FLAGS, dir_fd=dst_dir_fd)
+        try:
+            clone_into(src, dst)
+            copy_dir_metadata(src, dst)
+        finally:
+            os.close(dst)
+    finally:
+        os.close(src)
+
+
+def clone_tree(src: Union[str, Path], dst: Union[str, Path]) -> int:
+    """Recreate `src` at `dst` (which must not exist). Returns the number of entries."""
+    src_fd = os.open(src, _DIR_FLAGS)
+    try:
+        os.mkdir(dst, 0o700)
+        dst_fd = os.open(dst, _DIR_FLAGS)
+        try:
+            count = clone_into(src_fd, dst_fd)
+            copy_dir_metadata(src_fd, dst_fd)
+        finally:
+            os.close(dst_fd)
+    finally:
+        os.close(src_fd)
+    return count
+
+
+def remove_at(parent_fd: int, name: str) -> bool:
+    """Remove the entry `name` of `parent_fd`, a whole subtree if it is a
+    directory (made writable on the way, as an unprivileged run may need).
+    False when nothing is there."""
+    try:
+        st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    if stat.S_ISDIR(st.st_mode):
+        fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+        try:
+            if os.geteuid() != 0:
+                os.fchmod(fd, stat.S_IMODE(st.st_mode) | 0o700)
+            with os.scandir(fd) as it:
+                children = [e.name for e in it]
+            for child in children:
+                remove_at(fd, child)
+        finally:
+            os.close(fd)
+        os.rmdir(name, dir_fd=parent_fd)
+    else:
+        os.unlink(name, dir_fd=parent_fd)
+    return True
+
+
+def clear_directory(path: Union[str, Path]) -> None:
+    """Remove everything inside the directory `path` (not the directory itself)."""
+    fd = os.open(path, _DIR_FLAGS)
+    try:
+        with os.scandir(fd) as it:
+            names = [e.name for e in it]
+        for name in names:
+            remove_at(fd, name)
+    finally:
+        os.close(fd)
