@@ -1,8 +1,9 @@
 """Progress on a terminal: per image, bytes downloaded and files applied.
 
 Drawn on one status line of stderr, redrawn a few times a second; log
-records clear it first, so lines never interleave. Used only when stderr is
-a terminal and logs are plain text.
+records clear it first, so lines never interleave. Drawn only when stderr is
+a terminal and logs are plain text; the service also reads it, unstarted (so
+never drawn), through `snapshot()` for its status page.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import logging
 import sys
 import threading
 from dataclasses import dataclass
-from typing import Dict, Optional, TextIO
+from typing import Dict, List, Optional, TextIO
 
 
 @dataclass
@@ -21,6 +22,18 @@ class _ImageProgress:
     files: int = 0
     written: int = 0
     phase: str = "download"
+
+
+@dataclass(frozen=True)
+class ProgressSnapshot:
+    """One image's progress at one moment, copied out under the lock."""
+
+    image: str
+    phase: str  # "download" or "apply"
+    downloaded: int
+    to_download: int
+    files: int
+    written: int
 
 
 def _mb(n: int) -> str:
@@ -57,6 +70,18 @@ class TerminalProgress:
     def finished(self, image: str) -> None:
         with self._lock:
             self._images.pop(image, None)
+
+    def reset(self) -> None:
+        """Forget every image (the service does at each cycle's start and end: an
+        image whose download failed is never `finished`)."""
+        with self._lock:
+            self._images.clear()
+
+    def snapshot(self) -> List[ProgressSnapshot]:
+        """The images in progress now, in the order they started."""
+        with self._lock:
+            return [ProgressSnapshot(name, p.phase, p.downloaded, p.to_download, p.files, p.written)
+                    for name, p in self._images.items()]
 
     # -- drawing ---------------------------------------------------------
 

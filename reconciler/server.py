@@ -4,6 +4,7 @@
     GET  /healthz                      200 while the scheduler and the runner are alive
     GET  /metrics                      Prometheus text format
     GET  /status                       JSON: per image and tag, digest, published, last error, next poll
+    GET  /                             the status page (HTML, rendered from the /status data)
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ from typing import Dict, Optional
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from .errors import ConfigError
 from .service import Service
+from .status_page import PAGE_HEADERS, render_page
 from .watchlist import WebhookConfig
 from .webhooks import MAX_BODY_BYTES, HookRejected, ReplayGuard, matching_entries, verify_body, verify_headers
 
@@ -118,10 +120,14 @@ def build_app(service: Service, secrets: Dict[str, str]) -> Starlette:
     async def status(request: Request) -> Response:
         return JSONResponse(service.status())
 
+    async def page(request: Request) -> Response:
+        return HTMLResponse(render_page(service.status()), headers=PAGE_HEADERS)
+
     return Starlette(routes=[
         Route("/hooks/{provider}", hook, methods=["POST"]),
         Route("/hooks/{provider}/{token}", hook, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         Route("/status", status, methods=["GET"]),
+        Route("/", page, methods=["GET"]),
     ])

@@ -12,20 +12,44 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import threading
 import time
-from typing import Dict, Iterable, List, Optional, Set
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Set, Tuple, Union
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from .reconcile import BACKOFF_BASE_S, CycleReport, Reconciler, retry_delay
+from .progress import TerminalProgress
+from .publish.layout import tag_relpath
+from .reconcile import BACKOFF_BASE_S, CycleReport, Reconciler, describe_failure, retry_delay
+from .state import TagState
 from .watchlist import ImageEntry, Watchlist
 
 log = logging.getLogger(__name__)
 
 JITTER = 0.1  # polls spread over ±10 % of the interval
+
+
+def iso_utc(when: Union[None, float, dt.datetime]) -> Optional[str]:
+    """An epoch time or a datetime as ISO 8601 UTC to the second
+    (`2024-05-01T12:00:00Z`), the one time format of /status; None stays None."""
+    if when is None:
+        return None
+    if not isinstance(when, dt.datetime):
+        when = dt.datetime.fromtimestamp(when, dt.timezone.utc)
+    return when.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class CycleInfo:
+    """The cycle in progress: since when, and which entries (their labels)."""
+
+    started: float
+    entries: Tuple[str, ...]
 
 
 class Metrics:
@@ -82,9 +106,16 @@ class Service:
         self._cond = threading.Condition()
         self._stopping = False
         self._runner = threading.Thread(target=self._run, name="reconcile-runner", daemon=True)
-        self.cycle_running = False
         self.last_cycle: Optional[float] = None
         self.cycles_done = 0
+        # Replaced whole, never mutated, so the HTTP thread reads it without a lock.
+        self.cycle: Optional[CycleInfo] = None
+        self._entry_errors: Dict[int, Tuple[float, str]] = {}  # entry index -> (when, why) its cycle failed
+        # The status page shows the running cycle's bytes and files: collect them even
+        # when no terminal draws them (an unstarted TerminalProgress draws nothing).
+        if reconciler.progress is None:
+            reconciler.progress = TerminalProgress()
+        self.progress: TerminalProgress = reconciler.progress
 
     # -- scheduling ------------------------------------------------------
 
@@ -143,6 +174,10 @@ class Service:
             self._runner.join(timeout)
 
     @property
+    def cycle_running(self) -> bool:
+        return self.cycle is not None
+
+    @property
     def healthy(self) -> bool:
         return self._runner.is_alive() and self.scheduler.running
 
@@ -158,19 +193,26 @@ class Service:
                 due, self._due = self._due, set()
             entries = [e for e in self.watchlist.images if e.index in due]
             started = time.monotonic()
-            self.cycle_running = True
+            self.progress.reset()
+            self.cycle = CycleInfo(time.time(), tuple(e.label for e in entries))
             try:
                 report = self.reconciler.run_once(entries=entries)
-            except Exception:  # the service must survive any one cycle
+            except Exception as exc:  # the service must survive any one cycle
                 log.exception("reconcile cycle for %s failed", ", ".join(e.label for e in entries))
                 for entry in entries:
                     self.metrics.failures.labels(entry.source.name).inc()
+                    self._entry_errors[entry.index] = (time.time(), f"the cycle failed: {describe_failure(exc)}")
                 self._schedule_retries(entries, None)
                 continue
             finally:
-                self.cycle_running = False
+                self.cycle = None
+                self.progress.reset()
                 self.last_cycle = time.time()
                 self.cycles_done += 1
+            for entry in entries:
+                self._entry_errors.pop(entry.index, None)
+            for entry, reason in report.entry_failures:
+                self._entry_errors[entry.index] = (time.time(), reason)
             self._schedule_retries(entries, report)
             self.metrics.record(report, time.monotonic() - started, self.reconciler)
             log.info("cycle done in %.1fs: %s", time.monotonic() - started, report.summary().splitlines()[0])
@@ -178,20 +220,60 @@ class Service:
     # -- status ----------------------------------------------------------
 
     def status(self) -> Dict[str, object]:
-        """Per image and tag: digest, published digest, last error, next poll."""
+        """The JSON of /status (and all the status page shows): per entry its next
+        poll and the error of its last cycle, per watched (dest, tag, platform) the
+        digests, last success, last change and last error; the cycle in progress.
+        Every time is ISO 8601 UTC."""
         jobs = {job.id: job.next_run_time for job in self.scheduler.get_jobs()} if self.scheduler.running else {}
-        images: List[Dict[str, object]] = []
         rows = self.reconciler.state.all()
+        root = self.reconciler.publisher.root
+        images: List[Dict[str, object]] = []
         for entry in self.watchlist.images:
             upcoming = [jobs.get(f"{kind}-{entry.index}") for kind in ("nudge", "retry", "poll")]
             nxt = min((t for t in upcoming if t is not None), default=None)
+            # Rows are keyed by dest: entries that share a source never show each other's tags.
+            tags = [_tag_status(r, root) for r in rows if r.dest == entry.dest]
+            seen = {(t["tag"], t["platform"]) for t in tags}
+            # Exact tags get a row before their first poll: the page lists everything watched.
+            tags += [{"tag": tag, "platform": str(platform), "state": "waiting",
+                      "path": tag_relpath(entry.dest, tag, platform, first=i == 0), "digest": None,
+                      "published": None, "last_success": None, "last_changed": None, "last_failure": None,
+                      "last_error": None, "failures": 0}
+                     for tag in entry.tags for i, platform in enumerate(entry.platforms)
+                     if (tag, str(platform)) not in seen]
+            tags.sort(key=lambda t: str(t["tag"]))  # stable: platforms keep their order
+            error = self._entry_errors.get(entry.index)
             images.append({
-                "source": entry.source.name, "dest": entry.dest,
-                "next_poll": nxt.isoformat() if nxt else None,
-                "tags": [{"tag": r.tag, "platform": r.platform, "path": r.tag_path, "digest": r.manifest_digest,
-                          "published": r.published_digest, "last_success": r.last_success,
-                          "last_error": r.failure_reason if (r.last_failure or 0) > (r.last_success or 0) else None,
-                          "failures": r.failures}
-                         for r in rows if r.source == entry.source.name],
+                "entry": entry.label, "source": entry.source.name, "dest": entry.dest,
+                "interval_seconds": entry.interval, "next_poll": iso_utc(nxt),
+                "error": {"at": iso_utc(error[0]), "reason": error[1]} if error else None,
+                "tags": tags,
             })
-        return {"cycle_running": self.cycle_running, "last_cycle": self.last_cycle, "images": images}
+        cycle = self.cycle
+        return {
+            "now": iso_utc(time.time()),
+            "cycle": {"running": cycle is not None,
+                      "started": iso_utc(cycle.started) if cycle else None,
+                      "entries": list(cycle.entries) if cycle else [],
+                      "images": [asdict(p) for p in self.progress.snapshot()] if cycle else []},
+            "last_cycle": iso_utc(self.last_cycle),
+            "cycles_done": self.cycles_done,
+            "images": images,
+        }
+
+
+def _tag_status(row: TagState, root: Path) -> Dict[str, object]:
+    """One watched (dest, tag, platform) for /status."""
+    failing = (row.last_failure or 0) > (row.last_success or 0)
+    try:
+        # The tag link is replaced (never rewritten) when its digest changes, so its
+        # own mtime says when the tag last changed, across restarts too.
+        changed: Optional[float] = os.lstat(root / row.tag_path).st_mtime
+    except OSError:
+        changed = None
+    return {"tag": row.tag, "platform": row.platform,
+            "state": "failing" if failing else "published" if row.published_digest else "waiting",
+            "path": row.tag_path, "digest": row.manifest_digest, "published": row.published_digest,
+            "last_success": iso_utc(row.last_success), "last_changed": iso_utc(changed),
+            "last_failure": iso_utc(row.last_failure), "last_error": row.failure_reason if failing else None,
+            "failures": row.failures}
