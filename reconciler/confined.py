@@ -144,6 +144,18 @@ class ConfinedTree:
         self.observer.creating(dir_fd, _key([*parent, name]))
         return taken
 
+    def _claim(self, dir_fd: int, parent: Sequence[str], name: str, replace: bool) -> Union[bool, str]:
+        """Before writing `name`: _REFUSED when it must be left alone, else whether
+        something still stands there (to be swapped out by rename). The
+        observer hears of the change first (and may take the old entry away)."""
+        existing = _existing_entry(dir_fd, name, replace)
+        if existing is _REFUSED:
+            return _REFUSED
+        if existing is None:
+            self._creating(dir_fd, parent, name)
+            return False
+        return not self._replacing(dir_fd, parent, name, existing)
+
     def _parent(self, relpath: str, create: bool) -> Optional[Tuple[int, str, List[str]]]:
         parts = _parts(relpath)
         if not parts:
@@ -186,13 +198,9 @@ class ConfinedTree:
             return False
         fd, name, parent = found
         try:
-            existing = _existing_entry(fd, name, replace)
+            existing = self._claim(fd, parent, name, replace)
             if existing is _REFUSED:
                 return False
-            if existing is None:
-                self._creating(fd, parent, name)
-            elif self._replacing(fd, parent, name, existing):
-                existing = None  # the observer took it away
             target = f".{name}.tmp-{secrets.token_hex(4)}" if existing else name
             out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=fd)
             try:
@@ -222,13 +230,9 @@ class ConfinedTree:
             return False
         fd, name, parent = found
         try:
-            existing = _existing_entry(fd, name, replace)
+            existing = self._claim(fd, parent, name, replace)
             if existing is _REFUSED:
                 return False
-            if existing is None:
-                self._creating(fd, parent, name)
-            elif self._replacing(fd, parent, name, existing):
-                existing = None  # the observer took it away
             if not existing:
                 os.symlink(target, name, dir_fd=fd)
                 return True

@@ -102,10 +102,7 @@ def remove_at(parent_fd: int, name: str) -> bool:
         try:
             if os.geteuid() != 0:
                 os.fchmod(fd, stat.S_IMODE(st.st_mode) | 0o700)
-            with os.scandir(fd) as it:
-                children = [e.name for e in it]
-            for child in children:
-                remove_at(fd, child)
+            _clear(fd)
         finally:
             os.close(fd)
         os.rmdir(name, dir_fd=parent_fd)
@@ -118,9 +115,13 @@ def clear_directory(path: Union[str, Path]) -> None:
     """Remove everything inside the directory `path` (not the directory itself)."""
     fd = os.open(path, _DIR_FLAGS)
     try:
-        with os.scandir(fd) as it:
-            names = [e.name for e in it]
-        for name in names:
-            remove_at(fd, name)
+        _clear(fd)
     finally:
         os.close(fd)
+
+
+def _clear(dir_fd: int) -> None:
+    with os.scandir(dir_fd) as it:
+        names = [e.name for e in it]
+    for name in names:
+        remove_at(dir_fd, name)
