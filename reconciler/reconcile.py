@@ -502,15 +502,21 @@ class Reconciler:
         # image keeps none: nothing could start from an empty tree).
         build.undo_layers = max(start, len(layers) - 1)
         recorder = build.recorder if build.undo_layers else None
+        capabilities = 0
         for i in range(start, len(layers)):
             layer, diff_id = layers[i]
             try:
                 with self.store.path(layer.digest).open("rb") as blob:
-                    apply_layer(blob, layer.media_type, build.path, expected_diff_id=diff_id,
-                                options=self.apply_options, progress=on_entries,
-                                observer=recorder if i >= build.undo_layers else None)
+                    stats = apply_layer(blob, layer.media_type, build.path, expected_diff_id=diff_id,
+                                        options=self.apply_options, progress=on_entries,
+                                        observer=recorder if i >= build.undo_layers else None)
             except (LayerError, IntegrityError) as exc:
                 raise type(exc)(f"layer {i + 1} of {len(layers)} ({layer.digest[:19]}): {exc}") from None
+            capabilities += stats.capabilities
+        if capabilities and self.publisher.drops_xattrs():
+            log.warning("%s: %d files carry file capabilities (security.capability), which %s drops: they will "
+                        "not work for users; set CVMFS_INCLUDE_XATTRS=true in the repository's server.conf",
+                        image.reference, capabilities, self.publisher.target_name)
         if self.progress is not None:
             self.progress.finished(str(image.reference))
         config = image.config

@@ -144,3 +144,31 @@ def test_a_lock_file_left_by_root_does_not_stop_the_service_user():
         assert done.returncode == 0 and done.stdout.strip() == "locked", done.stderr
     finally:
         shutil.rmtree(top)
+
+
+def test_a_working_directory_inside_the_repository_exits_3(tmp_path, monkeypatch, fixture_registry):
+    """CernVM-FS refuses to publish while our process has its cwd under /cvmfs/<repo>."""
+    backend = Backend("cvmfs", tmp_path, monkeypatch, double=True)
+    host = fixture_registry.host
+    wl = backend.watchlist(host, [img(host, "basic", '["v1"]', "app")])
+    done = subprocess.run([sys.executable, "-m", "reconciler.cli", "--once", "--watchlist", str(wl)],
+                          cwd=backend.mount(), capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    assert done.returncode == 3, done.stderr
+    assert "run reconcile from another directory" in one_line(done)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="file capabilities are applied as root only")
+def test_file_capabilities_on_a_repository_that_drops_xattrs_are_reported(tmp_path, monkeypatch, fixture_registry,
+                                                                          caplog):
+    from reconciler.publish.cvmfs import CvmfsPublisher
+    from tests.test_publishers import run
+
+    backend = Backend("cvmfs", tmp_path, monkeypatch, double=True)
+    monkeypatch.setattr(CvmfsPublisher, "drops_xattrs", lambda self: True)
+    host = fixture_registry.host
+    wl = backend.watchlist(host, [img(host, "special", '["latest"]', "special"), img(host, "basic", '["v1"]', "b")])
+    with caplog.at_level("WARNING"):
+        assert not run(wl).failed
+    warned = [r.getMessage() for r in caplog.records if "security.capability" in r.getMessage()]
+    assert len(warned) == 1 and "fixtures/special" in warned[0] and "CVMFS_INCLUDE_XATTRS=true" in warned[0]

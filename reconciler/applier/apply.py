@@ -130,6 +130,7 @@ class LayerStats:
     removed: int = 0
     skipped: List[str] = field(default_factory=list)  # the first notes only; `skipped_count` counts all
     skipped_count: int = 0
+    capabilities: int = 0  # files given a security.capability (file capabilities, e.g. ping)
     diff_id: str = ""
 
     def skip(self, note: str) -> None:
@@ -726,6 +727,8 @@ class _Applier:
         for xname, value in self._xattrs(member):
             try:
                 os.setxattr(fd, xname, value)
+                if xname == b"security.capability":
+                    self.stats.capabilities += 1
             except OSError as exc:
                 if exc.errno not in (errno.ENOTSUP, errno.EPERM):
                     raise

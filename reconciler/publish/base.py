@@ -209,6 +209,10 @@ class Publisher(ABC):
     def check_ready(self) -> None:
         """Raise StartError when publishing cannot work at all (checked once at start)."""
 
+    def drops_xattrs(self) -> bool:
+        """True when what is published loses extended attributes (file capabilities)."""
+        return False
+
     @contextlib.contextmanager
     def transaction(self, message: str, builds: Optional[Dict[str, Sequence[str]]] = None
                     ) -> Iterator[PublishTransaction]:

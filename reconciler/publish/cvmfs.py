@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 from ..confined import ConfinedTree
-from ..errors import PublishError
+from ..errors import PublishError, StartError
 from ..locking import process_alive, process_start_time
 from . import layout
 from ..applier.undo import UndoRecorder
@@ -267,6 +267,29 @@ class CvmfsPublisher(Publisher):
     @property
     def target_name(self) -> str:
         return f"the CernVM-FS repository {self.target}"
+
+    def check_ready(self) -> None:
+        """CernVM-FS refuses to publish while a process of ours has its working
+        directory under the repository (measured on 2.11.5): say so at start."""
+        try:
+            cwd = os.path.realpath(os.getcwd())
+        except OSError:
+            return
+        mount = os.path.realpath(self.mount)
+        if cwd == mount or cwd.startswith(mount + os.sep):
+            raise StartError(f"the working directory {cwd} is inside {self.mount}; CernVM-FS cannot publish while "
+                             "a process has its working directory there: run reconcile from another directory")
+
+    def drops_xattrs(self) -> bool:
+        """True unless the repository's server.conf sets CVMFS_INCLUDE_XATTRS=true."""
+        conf = Path("/etc/cvmfs/repositories.d") / self.repository / "server.conf"
+        try:
+            text = conf.read_text(errors="replace")
+        except OSError:
+            return False  # not on this machine (a gateway publisher's settings are elsewhere): unknown
+        settings = dict(line.strip().split("=", 1) for line in text.splitlines() if "=" in line
+                        and not line.lstrip().startswith("#"))
+        return settings.get("CVMFS_INCLUDE_XATTRS", "false").strip().strip('"').lower() not in ("true", "yes", "1")
 
     def _template(self, builds: Dict[str, Sequence[str]]) -> Optional[Tuple[BaseImage, Path]]:
         """The published image that saves the most layers for one of `builds`,
