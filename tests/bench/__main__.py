@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -297,7 +298,8 @@ def catalog_entries(repo: str) -> int:
     """Entries in all catalogs of the repository's published revision."""
     out = subprocess.run(["cvmfs_server", "list-catalogs", "-e", repo], capture_output=True, text=True,
                          check=True).stdout
-    return sum(int(line.split()[0]) for line in out.splitlines() if line.strip() and line.split()[0].isdigit())
+    # Lines such as "4 /" and "│  ├─ 12442 /.images/05/05ee…": the count stands before the path.
+    return sum(int(m.group(1)) for m in re.finditer(r"(\d+) /", out))
 
 
 def tree_entries(root: Path) -> int:
