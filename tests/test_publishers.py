@@ -172,7 +172,7 @@ def test_publish_then_unchanged(backend, fixture_registry):
     again = run(wl)
     assert again.transactions == 0 and {o.status for o in again.outcomes} == {"unchanged"}
     if backend.kind == "cvmfs":
-        assert [c[0] for c in backend.calls()[calls_before:]] == ["list"]  # no new transaction
+        assert backend.calls()[calls_before:] == []  # no transaction, not even a `cvmfs_server list`
         image_dir = Path(os.path.realpath(seen / "basic:v1"))
         assert (image_dir / ".cvmfscatalog").exists()
 
@@ -185,7 +185,7 @@ def test_three_changed_images_make_one_transaction(backend, fixture_registry):
     assert report.transactions == 1 and not report.failed
     if backend.kind == "cvmfs":
         verbs = [c[0] for c in backend.calls()]
-        assert verbs == ["list", "transaction", "publish"]
+        assert verbs == ["transaction", "publish"]  # no marker of ours: nothing to recover, no `list`
         publish = backend.calls()[-1]
         assert publish[:2] == ["publish", "-m"] and publish[-1] == backend.repo
         assert all(name in publish[2] for name in ("fixtures/basic:v1", "fixtures/edges:latest", "fixtures/special:latest"))

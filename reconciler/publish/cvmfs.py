@@ -234,13 +234,13 @@ class CvmfsPublisher(Publisher):
 
     def recover(self) -> None:
         self.needs_recovery = False
-        if not self.in_transaction():
-            self.clear_marker()
-            return
         marker = self._read_marker()
         if marker is None:
-            log.error("%s is in a transaction that reconciler did not open; leaving it alone. Publishing waits "
-                      "until it is published or aborted.", self.repository)
+            # Nothing of ours to recover. (`cvmfs_server list` costs half a second, so an
+            # unchanged cycle does not ask; someone else's transaction shows when ours opens.)
+            return
+        if not self.in_transaction():
+            self.clear_marker()
             return
         pid = marker.get("pid")
         # Our own pid: a transaction an earlier cycle of this process could not abort.
