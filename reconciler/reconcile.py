@@ -34,8 +34,7 @@ from .fetch import ResolvedImage, fetch_layers, resolve_image
 from .locking import ProcessLock
 from .publish import Publisher, PublishTransaction, make_publisher
 from .applier.undo import UndoError, undo_changes
-from .publish.base import Build
-from .treecopy import clear_directory
+from .publish.base import Build, remove_tree
 from .publish.layout import tag_relpath
 from .registry.client import RegistryClient, RetryPolicy
 from .registry.credentials import CredentialStore, Credentials, DockerConfig, read_secret
@@ -415,11 +414,11 @@ class Reconciler:
             try:
                 txn.remove_image(digest)
             except Exception as exc:  # one image that cannot go never stops the others
-                log.error("cannot collect image %s: %s; it is retried next cycle", digest[:19],
+                log.error("cannot remove the unused image %s: %s; trying again next cycle", digest[:19],
                           describe_failure(exc, self.publisher.root))
                 continue
             report.collected.append(digest)
-            log.info("collected image %s: no tag has referenced it for over %s", digest[:19],
+            log.info("removed the image %s: no tag has used it for over %s ([publish] gc_grace)", digest[:19],
                      _duration(self.watchlist.publish.gc_grace))
 
     def _mark_images(self, protected: Set[str]) -> None:
@@ -535,12 +534,15 @@ class Reconciler:
         try:
             undone = undo_changes(build.path, base.undo)
         except (UndoError, OSError) as exc:
-            log.warning("%s: cannot start from the published image %s (%s); building from scratch",
-                        image.reference, base.digest[:19], describe_failure(exc))
-            clear_directory(build.path)
+            log.warning("%s: cannot reuse the layers of the published image %s (%s); applying all %d layers instead",
+                        image.reference, base.digest[:19], describe_failure(exc), len(image.layers))
+            # Anew, not only emptied: the clone's root carries the old image's owner, mode and xattrs.
+            remove_tree(build.path)
+            build.path.mkdir()
             return 0
-        log.info("%s: reusing %d of %d layers from the previous version (%s, %d changes undone)",
-                 image.reference, base.layers, len(image.layers), base.digest[:19], undone)
+        log.info("%s: reusing %d of %d layers from the published image %s; applying the other %d",
+                 image.reference, base.layers, len(image.layers), base.digest[:19], len(image.layers) - base.layers)
+        log.debug("%s: %d paths set back to how the lower layers had them", image.reference, undone)
         return base.layers
 
     def _record(self, report: CycleReport) -> None:

@@ -111,15 +111,6 @@ def remove_at(parent_fd: int, name: str) -> bool:
     return True
 
 
-def clear_directory(path: Union[str, Path]) -> None:
-    """Remove everything inside the directory `path` (not the directory itself)."""
-    fd = os.open(path, _DIR_FLAGS)
-    try:
-        _clear(fd)
-    finally:
-        os.close(fd)
-
-
 def _clear(dir_fd: int) -> None:
     with os.scandir(dir_fd) as it:
         names = [e.name for e in it]

@@ -509,6 +509,9 @@ class _Applier:
                 if stat.S_ISDIR(st.st_mode):
                     self._clear_dir_at(dir_fd, name, child)
                 continue
+            if keep is not None:
+                # A lower directory losing entries: its times are restored at the end.
+                self._note_dir_change(dir_fd, keep)
             self._remove(dir_fd, name, st, child)
 
     def whiteout(self, parent: PathKey, target: bytes) -> None:
@@ -581,6 +584,9 @@ class _Applier:
             link_parts = _split_name(_encode(member.linkname), f"hardlink target of {_show(parts)}", self.limits)
             if not link_parts:
                 raise HostileLayerError(f"hardlink {_show(parts)} points at the image root")
+            if link_parts[:len(parts)] == parts:
+                # Replacing the entry would remove its own target first.
+                raise LayerError(f"hardlink {_show(parts)} points inside itself ({member.linkname!r})")
             link_fd, _ = self.resolve_dir(link_parts[:-1], create=False)
             link_name = link_parts[-1]
             if link_fd is None:

@@ -49,6 +49,10 @@ def _parts(text: str) -> PathKey:
     return tuple(text.encode("utf-8", "surrogateescape").split(b"/")) if text else ()
 
 
+# Set by the host (SELinux labels), not by an image: never kept nor restored.
+_HOST_XATTRS = ("security.selinux",)
+
+
 def _xattrs(fd: int) -> List[List[str]]:
     """A directory's xattrs, as [name, value in latin-1] pairs (JSON-safe, lossless)."""
     try:
@@ -57,7 +61,8 @@ def _xattrs(fd: int) -> List[List[str]]:
         if exc.errno in (errno.ENOTSUP, errno.EPERM):
             return []
         raise
-    return [[name, os.getxattr(fd, name).decode("latin-1")] for name in sorted(names)]
+    return [[name, os.getxattr(fd, name).decode("latin-1")] for name in sorted(names)
+            if not name.startswith(_HOST_XATTRS)]
 
 
 class UndoRecorder:
@@ -78,6 +83,13 @@ class UndoRecorder:
         self._times = PathSet()
         self._saved = 0
 
+    def _covered(self, path: PathKey) -> bool:
+        """True when `path` or an ancestor already has its earlier state kept:
+        replaying that record puts back the whole subtree, so nothing under it
+        needs a record of its own (and a record under it could not be replayed
+        once the ancestor was replaced by a file or a link)."""
+        return any(path[:i] in self._content for i in range(len(path), 0, -1))
+
     def _write(self, record: dict) -> None:
         assert self._journal is not None, "the undo log is closed"
         self._journal.write(json.dumps(record).encode() + b"\n")
@@ -86,7 +98,7 @@ class UndoRecorder:
 
     def creating(self, parent_fd: int, path: PathKey) -> None:
         """Nothing stood at `path`: undoing removes whatever is there."""
-        if path in self._content:
+        if self._covered(path):
             return
         self._content.add(path)
         self._write({"op": "absent", "path": _text(path)})
@@ -94,7 +106,7 @@ class UndoRecorder:
     def removing(self, parent_fd: int, path: PathKey, st: os.stat_result) -> bool:
         """Keep the entry about to go: renamed into the log (free), or cloned where
         the file system cannot rename it (a published directory on a union mount)."""
-        if path in self._content:
+        if self._covered(path):
             return False
         self._content.add(path)
         saved = str(self._saved)
@@ -112,7 +124,7 @@ class UndoRecorder:
 
     def changing_metadata(self, parent_fd: int, name: bytes, path: PathKey) -> None:
         """Keep a directory's owner, mode, xattrs and times."""
-        if path in self._content or path in self._meta:
+        if self._covered(path) or path in self._meta:
             return
         self._meta.add(path)
         fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
@@ -126,7 +138,7 @@ class UndoRecorder:
 
     def changing_entries(self, dir_fd: int, path: PathKey) -> None:
         """Keep the times of a directory whose entries change."""
-        if path in self._content or path in self._times:
+        if self._covered(path) or path in self._times:
             return
         self._times.add(path)
         st = os.fstat(dir_fd)
@@ -195,7 +207,8 @@ def _restore_metadata(fd: int, record: dict) -> None:
     if os.geteuid() == 0:
         os.fchown(fd, record["uid"], record["gid"])
     for name in os.listxattr(fd):
-        os.removexattr(fd, name)
+        if not name.startswith(_HOST_XATTRS):
+            os.removexattr(fd, name)
     for name, value in record["xattrs"]:
         os.setxattr(fd, name, value.encode("latin-1"))
     os.fchmod(fd, record["mode"])
@@ -217,32 +230,10 @@ def undo_changes(tree: Path, undo_dir: Path) -> int:
         saved_fd = os.open(SAVED, _DIR_FLAGS, dir_fd=undo_fd)
         try:
             records = _read_journal(undo_fd, undo_dir)
-            for record in reversed(records):
-                path = _parts(record["path"])
-                op = record["op"]
-                if op == "times":
-                    times[path] = (record["atime"], record["mtime"])
-                    continue
-                if op == "meta":
-                    times[path] = (record["atime"], record["mtime"])
-                    fd = _open_dir(root_fd, path, undo_dir)
-                    try:
-                        _restore_metadata(fd, record)
-                    finally:
-                        os.close(fd)
-                    continue
-                if not path:
-                    raise UndoError(f"the undo log in {undo_dir} replaces the tree's root")
-                parent = _open_parent(root_fd, path, undo_dir)
-                try:
-                    name = os.fsdecode(path[-1])
-                    remove_at(parent, name)
-                    if op == "saved":
-                        clone_entry(saved_fd, record["id"], parent, name)
-                    elif op != "absent":
-                        raise UndoError(f"the undo log in {undo_dir} has an unknown record {op!r}")
-                finally:
-                    os.close(parent)
+            try:
+                _replay(records, root_fd, saved_fd, undo_dir, times)
+            except (KeyError, TypeError, ValueError) as exc:
+                raise UndoError(f"the undo log in {undo_dir} is corrupt: {type(exc).__name__} {exc}") from None
         finally:
             os.close(saved_fd)
         # Times last: every change above touched the times of a parent.
@@ -256,3 +247,32 @@ def undo_changes(tree: Path, undo_dir: Path) -> int:
         os.close(undo_fd)
         os.close(root_fd)
     return len(records)
+
+
+def _replay(records: List[dict], root_fd: int, saved_fd: int, undo_dir: Path,
+            times: Dict[PathKey, Tuple[int, int]]) -> None:
+    """Undo the records newest first; directory times are collected into `times`."""
+    for record in reversed(records):
+        path = _parts(record["path"])
+        op = record["op"]
+        if op in ("times", "meta"):
+            times[path] = (record["atime"], record["mtime"])
+            if op == "meta":
+                fd = _open_dir(root_fd, path, undo_dir)
+                try:
+                    _restore_metadata(fd, record)
+                finally:
+                    os.close(fd)
+            continue
+        if not path:
+            raise UndoError(f"the undo log in {undo_dir} replaces the tree's root")
+        if op not in ("saved", "absent"):
+            raise UndoError(f"the undo log in {undo_dir} has an unknown record {op!r}")
+        parent = _open_parent(root_fd, path, undo_dir)
+        try:
+            name = os.fsdecode(path[-1])
+            remove_at(parent, name)
+            if op == "saved":
+                clone_entry(saved_fd, record["id"], parent, name)
+        finally:
+            os.close(parent)

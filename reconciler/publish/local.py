@@ -53,8 +53,14 @@ class LocalTransaction(PublishTransaction):
         try:
             base = self.publisher.find_base(chain)
             if base is not None:
-                clone_tree(base.path, staging)  # hardlinks: the applier never writes into an inode
-            else:
+                try:
+                    clone_tree(base.path, staging)  # hardlinks: the applier never writes into an inode
+                except OSError as exc:  # e.g. EMLINK: too many links to one inode
+                    log.warning("cannot clone the published image %s (%s); building %s from scratch",
+                                base.digest[:19], exc.strerror or exc, digest[:19])
+                    remove_tree(staging)
+                    base = None
+            if base is None:
                 staging.mkdir()
             build = Build(staging, UndoRecorder(undo), base)
             try:
@@ -76,8 +82,9 @@ class LocalTransaction(PublishTransaction):
             if unfinished is not None:
                 log.warning("replacing the unfinished image directory %s (it has no completion record)", final)
             self._discard(self.root / layout.undo_relpath(digest), f"undo-{digest.split(':', 1)[1]}")
-            os.rename(undo, self.root / layout.undo_relpath(digest))
+            # The image first: an undo log never stands without its image (GC finds images).
             os.rename(staging, final)
+            os.rename(undo, self.root / layout.undo_relpath(digest))
             _fsync_dir(final.parent)
             self.mark_complete(digest, chain, build.undo_layers)
             self.changed = True
