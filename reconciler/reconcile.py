@@ -279,36 +279,53 @@ class Reconciler:
         return select_tags(entry, client.list_tags(entry.source.repository))
 
     def plan(self, entries: Optional[Sequence[ImageEntry]] = None) -> CycleReport:
-        """Resolve every watched tag (HEAD first) and compare with what is published."""
+        """Resolve every watched tag (HEAD first) and compare with what is published.
+
+        Tag listings, then tag resolutions, run concurrently (each registry
+        client bounds its own requests by `max_concurrency`): a thousand tags
+        far from the registry cost round trips in parallel, not in a row."""
         report = CycleReport()
         planned = list(entries or self.watchlist.images)
-        for entry in planned:
-            try:
-                tags = self._watched_tags(entry)
-            except Exception as exc:  # one entry's failure is never the cycle's
-                reason = f"cannot list tags: {describe_failure(exc)}"
-                log.error("%s: %s", entry.label, reason, exc_info=_traceback_for(exc))
-                report.entry_failures.append((entry, reason))
-                continue
-            if not tags:
-                log.warning("%s: no tag matches the selection", entry.label)
-            for tag in tags:
-                for i, platform in enumerate(entry.platforms):
-                    outcome = ImageOutcome(entry, tag, platform, tag_relpath(entry.dest, tag, platform, i == 0))
-                    report.outcomes.append(outcome)
-                    try:
-                        host = entry.source.registry
-                        outcome.resolved = resolve_image(self.client(host), self.store, entry.source.with_tag(tag),
-                                                         platform, mirror=self.mirror(host))
-                        for layer in outcome.resolved.layers:
-                            compression_for(layer.media_type)  # refuse unknown layer types before any download
-                    except Exception as exc:
-                        self._fail(outcome, exc)
-                        continue
-                    if self.publisher.current_tag(outcome.tag_path) == outcome.resolved.manifest_digest:
-                        outcome.status = "unchanged"
+        for entry in planned:  # clients are made here, in one thread
+            self.client(entry.source.registry)
+            self.mirror(entry.source.registry)
+        with ThreadPoolExecutor(max_workers=_PLAN_WORKERS) as pool:
+            listings = [pool.submit(self._watched_tags, entry) for entry in planned]
+            resolutions = []
+            for entry, listing in zip(planned, listings):
+                try:
+                    tags = listing.result()
+                except Exception as exc:  # one entry's failure is never the cycle's
+                    reason = f"cannot list tags: {describe_failure(exc)}"
+                    log.error("%s: %s", entry.label, reason, exc_info=_traceback_for(exc))
+                    report.entry_failures.append((entry, reason))
+                    continue
+                if not tags:
+                    log.warning("%s: no tag matches the selection", entry.label)
+                for tag in tags:
+                    for i, platform in enumerate(entry.platforms):
+                        outcome = ImageOutcome(entry, tag, platform, tag_relpath(entry.dest, tag, platform, i == 0))
+                        report.outcomes.append(outcome)
+                        resolutions.append(pool.submit(self._resolve, outcome))
+            for done in resolutions:
+                done.result()
         self._plan_removals(planned if entries else None, report)
         return report
+
+    def _resolve(self, outcome: ImageOutcome) -> None:
+        """Resolve one (entry, tag, platform) and say whether it is published already."""
+        entry = outcome.entry
+        try:
+            host = entry.source.registry
+            outcome.resolved = resolve_image(self.client(host), self.store, entry.source.with_tag(outcome.tag),
+                                             outcome.platform, mirror=self.mirror(host))
+            for layer in outcome.resolved.layers:
+                compression_for(layer.media_type)  # refuse unknown layer types before any download
+        except Exception as exc:  # one image's failure is never the cycle's
+            self._fail(outcome, exc)
+            return
+        if self.publisher.current_tag(outcome.tag_path) == outcome.resolved.manifest_digest:
+            outcome.status = "unchanged"
 
     def _plan_removals(self, entries: Optional[List[ImageEntry]], report: CycleReport) -> None:
         """Published tags that are no longer watched: of the planned entries (by
@@ -563,6 +580,10 @@ class Reconciler:
         for row in report.removed:
             if (row.dest, row.tag, row.platform) not in recorded:
                 self.state.forget(row.dest, row.tag, row.platform)
+
+
+# Requests in flight while planning (each registry client also bounds its own).
+_PLAN_WORKERS = 16
 
 
 def chain_ids(diff_ids: Sequence[str]) -> List[str]:
