@@ -403,8 +403,9 @@ class Reconciler:
                 else:
                     report.removed = [r for r in report.removed
                                       if not os.path.lexists(self.publisher.root / r.tag_path)]
-        self._record(report)
-        self._mark_images(protected)
+        with self.state.batch():  # one commit for the whole cycle's state
+            self._record(report)
+            self._mark_images(protected)
 
     def _check_cache_bound(self, changes: List[ImageOutcome]) -> None:
         """An image whose blobs alone exceed `blob_cache_max` can never be applied:

@@ -137,6 +137,9 @@ def main() -> int:
     parser.add_argument("--cvmfs", action="store_true", help="also into a real CernVM-FS repository (as root)")
     parser.add_argument("--scratch", type=Path, help="where both tools write their trees (default: the workdir); "
                         "a tmpfs such as /dev/shm/bench gives steadier numbers on disks mounted with `discard`")
+    parser.add_argument("--scale", action="store_true", help="only 1,000 watched tags behind a proxy adding "
+                        "latency: cold, warm and warm without latency (see tests/bench/scale.py)")
+    parser.add_argument("--rtt", type=float, default=0.05, help="the latency --scale adds per request (seconds)")
     parser.add_argument("--big-layer", type=int, metavar="N",
                         help="only the applier vs umoci on one layer of N small files (peak RSS and time)")
     parser.add_argument("--dirs-layer", type=int, metavar="N",
@@ -152,6 +155,14 @@ def main() -> int:
                        env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"}, stdout=subprocess.DEVNULL)
     work = args.workdir
     scratch = args.scratch or work
+    if args.scale:
+        from tests.bench.scale import bench_scale, scale_summary
+
+        results = bench_scale(fresh(work / "scale"), RECONCILE, args.rtt, timed)
+        out = work / "results-scale.json"
+        out.write_text(json.dumps(results, indent=2))
+        print(scale_summary(results))
+        return 0
     shapes = {"files": args.big_layer, "dirs": args.dirs_layer, "dotdot": args.dotdot_layer}
     if any(shapes.values()):
         shape, n = next((shape, n) for shape, n in shapes.items() if n)

@@ -1,0 +1,91 @@
+"""`python -m tests.bench --scale`: a thousand watched tags far from the registry.
+
+200 repositories × 5 tags of one small image on the loopback docker-registry,
+behind tests/faultproxy.py adding a delay to every request (50 ms by default,
+like a site far from Docker Hub). Times a cold cycle (all new), a warm one
+(nothing changed) and a warm one without the delay, and counts the requests
+of the warm cycle: exactly one HEAD per tag and platform, no GET.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Dict, List
+
+from fixtures.build import build_all
+from fixtures.push import FixturePusher
+from tests.faultproxy import FaultProxy
+from tests.registry_server import start_registry
+
+REPOSITORIES = 200
+TAGS = 5
+
+
+def _push(host: str) -> None:
+    """The `basic` fixture under REPOSITORIES repositories, TAGS tags each."""
+    image = build_all()["basic"]
+    pusher = FixturePusher(host)
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(REPOSITORIES):
+            repository = f"scale/r{r:03d}"
+            for blob in image.blobs:
+                pusher.push_blob(repository, blob, Path(tmp))
+            for t in range(TAGS):
+                pusher.push_manifest(repository, image.top, f"t{t}")
+
+
+def _watchlist(path: Path, host: str) -> None:
+    tags = ", ".join(f'"t{t}"' for t in range(TAGS))
+    text = f'[publish]\nroot = "publish"\n[state]\ndir = "state"\n[registries."{host}"]\ninsecure = true\n' \
+           f'max_concurrency = 16\n'
+    text += "".join(f'[[image]]\nsource = "{host}/scale/r{r:03d}"\ntags = [{tags}]\ndest = "r{r:03d}"\n'
+                    for r in range(REPOSITORIES))
+    path.write_text(text)
+
+
+def _requests(proxy: FaultProxy, since: int) -> Dict[str, int]:
+    kinds: Counter = Counter()
+    for record in proxy.requests[since:]:
+        what = "manifest" if "/manifests/" in record["path"] else "blob" if "/blobs/" in record["path"] else "other"
+        kinds[f"{record['method']} {what}"] += 1
+    return dict(kinds)
+
+
+def bench_scale(work: Path, reconcile: Path, rtt: float, timed) -> Dict[str, object]:
+    """Cold, warm and warm-without-latency cycles of REPOSITORIES × TAGS tags."""
+    registry = start_registry(work / "scale-registry")
+    proxy = FaultProxy(registry.url)
+    try:
+        _push(registry.host)
+        delay = proxy.add(path=".*", method="ANY", times=10**9, delay=rtt)
+        run = work / "scale-run"
+        run.mkdir(parents=True, exist_ok=True)
+        watchlist = run / "watchlist.toml"
+        _watchlist(watchlist, proxy.host)
+        cmd: List[str] = [str(reconcile), "--once", "--watchlist", str(watchlist)]
+        cold, cold_rss = timed(cmd)
+        mark = len(proxy.requests)
+        warm, warm_rss = timed(cmd)
+        warm_requests = _requests(proxy, mark)
+        delay.times = 0  # no latency from here on
+        mark = len(proxy.requests)
+        start = time.perf_counter()
+        subprocess.run(cmd, check=True, capture_output=True)
+        warm_no_rtt = time.perf_counter() - start
+    finally:
+        proxy.close()
+        registry.stop()
+    return {"tags": REPOSITORIES * TAGS, "rtt_ms": rtt * 1000, "cold_s": cold, "warm_s": warm,
+            "warm_no_rtt_s": warm_no_rtt, "warm_requests": warm_requests,
+            "peak_rss_mib": round(max(cold_rss, warm_rss) / 1024, 1)}
+
+
+def scale_summary(r: Dict[str, object]) -> str:
+    """One line for the scale figures."""
+    return (f"bench: {r['tags']} tags at {r['rtt_ms']:.0f} ms: cold {r['cold_s']:.1f}s, warm {r['warm_s']:.1f}s, "
+            f"warm at 0 ms {r['warm_no_rtt_s']:.1f}s; warm requests {r['warm_requests']}; "
+            f"peak RSS {r['peak_rss_mib']} MiB")
