@@ -1,7 +1,8 @@
 """The `reconcile` command.
 
-    reconcile --once [--watchlist F] [--dry-run] [--log-format plain|json]
-    reconcile [--watchlist F] [--listen HOST:PORT]       (the service)
+    reconcile --once [--watchlist F] [--log-format plain|json]   (one pass, then exit)
+    reconcile --dry-run [--watchlist F]                          (the plan only)
+    reconcile [--watchlist F] [--listen HOST:PORT]               (the service, until SIGTERM)
 
 Exit codes (also in `--help` and the README):
   0   everything converged
@@ -40,15 +41,33 @@ from .service import Service
 from .watchlist import load_watchlist, parse_listen
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_START, EXIT_BUSY, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
+DESCRIPTION = """\
+Keep a CernVM-FS repository (or a local directory) in step with container
+images in OCI registries, as the watchlist file says: which images and tags,
+for which platforms, published where.
+
+three ways to run it:
+  reconcile --once     one pass: check every watched tag, download and publish
+                       what changed, remove tags no longer watched; then exit
+                       with one of the codes below
+  reconcile            without --once it runs as a service, until SIGTERM or
+                       Ctrl-C: it checks each [[image]] at its interval (and
+                       soon after a registry's webhook says something was
+                       pushed) and publishes what changed. With --listen (or
+                       [service] listen) it also serves a status page at /,
+                       /status, /metrics, /healthz and the webhooks. On SIGTERM
+                       it finishes the current cycle, logs "stopped" and exits 0
+  reconcile --dry-run  print what --once would change, and change nothing
+                       (takes no lock: safe beside a running service)"""
 EXIT_CODES_HELP = """exit codes:
-  0    everything converged
+  0    everything converged (the service: stopped by SIGTERM or Ctrl-C)
   1    an image or entry failed (the summary names each with its reason)
   2    a configuration error; nothing was touched
   3    cannot start: a directory not writable, the port in use, cvmfs_server
        missing (the message says which); nothing was touched
   4    another reconciler holds the lock on this state directory or publish
        target; nothing was touched
-  130  interrupted (Ctrl-C); nothing is half-published"""
+  130  interrupted (Ctrl-C during --once); nothing is half-published"""
 
 
 class _JsonFormatter(logging.Formatter):
@@ -117,42 +136,66 @@ def bind_listener(listen: str, source: str) -> socket.socket:
 
 
 def serve(watchlist, reconciler: Reconciler, secrets, listener: Optional[socket.socket], listen: str = "") -> int:
-    """Run the service until SIGTERM or SIGINT; the current cycle finishes first."""
+    """Run the service until SIGTERM or SIGINT. The current cycle finishes first
+    (its transaction published or aborted), then the reconciler is closed (its
+    locks released) and a last line says "stopped", so an admin reading the
+    journal knows the service is down and why."""
     log = logging.getLogger("reconciler")
-    service = Service(watchlist, reconciler)
-    service.start()
+    received: List[str] = []
+    stop = threading.Event()
+    server: Optional[_Server] = None
+
+    def on_signal(signum: int, _frame: object) -> None:
+        received.append(signal.Signals(signum).name)
+        stop.set()
+        if server is not None:
+            server.should_exit = True
+
+    service: Optional[Service] = None
     try:
+        service = Service(watchlist, reconciler)
         if listener is not None:
             config = uvicorn.Config(build_app(service, secrets), log_level="warning", lifespan="off", access_log=False)
             server = _Server(config)
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(sig, lambda *_: setattr(server, "should_exit", True))
-            log.info("service listening on %s (webhooks: %s)", listen, ", ".join(sorted(secrets)) or "none")
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, on_signal)
+        service.start()
+        if server is not None:
+            log.info("service listening on %s (webhooks: %s; status page: http://%s/)", listen,
+                     ", ".join(sorted(secrets)) or "none", listen)
             server.run(sockets=[listener])  # returns once a signal asked it to exit
         else:
-            stop = threading.Event()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(sig, lambda *_: stop.set())
-            log.info("service running without an HTTP listener (no [service] listen or --listen)")
+            log.info("service running without an HTTP listener (no [service] listen or --listen): "
+                     "no webhooks, no status page")
             stop.wait()
     finally:
-        log.info("stopping: letting the current cycle finish")
-        service.stop()
+        why = f"{received[0]} received" if received else "shutting down"
+        if service is not None:
+            log.info("%s: stopping", why)
+            service.stop()  # waits for the cycle in progress
+        reconciler.close()
+        cycles = service.cycles_done if service is not None else 0
+        log.info("stopped after %d cycle%s", cycles, "" if cycles == 1 else "s")
     return EXIT_OK
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="reconcile", description="Keep a CVMFS repository (or a local directory) "
-                                     "in step with container images in OCI registries.", epilog=EXIT_CODES_HELP,
+    """The command line; `--help` says what each mode does and lists the exit codes."""
+    parser = argparse.ArgumentParser(prog="reconcile", description=DESCRIPTION, epilog=EXIT_CODES_HELP,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--watchlist", type=Path, default=Path("watchlist.toml"),
-                        help="the watchlist file (default: ./watchlist.toml)")
-    parser.add_argument("--once", action="store_true", help="converge once and exit")
+                        help="the watchlist file (default: ./watchlist.toml); relative paths in it are taken "
+                        "from its directory")
+    parser.add_argument("--once", action="store_true", help="converge once and exit (without it: the service)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan without changing anything (takes no "
                         "lock and writes nothing: safe beside a running service)")
-    parser.add_argument("--listen", metavar="HOST:PORT", help="service mode: where to accept webhooks")
-    parser.add_argument("--log-format", choices=("plain", "json"), default="plain")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--listen", metavar="HOST:PORT", help="service only: serve webhooks, the status page and "
+                        "/metrics here (overrides [service] listen), e.g. 127.0.0.1:8080")
+    parser.add_argument("--log-format", choices=("plain", "json"), default="plain",
+                        help="log lines on stderr: plain text (default; with a progress line on a terminal) "
+                        "or one JSON object a line")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="debug logging, with tracebacks for unexpected errors")
     parser.add_argument("--version", action="version", version=f"reconcile {__version__}")
     return parser
 
@@ -201,10 +244,7 @@ def _main(args: argparse.Namespace, progress: Optional[TerminalProgress]) -> int
         print(f"reconcile: cannot start: {exc}", file=sys.stderr)
         return EXIT_START
     if not (args.once or args.dry_run):
-        try:
-            return serve(watchlist, reconciler, secrets, listener, listen or "")
-        finally:
-            reconciler.close()
+        return serve(watchlist, reconciler, secrets, listener, listen or "")  # closes the reconciler
     if progress is not None:
         progress.start()
     try:

@@ -167,6 +167,11 @@ class Service:
     def stop(self, timeout: Optional[float] = None) -> None:
         """Stop scheduling; the cycle in progress finishes (or aborts) first."""
         self.scheduler.shutdown(wait=False)
+        cycle = self.cycle
+        if cycle is not None and self._runner.is_alive():
+            # Say why the exit waits: a large image can take minutes to apply and publish.
+            log.info("waiting for the running cycle (%s, started %s) to finish; nothing is left "
+                     "half-published", ", ".join(cycle.entries), iso_utc(cycle.started))
         with self._cond:
             self._stopping = True
             self._cond.notify()

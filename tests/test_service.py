@@ -1,9 +1,12 @@
 """The service end to end: the real registry notifies it on push, and with a
-one-hour interval the new digest is published within seconds."""
+one-hour interval the new digest is published within seconds. On SIGTERM a
+running cycle finishes first, and the last log line says the service stopped."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,6 +20,12 @@ from fixtures.push import FixturePusher
 from tests.registry_server import free_port, start_registry, wait_until
 
 TOKEN = "hook-token-for-the-tests-0123456789"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def log_messages(path: Path) -> list:
+    """The messages of a service's JSON log, in order."""
+    return [json.loads(line)["message"] for line in path.read_text().splitlines() if line.startswith("{")]
 
 
 @pytest.fixture
@@ -96,3 +105,55 @@ dest = "app"
         log.close()
     assert code == 0, (tmp_path / "service.log").read_text()[-3000:]
     assert list((tmp_path / "publish" / ".staging").iterdir()) == []
+    messages = log_messages(tmp_path / "service.log")
+    # The last word is that it stopped (how many cycles depends on how often the registry notified).
+    assert messages[-2] == "SIGTERM received: stopping", messages[-5:]
+    assert re.fullmatch(r"stopped after [2-9]\d* cycles", messages[-1]), messages[-5:]
+
+
+def test_sigterm_during_a_cycle_lets_it_publish_then_logs_stopped(tmp_path, fixture_registry):
+    host = fixture_registry.host
+    wl = tmp_path / "watchlist.toml"
+    wl.write_text(f'''
+[publish]
+root = "publish"
+[state]
+dir = "state"
+[defaults]
+interval = "1h"
+[registries."{host}"]
+insecure = true
+[[image]]
+source = "{host}/fixtures/basic"
+tags = ["v1"]
+dest = "basic"
+''')
+    # The real service, paused inside the first layer of its first cycle (tests/pause_runner.py).
+    pause = tmp_path / "pause"
+    pause.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PAUSE_DIR": str(pause)}
+    log_path = tmp_path / "service.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "pause_runner.py"), "--watchlist", str(wl),
+                                 "--log-format", "json"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_until((pause / "paused").exists, timeout=60, what="the first cycle to reach its first layer")
+        proc.send_signal(signal.SIGTERM)
+        wait_until(lambda: any(m.startswith("waiting for the running cycle") for m in log_messages(log_path)),
+                   timeout=20, what="the service to say that it waits for the running cycle")
+        assert proc.poll() is None, "the service exited in the middle of a cycle"
+        (pause / "resume").touch()
+        code = proc.wait(timeout=60)
+    finally:
+        (pause / "resume").touch()  # never leave the service waiting inside a layer
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    messages = log_messages(log_path)
+    assert code == 0, messages
+    published = [i for i, m in enumerate(messages) if "published as basic:v1" in m]
+    waiting = [i for i, m in enumerate(messages) if m.startswith("waiting for the running cycle")]
+    assert published and waiting and waiting[0] < published[0], messages
+    assert "image[1] (" in messages[waiting[0]] and "nothing is left half-published" in messages[waiting[0]]
+    assert messages[-1] == "stopped after 1 cycle", messages[-5:]
+    assert (tmp_path / "publish" / "basic:v1").is_symlink()
