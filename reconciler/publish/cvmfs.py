@@ -16,7 +16,8 @@ transaction ends in `publish` or a checked `abort -f`; the marker is cleared
 only once the repository is out of the transaction.
 
 Each image directory gets a `.cvmfscatalog`, so no catalog grows past the
-200k entries at which CernVM-FS refuses to publish. It, like every write after
+200k entries above which CernVM-FS warns (and refuses to publish where
+CVMFS_ENFORCE_LIMITS is set). It, like every write after
 the layers are applied, goes through `ConfinedTree`: an image that planted a
 symlink at that name cannot make root write outside the repository.
 
@@ -316,7 +317,8 @@ class CvmfsPublisher(Publisher):
         changed = False
         legacy = self.root / layout.LEGACY_CHAINS_DIR
         if legacy.is_dir() and not legacy.is_symlink():
-            log.info("%s: removing %s (layer chain snapshots are no longer kept)", self.target, legacy)
+            log.info("%s: removing %s: copies kept by earlier versions for updates, no longer needed "
+                     "(updates now start from the previous image)", self.target, legacy)
             remove_tree(legacy)
             changed = True
         base = self.root / layout.IMAGES_DIR
@@ -350,7 +352,8 @@ class CvmfsPublisher(Publisher):
                 log.info("%s: the new image %s starts from a clone of %s (reusing %d layers)", self.target,
                          final.name[:12], base.path.name[:12], base.layers)
             else:  # a failed -T leaves no transaction open: open a plain one
-                log.warning("%s: template transaction %s=%s failed (exit %d): %s; building from scratch",
+                log.warning("%s: could not open the transaction as a copy of the published image "
+                            "(cvmfs_server transaction -T %s=%s, exit %d): %s; applying all layers instead",
                             self.target, source, dest, done.returncode, _tail(done))
         if not templated:
             done = self.run("transaction", self.target, check=False)

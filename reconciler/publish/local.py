@@ -152,8 +152,8 @@ class LocalPublisher(Publisher):
     def recover(self) -> None:
         legacy = self.root / layout.LEGACY_CHAINS_DIR
         if legacy.is_dir() and not legacy.is_symlink():
-            log.info("removing %s: layer chain snapshots are no longer kept (updates start from the "
-                     "previous image)", legacy)
+            log.info("removing %s: copies kept by earlier versions for updates, no longer needed "
+                     "(updates start from the previous image)", legacy)
             remove_tree(legacy)
         staging = self.root / STAGING_DIR
         if staging.is_dir():
