@@ -40,12 +40,42 @@ class NotFoundError(RegistryError):
     """The repository, tag, manifest or blob does not exist."""
 
 
+class RepositoryNotFoundError(NotFoundError):
+    """The registry knows no repository of that name (HTTP 404 `NAME_UNKNOWN`)."""
+
+
+class ManifestNotFoundError(NotFoundError):
+    """The repository exists but has no such tag or manifest (HTTP 404 `MANIFEST_UNKNOWN`)."""
+
+
+class AccessDeniedError(AuthenticationError):
+    """The registry refuses this repository to whoever we are (HTTP 403, `DENIED`)."""
+
+
 class RateLimitedError(RegistryError):
     """The registry kept answering 429 after every retry."""
 
 
 class TransferError(RegistryError):
     """A transfer failed after every retry (connection errors, 5xx, short bodies)."""
+
+
+class RegistryUnreachableError(TransferError):
+    """No HTTP exchange with a registry (or token, or storage) host was possible."""
+
+
+class HostNotFoundError(RegistryUnreachableError):
+    """A host name that DNS cannot resolve."""
+
+
+class RegistryConnectionRefusedError(RegistryUnreachableError):
+    """Nothing listens at the host and port (the connection was refused)."""
+
+
+class RegistryTLSError(RegistryUnreachableError):
+    """The TLS handshake failed: a certificate that cannot be verified, or a
+    server speaking plain http where https was expected. Not retried: it is
+    a matter of configuration."""
 
 
 class UnsupportedManifestError(RegistryError):

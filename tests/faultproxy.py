@@ -8,7 +8,11 @@ query), apply to the next `times` matching requests, and do one of:
 - `corrupt`: flip a byte in the middle of the body;
 - `delay`: wait this many seconds before answering;
 - `body`: answer 200 with these bytes (and `Docker-Content-Digest` of them),
-  as a registry serving a malformed manifest would.
+  as a registry serving a malformed manifest would;
+- `encoding`: label the registry's answer `Content-Encoding: <encoding>`
+  without changing its bytes (Apache's mime magic labels .tar.gz `x-gzip`);
+- `compress`: gzip the answer on the fly and label it (`gzip`, or `encoding`),
+  as a front end ignoring `Accept-Encoding: identity` would.
 `method="ANY"` matches every method.
 `paginate_tags` serves tags/list in pages of that size with Link headers
 (distribution 2.8 does not paginate), so a failure can hit page 2.
@@ -17,6 +21,7 @@ Every request is recorded (method, path, Range header, answer).
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import re
@@ -48,6 +53,8 @@ class Fault:
     delay: float = 0.0
     body: Optional[bytes] = None
     content_type: str = "application/vnd.oci.image.manifest.v1+json"
+    encoding: Optional[str] = None
+    compress: bool = False
     hits: int = 0
 
 
@@ -140,6 +147,11 @@ class FaultProxy:
                            if k.lower() not in ("content-length", "transfer-encoding", "connection", "content-encoding")}
             if method == "HEAD":
                 out_headers["Content-Length"] = response.headers.get("content-length", "0")
+        if fault and fault.compress and body:
+            body = gzip.compress(body)
+            out_headers["Content-Encoding"] = fault.encoding or "gzip"
+        elif fault and fault.encoding:
+            out_headers["Content-Encoding"] = fault.encoding
         if fault and fault.corrupt and body:
             middle = len(body) // 2
             body = body[:middle] + bytes([body[middle] ^ 0xFF]) + body[middle + 1:]

@@ -25,10 +25,11 @@ from urllib.parse import urljoin, urlsplit
 
 import httpx
 
-from ..errors import AuthenticationError, RegistryError, TokenServiceUnavailableError
+from ..errors import AuthenticationError, RegistryError, RegistryUnreachableError, TokenServiceUnavailableError
 from . import USER_AGENT
 from .challenge import Challenge, MalformedChallengeError, parse_challenges, pick_challenge
 from .credentials import Credentials
+from .refusals import unreachable
 
 log = logging.getLogger(__name__)
 
@@ -274,6 +275,12 @@ class Authenticator:
                 response = self._http.get(realm, params=params, headers=headers, auth=(creds.username, creds.password))
             else:
                 response = self._http.get(realm, params=params, headers=headers)
+        except httpx.TransportError as exc:
+            # DNS, refused, TLS: named for the token host (auth.docker.io is not the registry).
+            error = unreachable(self.registry, realm, exc, f"token service {realm}")
+            if isinstance(error, RegistryUnreachableError):
+                raise error from None
+            raise TokenServiceUnavailableError(str(error)) from None  # a timeout: worth retrying
         except httpx.HTTPError as exc:
             raise TokenServiceUnavailableError(
                 f"{self.registry}: token service {realm} unreachable: {type(exc).__name__}") from None

@@ -10,6 +10,11 @@ digest, and resumes broken blob transfers with `Range`.
 Credentials go only to the registry's own origin: a 401 from anywhere else
 (a storage host a blob was redirected to) is a failed download, never a
 challenge to answer.
+
+Every refusal becomes one specific error (refusals.py): a missing
+repository, denied access, a rate limit with when to retry, a host DNS
+cannot resolve, a refused connection, a TLS failure. Blobs are verified
+over the bytes as sent, whatever `Content-Encoding` claims.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from ..errors import (
     RateLimitedError,
     ReconcilerError,
     RegistryError,
+    RegistryUnreachableError,
     TokenServiceUnavailableError,
     TransferError,
 )
@@ -44,6 +50,7 @@ from .credentials import Credentials
 from .links import next_link
 from .manifest import MANIFEST_ACCEPT, MAX_MANIFEST_BYTES, Descriptor, Manifest, parse_manifest
 from .reference import DOCKER_HUB, DOCKER_HUB_API_HOST, is_valid_digest
+from .refusals import error_codes, refusal, retry_at_text, retry_is_useless, unreachable
 from .throttle import HostThrottle
 
 log = logging.getLogger(__name__)
@@ -58,6 +65,14 @@ _HEAD_FINAL_STATUSES = {401, 404}
 # At most this many 401s answered within one request (Harbor: a rejected
 # token, then a bare retry, then a fresh token).
 _MAX_AUTH_ROUNDS = 2
+# The largest tag page we ask for: the OCI distribution spec's implementers
+# note (most registries serve at least 1000), and what ECR and distribution
+# >= 3.1 refuse beyond (HTTP 400).
+MAX_TAG_PAGE = 1000
+# Error codes of a registry refusing the `n` we asked for: distribution's
+# PAGINATION_NUMBER_INVALID, the spec's TAG_LIMIT_EXCEEDED, ECR's UNSUPPORTED
+# ("maxResults ... less than or equal to 1000").
+_PAGE_SIZE_REFUSALS = {"PAGINATION_NUMBER_INVALID", "TAG_LIMIT_EXCEEDED", "UNSUPPORTED"}
 
 
 @dataclass(frozen=True)
@@ -98,6 +113,46 @@ def _parse_rate_limit(value: Optional[str]) -> Optional[int]:
         return None
     head = value.split(";", 1)[0].strip()
     return int(head) if head.isdigit() else None
+
+
+def _window(value: Optional[str]) -> str:
+    """`100;w=21600` -> ` per 21600 s window`: how long a spent quota may take to refill."""
+    match = re.search(r";\s*w=(\d+)", value or "")
+    return f" per {match.group(1)} s window: it refills within that time" if match else ""
+
+
+def _tag_limit(response: httpx.Response, asked: Optional[int]) -> Optional[int]:
+    """The page size to ask next after `asked` was refused: the registry's
+    `OCI-Tag-Limit` when it is smaller, else None (ask without `n`: the
+    spec's note says such a request gets every tag, or the limit)."""
+    limit = (response.headers.get("oci-tag-limit") or "").strip()
+    if limit.isdigit() and 0 < int(limit) < (asked or MAX_TAG_PAGE + 1):
+        return int(limit)
+    return None
+
+
+def _content_coding(response: httpx.Response) -> Optional[str]:
+    """The response's Content-Encoding, lower case, or None for none or identity."""
+    codings = [c.strip().lower() for c in response.headers.get_list("content-encoding", split_commas=True)]
+    codings = [c for c in codings if c and c != "identity"]
+    return ", ".join(codings) or None
+
+
+def _read_small(response: httpx.Response) -> None:
+    """Read an error body for its message; a broken one is left unread (the
+    message then goes without the registry's reason)."""
+    try:
+        response.read()
+    except httpx.HTTPError:
+        pass
+
+
+def _failed_url(exc: httpx.TransportError, default: str) -> str:
+    """The URL of the request that failed (httpx raises RuntimeError when it has none)."""
+    try:
+        return str(exc.request.url)
+    except RuntimeError:
+        return default
 
 
 @dataclass(frozen=True)
@@ -203,8 +258,8 @@ class RegistryClient:
         if asked is not None:
             if asked > self.retry.max_retry_after:
                 raise RateLimitedError(
-                    f"{self.registry} asks to wait {asked:.0f}s before {what} (HTTP {status}); "
-                    "left for the next cycle"
+                    f"{self.registry} asks to wait {asked:.0f}s before {what} (HTTP {status}): retry after "
+                    f"{retry_at_text(asked, self._clock())}; left for the next cycle"
                 )
             delay = max(asked, 0.0)
             self._throttle.hold(delay)
@@ -260,12 +315,16 @@ class RegistryClient:
                 response = self._send_once(method, url, sent, stream)
             except httpx.TransportError as exc:
                 attempt += 1
-                if attempt >= self.retry.attempts:
-                    raise TransferError(f"{self.registry}: {what} failed after {attempt} attempts: {type(exc).__name__}: {exc}") from None
+                # The host that failed may be a storage host a redirect led to.
+                failed_url = _failed_url(exc, url)
+                error = unreachable(self.registry, failed_url, exc, what, attempt)
+                if retry_is_useless(error) or attempt >= self.retry.attempts:
+                    raise error from None
                 waited = self._backoff(attempt, what)
                 continue
             self._record_rate_limit(response)
             if response.status_code == 401:
+                _read_small(response)  # the registry's reason, for the message
                 response.close()
                 if not self._on_registry(str(response.url)):
                     # A storage host (a signed URL that expired or was refused): its
@@ -276,9 +335,11 @@ class RegistryClient:
                         "so the download failed"
                     )
                 if fresh or rounds >= _MAX_AUTH_ROUNDS:
+                    detail = "; ".join(f"{c}: {m}" for c, m in error_codes(response))[:300]
                     raise AuthenticationError(
-                        f"{self.registry} refused {self._auth.who} for {what} (HTTP 401 after a fresh login); "
-                        "check the credentials and the repository name"
+                        f"{self.registry} refused {self._auth.who} for {what} (HTTP 401 after a fresh login"
+                        f"{': ' + detail if detail else ''}): the repository does not exist, or the credentials "
+                        "may not pull it (Docker Hub answers both alike); check the repository name and the credentials"
                     )
                 rejected = auth
                 auth = self._authorized(lambda: self._auth.handle_unauthorized(response, scopes, rejected), what)
@@ -286,32 +347,41 @@ class RegistryClient:
                 fresh = auth.header is not None
                 continue
             if response.status_code in _RETRY_STATUSES:
+                if response.status_code == 429:
+                    _read_small(response)  # a small JSON body with the registry's reason
                 response.close()
                 if response.status_code == 429 and not response.headers.get("retry-after") and \
                         _parse_rate_limit(response.headers.get("ratelimit-remaining")) == 0:
                     # A spent quota (Docker Hub's pull limit) does not come back within a cycle.
                     raise RateLimitedError(
-                        f"{self.registry}: {what}: rate limit reached (HTTP 429, RateLimit-Remaining 0 of "
-                        f"{_parse_rate_limit(response.headers.get('ratelimit-limit')) or '?'}); left for the next cycle"
+                        f"{self.registry}: {what}: rate limit reached (HTTP 429{self._reason(response)}, "
+                        f"RateLimit-Remaining 0 of {_parse_rate_limit(response.headers.get('ratelimit-limit')) or '?'}"
+                        f"{_window(response.headers.get('ratelimit-limit'))}); left for the next cycle"
                     )
                 attempt += 1
                 if attempt >= self.retry.attempts:
-                    error = RateLimitedError if response.status_code == 429 else TransferError
-                    raise error(f"{self.registry}: {what} still failing with HTTP {response.status_code} after {attempt} attempts")
+                    if response.status_code == 429:
+                        asked = parse_retry_after(response.headers.get("retry-after"), self._clock())
+                        later = f"; retry after {retry_at_text(asked, self._clock())}" if asked is not None else ""
+                        raise RateLimitedError(
+                            f"{self.registry}: {what} still rate limited (HTTP 429{self._reason(response)}) after "
+                            f"{attempt} attempts{later}; left for the next cycle")
+                    raise TransferError(f"{self.registry}: {what} still failing with HTTP {response.status_code} after {attempt} attempts")
                 waited = self._backoff(attempt, what, response.status_code, response.headers.get("retry-after"))
                 continue
             return response
 
     def _authorized(self, get: Callable[[], AuthState], what: str) -> AuthState:
-        """An Authorization header, retrying a token service that is down or
-        overloaded (honouring its `Retry-After`)."""
+        """An Authorization header, retrying a token service that is down,
+        overloaded (honouring its `Retry-After`) or unreachable (but not one
+        whose TLS certificate cannot be verified)."""
         attempt = 0
         while True:
             try:
                 return get()
-            except TokenServiceUnavailableError as exc:
+            except (TokenServiceUnavailableError, RegistryUnreachableError) as exc:
                 attempt += 1
-                if attempt >= self.retry.attempts:
+                if retry_is_useless(exc) or attempt >= self.retry.attempts:
                     raise
                 busy = exc if isinstance(exc, TokenServiceBusyError) else None
                 self._backoff(attempt, f"the token for {what}", busy.status if busy else None,
@@ -327,21 +397,17 @@ class RegistryClient:
     def _scopes(repository: str) -> Tuple[str]:
         return (f"repository:{repository}:pull",)
 
-    def _fail(self, response: httpx.Response, what: str) -> ReconcilerError:
-        detail = ""
-        try:
-            errors = response.json().get("errors") or []
-            detail = "; ".join(f"{e.get('code')}: {e.get('message')}" for e in errors if isinstance(e, dict))[:300]
-        except (ValueError, AttributeError, httpx.ResponseNotRead):
-            pass
-        source = "" if self._on_registry(str(response.url)) else f" from {response.url.host}"
-        text = f"{self.registry}: {what}: HTTP {response.status_code}{source}" + (f" ({detail})" if detail else "")
-        if response.status_code == 404:
-            return NotFoundError(text + " (not found: check the repository name and tag, and that the "
-                                        "credentials may see it)")
-        if response.status_code == 403:
-            return AuthenticationError(text)
-        return RegistryError(text)
+    @staticmethod
+    def _reason(response: httpx.Response) -> str:
+        """` TOOMANYREQUESTS: …`: the registry's own words, for messages."""
+        codes = error_codes(response)
+        text = "; ".join(f"{c}: {m}" if m else c for c, m in codes)[:200]
+        return f" {text}" if text else ""
+
+    def _fail(self, response: httpx.Response, what: str, repository: str = "") -> ReconcilerError:
+        """The specific error for a final answer that is not a success (see refusals.py)."""
+        return refusal(self.registry, response, what, repository=repository,
+                       on_registry=self._on_registry(str(response.url)))
 
     # -- manifests ---------------------------------------------------------
 
@@ -359,7 +425,7 @@ class RegistryClient:
         self.stats.add(manifest_heads=1)
         if response.status_code != 200:
             if response.status_code in _HEAD_FINAL_STATUSES:
-                raise self._fail(response, what)
+                raise self._fail(response, what, repository)
             log.info("%s: %s answered HTTP %d; asking with GET instead", self.registry, what, response.status_code)
             return None
         digest = response.headers.get("docker-content-digest")
@@ -407,7 +473,7 @@ class RegistryClient:
             try:
                 if response.status_code != 200:
                     response.read()
-                    raise self._fail(response, what)
+                    raise self._fail(response, what, repository)
                 body = bytearray()
                 try:
                     for chunk in response.iter_bytes():
@@ -426,17 +492,30 @@ class RegistryClient:
     def list_tags(self, repository: str, *, page_size: int = 100, max_pages: int = 1000) -> List[str]:
         """Every tag of `repository`, following `Link` pagination.
 
+        Registries page in their own ways, all of which work here: `n`/`last`
+        with a `Link` (distribution), an opaque token in the `Link` (Quay's
+        `next_page`, GHCR, ECR), everything in one page whatever `n` says
+        (Docker Hub, GCR), pages capped below `n`, and `n` refused above a
+        limit (ECR and distribution >= 3.1 above 1000; the spec's
+        `OCI-Tag-Limit`): `n` is never above MAX_TAG_PAGE, and a first page
+        refusing it is asked again with the registry's limit, or without `n`.
+        A `Link` is followed as given, never rebuilt.
+
         Links must stay on the same scheme and host; a repeated page or more
         than `max_pages` pages is an error. Any failure raises
-        IncompleteListingError: a partial list is never returned.
+        IncompleteListingError (or, on the first page, the specific error:
+        not found, unauthorized, rate limited, unreachable): a partial list is
+        never returned.
         """
         base = f"{self.base_url}/v2/{repository}/tags/list"
-        url: Optional[str] = f"{base}?{urlencode({'n': page_size})}"
+        size: Optional[int] = max(1, min(page_size, MAX_TAG_PAGE))
+        url: Optional[str] = f"{base}?{urlencode({'n': size})}"
         origin = urlsplit(base)[:2]
         seen: set = set()
         tags: List[str] = []
         known: set = set()
         pages = 0
+        size_refused = False
         while url:
             if url in seen:
                 raise IncompleteListingError(f"{self.registry}: tag listing of {repository} loops back to a page already read")
@@ -448,13 +527,23 @@ class RegistryClient:
                 with self._slots:
                     response = self._request("GET", url, self._scopes(repository), what=what)
             except (RegistryError, IntegrityError) as exc:
-                if isinstance(exc, (NotFoundError, AuthenticationError)) and pages == 0:
+                if pages == 0 and isinstance(exc, (NotFoundError, AuthenticationError, RateLimitedError,
+                                                   RegistryUnreachableError)):
                     raise
                 raise IncompleteListingError(f"{self.registry}: {what} failed, listing incomplete: {exc}") from None
             pages += 1
             self.stats.add(tag_pages=1)
             if response.status_code != 200:
-                error = self._fail(response, what)
+                if pages == 1 and not size_refused and self._refuses_page_size(response):
+                    # Ask the first page again, as the registry allows; the page it
+                    # refused proves nothing about the tags.
+                    size_refused, pages = True, 0
+                    size = _tag_limit(response, size)
+                    log.info("%s: %s refused n=%s (HTTP %d); asking with %s", self.registry, what,
+                             urlsplit(url).query, response.status_code, f"n={size}" if size else "no n")
+                    url = f"{base}?{urlencode({'n': size})}" if size else base
+                    continue
+                error = self._fail(response, what, repository)
                 if pages == 1 and isinstance(error, (NotFoundError, AuthenticationError)):
                     raise error
                 raise IncompleteListingError(f"{error}; listing incomplete") from None
@@ -478,14 +567,24 @@ class RegistryClient:
                     raise IncompleteListingError(
                         f"{self.registry}: tag listing of {repository} links to another host ({urlsplit(url).netloc}); refused"
                     )
-            elif new_tags and len(page) == page_size:
+            elif size and new_tags and len(page) == size:
                 # No Link but exactly a full page: there may be more; continue after the
-                # last tag. (A registry that ignores n, as distribution 2.8 does, returns
-                # more than n and needs no second request.)
-                url = f"{base}?{urlencode({'n': page_size, 'last': page[-1]})}"
+                # last tag. (A registry that ignores n, as distribution 2.8 and Docker Hub
+                # do, returns more than n and needs no second request; one that ignores
+                # `last` too answers a page already seen, which ends the listing.)
+                url = f"{base}?{urlencode({'n': size, 'last': page[-1]})}"
             else:
                 url = None
         return tags
+
+    @staticmethod
+    def _refuses_page_size(response: httpx.Response) -> bool:
+        """A 400/413 that refuses the `n` we asked for (not the repository)."""
+        if response.status_code not in (400, 413):
+            return False
+        if response.status_code == 413 or response.headers.get("oci-tag-limit"):
+            return True
+        return any(code.upper() in _PAGE_SIZE_REFUSALS for code, _ in error_codes(response))
 
     # -- blobs -------------------------------------------------------------
 
@@ -494,12 +593,21 @@ class RegistryClient:
         """Stream a blob into `sink` (a writable, seekable file), verifying its
         size and sha256 as it arrives. A broken transfer resumes with `Range`
         (a 206 with a matching `Content-Range`, else it restarts from zero).
-        Raises IntegrityError when the bytes are not the promised ones."""
+        Raises IntegrityError when the bytes are not the promised ones.
+
+        The bytes verified and stored are the bytes as sent, whatever
+        `Content-Encoding` says: a blob's digest is over what the registry
+        stores, and servers label gzip layers `gzip` or `x-gzip` (Apache's
+        mime magic, S3 object metadata) without having compressed anything.
+        httpx would decode `gzip` (not `x-gzip`) if we read decoded bytes.
+        A server that really compresses on the fly, though asked for
+        identity, sends bytes that do not match: that is a clear error."""
         url = f"{self.base_url}/v2/{repository}/blobs/{descriptor.digest}"
         what = f"blob {descriptor.digest[:19]} of {repository}"
         hasher = hashlib.sha256()
         written = 0
         breaks = 0
+        encodings: List[str] = []  # Content-Encoding labels seen on the bytes we kept
         with self._slots:
             while True:
                 # identity: a CDN compressing on the fly would change the byte
@@ -518,24 +626,36 @@ class RegistryClient:
                             log.info("%s: registry ignored Range; restarting %s from zero", self.registry, what)
                             sink.seek(0)
                             sink.truncate()
-                            hasher, written = hashlib.sha256(), 0
+                            hasher, written, encodings = hashlib.sha256(), 0, []
                     else:
                         response.read()
-                        raise self._fail(response, what)
+                        raise self._fail(response, what, repository)
                     self.stats.add(blob_gets=1)
+                    encoding = _content_coding(response)
+                    if encoding and encoding not in encodings:
+                        encodings.append(encoding)
                     try:
-                        # Chunks as they arrive (no re-chunking): bytes received before a
-                        # connection breaks are kept, so the resume starts after them.
-                        for chunk in response.iter_bytes():
+                        # Raw chunks as they arrive (never decoded, no re-chunking): bytes
+                        # received before a connection breaks are kept, so the resume
+                        # starts after them.
+                        for chunk in response.iter_raw():
                             written += len(chunk)
                             if written > descriptor.size:
-                                raise IntegrityError(f"{self.registry}: {what} is longer than its declared {descriptor.size} bytes")
+                                raise IntegrityError(f"{self.registry}: {what} is longer than its declared "
+                                                     f"{descriptor.size} bytes{self._encoding_note(response, encodings)}")
                             hasher.update(chunk)
                             sink.write(chunk)
                             self.stats.add(blob_bytes=len(chunk))
                             if progress:
                                 progress(len(chunk))
                         if written < descriptor.size:
+                            if encoding:
+                                # Not a broken transfer: a body of another length, as a
+                                # server compressing on the fly sends. Resuming it would
+                                # splice two encodings.
+                                raise IntegrityError(
+                                    f"{self.registry}: {what}: the body ended at {written} of {descriptor.size} "
+                                    f"bytes{self._encoding_note(response, encodings)}")
                             raise _ShortBody()
                     except (httpx.TransportError, _ShortBody) as exc:
                         breaks += 1
@@ -552,4 +672,13 @@ class RegistryClient:
                 break
         actual = "sha256:" + hasher.hexdigest()
         if actual != descriptor.digest:
-            raise IntegrityError(f"{self.registry}: {what} hashes to {actual}, not {descriptor.digest}; discarded")
+            raise IntegrityError(f"{self.registry}: {what} hashes to {actual}, not "
+                                 f"{descriptor.digest}{self._encoding_note(None, encodings)}; discarded")
+
+    def _encoding_note(self, response: Optional[httpx.Response], encodings: List[str]) -> str:
+        """Why the bytes may be wrong when a server labelled them with a Content-Encoding."""
+        if not encodings:
+            return ""
+        host = f"{response.url.host} " if response is not None else ""
+        return (f" ({host}sent them with Content-Encoding: {', '.join(encodings)} although identity was asked: a "
+                "server compressing blobs on the fly changes their bytes; have it serve blobs unmodified)")
