@@ -194,6 +194,34 @@ FAMILIES = {
     # (kubernetes/registry.k8s.io#326); Artifact Registry/GCR answer every tag in one
     # page (google/go-containerregistry#897); blobs go on to storage.
     "k8s": Habits("k8s", auth="none", redirector=True, paging="one-page", blob_redirect=302),
+    # GitLab: the registry's token service is GitLab itself, /jwt/auth on the GitLab host,
+    # another origin than the registry (mkuchin/docker-registry-web#95,
+    # rpardini/docker-registry-proxy#27), service "container_registry", short-lived
+    # tokens (containers/image#1265 raises them to 60 s); a registry on object storage
+    # redirects blobs to it (rpardini/docker-registry-proxy#27); distribution's n/last + Link.
+    "gitlab": Habits(
+        "gitlab", auth="bearer", token_path="/jwt/auth", service="container_registry",
+        credentials=("gitlab-ci-token", SECRET), token_body=lambda t: {"token": t},
+        paging="n-last-link", blob_redirect=302),
+    # ACR: realm https://<registry>/oauth2/token with service=<registry> (Azure/acr#207),
+    # answering {"access_token": …} (Azure/acr docs/AAD-OAuth.md, quoted in Azure/acr#50);
+    # blobs come from Azure storage (Azure/acr#217), which takes no registry token.
+    "acr": Habits(
+        "acr", auth="bearer", token_on_registry_origin=True, token_path="/oauth2/token",
+        service="families.azurecr.io", credentials=("00000000-0000-0000-0000-000000000000", SECRET),
+        token_body=lambda t: {"access_token": t}, paging="n-last-link", blob_redirect=307),
+    # NGC (nvcr.io): realm https://nvcr.io/proxy_auth on the registry's origin, user
+    # `$oauthtoken` with an API key as password (NVIDIA/DeepLearningExamples#451,
+    # NVIDIA/enroot#161); its realm switch after expiry is in test_registry_quirks.py.
+    "ngc": Habits(
+        "ngc", auth="bearer", token_on_registry_origin=True, token_path="/proxy_auth", service="registry",
+        credentials=("$oauthtoken", SECRET), token_body=lambda t: {"token": t}, paging="one-page"),
+    # Artifact Registry / GCR: token at /v2/token on the registry's origin, every tag in
+    # one page (google/go-containerregistry#897), blobs 302 to storage.googleapis.com.
+    "gar": Habits(
+        "gar", auth="bearer", token_on_registry_origin=True, token_path="/v2/token",
+        service="europe-docker.pkg.dev", token_body=lambda t: {"token": t, "expires_in": 3600},
+        paging="one-page", blob_redirect=302),
 }
 
 
