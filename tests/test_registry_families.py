@@ -124,6 +124,7 @@ class Habits:
     chunked_manifests: bool = False
     rate_limit_headers: bool = False
     refuse_n_above: Optional[int] = None
+    basic_challenge: str = ""  # the Basic challenge as the family words it (default: distribution's)
 
 
 def _nanosecond_now() -> str:
@@ -216,6 +217,19 @@ FAMILIES = {
     "ngc": Habits(
         "ngc", auth="bearer", token_on_registry_origin=True, token_path="/proxy_auth", service="registry",
         credentials=("$oauthtoken", SECRET), token_body=lambda t: {"token": t}, paging="one-page"),
+    # Nexus: with forceBasicAuth (the default of new Docker repositories in 3.89) it
+    # challenges `BASIC realm="Sonatype Nexus Repository Manager"`, upper case
+    # (sonatype/nexus-public#921), and takes user and password as Basic.
+    "nexus": Habits(
+        "nexus", auth="basic", service="nexus", credentials=("deployer", SECRET), paging="n-last-link",
+        basic_challenge='BASIC realm="Sonatype Nexus Repository Manager"'),
+    # registry.redhat.io: a token service on another origin (Red Hat SSO), credentials of
+    # a registry service account required even for public images (openshift/openshift-docs#11506,
+    # keycloak/keycloak-documentation#483); blobs from a CDN.
+    "redhat": Habits(
+        "redhat", auth="bearer", token_path="/auth/realms/rhcc/protocol/redhat-docker-v2/auth",
+        service="docker-registry", credentials=("12345|reconciler", SECRET),
+        token_body=lambda t: {"token": t, "expires_in": 300}, paging="n-last-link", blob_redirect=302),
     # Artifact Registry / GCR: token at /v2/token on the registry's origin, every tag in
     # one page (google/go-containerregistry#897), blobs 302 to storage.googleapis.com.
     "gar": Habits(
@@ -371,7 +385,7 @@ class FamilyRegistry:
         if habits.auth == "basic":
             if sent == basic:
                 return True
-            challenge = f'Basic realm="{self.registry.url}/",service="{habits.service}"'
+            challenge = habits.basic_challenge or f'Basic realm="{self.registry.url}/",service="{habits.service}"'
         else:
             if basic and sent == basic:
                 return True  # Harbor and Artifactory take Basic on /v2/ too
