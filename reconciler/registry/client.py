@@ -318,7 +318,7 @@ class RegistryClient:
                 # The host that failed may be a storage host a redirect led to.
                 failed_url = _failed_url(exc, url)
                 error = unreachable(self.registry, failed_url, exc, what, attempt)
-                if retry_is_useless(error) or attempt >= self.retry.attempts:
+                if retry_is_useless(error, attempt) or attempt >= self.retry.attempts:
                     raise error from None
                 waited = self._backoff(attempt, what)
                 continue
@@ -381,7 +381,7 @@ class RegistryClient:
                 return get()
             except (TokenServiceUnavailableError, RegistryUnreachableError) as exc:
                 attempt += 1
-                if retry_is_useless(exc) or attempt >= self.retry.attempts:
+                if retry_is_useless(exc, attempt) or attempt >= self.retry.attempts:
                     raise
                 busy = exc if isinstance(exc, TokenServiceBusyError) else None
                 self._backoff(attempt, f"the token for {what}", busy.status if busy else None,

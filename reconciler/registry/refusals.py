@@ -154,6 +154,11 @@ def unreachable(registry: str, url: str, exc: httpx.TransportError, what: str,
     return TransferError(f"{registry}: {what} failed{tried}: {type(exc).__name__}: {exc}")
 
 
-def retry_is_useless(error: BaseException) -> bool:
-    """A transport failure that no retry within the cycle can mend (TLS configuration)."""
+def retry_is_useless(error: BaseException, attempt: int = 1) -> bool:
+    """A transport failure that no (further) retry within the cycle can mend: TLS
+    configuration at once; a name that does not resolve after a second try (a
+    resolver blip passes, a wrong or offline host does not, and five tries with
+    backoff made a dry run against an unreachable Docker Hub take 15 s a tag)."""
+    if isinstance(error, HostNotFoundError):
+        return attempt >= 2
     return isinstance(error, RegistryTLSError)
