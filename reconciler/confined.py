@@ -14,12 +14,13 @@ if the image root were `/`, which these writes never do.)
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import secrets
 import stat
 from pathlib import Path
-from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Iterator, List, Optional, Sequence, Tuple, Union
 
 if TYPE_CHECKING:
     from .applier.apply import ChangeObserver
@@ -156,6 +157,21 @@ class ConfinedTree:
             return False
         return not self._replacing(dir_fd, parent, name, existing)
 
+    @contextlib.contextmanager
+    def _writing(self, relpath: str, replace: bool) -> Iterator[Optional[Tuple[int, str, bool]]]:
+        """(parent fd, name, whether something still stands there) for a write to
+        `relpath`, or None when it must not happen (see `_claim`)."""
+        found = self._parent(relpath, create=True)
+        if found is None:
+            yield None
+            return
+        fd, name, parent = found
+        try:
+            existing = self._claim(fd, parent, name, replace)
+            yield None if existing is _REFUSED else (fd, name, bool(existing))
+        finally:
+            os.close(fd)
+
     def _parent(self, relpath: str, create: bool) -> Optional[Tuple[int, str, List[str]]]:
         parts = _parts(relpath)
         if not parts:
@@ -193,14 +209,10 @@ class ConfinedTree:
         in by rename, so whatever stood there (a symlink included) is never
         written through. A directory in the way is never replaced (False).
         `durable` fsyncs the file before it appears under its name."""
-        found = self._parent(relpath, create=True)
-        if found is None:
-            return False
-        fd, name, parent = found
-        try:
-            existing = self._claim(fd, parent, name, replace)
-            if existing is _REFUSED:
+        with self._writing(relpath, replace) as slot:
+            if slot is None:
                 return False
+            fd, name, existing = slot
             target = f".{name}.tmp-{secrets.token_hex(4)}" if existing else name
             out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=fd)
             try:
@@ -218,21 +230,15 @@ class ConfinedTree:
             if target != name:
                 os.replace(target, name, src_dir_fd=fd, dst_dir_fd=fd)
             return True
-        finally:
-            os.close(fd)
 
     def symlink(self, relpath: str, target: str, *, replace: bool = False) -> bool:
         """Create the symlink `relpath` -> `target`. With `replace`, an existing
         symlink or file is swapped atomically (a new link renamed over it); a
         directory in the way is never replaced (False)."""
-        found = self._parent(relpath, create=True)
-        if found is None:
-            return False
-        fd, name, parent = found
-        try:
-            existing = self._claim(fd, parent, name, replace)
-            if existing is _REFUSED:
+        with self._writing(relpath, replace) as slot:
+            if slot is None:
                 return False
+            fd, name, existing = slot
             if not existing:
                 os.symlink(target, name, dir_fd=fd)
                 return True
@@ -244,8 +250,6 @@ class ConfinedTree:
                 os.unlink(tmp, dir_fd=fd)
                 raise
             return True
-        finally:
-            os.close(fd)
 
     def unlink(self, relpath: str) -> bool:
         """Remove a file or symlink (never what it points at); False when absent."""
