@@ -105,17 +105,24 @@ class BlobStore:
         if path.is_file():
             self.touch(digest)
             return StoredBlob(digest, path.stat().st_size, path, downloaded=False)
+        if not self._once(digest, lambda: self._fill(digest, size, path, fill)):
+            return StoredBlob(digest, path.stat().st_size, path, downloaded=False)
+        self.evict(keep=(digest,))
+        return StoredBlob(digest, size, path, downloaded=True)
+
+    def _once(self, digest: str, work: Callable[[], None]) -> bool:
+        """Run `work` for `digest` unless another thread already is: then wait for
+        it (re-raising its failure). True when this call did the work."""
         with self._lock:
             future = self._inflight.get(digest)
             owner = future is None
             if owner:
-                future = Future()
-                self._inflight[digest] = future
+                future = self._inflight[digest] = Future()
         if not owner:
-            future.result()  # re-raises the owner's failure
-            return StoredBlob(digest, path.stat().st_size, path, downloaded=False)
+            future.result()
+            return False
         try:
-            self._fill(digest, size, path, fill)
+            work()
             future.set_result(None)
         except BaseException as exc:
             future.set_exception(exc)
@@ -123,8 +130,7 @@ class BlobStore:
         finally:
             with self._lock:
                 del self._inflight[digest]
-        self.evict(keep=(digest,))
-        return StoredBlob(digest, size, path, downloaded=True)
+        return True
 
     def _fill(self, digest: str, size: int, path: Path, fill: Callable[[BinaryIO], object]) -> None:
         fd, tmpname = tempfile.mkstemp(dir=self._tmp, prefix=digest.split(":", 1)[1][:16] + ".")
@@ -233,12 +239,22 @@ class ReadOnlyBlobStore(BlobStore):
         if self.has(digest):
             return StoredBlob(digest, len(self._memory[digest]) if digest in self._memory else path.stat().st_size,
                               path, downloaded=False)
-        sink = io.BytesIO()
-        fill(sink)
-        if sink.tell() != size:
-            raise IntegrityError(f"blob {digest}: got {sink.tell()} bytes, expected {size}")
-        self._memory[digest] = sink.getvalue()
-        return StoredBlob(digest, size, path, downloaded=True)
+        def fetch() -> None:
+            sink = io.BytesIO()
+            fill(sink)
+            if sink.tell() != size:
+                raise IntegrityError(f"blob {digest}: got {sink.tell()} bytes, expected {size}")
+            with self._lock:
+                self._memory[digest] = sink.getvalue()
+
+        # As in the store on disk: concurrent callers for one digest share one download.
+        downloaded = self._once(digest, fetch)
+        return StoredBlob(digest, size, path, downloaded=downloaded)
+
+    def fetched(self) -> Dict[str, bytes]:
+        """The blobs it fetched and holds in memory (not on disk), by digest."""
+        with self._lock:
+            return dict(self._memory)
 
     def evict(self, keep: Iterable[str] = ()) -> int:
         return 0

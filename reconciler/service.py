@@ -23,9 +23,11 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from .cycle.outcome import CycleReport, describe_failure
+from .cycle.record import BACKOFF_BASE_S, retry_delay
 from .progress import TerminalProgress
 from .publish.layout import tag_relpath
-from .reconcile import BACKOFF_BASE_S, CycleReport, Reconciler, describe_failure, retry_delay
+from .reconcile import Reconciler
 from .state import TagState
 from .watchlist import ImageEntry, Watchlist
 

@@ -13,7 +13,8 @@ import os
 import signal
 import sys
 
-import reconciler.reconcile as reconcile_module
+import reconciler.cycle.build as build_stage
+import reconciler.cycle.fetch_stage as fetch_stage
 from reconciler.cli import main
 from reconciler.publish.base import PublishTransaction
 from reconciler.publish.cvmfs import CvmfsTransaction
@@ -40,15 +41,15 @@ def after(count: int, real):
 
 
 if AT == "download":
-    real_fetch = reconcile_module.fetch_layers
+    real_fetch = fetch_stage.fetch_layers
 
     def dying_fetch(*args, **kw):
         kw["progress"] = lambda nbytes: die()
         return real_fetch(*args, **kw)
 
-    reconcile_module.fetch_layers = dying_fetch
+    fetch_stage.fetch_layers = dying_fetch
 elif AT == "apply":
-    real_apply = reconcile_module.apply_layer
+    real_apply = build_stage.apply_layer
     layers = [0]
 
     def dying_apply(stream, media_type, root, **kw):
@@ -64,7 +65,7 @@ elif AT == "apply":
             kw["progress"] = progress
         return real_apply(stream, media_type, root, **kw)
 
-    reconcile_module.apply_layer = dying_apply
+    build_stage.apply_layer = dying_apply
 elif AT == "set-tag":
     PublishTransaction.set_tag = after(1, PublishTransaction.set_tag)  # type: ignore[method-assign]
 elif AT == "commit":

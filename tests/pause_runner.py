@@ -12,12 +12,12 @@ import sys
 import time
 from pathlib import Path
 
-import reconciler.reconcile as reconcile_module
+import reconciler.cycle.build as build_stage
 from reconciler.cli import main
 
 PAUSE_DIR = Path(os.environ["PAUSE_DIR"])
 AFTER = int(os.environ.get("PAUSE_AFTER_ENTRIES", "3"))
-real_apply = reconcile_module.apply_layer
+real_apply = build_stage.apply_layer
 state = {"entries": 0, "paused": False}
 
 
@@ -45,7 +45,7 @@ def pausing_apply(stream, media_type, root, **kw):
     return real_apply(stream, media_type, root, **kw)
 
 
-reconcile_module.apply_layer = pausing_apply
+build_stage.apply_layer = pausing_apply
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

@@ -158,7 +158,7 @@ def test_an_image_of_0_1_keeps_serving_its_tag_until_its_rebuild_is_complete(bac
                                                                            fixture_images, monkeypatch):
     """An image published by 0.1 has no completion record. Its rebuild failing
     must not take it away from its tag, and GC never counts it unreferenced."""
-    import reconciler.reconcile as reconcile_module
+    import reconciler.cycle.build as build_stage
     from reconciler.errors import LayerError
 
     host = fixture_registry.host
@@ -175,8 +175,8 @@ def test_an_image_of_0_1_keeps_serving_its_tag_until_its_rebuild_is_complete(bac
     def failing_apply(*a, **kw):
         raise LayerError("injected: the rebuild fails")
 
-    real_apply = reconcile_module.apply_layer
-    monkeypatch.setattr(reconcile_module, "apply_layer", failing_apply)
+    real_apply = build_stage.apply_layer
+    monkeypatch.setattr(build_stage, "apply_layer", failing_apply)
     reconciler = Reconciler(load_watchlist(wl))
     try:
         assert digest in reconciler.publisher.tag_links().values()  # a reference, record or not
@@ -185,7 +185,7 @@ def test_an_image_of_0_1_keeps_serving_its_tag_until_its_rebuild_is_complete(bac
         reconciler.close()
     assert [o.status for o in report.outcomes] == ["failed"]
     assert (backend.visible / "edges:latest" / "after-empty").exists(), "the tag lost its image"
-    monkeypatch.setattr(reconcile_module, "apply_layer", real_apply)
+    monkeypatch.setattr(build_stage, "apply_layer", real_apply)
     assert [o.status for o in run(wl).outcomes] == ["published"]
     assert (backend.visible / layout.completion_relpath(digest)).is_file()
 

@@ -15,6 +15,7 @@ from typing import List
 
 import pytest
 
+from reconciler.cycle.build import BuildStage
 from reconciler.errors import LayerError
 from reconciler.reconcile import Reconciler
 from reconciler.registry.client import RetryPolicy
@@ -207,7 +208,7 @@ def test_tag_moved_keeps_the_old_image_until_gc(backend, fixture_registry):
 def test_exception_mid_image_leaves_nothing_visible(backend, fixture_registry, monkeypatch):
     host = fixture_registry.host
     wl = backend.watchlist(host, [img(host, "basic", '["v1"]', "good"), img(host, "edges", '["latest"]', "bad")])
-    real = Reconciler._apply_layers
+    real = BuildStage.apply_layers
 
     def failing(self, image, build):
         if "edges" in str(image.reference):
@@ -215,7 +216,7 @@ def test_exception_mid_image_leaves_nothing_visible(backend, fixture_registry, m
             raise LayerError("injected failure in the middle of an image")
         return real(self, image, build)
 
-    monkeypatch.setattr(Reconciler, "_apply_layers", failing)
+    monkeypatch.setattr(BuildStage, "apply_layers", failing)
     report = run(wl)
     statuses = {o.tag_path: o.status for o in report.outcomes}
     assert statuses == {"good:v1": "published", "bad:latest": "failed"}
@@ -354,11 +355,11 @@ def test_cvmfs_update_opens_a_template_transaction_from_the_published_chain(tmp_
     assert not run(wl).failed
     v1_before = describe_tree(Path(os.path.realpath(backend.visible / "v1:latest")))
     wl = backend.watchlist(host, [img(host, "chain-v1", '["latest"]', "v1"), img(host, "chain-v2", '["latest"]', "v2")])
-    import reconciler.reconcile as reconcile_module
+    import reconciler.cycle.build as build_stage
 
     applied = []
-    real_apply = reconcile_module.apply_layer
-    monkeypatch.setattr(reconcile_module, "apply_layer", lambda *a, **kw: applied.append(1) or real_apply(*a, **kw))
+    real_apply = build_stage.apply_layer
+    monkeypatch.setattr(build_stage, "apply_layer", lambda *a, **kw: applied.append(1) or real_apply(*a, **kw))
     assert not run(wl).failed
     assert len(applied) == 1  # only v2's top layer: the template brought the other two
     opened = [c for c in backend.calls() if c[0] == "transaction"]
@@ -467,7 +468,7 @@ def test_gc_spares_images_of_an_entry_whose_listing_failed(tmp_path, monkeypatch
 
 def test_an_update_starts_from_the_previous_image_and_matches_a_full_apply(tmp_path, monkeypatch, fixture_registry,
                                                                            fixture_images):
-    import reconciler.reconcile as reconcile_module
+    import reconciler.cycle.build as build_stage
     from tests.treecompare import describe_tree
 
     backend = Backend("local", tmp_path, monkeypatch)
@@ -480,8 +481,8 @@ def test_an_update_starts_from_the_previous_image_and_matches_a_full_apply(tmp_p
     assert (v1.parent / (v1.name + ".undo")).is_dir()  # with the undo log of its top layer
     wl = backend.watchlist(host, [img(host, "chain-v1", '["latest"]', "v1"), img(host, "chain-v2", '["latest"]', "v2")])
     applied = []
-    real_apply = reconcile_module.apply_layer
-    monkeypatch.setattr(reconcile_module, "apply_layer", lambda *a, **kw: applied.append(1) or real_apply(*a, **kw))
+    real_apply = build_stage.apply_layer
+    monkeypatch.setattr(build_stage, "apply_layer", lambda *a, **kw: applied.append(1) or real_apply(*a, **kw))
     run(wl)
     assert len(applied) == 1  # only v2's top layer
     v2 = Path(os.path.realpath(backend.visible / "v2:latest"))

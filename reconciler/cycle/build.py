@@ -1,0 +1,195 @@
+"""The build stage: inside one transaction of the publisher, build each changed
+image (layers applied from nothing, or from a published image sharing its
+lower layers, whose top is undone), make it Apptainer-ready, set its tags;
+remove the tags no longer watched and collect unreferenced images.
+
+A failing image fails alone; a failing transaction fails all its changes
+(all-or-nothing publishers) or those not done yet (the local directory).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence
+
+from ..applier import ApplyOptions, apply_layer
+from ..applier.undo import UndoError, undo_changes
+from ..apptainer import DEFAULT_BIND_POINTS, make_apptainer_ready
+from ..blobstore import BlobStore
+from ..errors import IntegrityError, LayerError, PublishError, ReconcilerError
+from ..fetch import ResolvedImage
+from ..publish import Publisher, PublishTransaction
+from ..publish.base import Build, remove_tree
+from .outcome import CycleReport, ImageOutcome, describe_failure
+
+if TYPE_CHECKING:
+    from ..progress import TerminalProgress
+
+log = logging.getLogger(__name__)
+
+
+def chain_ids(diff_ids: Sequence[str]) -> List[str]:
+    """The OCI ChainID of every prefix of a layer list: the first layer's DiffID,
+    then sha256("<previous ChainID> <next DiffID>")."""
+    out: List[str] = []
+    for diff_id in diff_ids:
+        out.append(diff_id if not out else "sha256:" + hashlib.sha256(f"{out[-1]} {diff_id}".encode()).hexdigest())
+    return out
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 86400:g} days" if seconds >= 86400 else f"{seconds / 3600:g} hours"
+
+
+class BuildStage:
+    """Builds and publishes through `publisher`, reading layers from `store`."""
+
+    def __init__(self, publisher: Publisher, store: BlobStore, *, apply_options: Optional[ApplyOptions] = None,
+                 bind_points: Sequence[str] = DEFAULT_BIND_POINTS, gc_grace: float = 0.0,
+                 progress: Optional["TerminalProgress"] = None) -> None:
+        self.publisher = publisher
+        self.store = store
+        self.apply_options = apply_options or ApplyOptions()
+        self.bind_points = bind_points
+        self.gc_grace = gc_grace  # only said in messages: the plan chose what to collect
+        self.progress = progress
+
+    def publish(self, report: CycleReport, doomed: Sequence[str]) -> None:
+        """One transaction for the report's planned outcomes, its removals and the
+        images in `doomed` (each checked again against the links as they are
+        then); none when there is nothing to do. Updates the report."""
+        changes = [o for o in report.outcomes if o.status == "planned"]
+        if not (changes or report.removed or doomed):
+            return
+        names = sorted({o.name for o in changes})
+        message = "reconciler: " + (", ".join(names[:20]) + (" …" if len(names) > 20 else "") or "tag removals")
+        report.transactions += 1
+        try:
+            builds = {o.resolved.manifest_digest: chain_ids(o.resolved.config.diff_ids)
+                      for o in changes if o.resolved is not None}
+            with self.publisher.transaction(message, builds) as txn:
+                self._apply(txn, changes)
+                for row in report.removed:
+                    txn.remove_tag(row.tag_path)
+                    log.info("removed tag %s (no longer watched)", row.tag_path)
+                self._collect(txn, doomed, report)
+        except Exception as exc:  # the transaction failed: contained to its changes
+            reason = describe_failure(exc, self.publisher.root)
+            log.debug("transaction failed", exc_info=True)
+            # All or nothing (CVMFS): nothing of it is visible, every change failed.
+            # Local: what was done before the failure stands.
+            failed = ("planned", "published") if self.publisher.all_or_nothing else ("planned",)
+            for outcome in changes:
+                if outcome.status in failed:
+                    outcome.fail(PublishError(f"not published: {reason}"))
+            if self.publisher.all_or_nothing:
+                report.removed, report.collected = [], []
+            else:
+                report.removed = [r for r in report.removed
+                                  if not os.path.lexists(self.publisher.root / r.tag_path)]
+
+    def _apply(self, txn: PublishTransaction, changes: List[ImageOutcome]) -> None:
+        built: Dict[str, Optional[str]] = {}  # digest -> failure reason (None when built)
+        for outcome in changes:
+            image = outcome.resolved
+            assert image is not None
+            digest = image.manifest_digest
+            if digest not in built:
+                built[digest] = None
+                if not txn.has_image(digest):
+                    try:
+                        with txn.build_image(digest, chain_ids(image.config.diff_ids)) as build:
+                            self.apply_layers(image, build)
+                    except Exception as exc:  # one image's failure is never the cycle's
+                        log.debug("%s: build failed", outcome.name, exc_info=True)
+                        built[digest] = describe_failure(exc, self.publisher.root)
+            failure = built[digest]
+            if failure is not None:
+                outcome.fail(ReconcilerError(failure))
+                continue
+            try:
+                txn.set_tag(outcome.tag_path, digest)
+            except Exception as exc:
+                outcome.fail(exc)
+                continue
+            outcome.status = "published"
+            log.info("%s: published as %s (%s)", outcome.name, outcome.tag_path, digest[:19])
+
+    def apply_layers(self, image: ResolvedImage, build: Build) -> None:
+        """Build the image in `build.path`: from the published image it was cloned
+        from (its top layer undone), or from nothing; then the remaining layers
+        and the Apptainer files. Everything after the layers below the top one
+        goes into the image's own undo log, for the next update."""
+        on_entries = None
+        if self.progress is not None:
+            progress, name = self.progress, str(image.reference)
+            on_entries = lambda files, nbytes: progress.applied(name, files, nbytes)  # noqa: E731
+        layers = list(zip(image.layers, image.config.diff_ids))
+        start = self._start_from_base(image, build)
+        # The undo log goes back to the layers below the top one (a one-layer
+        # image keeps none: nothing could start from an empty tree).
+        build.undo_layers = max(start, len(layers) - 1)
+        recorder = build.recorder if build.undo_layers else None
+        capabilities = 0
+        for i in range(start, len(layers)):
+            layer, diff_id = layers[i]
+            try:
+                with self.store.path(layer.digest).open("rb") as blob:
+                    stats = apply_layer(blob, layer.media_type, build.path, expected_diff_id=diff_id,
+                                        options=self.apply_options, progress=on_entries,
+                                        observer=recorder if i >= build.undo_layers else None)
+            except (LayerError, IntegrityError) as exc:
+                raise type(exc)(f"layer {i + 1} of {len(layers)} ({layer.digest[:19]}): {exc}") from None
+            capabilities += stats.capabilities
+        if capabilities and self.publisher.drops_xattrs():
+            log.warning("%s: %d files carry file capabilities (security.capability), which %s drops: they will "
+                        "not work for users; set CVMFS_INCLUDE_XATTRS=true in the repository's server.conf",
+                        image.reference, capabilities, self.publisher.target_name)
+        if self.progress is not None:
+            self.progress.finished(str(image.reference))
+        config = image.config
+        kept = make_apptainer_ready(build.path, env=config.env, entrypoint=config.entrypoint, cmd=config.cmd,
+                                    labels=config.labels, bind_points=self.bind_points, observer=recorder)
+        if kept:
+            log.debug("%s: the image already has %s; left as they are", image.reference, ", ".join(kept))
+
+    def _start_from_base(self, image: ResolvedImage, build: Build) -> int:
+        """Undo the top of the image `build.path` was cloned from; returns how many
+        layers are in place (0: none, the tree is empty)."""
+        base = build.base
+        if base is None:
+            return 0
+        try:
+            undone = undo_changes(build.path, base.undo)
+        except (UndoError, OSError) as exc:
+            log.warning("%s: cannot reuse the layers of the published image %s (%s); applying all %d layers instead",
+                        image.reference, base.digest[:19], describe_failure(exc), len(image.layers))
+            # Anew, not only emptied: the clone's root carries the old image's owner, mode and xattrs.
+            remove_tree(build.path)
+            build.path.mkdir()
+            return 0
+        log.info("%s: reusing %d of %d layers from the published image %s; applying the other %d",
+                 image.reference, base.layers, len(image.layers), base.digest[:19], len(image.layers) - base.layers)
+        log.debug("%s: %d paths set back to how the lower layers had them", image.reference, undone)
+        return base.layers
+
+    def _collect(self, txn: PublishTransaction, doomed: Sequence[str], report: CycleReport) -> None:
+        """Remove unreferenced images, checking the links as they are now, in this transaction."""
+        if not doomed:
+            return
+        live = set(self.publisher.tag_links().values())
+        on_disk = set(self.publisher.images())
+        for digest in doomed:
+            if digest in live or digest not in on_disk:
+                continue
+            try:
+                txn.remove_image(digest)
+            except Exception as exc:  # one image that cannot go never stops the others
+                log.error("cannot remove the unused image %s: %s; trying again next cycle", digest[:19],
+                          describe_failure(exc, self.publisher.root))
+                continue
+            report.collected.append(digest)
+            log.info("removed the image %s: no tag has used it for over %s ([publish] gc_grace)", digest[:19],
+                     _duration(self.gc_grace))

@@ -1,0 +1,133 @@
+"""The records the stages of a cycle pass along, and how a failure is told.
+
+An `ImageOutcome` is one watched (entry, tag, platform): the plan creates it
+and sets its resolved image and first status, later stages move its status on
+(`planned` -> `published` or `failed`). A `CycleReport` collects them with the
+cycle's removals, collections and entry failures.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Protocol, Set, Tuple
+
+from ..errors import ReconcilerError
+from ..fetch import ResolvedImage
+from ..registry.client import RegistryClient
+from ..registry.manifest import Descriptor, Platform
+from ..state import TagKey, TagState
+from ..watchlist import ImageEntry
+
+log = logging.getLogger(__name__)
+
+
+class Registries(Protocol):
+    """Where the stages get registry clients (cached by whoever implements it)."""
+
+    def client(self, host: str) -> RegistryClient:
+        """The client of a registry host, with its credentials."""
+
+    def mirror(self, host: str) -> Optional[RegistryClient]:
+        """The client of the host's blob mirror, or None."""
+
+
+@dataclass
+class ImageOutcome:
+    """What happened to one (entry, tag, platform) this cycle."""
+
+    entry: ImageEntry
+    tag: str
+    platform: Platform
+    tag_path: str
+    status: str = "planned"  # planned | unchanged | published | failed
+    resolved: Optional[ResolvedImage] = None
+    reason: str = ""
+    downloaded: int = 0
+
+    @property
+    def name(self) -> str:
+        suffix = "" if self.tag_path.endswith(f":{self.tag}") else f" [{self.platform}]"
+        return f"{self.entry.source.name}:{self.tag}{suffix}"
+
+    @property
+    def digest(self) -> Optional[str]:
+        return self.resolved.manifest_digest if self.resolved else None
+
+    @property
+    def key(self) -> TagKey:
+        """Its row in the state database."""
+        return TagKey(self.entry.dest, self.tag, str(self.platform), self.entry.source.name, self.tag_path)
+
+    @property
+    def blobs(self) -> List[Descriptor]:
+        """The config and layers it needs in the blob store."""
+        return [self.resolved.manifest.config, *self.resolved.layers] if self.resolved else []
+
+    def fail(self, exc: BaseException, where: Optional[Path] = None) -> None:
+        """Mark it failed with a one-line reason, and log that."""
+        self.status = "failed"
+        self.reason = describe_failure(exc, where)
+        log.error("%s: %s", self.name, self.reason, exc_info=traceback_for(exc))
+
+
+@dataclass
+class CycleReport:
+    """The outcome of one cycle."""
+
+    outcomes: List[ImageOutcome] = field(default_factory=list)
+    entry_failures: List[Tuple[ImageEntry, str]] = field(default_factory=list)
+    removed: List[TagState] = field(default_factory=list)
+    collected: List[str] = field(default_factory=list)
+    transactions: int = 0
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.entry_failures) or any(o.status == "failed" for o in self.outcomes)
+
+    @property
+    def unlisted_dests(self) -> Set[str]:
+        """The dests of entries whose tags could not be listed: a partial view
+        proves nothing, so nothing of theirs is removed or collected."""
+        return {entry.dest for entry, _ in self.entry_failures}
+
+    def summary(self) -> str:
+        """A human-readable summary, one line per change or failure."""
+        counts: Dict[str, int] = {}
+        for o in self.outcomes:
+            counts[o.status] = counts.get(o.status, 0) + 1
+        lines = [", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "nothing watched"]
+        for o in self.outcomes:
+            if o.status in ("published", "planned"):
+                lines.append(f"  {o.status:9} {o.name} -> {o.tag_path} ({(o.digest or '')[:19]})")
+        for row in self.removed:
+            lines.append(f"  removed   {row.tag_path}")
+        for digest in self.collected:
+            lines.append(f"  collected {digest[:19]} (unreferenced past the grace period)")
+        for entry, reason in self.entry_failures:
+            lines.append(f"  FAILED    {entry.label}: {reason}")
+        for o in self.outcomes:
+            if o.status == "failed":
+                lines.append(f"  FAILED    {o.name}: {o.reason}")
+        return "\n".join(lines)
+
+
+def traceback_for(exc: BaseException) -> bool:
+    """Log a traceback only for what no operator caused: an unexpected exception
+    type (a bug), never a ReconcilerError or an OSError (they say what to do)."""
+    return not isinstance(exc, (ReconcilerError, OSError)) and log.isEnabledFor(logging.DEBUG)
+
+
+def describe_failure(exc: BaseException, where: Optional[Path] = None) -> str:
+    """One line for a site admin: what failed and, where we know, what to do.
+    `where` is the directory the failing step was writing to."""
+    if isinstance(exc, ReconcilerError):
+        return str(exc) or type(exc).__name__
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (f"{exc.strerror} under {exc.filename or where or 'an unknown directory'}; free space there "
+                "(or raise the quota) and it is retried next cycle")
+    if isinstance(exc, OSError):
+        return f"{exc.strerror or exc} ({exc.filename})" if exc.filename else f"{exc.strerror or exc}"
+    return f"unexpected {type(exc).__name__}: {exc}"

@@ -1,0 +1,176 @@
+"""The plan stage: what a cycle would change, decided from reads only.
+
+Every watched (tag, platform) is resolved with a HEAD (a GET only for a
+manifest or config the blob store lacks) and compared with what is published.
+The plan writes nothing: manifests and configs it had to download are kept in
+memory, in `Plan.fetched`, for the fetch stage to store. So `--dry-run` is this
+stage printed, and can run beside a service.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Protocol, Sequence, Set, Tuple
+
+from packaging.specifiers import SpecifierSet
+from packaging.version import InvalidVersion, Version
+
+from ..applier import compression_for
+from ..blobstore import BlobStore
+from ..fetch import resolve_image
+from ..publish.layout import tag_relpath
+from ..state import TagState
+from ..watchlist import ImageEntry, Watchlist
+from .outcome import CycleReport, ImageOutcome, Registries, describe_failure, traceback_for
+
+log = logging.getLogger(__name__)
+
+# Requests in flight while planning (each registry client also bounds its own).
+PLAN_WORKERS = 16
+
+
+class PublishedTags(Protocol):
+    """What the plan reads of a publisher."""
+
+    def current_tag(self, tag_path: str) -> Optional[str]:
+        """The digest the tag link points at, if at a complete image."""
+
+
+class StateReader(Protocol):
+    """What the plan reads of the state database."""
+
+    def all(self) -> List[TagState]:
+        """Every recorded tag link."""
+
+    def gc_candidates(self, unreferenced_before: float, protected_dests: Set[str], limit: int) -> List[str]:
+        """Images unreferenced for long enough to collect."""
+
+
+@dataclass
+class Plan:
+    """What one cycle would do. `outcomes` hold each watched (dest, tag,
+    platform) with its resolved image and status: `planned` (to build and
+    publish), `unchanged` or `failed`."""
+
+    outcomes: List[ImageOutcome] = field(default_factory=list)
+    entry_failures: List[Tuple[ImageEntry, str]] = field(default_factory=list)
+    removals: List[TagState] = field(default_factory=list)  # published tags no longer watched
+    gc_candidates: List[str] = field(default_factory=list)  # images unreferenced past the grace period
+    fetched: Dict[str, bytes] = field(default_factory=dict)  # manifests and configs not in the blob store yet
+
+    @property
+    def changes(self) -> List[ImageOutcome]:
+        """The outcomes still to build and publish."""
+        return [o for o in self.outcomes if o.status == "planned"]
+
+    def report(self) -> CycleReport:
+        """A report of this plan, sharing its outcomes (later stages update them)."""
+        return CycleReport(outcomes=self.outcomes, entry_failures=self.entry_failures, removed=list(self.removals))
+
+
+def version_order(tag: str, versions: Dict[str, Version]) -> Tuple[int, object, str]:
+    """The sort key `newest` uses: tags that are not versions rank below every
+    version (in name order among themselves); versions by PEP 440 order."""
+    version = versions.get(tag)
+    return (0, (), tag) if version is None else (1, version, tag)
+
+
+def select_tags(entry: ImageEntry, available: Sequence[str]) -> List[str]:
+    """Apply an entry's `tag_pattern`, `semver` and `newest` to a tag list."""
+    tags = list(available)
+    if entry.tag_pattern:
+        pattern = re.compile(entry.tag_pattern)
+        tags = [t for t in tags if pattern.search(t)]
+    versions: Dict[str, Version] = {}
+    for t in tags:
+        try:
+            versions[t] = Version(t)
+        except InvalidVersion:
+            pass
+    if entry.semver:
+        spec = SpecifierSet(entry.semver)
+        tags = [t for t in tags if t in versions and spec.contains(versions[t], prereleases=False)]
+    if entry.newest:
+        tags.sort(key=lambda t: version_order(t, versions))
+        tags = tags[-entry.newest:]
+    return sorted(tags)
+
+
+def plan(watchlist: Watchlist, registries: Registries, store: BlobStore, published: PublishedTags,
+         state: StateReader, *, now: float, entries: Optional[Sequence[ImageEntry]] = None) -> Plan:
+    """Resolve every watched tag of `entries` (default: all of the watchlist's)
+    and compare with what is published; also find the published tags no longer
+    watched and the images to collect. Reads only: writes nothing anywhere.
+
+    Tag listings, then tag resolutions, run concurrently (each registry client
+    bounds its own requests by `max_concurrency`): a thousand tags far from the
+    registry cost round trips in parallel, not in a row."""
+    out = Plan()
+    planned = list(entries or watchlist.images)
+    reader = store.read_only()  # reads the store; what it downloads stays in memory
+    for entry in planned:  # clients are made here, in one thread
+        registries.client(entry.source.registry)
+        registries.mirror(entry.source.registry)
+
+    def watched_tags(entry: ImageEntry) -> List[str]:
+        if not entry.lists_tags:
+            return list(entry.tags)
+        return select_tags(entry, registries.client(entry.source.registry).list_tags(entry.source.repository))
+
+    def resolve(outcome: ImageOutcome) -> None:
+        host = outcome.entry.source.registry
+        try:
+            outcome.resolved = resolve_image(registries.client(host), reader, outcome.entry.source.with_tag(outcome.tag),
+                                             outcome.platform, mirror=registries.mirror(host))
+            for layer in outcome.resolved.layers:
+                compression_for(layer.media_type)  # refuse unknown layer types before any download
+        except Exception as exc:  # one image's failure is never the cycle's
+            outcome.fail(exc)
+            return
+        if published.current_tag(outcome.tag_path) == outcome.resolved.manifest_digest:
+            outcome.status = "unchanged"
+
+    with ThreadPoolExecutor(max_workers=PLAN_WORKERS) as pool:
+        listings = [pool.submit(watched_tags, entry) for entry in planned]
+        resolutions = []
+        for entry, listing in zip(planned, listings):
+            try:
+                tags = listing.result()
+            except Exception as exc:  # one entry's failure is never the cycle's
+                reason = f"cannot list tags: {describe_failure(exc)}"
+                log.error("%s: %s", entry.label, reason, exc_info=traceback_for(exc))
+                out.entry_failures.append((entry, reason))
+                continue
+            if not tags:
+                log.warning("%s: no tag matches the selection", entry.label)
+            for tag in tags:
+                for i, platform in enumerate(entry.platforms):
+                    outcome = ImageOutcome(entry, tag, platform, tag_relpath(entry.dest, tag, platform, i == 0))
+                    out.outcomes.append(outcome)
+                    resolutions.append(pool.submit(resolve, outcome))
+        for done in resolutions:
+            done.result()
+    out.fetched = reader.fetched()
+    out.removals = _removals(watchlist, planned if entries else None, out, state)
+    unsure = {entry.dest for entry, _ in out.entry_failures}
+    # Never collect the images of an entry whose tags could not be listed this cycle.
+    out.gc_candidates = state.gc_candidates(now - watchlist.publish.gc_grace, unsure, watchlist.publish.gc_max_per_cycle)
+    return out
+
+
+def _removals(watchlist: Watchlist, entries: Optional[List[ImageEntry]], out: Plan,
+              state: StateReader) -> List[TagState]:
+    """Published tags that are no longer watched: of the planned entries (by
+    dest, so entries sharing a source never remove each other's tags) and of
+    dests no entry has any more. A tag of an entry whose listing failed is
+    never removed: a partial listing proves nothing."""
+    watched = {o.tag_path for o in out.outcomes}
+    unsure = {e.dest for e, _ in out.entry_failures}
+    all_dests = {e.dest for e in watchlist.images}
+    planned = all_dests if entries is None else {e.dest for e in entries}
+    return [row for row in state.all()
+            if (row.dest in planned or row.dest not in all_dests) and row.tag_path not in watched
+            and row.dest not in unsure]
