@@ -117,6 +117,9 @@ class FakePublisher:
     def current_tag(self, tag_path: str) -> Optional[str]:
         return self.links.get(tag_path)
 
+    def tag_links(self) -> Dict[str, str]:
+        return dict(self.links)
+
 
 def snapshot(top: Path) -> Dict[str, Tuple[int, int, int, str]]:
     """Every path under `top`: mode, size, mtime and (files) content hash."""

@@ -235,3 +235,20 @@ def test_newest_ranks_tags_that_are_not_versions_below_every_version(tmp_path, a
     wl.write_text(f'[[image]]\nsource = "example.org/team/app"\ntag_pattern = ".*"\nnewest = {newest}\n')
     (entry,) = load_watchlist(wl).images
     assert sorted(select_tags(entry, available)) == sorted(expected)
+
+
+def test_a_lost_state_database_is_rebuilt_from_the_published_tree(tmp_path, own_registry):
+    """The tree is the source of truth: with state.db gone, a tag no longer
+    watched is still found (in the tree) and removed, and the rest is unchanged."""
+    own_registry.push("basic", "a")
+    own_registry.push("manytags", "b")
+    host = own_registry.host
+    wl = write_watchlist(tmp_path, host, [f'source = "{host}/team/app"\ntags = ["a", "b"]\ndest = "app"'])
+    run(wl)
+    for leftover in (tmp_path / "state").glob("state.db*"):
+        leftover.unlink()
+    write_watchlist(tmp_path, host, [f'source = "{host}/team/app"\ntags = ["a"]\ndest = "app"'])
+    report, _ = run(wl)
+    assert [o.status for o in report.outcomes] == ["unchanged"]
+    assert [r.tag_path for r in report.removed] == ["app:b"]
+    assert not os.path.lexists(tmp_path / "publish" / "app:b") and (tmp_path / "publish" / "app:a").is_symlink()

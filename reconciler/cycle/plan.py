@@ -38,6 +38,9 @@ class PublishedTags(Protocol):
     def current_tag(self, tag_path: str) -> Optional[str]:
         """The digest the tag link points at, if at a complete image."""
 
+    def tag_links(self) -> Dict[str, str]:
+        """Every tag link into the image store, and the digest it links to."""
+
 
 class StateReader(Protocol):
     """What the plan reads of the state database."""
@@ -154,7 +157,7 @@ def plan(watchlist: Watchlist, registries: Registries, store: BlobStore, publish
         for done in resolutions:
             done.result()
     out.fetched = reader.fetched()
-    out.removals = _removals(watchlist, planned if entries else None, out, state)
+    out.removals = _removals(watchlist, planned if entries else None, out, state, published)
     unsure = {entry.dest for entry, _ in out.entry_failures}
     # Never collect the images of an entry whose tags could not be listed this cycle.
     out.gc_candidates = state.gc_candidates(now - watchlist.publish.gc_grace, unsure, watchlist.publish.gc_max_per_cycle)
@@ -162,15 +165,32 @@ def plan(watchlist: Watchlist, registries: Registries, store: BlobStore, publish
 
 
 def _removals(watchlist: Watchlist, entries: Optional[List[ImageEntry]], out: Plan,
-              state: StateReader) -> List[TagState]:
+              state: StateReader, published: PublishedTags) -> List[TagState]:
     """Published tags that are no longer watched: of the planned entries (by
     dest, so entries sharing a source never remove each other's tags) and of
     dests no entry has any more. A tag of an entry whose listing failed is
-    never removed: a partial listing proves nothing."""
+    never removed: a partial listing proves nothing.
+
+    The published tree is the source of truth: a tag link of a planned entry's
+    dest that the state database does not know (it was lost, or rebuilt) is
+    found in the tree. Dests no entry has are taken from the database only,
+    so a link someone else put beside ours is never touched."""
     watched = {o.tag_path for o in out.outcomes}
     unsure = {e.dest for e, _ in out.entry_failures}
     all_dests = {e.dest for e in watchlist.images}
     planned = all_dests if entries is None else {e.dest for e in entries}
-    return [row for row in state.all()
-            if (row.dest in planned or row.dest not in all_dests) and row.tag_path not in watched
-            and row.dest not in unsure]
+    rows = state.all()
+    removals = [row for row in rows
+                if (row.dest in planned or row.dest not in all_dests) and row.tag_path not in watched
+                and row.dest not in unsure]
+    known = {row.tag_path for row in rows}
+    for tag_path in sorted(published.tag_links()):
+        dest, _, tag = tag_path.rpartition(":")
+        if not dest or tag_path in watched or tag_path in known or dest not in planned or dest in unsure:
+            continue
+        tag, _, platform = tag.partition("@")
+        removals.append(TagState(source="", tag=tag, platform=platform.replace("-", "/"), dest=dest,
+                                 tag_path=tag_path, seen_digest=None, manifest_digest=None, published_digest=None,
+                                 last_success=None, last_failure=None, failure_reason=None, failures=0,
+                                 next_due=None))
+    return removals
