@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
-from typing import Union
+from typing import List, Tuple, Union
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -91,28 +91,51 @@ def clone_tree(src: Union[str, Path], dst: Union[str, Path]) -> int:
 
 def remove_at(parent_fd: int, name: str) -> bool:
     """Remove the entry `name` of `parent_fd`, a whole subtree if it is a
-    directory (made writable on the way, as an unprivileged run may need).
-    False when nothing is there."""
+    directory (made writable on the way, as an unprivileged run may need),
+    never following a symlink. False when nothing is there.
+
+    Iterative, one open directory per level: an image may be 1024 directories
+    deep (the applier's limit), deeper than Python's recursion limit."""
     try:
         st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
     except FileNotFoundError:
         return False
-    if stat.S_ISDIR(st.st_mode):
-        fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
-        try:
-            if os.geteuid() != 0:
-                os.fchmod(fd, stat.S_IMODE(st.st_mode) | 0o700)
-            _clear(fd)
-        finally:
-            os.close(fd)
-        os.rmdir(name, dir_fd=parent_fd)
-    else:
+    if not stat.S_ISDIR(st.st_mode):
         os.unlink(name, dir_fd=parent_fd)
+        return True
+    # (parent fd, name, fd, entries still to remove) per directory being emptied
+    stack: List[Tuple[int, str, int, List[str]]] = [(parent_fd, name, *_open_to_clear(parent_fd, name, st))]
+    try:
+        while stack:
+            parent, dirname, fd, entries = stack[-1]
+            if not entries:
+                stack.pop()
+                os.close(fd)
+                os.rmdir(dirname, dir_fd=parent)
+                continue
+            entry = entries.pop()
+            try:
+                entry_st = os.stat(entry, dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if stat.S_ISDIR(entry_st.st_mode):
+                stack.append((fd, entry, *_open_to_clear(fd, entry, entry_st)))
+            else:
+                os.unlink(entry, dir_fd=fd)
+    finally:
+        for _, _, fd, _ in stack:
+            os.close(fd)
     return True
 
 
-def _clear(dir_fd: int) -> None:
-    with os.scandir(dir_fd) as it:
-        names = [e.name for e in it]
-    for name in names:
-        remove_at(dir_fd, name)
+def _open_to_clear(parent_fd: int, name: str, st: os.stat_result) -> Tuple[int, List[str]]:
+    """An fd on the directory `name` (made u+rwx when not root) and its entries."""
+    fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+    try:
+        if os.geteuid() != 0:
+            os.fchmod(fd, stat.S_IMODE(st.st_mode) | 0o700)
+        with os.scandir(fd) as it:
+            return fd, [e.name for e in it]
+    except BaseException:
+        os.close(fd)
+        raise

@@ -6,7 +6,6 @@ import contextlib
 import json
 import logging
 import os
-import shutil
 import stat
 import time
 from abc import ABC, abstractmethod
@@ -18,28 +17,24 @@ from .. import __version__
 from ..applier.undo import UndoRecorder
 from ..confined import ConfinedTree
 from ..errors import PublishError
+from ..treecopy import remove_at
 from . import layout
 
 log = logging.getLogger(__name__)
 
 
 def remove_tree(path: Path) -> None:
-    """Remove a directory tree, also one with read-only directories (0555) inside;
-    never follows symlinks (shutil.rmtree is fd-based)."""
-
-    def retry(func, name, _exc_info):  # type: ignore[no-untyped-def]
-        # Through an fd opened without following: the parent is never a symlink's target.
-        fd = os.open(os.path.dirname(name), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        try:
-            os.fchmod(fd, stat.S_IMODE(os.fstat(fd).st_mode) | 0o700)
-        finally:
-            os.close(fd)
-        func(name)
-
-    if path.is_symlink() or not path.exists():
-        path.unlink(missing_ok=True)
+    """Remove `path`: a whole directory tree (read-only directories inside too),
+    or the file or symlink itself; nothing when absent. Never follows a symlink
+    below `path`'s parent (treecopy.remove_at works from an fd on it)."""
+    try:
+        parent_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
         return
-    shutil.rmtree(path, onerror=retry)
+    try:
+        remove_at(parent_fd, path.name)
+    finally:
+        os.close(parent_fd)
 
 
 @dataclass(frozen=True)
