@@ -9,6 +9,7 @@ file copies it up first; a publish stores hard links as separate entries.)
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from pathlib import Path
@@ -31,62 +32,86 @@ def copy_dir_metadata(src_fd: int, dst_fd: int) -> None:
 def clone_into(src_fd: int, dst_fd: int) -> int:
     """Clone the content of directory `src_fd` into the empty directory `dst_fd`
     (metadata of the directories inside included, not of `dst_fd` itself).
-    Returns the number of entries."""
+    Returns the number of entries. Iterative, like remove_at."""
     count = 0
-    with os.scandir(src_fd) as it:
-        entries = [(e.name, e.is_dir(follow_symlinks=False)) for e in it]
-    for name, is_dir in entries:
-        count += 1
-        if is_dir:
-            os.mkdir(name, 0o700, dir_fd=dst_fd)
-            sub_src = os.open(name, _DIR_FLAGS, dir_fd=src_fd)
+    # (source fd, destination fd, entries still to clone, fds ours to close) per directory
+    stack: List[Tuple[int, int, List[Tuple[str, bool]], bool]] = [(src_fd, dst_fd, _entries(src_fd), False)]
+    try:
+        while stack:
+            src, dst, entries, owned = stack[-1]
+            if not entries:
+                stack.pop()
+                if owned:
+                    try:
+                        copy_dir_metadata(src, dst)  # last: its children changed its times
+                    finally:
+                        os.close(src)
+                        os.close(dst)
+                continue
+            name, is_dir = entries.pop()
+            count += 1
+            if not is_dir:
+                os.link(name, name, src_dir_fd=src, dst_dir_fd=dst, follow_symlinks=False)
+                continue
+            os.mkdir(name, 0o700, dir_fd=dst)
+            sub_src = os.open(name, _DIR_FLAGS, dir_fd=src)
             try:
-                sub_dst = os.open(name, _DIR_FLAGS, dir_fd=dst_fd)
-                try:
-                    count += clone_into(sub_src, sub_dst)
-                    copy_dir_metadata(sub_src, sub_dst)
-                finally:
-                    os.close(sub_dst)
-            finally:
+                sub_dst = os.open(name, _DIR_FLAGS, dir_fd=dst)
+            except BaseException:
                 os.close(sub_src)
-        else:
-            os.link(name, name, src_dir_fd=src_fd, dst_dir_fd=dst_fd, follow_symlinks=False)
+                raise
+            stack.append((sub_src, sub_dst, [], True))  # on the stack first: closed if listing fails
+            stack[-1][2].extend(_entries(sub_src))
+    finally:
+        for src, dst, _, owned in stack:
+            if owned:
+                os.close(src)
+                os.close(dst)
     return count
 
 
-def clone_entry(src_dir_fd: int, src_name: str, dst_dir_fd: int, dst_name: str) -> None:
-    """Clone one entry (a whole directory, or a hardlink of anything else)."""
+def _entries(dir_fd: int) -> List[Tuple[str, bool]]:
+    """A directory's entries, each with whether it is a real directory."""
+    with os.scandir(dir_fd) as it:
+        return [(e.name, e.is_dir(follow_symlinks=False)) for e in it]
+
+
+def clone_entry(src_dir_fd: int, src_name: str, dst_dir_fd: int, dst_name: str) -> int:
+    """Clone one entry (a whole directory, or a hardlink of anything else).
+    Returns the number of entries cloned below it."""
     st = os.stat(src_name, dir_fd=src_dir_fd, follow_symlinks=False)
     if not stat.S_ISDIR(st.st_mode):
         os.link(src_name, dst_name, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd, follow_symlinks=False)
-        return
+        return 0
     os.mkdir(dst_name, 0o700, dir_fd=dst_dir_fd)
     src = os.open(src_name, _DIR_FLAGS, dir_fd=src_dir_fd)
     try:
         dst = os.open(dst_name, _DIR_FLAGS, dir_fd=dst_dir_fd)
         try:
-            clone_into(src, dst)
+            count = clone_into(src, dst)
             copy_dir_metadata(src, dst)
         finally:
             os.close(dst)
     finally:
         os.close(src)
+    return count
 
 
 def clone_tree(src: Union[str, Path], dst: Union[str, Path]) -> int:
-    """Recreate `src` at `dst` (which must not exist). Returns the number of entries."""
-    src_fd = os.open(src, _DIR_FLAGS)
+    """Recreate the directory `src` at `dst` (which must not exist). Returns the number of entries."""
+    src, dst = Path(src), Path(dst)
+    parent_flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC  # as os.mkdir(dst) would, parents are followed
+    src_parent = os.open(src.parent, parent_flags)
     try:
-        os.mkdir(dst, 0o700)
-        dst_fd = os.open(dst, _DIR_FLAGS)
+        if not stat.S_ISDIR(os.stat(src.name, dir_fd=src_parent, follow_symlinks=False).st_mode):
+            raise NotADirectoryError(errno.ENOTDIR, "not a directory (or a symlink to one)", str(src))
+        dst_parent = os.open(dst.parent, parent_flags)
         try:
-            count = clone_into(src_fd, dst_fd)
-            copy_dir_metadata(src_fd, dst_fd)
+            return clone_entry(src_parent, src.name, dst_parent, dst.name)
         finally:
-            os.close(dst_fd)
+            os.close(dst_parent)
     finally:
-        os.close(src_fd)
-    return count
+        os.close(src_parent)
 
 
 def remove_at(parent_fd: int, name: str) -> bool:

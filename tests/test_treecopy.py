@@ -45,3 +45,14 @@ def test_clone_then_remove_leaves_the_source(tmp_path):
     clone_tree(src, tmp_path / "clone")
     remove_tree(tmp_path / "clone")
     assert (src / "a" / "b" / "f").read_text() == "x\n" and not (tmp_path / "clone").exists()
+
+
+def test_a_tree_deeper_than_the_recursion_limit_is_cloned(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    _deep(src, 1100)
+    assert clone_tree(src, tmp_path / "clone") == 1101
+    leaf = tmp_path / "clone" / os.path.join(*[f"d{i % 10}" for i in range(1100)]) / "leaf"
+    assert leaf.exists() and os.stat(leaf.parent).st_mode & 0o777 == 0o555  # metadata copied, deepest too
+    remove_tree(tmp_path / "clone")
+    remove_tree(src)
