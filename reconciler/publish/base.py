@@ -11,7 +11,7 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 from .. import __version__
 from ..applier.undo import UndoRecorder
@@ -37,6 +37,18 @@ def remove_tree(path: Path) -> None:
         os.close(parent_fd)
 
 
+def remove_legacy_chains(root: Path) -> bool:
+    """Remove `<root>/.chains`, the layer chain snapshots earlier versions kept
+    for updates (updates now start from the previous image). True when it was there."""
+    legacy = root / layout.LEGACY_CHAINS_DIR
+    if not legacy.is_dir() or legacy.is_symlink():
+        return False
+    log.info("removing %s: copies kept by earlier versions for updates, no longer needed "
+             "(updates now start from the previous image)", legacy)
+    remove_tree(legacy)
+    return True
+
+
 @dataclass(frozen=True)
 class BaseImage:
     """A published image an update can start from: its tree, cloned, and its
@@ -46,6 +58,16 @@ class BaseImage:
     path: Path
     undo: Path
     layers: int
+
+
+@dataclass(frozen=True)
+class PublishedChain:
+    """A complete published image with an undo log, as its completion record
+    tells: the ChainIDs of its layers and how many lie below its undo log."""
+
+    digest: str
+    chain: Tuple[str, ...]
+    undo_layers: int
 
 
 @dataclass
@@ -238,23 +260,36 @@ class Publisher(ABC):
         digest = self.linked_image(tag_path)
         return digest if digest and image_is_complete(self.root, digest) else None
 
-    def find_base(self, chain: Sequence[str]) -> Optional[BaseImage]:
-        """The complete image with an undo log whose first layers are the most
-        of `chain`'s (at least one), or None. Reads the completion records."""
-        best: Optional[BaseImage] = None
+    def published_chains(self) -> List[PublishedChain]:
+        """Every complete image with an undo log an update could start from
+        (reads each completion record once)."""
+        out = []
         for digest in self.images():
             record = read_record(self.root, digest)
             if record is None:
                 continue
-            theirs, layers = record.get("chain"), record.get("undo_layers")
-            if not isinstance(theirs, list) or not isinstance(layers, int) or not 1 <= layers <= len(chain):
-                continue
-            if layers > len(theirs) or theirs[layers - 1] != chain[layers - 1] or (best and best.layers >= layers):
+            chain, layers = record.get("chain"), record.get("undo_layers")
+            if not isinstance(chain, list) or not isinstance(layers, int) or not 1 <= layers <= len(chain):
                 continue
             undo = self.root / layout.undo_relpath(digest)
             if image_is_complete(self.root, digest) and undo.is_dir() and not undo.is_symlink():
-                best = BaseImage(digest, self.root / layout.image_relpath(digest), undo, layers)
-        return best
+                out.append(PublishedChain(digest, tuple(chain), layers))
+        return out
+
+    def find_base(self, chain: Sequence[str], published: Optional[Sequence[PublishedChain]] = None
+                  ) -> Optional[BaseImage]:
+        """Of `published` (default: read now), the image whose first layers are the
+        most of `chain`'s (at least one), or None."""
+        best: Optional[PublishedChain] = None
+        for image in self.published_chains() if published is None else published:
+            layers = image.undo_layers
+            if layers <= len(chain) and image.chain[layers - 1] == chain[layers - 1] and \
+                    (best is None or layers > best.undo_layers):
+                best = image
+        if best is None:
+            return None
+        return BaseImage(best.digest, self.root / layout.image_relpath(best.digest),
+                         self.root / layout.undo_relpath(best.digest), best.undo_layers)
 
     def images(self) -> List[str]:
         """The digests of every image directory under `.images/`."""

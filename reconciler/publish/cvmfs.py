@@ -52,7 +52,7 @@ from ..errors import PublishError, StartError
 from ..locking import process_alive, process_start_time
 from . import layout
 from ..applier.undo import UndoRecorder
-from .base import BaseImage, Build, Publisher, PublishTransaction, remove_tree
+from .base import BaseImage, Build, Publisher, PublishTransaction, remove_legacy_chains, remove_tree
 
 log = logging.getLogger(__name__)
 
@@ -299,11 +299,12 @@ class CvmfsPublisher(Publisher):
         if self.lease_path:
             return None  # template transactions do not work through a gateway lease
         best: Optional[Tuple[BaseImage, Path]] = None
+        published = self.published_chains()
         for digest, chain in builds.items():
             final = self.root / layout.image_relpath(digest)
             if os.path.lexists(final) or not final.parent.is_dir():
                 continue
-            base = self.find_base(chain)
+            base = self.find_base(chain, published)
             if base is not None and (best is None or base.layers > best[0].layers):
                 best = (base, final)
         return best
@@ -314,13 +315,7 @@ class CvmfsPublisher(Publisher):
         the layer chain snapshots of earlier versions. True when anything changed."""
         if self.lease_path:
             return False
-        changed = False
-        legacy = self.root / layout.LEGACY_CHAINS_DIR
-        if legacy.is_dir() and not legacy.is_symlink():
-            log.info("%s: removing %s: copies kept by earlier versions for updates, no longer needed "
-                     "(updates now start from the previous image)", self.target, legacy)
-            remove_tree(legacy)
-            changed = True
+        changed = remove_legacy_chains(self.root)
         base = self.root / layout.IMAGES_DIR
         if not base.is_dir():
             return changed

@@ -21,7 +21,7 @@ from ..errors import StartError
 from . import layout
 from ..applier.undo import UndoRecorder
 from ..treecopy import clone_tree
-from .base import Build, Publisher, PublishTransaction, remove_tree
+from .base import Build, Publisher, PublishedChain, PublishTransaction, remove_legacy_chains, remove_tree
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,8 @@ class LocalTransaction(PublishTransaction):
         self.publisher = publisher
         self.message = message
         self._staged: List[Path] = []
+        # What builds may start from: read once, then each image built in this transaction added.
+        self._published: Optional[List[PublishedChain]] = None
 
     @contextlib.contextmanager
     def build_image(self, digest: str, chain: Sequence[str]) -> Iterator[Build]:
@@ -51,7 +53,9 @@ class LocalTransaction(PublishTransaction):
         staging.parent.mkdir(parents=True, exist_ok=True)
         self._staged += [staging, undo]
         try:
-            base = self.publisher.find_base(chain)
+            if self._published is None:
+                self._published = self.publisher.published_chains()
+            base = self.publisher.find_base(chain, self._published)
             if base is not None:
                 try:
                     clone_tree(base.path, staging)  # hardlinks: the applier never writes into an inode
@@ -87,6 +91,8 @@ class LocalTransaction(PublishTransaction):
             os.rename(undo, self.root / layout.undo_relpath(digest))
             _fsync_dir(final.parent)
             self.mark_complete(digest, chain, build.undo_layers)
+            if build.undo_layers:
+                self._published.append(PublishedChain(digest, tuple(chain), build.undo_layers))
             self.changed = True
             if unfinished is not None:
                 remove_tree(unfinished)
@@ -150,11 +156,7 @@ class LocalPublisher(Publisher):
                              "change its owner or run as its owner")
 
     def recover(self) -> None:
-        legacy = self.root / layout.LEGACY_CHAINS_DIR
-        if legacy.is_dir() and not legacy.is_symlink():
-            log.info("removing %s: copies kept by earlier versions for updates, no longer needed "
-                     "(updates start from the previous image)", legacy)
-            remove_tree(legacy)
+        remove_legacy_chains(self.root)
         staging = self.root / STAGING_DIR
         if staging.is_dir():
             for leftover in staging.iterdir():
