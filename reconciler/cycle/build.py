@@ -70,7 +70,7 @@ class BuildStage:
             builds = {o.resolved.manifest_digest: chain_ids(o.resolved.config.diff_ids)
                       for o in changes if o.resolved is not None}
             with self.publisher.transaction(message, builds) as txn:
-                self._apply(txn, changes)
+                self._apply(txn, changes, builds)
                 for row in report.removed:
                     txn.remove_tag(row.tag_path)
                     log.info("removed tag %s (no longer watched)", row.tag_path)
@@ -90,7 +90,8 @@ class BuildStage:
                 report.removed = [r for r in report.removed
                                   if not os.path.lexists(self.publisher.root / r.tag_path)]
 
-    def _apply(self, txn: PublishTransaction, changes: List[ImageOutcome]) -> None:
+    def _apply(self, txn: PublishTransaction, changes: List[ImageOutcome], chains: Dict[str, List[str]]) -> None:
+        """Build each change's image once (`chains`: the ChainIDs of each), then set its tags."""
         built: Dict[str, Optional[str]] = {}  # digest -> failure reason (None when built)
         for outcome in changes:
             image = outcome.resolved
@@ -100,7 +101,7 @@ class BuildStage:
                 built[digest] = None
                 if not txn.has_image(digest):
                     try:
-                        with txn.build_image(digest, chain_ids(image.config.diff_ids)) as build:
+                        with txn.build_image(digest, chains[digest]) as build:
                             self.apply_layers(image, build)
                     except Exception as exc:  # one image's failure is never the cycle's
                         log.debug("%s: build failed", outcome.name, exc_info=True)

@@ -12,7 +12,7 @@ import errno
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Protocol, Set, Tuple
+from typing import Dict, List, Optional, Protocol, Tuple
 
 from ..errors import ReconcilerError
 from ..fetch import ResolvedImage
@@ -86,12 +86,6 @@ class CycleReport:
     @property
     def failed(self) -> bool:
         return bool(self.entry_failures) or any(o.status == "failed" for o in self.outcomes)
-
-    @property
-    def unlisted_dests(self) -> Set[str]:
-        """The dests of entries whose tags could not be listed: a partial view
-        proves nothing, so nothing of theirs is removed or collected."""
-        return {entry.dest for entry, _ in self.entry_failures}
 
     def summary(self) -> str:
         """A human-readable summary, one line per change or failure."""

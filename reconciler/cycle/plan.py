@@ -65,6 +65,12 @@ class Plan:
     fetched: Dict[str, bytes] = field(default_factory=dict)  # manifests and configs not in the blob store yet
 
     @property
+    def unlisted_dests(self) -> Set[str]:
+        """The dests of entries whose tags could not be listed: a partial view
+        proves nothing, so nothing of theirs is removed or collected."""
+        return {entry.dest for entry, _ in self.entry_failures}
+
+    @property
     def changes(self) -> List[ImageOutcome]:
         """The outcomes still to build and publish."""
         return [o for o in self.outcomes if o.status == "planned"]
@@ -158,9 +164,8 @@ def plan(watchlist: Watchlist, registries: Registries, store: BlobStore, publish
             done.result()
     out.fetched = reader.fetched()
     out.removals = _removals(watchlist, planned if entries else None, out, state, published)
-    unsure = {entry.dest for entry, _ in out.entry_failures}
-    # Never collect the images of an entry whose tags could not be listed this cycle.
-    out.gc_candidates = state.gc_candidates(now - watchlist.publish.gc_grace, unsure, watchlist.publish.gc_max_per_cycle)
+    out.gc_candidates = state.gc_candidates(now - watchlist.publish.gc_grace, out.unlisted_dests,
+                                            watchlist.publish.gc_max_per_cycle)
     return out
 
 
@@ -176,7 +181,7 @@ def _removals(watchlist: Watchlist, entries: Optional[List[ImageEntry]], out: Pl
     found in the tree. Dests no entry has are taken from the database only,
     so a link someone else put beside ours is never touched."""
     watched = {o.tag_path for o in out.outcomes}
-    unsure = {e.dest for e, _ in out.entry_failures}
+    unsure = out.unlisted_dests
     all_dests = {e.dest for e in watchlist.images}
     planned = all_dests if entries is None else {e.dest for e in entries}
     rows = state.all()
