@@ -133,19 +133,25 @@ def test_a_dry_run_writes_nothing(backend, fixture_registry):
     assert snapshot(backend.tmp) == before, "a dry run beside existing state changed files"
 
 
+def unlink_published(backend, *relpaths: str) -> None:
+    """Remove files of the published tree as a crash or an older version could
+    have left it (on CVMFS, in a transaction of its own)."""
+    if backend.kind == "cvmfs":
+        subprocess.run(["cvmfs_server", "transaction", backend.repo], check=True, capture_output=True)
+    tree = backend.mount() if backend.kind == "cvmfs" else backend.visible
+    for relpath in relpaths:
+        os.unlink(tree / relpath)
+    if backend.kind == "cvmfs":
+        subprocess.run(["cvmfs_server", "publish", backend.repo], check=True, capture_output=True)
+
+
 def test_an_image_without_its_completion_record_is_rebuilt(backend, fixture_registry, fixture_images, tmp_path):
     host = fixture_registry.host
     wl = backend.watchlist(host, [img(host, "edges", '["latest"]', "edges")])
     assert not run(wl).failed
     digest = fixture_images["edges"].top.digest
     # What a crash (or an older version, or a race) can leave: the directory, half filled, no record.
-    if backend.kind == "cvmfs":
-        subprocess.run(["cvmfs_server", "transaction", backend.repo], check=True, capture_output=True)
-    tree = backend.mount() if backend.kind == "cvmfs" else backend.visible
-    os.unlink(tree / layout.completion_relpath(digest))
-    os.unlink(tree / layout.image_relpath(digest) / "after-empty")
-    if backend.kind == "cvmfs":
-        subprocess.run(["cvmfs_server", "publish", backend.repo], check=True, capture_output=True)
+    unlink_published(backend, layout.completion_relpath(digest), layout.image_relpath(digest) + "/after-empty")
     report = run(wl)
     assert [o.status for o in report.outcomes] == ["published"]  # never "unchanged"
     assert_matches_full_apply(Path(os.path.realpath(backend.visible / "edges:latest")), fixture_images["edges"],
@@ -165,12 +171,7 @@ def test_an_image_of_0_1_keeps_serving_its_tag_until_its_rebuild_is_complete(bac
     wl = backend.watchlist(host, [img(host, "edges", '["latest"]', "edges")])
     assert not run(wl).failed
     digest = fixture_images["edges"].top.digest
-    if backend.kind == "cvmfs":
-        subprocess.run(["cvmfs_server", "transaction", backend.repo], check=True, capture_output=True)
-    tree = backend.mount() if backend.kind == "cvmfs" else backend.visible
-    os.unlink(tree / layout.completion_relpath(digest))  # as 0.1 left it
-    if backend.kind == "cvmfs":
-        subprocess.run(["cvmfs_server", "publish", backend.repo], check=True, capture_output=True)
+    unlink_published(backend, layout.completion_relpath(digest))  # as 0.1 left it
 
     def failing_apply(*a, **kw):
         raise LayerError("injected: the rebuild fails")
