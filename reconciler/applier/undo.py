@@ -28,6 +28,7 @@ import stat
 from pathlib import Path
 from typing import BinaryIO, Dict, List, Optional, Tuple
 
+from ..confined import ConfinedTree
 from ..errors import LayerError
 from ..treecopy import clone_entry, remove_at
 from .pathset import PathKey, PathSet
@@ -175,32 +176,13 @@ def _read_journal(undo_fd: int, undo_dir: Path) -> List[dict]:
             raise UndoError(f"the undo log in {undo_dir} is corrupt: {exc}") from None
 
 
-def _open_parent(root_fd: int, path: PathKey, undo_dir: Path) -> int:
-    """An fd on the parent directory of `path`, walked without following anything."""
-    fd = os.dup(root_fd)
-    try:
-        for name in path[:-1]:
-            child = os.open(name, _DIR_FLAGS, dir_fd=fd)
-            os.close(fd)
-            fd = child
-    except OSError as exc:
-        os.close(fd)
-        raise UndoError(f"the tree does not match the undo log in {undo_dir}: "
-                        f"{_text(path[:-1])}: {exc.strerror}") from None
+def _open_dir(tree: ConfinedTree, path: PathKey, undo_dir: Path) -> int:
+    """An fd on the directory `path` of the tree, walked without following anything."""
+    fd = tree.open_dir([os.fsdecode(name) for name in path])
+    if fd is None:
+        raise UndoError(f"the tree does not match the undo log in {undo_dir}: {_text(path) or '/'} is missing, "
+                        "a symlink or not a directory")
     return fd
-
-
-def _open_dir(root_fd: int, path: PathKey, undo_dir: Path) -> int:
-    if not path:
-        return os.dup(root_fd)
-    parent = _open_parent(root_fd, path, undo_dir)
-    try:
-        return os.open(path[-1], _DIR_FLAGS, dir_fd=parent)
-    except OSError as exc:
-        raise UndoError(f"the tree does not match the undo log in {undo_dir}: {_text(path)}: "
-                        f"{exc.strerror}") from None
-    finally:
-        os.close(parent)
 
 
 def _restore_metadata(fd: int, record: dict) -> None:
@@ -219,37 +201,35 @@ def undo_changes(tree: Path, undo_dir: Path) -> int:
     written for), newest change first. The log is only read: it can be
     replayed again on another clone. Returns the number of changes undone.
     Raises UndoError where the tree does not match the log."""
-    root_fd = os.open(tree, _DIR_FLAGS)
     try:
         undo_fd = os.open(undo_dir, _DIR_FLAGS)
     except OSError as exc:
-        os.close(root_fd)
         raise UndoError(f"cannot open the undo log {undo_dir}: {exc.strerror}") from None
     times: Dict[PathKey, Tuple[int, int]] = {}
     try:
-        saved_fd = os.open(SAVED, _DIR_FLAGS, dir_fd=undo_fd)
-        try:
-            records = _read_journal(undo_fd, undo_dir)
+        with ConfinedTree(tree) as confined:
+            saved_fd = os.open(SAVED, _DIR_FLAGS, dir_fd=undo_fd)
             try:
-                _replay(records, root_fd, saved_fd, undo_dir, times)
-            except (KeyError, TypeError, ValueError) as exc:
-                raise UndoError(f"the undo log in {undo_dir} is corrupt: {type(exc).__name__} {exc}") from None
-        finally:
-            os.close(saved_fd)
-        # Times last: every change above touched the times of a parent.
-        for path, (atime, mtime) in times.items():
-            fd = _open_dir(root_fd, path, undo_dir)
-            try:
-                os.utime(fd, ns=(atime, mtime))
+                records = _read_journal(undo_fd, undo_dir)
+                try:
+                    _replay(records, confined, saved_fd, undo_dir, times)
+                except (KeyError, TypeError, ValueError) as exc:
+                    raise UndoError(f"the undo log in {undo_dir} is corrupt: {type(exc).__name__} {exc}") from None
             finally:
-                os.close(fd)
+                os.close(saved_fd)
+            # Times last: every change above touched the times of a parent.
+            for path, (atime, mtime) in times.items():
+                fd = _open_dir(confined, path, undo_dir)
+                try:
+                    os.utime(fd, ns=(atime, mtime))
+                finally:
+                    os.close(fd)
     finally:
         os.close(undo_fd)
-        os.close(root_fd)
     return len(records)
 
 
-def _replay(records: List[dict], root_fd: int, saved_fd: int, undo_dir: Path,
+def _replay(records: List[dict], tree: ConfinedTree, saved_fd: int, undo_dir: Path,
             times: Dict[PathKey, Tuple[int, int]]) -> None:
     """Undo the records newest first; directory times are collected into `times`."""
     for record in reversed(records):
@@ -258,7 +238,7 @@ def _replay(records: List[dict], root_fd: int, saved_fd: int, undo_dir: Path,
         if op in ("times", "meta"):
             times[path] = (record["atime"], record["mtime"])
             if op == "meta":
-                fd = _open_dir(root_fd, path, undo_dir)
+                fd = _open_dir(tree, path, undo_dir)
                 try:
                     _restore_metadata(fd, record)
                 finally:
@@ -268,7 +248,7 @@ def _replay(records: List[dict], root_fd: int, saved_fd: int, undo_dir: Path,
             raise UndoError(f"the undo log in {undo_dir} replaces the tree's root")
         if op not in ("saved", "absent"):
             raise UndoError(f"the undo log in {undo_dir} has an unknown record {op!r}")
-        parent = _open_parent(root_fd, path, undo_dir)
+        parent = _open_dir(tree, path[:-1], undo_dir)
         try:
             name = os.fsdecode(path[-1])
             remove_at(parent, name)
