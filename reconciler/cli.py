@@ -18,26 +18,19 @@ Exit codes (also in `--help` and the README):
 from __future__ import annotations
 
 import argparse
-import contextlib
 import errno
 import json
 import logging
-import signal
 import socket
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import List, Optional
-
-import uvicorn
 
 from . import __version__
 from .errors import BusyError, ConfigError, ReconcilerError, StartError
 from .progress import ProgressAwareHandler, TerminalProgress
 from .reconcile import Reconciler
-from .server import build_app, load_hook_secrets
-from .service import Service
 from .watchlist import load_watchlist, parse_listen
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_START, EXIT_BUSY, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
@@ -97,18 +90,6 @@ def setup_logging(log_format: str, verbose: bool) -> Optional[TerminalProgress]:
     return progress
 
 
-class _Server(uvicorn.Server):
-    """uvicorn without its own signal handling: it would re-raise SIGTERM after
-    stopping and kill the process before the current cycle can finish."""
-
-    @contextlib.contextmanager
-    def capture_signals(self):  # type: ignore[override]  # uvicorn >= 0.29
-        yield
-
-    def install_signal_handlers(self) -> None:  # uvicorn < 0.29
-        pass
-
-
 def bind_listener(listen: str, source: str) -> socket.socket:
     """The service's listening socket, bound now, so that a bad address or a port
     in use stops the start with one line (ConfigError or StartError), before
@@ -133,50 +114,6 @@ def bind_listener(listen: str, source: str) -> socket.socket:
         else:
             reason = exc.strerror or str(exc)
         raise StartError(f"cannot listen on {listen} ({source}): {reason}") from None
-
-
-def serve(watchlist, reconciler: Reconciler, secrets, listener: Optional[socket.socket], listen: str = "") -> int:
-    """Run the service until SIGTERM or SIGINT. The current cycle finishes first
-    (its transaction published or aborted), then the reconciler is closed (its
-    locks released) and a last line says "stopped", so an admin reading the
-    journal knows the service is down and why."""
-    log = logging.getLogger("reconciler")
-    received: List[str] = []
-    stop = threading.Event()
-    server: Optional[_Server] = None
-
-    def on_signal(signum: int, _frame: object) -> None:
-        received.append(signal.Signals(signum).name)
-        stop.set()
-        if server is not None:
-            server.should_exit = True
-
-    service: Optional[Service] = None
-    try:
-        service = Service(watchlist, reconciler)
-        if listener is not None:
-            config = uvicorn.Config(build_app(service, secrets), log_level="warning", lifespan="off", access_log=False)
-            server = _Server(config)
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, on_signal)
-        service.start()
-        if server is not None:
-            log.info("service listening on %s (webhooks: %s; status page: http://%s/)", listen,
-                     ", ".join(sorted(secrets)) or "none", listen)
-            server.run(sockets=[listener])  # returns once a signal asked it to exit
-        else:
-            log.info("service running without an HTTP listener (no [service] listen or --listen): "
-                     "no webhooks, no status page")
-            stop.wait()
-    finally:
-        why = f"{received[0]} received" if received else "shutting down"
-        if service is not None:
-            log.info("%s: stopping", why)
-            service.stop()  # waits for the cycle in progress
-        reconciler.close()
-        cycles = service.cycles_done if service is not None else 0
-        log.info("stopped after %d cycle%s", cycles, "" if cycles == 1 else "s")
-    return EXIT_OK
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -218,6 +155,8 @@ def _start(args: argparse.Namespace, progress: Optional[TerminalProgress]):
     service = not (args.once or args.dry_run)
     secrets, listener, listen = {}, None, args.listen or watchlist.listen
     if service:
+        from .server import load_hook_secrets  # the service's modules: not loaded for --once
+
         secrets = load_hook_secrets(watchlist.webhooks, watchlist.path.name)
         if listen:
             listener = bind_listener(listen, "--listen" if args.listen else f"{watchlist.path.name}: service.listen")
@@ -244,7 +183,10 @@ def _main(args: argparse.Namespace, progress: Optional[TerminalProgress]) -> int
         print(f"reconcile: cannot start: {exc}", file=sys.stderr)
         return EXIT_START
     if not (args.once or args.dry_run):
-        return serve(watchlist, reconciler, secrets, listener, listen or "")  # closes the reconciler
+        from .serve import serve
+
+        serve(watchlist, reconciler, secrets, listener, listen or "")  # closes the reconciler
+        return EXIT_OK
     if progress is not None:
         progress.start()
     try:

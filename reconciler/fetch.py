@@ -76,14 +76,22 @@ def _manifest_bytes(client: RegistryClient, store: BlobStore, repository: str, r
     return fetched.digest, fetched.raw
 
 
-def resolve_image(client: RegistryClient, store: BlobStore, ref: ImageReference, platform: Platform,
-                  mirror: Optional[RegistryClient] = None) -> ResolvedImage:
-    """HEAD the tag, then read (or GET) the manifest, pick the platform and load its config
-    (a blob: from the mirror when there is one)."""
+def current_digest(client: RegistryClient, ref: ImageReference) -> Optional[str]:
+    """The digest the reference points at now: its own when it names one, else
+    what a HEAD says (None when the registry would not tell: GET it instead)."""
+    if ref.digest:
+        return ref.digest
+    head = client.head_manifest(ref.repository, ref.reference)
+    return head.digest if head else None
+
+
+def resolve_image(client: RegistryClient, store: BlobStore, ref: ImageReference, platform: Platform, *,
+                  known_digest: Optional[str], mirror: Optional[RegistryClient] = None) -> ResolvedImage:
+    """From what `current_digest` said (`known_digest`), read (or GET) the
+    manifest, pick the platform and load its config (a blob: from the mirror
+    when there is one)."""
     repo = ref.repository
-    head = None if ref.digest else client.head_manifest(repo, ref.reference)
-    known = ref.digest or (head.digest if head else None)
-    tag_digest, raw = _manifest_bytes(client, store, repo, ref.reference, known)
+    tag_digest, raw = _manifest_bytes(client, store, repo, ref.reference, known_digest)
     manifest = parse_manifest(raw, None)
     manifest_digest = tag_digest
     if isinstance(manifest, ImageIndex):

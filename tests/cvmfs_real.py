@@ -16,6 +16,7 @@ it; with RECONCILER_REQUIRE_CVMFS=1 (set by .ci/run) they fail instead.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import shutil
@@ -81,6 +82,22 @@ def _ensure(repo: str, gateway: bool) -> None:
             fh.write("CVMFS_INCLUDE_XATTRS=true\n")
 
 
+def _heal_mount(repo: str) -> None:
+    """Mount the repository again when its FUSE process is gone (reading the
+    mount point fails with ENOTCONN): `cvmfs_server mount` alone leaves a
+    dead mount in place, so both layers are detached first."""
+    try:
+        os.listdir(Path("/cvmfs") / repo)
+        return
+    except OSError as exc:
+        if exc.errno != errno.ENOTCONN:
+            raise
+    for mount_point in (Path("/cvmfs") / repo, Path("/var/spool/cvmfs") / repo / "rdonly"):
+        subprocess.run(["umount", "-l", str(mount_point)], capture_output=True, timeout=60)
+    _run("mount", repo)
+    os.listdir(Path("/cvmfs") / repo)  # fails the test session loudly if that did not help
+
+
 _ensured: set = set()
 _session_lock: List[int] = []  # the fd of the lock below, once taken
 SESSION_LOCK = Path("/run/lock/reconciler-tests-cvmfs.lock")
@@ -113,6 +130,7 @@ def fresh_repository(repo: str, gateway: bool = False) -> Path:
     _take_session_lock()
     if repo not in _ensured:
         _ensure(repo, gateway)
+        _heal_mount(repo)
         _ensured.add(repo)
     if in_transaction(repo):
         _run("abort", "-f", repo)

@@ -220,4 +220,36 @@ def test_fetch_stores_what_the_plan_downloaded_and_the_layers_of_its_changes(tmp
     assert changed.status == "planned" and changed.downloaded == changed.resolved.layers[0].size
     assert all(store.has(d) for d in (v2[0], v2[2], changed.resolved.layers[0].digest))
     # Only the changed image's layer is downloaded: the unchanged one needs none.
-    assert not store.has(next(o for o in out.outcomes if o.tag == "v1").resolved.layers[0].digest)
+    v1_layer = json.loads(site[4][1])["layers"][0]["digest"]
+    assert not store.has(v1_layer)
+
+
+def test_an_unchanged_tag_is_known_from_its_head_and_the_state_alone(tmp_path, site):
+    """The tag's HEAD digest is the one recorded and its image is published:
+    neither its manifest nor its config is read (they may be long evicted)."""
+    registry, _, store, _, v1, _, _ = site
+    store.path(v1[0]).unlink()  # reading it would fail
+    out = run_plan(tmp_path, site)
+    unchanged = next(o for o in out.outcomes if o.tag == "v1")
+    assert (unchanged.status, unchanged.resolved, unchanged.digests) == ("unchanged", None, (v1[0], v1[0]))
+    assert ("GET", f"/v2/{REPO}/manifests/{v1[0]}") not in registry.requests
+
+
+@pytest.mark.parametrize("drift", ["tag moved back", "image not published", "state lost"])
+def test_an_unchanged_tag_is_resolved_in_full_when_state_and_tree_disagree(tmp_path, site, drift):
+    """Only a HEAD digest equal to the recorded one, with that image complete in
+    the tree, skips the manifest; anything else reads it and compares with the tree."""
+    registry, watchlist, store, publisher, v1, _, _ = site
+    db = StateDB(watchlist.state_dir / "state.db")
+    key = TagKey("app", "v1", str(AMD64), f"{HOST}/{REPO}", "app:v1")
+    if drift == "tag moved back":  # the state saw another digest last (a failed cycle's)
+        db.record_success(key, "sha256:" + "1" * 64, "sha256:" + "1" * 64, now=NOW - 30)
+    elif drift == "state lost":
+        db.forget("app", "v1", str(AMD64))
+    db.close()
+    if drift == "image not published":
+        publisher.links.pop("app:v1")
+    out = run_plan(tmp_path, site)
+    v1_outcome = next(o for o in out.outcomes if o.tag == "v1")
+    assert v1_outcome.resolved is not None and v1_outcome.digest == v1[0]
+    assert v1_outcome.status == ("planned" if drift == "image not published" else "unchanged")

@@ -11,7 +11,7 @@ import zstandard
 
 from reconciler.blobstore import BlobStore
 from reconciler.errors import AuthenticationError, PlatformNotFoundError
-from reconciler.fetch import fetch_layers, resolve_image
+from reconciler.fetch import current_digest, fetch_layers, resolve_image
 from reconciler.registry.client import RegistryClient
 from reconciler.registry.credentials import Credentials
 from reconciler.registry.manifest import Platform
@@ -28,7 +28,7 @@ def client_for(server, user: str = "alice", **kw) -> RegistryClient:
 
 def pull(client: RegistryClient, store: BlobStore, image: str, platform: Platform = AMD64):
     ref = parse_reference(f"{client.registry}/{image}")
-    resolved = resolve_image(client, store, ref, platform)
+    resolved = resolve_image(client, store, ref, platform, known_digest=current_digest(client, ref))
     fetch_layers(client, store, resolved)
     return resolved
 
@@ -83,8 +83,8 @@ def test_index_selects_the_platform(fixture_registry, tmp_path, name, platform, 
 
 def test_missing_platform_is_a_clear_error(fixture_registry, tmp_path):
     with client_for(fixture_registry) as client, pytest.raises(PlatformNotFoundError, match="linux/s390x.*offers: linux/amd64"):
-        resolve_image(client, BlobStore(tmp_path), parse_reference(f"{fixture_registry.host}/fixtures/multiarch"),
-                      Platform("linux", "s390x"))
+        ref = parse_reference(f"{fixture_registry.host}/fixtures/multiarch")
+        resolve_image(client, BlobStore(tmp_path), ref, Platform("linux", "s390x"), known_digest=current_digest(client, ref))
 
 
 def test_zstd_layers_arrive_intact(fixture_registry, fixture_images, tmp_path):

@@ -43,7 +43,9 @@ class ImageOutcome:
     platform: Platform
     tag_path: str
     status: str = "planned"  # planned | unchanged | published | failed
-    resolved: Optional[ResolvedImage] = None
+    resolved: Optional[ResolvedImage] = None  # read for a change; not for a tag known unchanged
+    # (tag digest, image digest) of a tag found unchanged from its HEAD alone.
+    unchanged_at: Optional[Tuple[str, str]] = None
     reason: str = ""
     downloaded: int = 0
 
@@ -53,8 +55,16 @@ class ImageOutcome:
         return f"{self.entry.source.name}:{self.tag}{suffix}"
 
     @property
+    def digests(self) -> Optional[Tuple[str, str]]:
+        """What the tag points at (an index or a manifest) and the platform's image manifest."""
+        if self.resolved is not None:
+            return self.resolved.tag_digest, self.resolved.manifest_digest
+        return self.unchanged_at
+
+    @property
     def digest(self) -> Optional[str]:
-        return self.resolved.manifest_digest if self.resolved else None
+        """The image manifest's digest, once known."""
+        return self.digests[1] if self.digests else None
 
     @property
     def key(self) -> TagKey:

@@ -1,7 +1,9 @@
 """The plan stage: what a cycle would change, decided from reads only.
 
-Every watched (tag, platform) is resolved with a HEAD (a GET only for a
-manifest or config the blob store lacks) and compared with what is published.
+Every watched (tag, platform) starts with a HEAD. A tag whose digest is the
+one recorded, its image complete in the tree, is unchanged and read no
+further; any other is resolved (a GET only for a manifest or config the blob
+store lacks) and compared with what is published.
 The plan writes nothing: manifests and configs it had to download are kept in
 memory, in `Plan.fetched`, for the fetch stage to store. So `--dry-run` is this
 stage printed, and can run beside a service.
@@ -20,7 +22,7 @@ from packaging.version import InvalidVersion, Version
 
 from ..applier import compression_for
 from ..blobstore import BlobStore
-from ..fetch import resolve_image
+from ..fetch import current_digest, resolve_image
 from ..publish.layout import tag_relpath
 from ..state import TagState
 from ..watchlist import ImageEntry, Watchlist
@@ -120,20 +122,36 @@ def plan(watchlist: Watchlist, registries: Registries, store: BlobStore, publish
     out = Plan()
     planned = list(entries or watchlist.images)
     reader = store.read_only()  # reads the store; what it downloads stays in memory
+    repositories: Dict[str, List[str]] = {}
     for entry in planned:  # clients are made here, in one thread
-        registries.client(entry.source.registry)
         registries.mirror(entry.source.registry)
+        repositories.setdefault(entry.source.registry, []).append(entry.source.repository)
+    for host, names in repositories.items():  # one token request may then serve many of them
+        registries.client(host).expect_repositories(names)
 
     def watched_tags(entry: ImageEntry) -> List[str]:
         if not entry.lists_tags:
             return list(entry.tags)
         return select_tags(entry, registries.client(entry.source.registry).list_tags(entry.source.repository))
 
+    rows = state.all()
+    recorded = {(row.dest, row.tag, row.platform): row for row in rows}
+
     def resolve(outcome: ImageOutcome) -> None:
         host = outcome.entry.source.registry
+        client = registries.client(host)
+        ref = outcome.entry.source.with_tag(outcome.tag)
         try:
-            outcome.resolved = resolve_image(registries.client(host), reader, outcome.entry.source.with_tag(outcome.tag),
-                                             outcome.platform, mirror=registries.mirror(host))
+            seen = current_digest(client, ref)
+            row = recorded.get((outcome.entry.dest, outcome.tag, str(outcome.platform)))
+            if seen and row and row.seen_digest == seen and row.manifest_digest and \
+                    published.current_tag(outcome.tag_path) == row.manifest_digest:
+                # The tag did not move and its image is published: nothing to read.
+                outcome.unchanged_at = (seen, row.manifest_digest)
+                outcome.status = "unchanged"
+                return
+            outcome.resolved = resolve_image(client, reader, ref, outcome.platform, known_digest=seen,
+                                             mirror=registries.mirror(host))
             for layer in outcome.resolved.layers:
                 compression_for(layer.media_type)  # refuse unknown layer types before any download
         except Exception as exc:  # one image's failure is never the cycle's
@@ -163,14 +181,14 @@ def plan(watchlist: Watchlist, registries: Registries, store: BlobStore, publish
         for done in resolutions:
             done.result()
     out.fetched = reader.fetched()
-    out.removals = _removals(watchlist, planned if entries else None, out, state, published)
+    out.removals = _removals(watchlist, planned if entries else None, out, rows, published)
     out.gc_candidates = state.gc_candidates(now - watchlist.publish.gc_grace, out.unlisted_dests,
                                             watchlist.publish.gc_max_per_cycle)
     return out
 
 
 def _removals(watchlist: Watchlist, entries: Optional[List[ImageEntry]], out: Plan,
-              state: StateReader, published: PublishedTags) -> List[TagState]:
+              rows: List[TagState], published: PublishedTags) -> List[TagState]:
     """Published tags that are no longer watched: of the planned entries (by
     dest, so entries sharing a source never remove each other's tags) and of
     dests no entry has any more. A tag of an entry whose listing failed is
@@ -184,7 +202,6 @@ def _removals(watchlist: Watchlist, entries: Optional[List[ImageEntry]], out: Pl
     unsure = out.unlisted_dests
     all_dests = {e.dest for e in watchlist.images}
     planned = all_dests if entries is None else {e.dest for e in entries}
-    rows = state.all()
     removals = [row for row in rows
                 if (row.dest in planned or row.dest not in all_dests) and row.tag_path not in watched
                 and row.dest not in unsure]

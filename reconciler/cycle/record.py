@@ -42,9 +42,8 @@ def record(state: StateDB, published: PublishedTree, report: CycleReport, *,
 def _record_tags(state: StateDB, report: CycleReport, now: float) -> None:
     for o in report.outcomes:
         if o.status in ("published", "unchanged"):
-            assert o.resolved is not None
-            state.record_success(o.key, o.resolved.tag_digest, o.resolved.manifest_digest,
-                                 next_due=now + o.entry.interval, now=now)
+            assert o.digests is not None
+            state.record_success(o.key, *o.digests, next_due=now + o.entry.interval, now=now)
         elif o.status == "failed":
             row = state.get(o.entry.dest, o.tag, str(o.platform))
             failures = (row.failures if row else 0) + 1

@@ -6,6 +6,14 @@ token for the scopes we need (with Basic credentials, or an OAuth2 POST for
 identity tokens), cache it per (realm, service, scopes, credential) until it
 expires, and retry the request once with it.
 
+Tokens are shared: a token is used for every repository it was granted, and
+the registry client says which repositories a cycle will need
+(`expect_scopes`), so one token request asks for many of them together (the
+token spec repeats `scope`; distribution's docs/spec/auth/token.md, and the
+token server grants the intersection of what is asked and allowed). A
+thousand watched tags in two hundred Docker Hub repositories then cost ten
+token requests, not two hundred.
+
 Credentials and tokens go only to the registry's own origin (the client
 checks that) and to the token realm that the registry's own challenge named.
 A learned challenge is only a guess for the next request: every 401 teaches
@@ -14,13 +22,16 @@ it again (a realm can move; Harbor answers a rejected token with `Basic`).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime as _dt
 import ipaddress
+import json
 import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, Optional, Tuple
+from typing import Callable, Dict, FrozenSet, Iterable, Optional, Tuple
 from urllib.parse import urljoin, urlsplit
 
 import httpx
@@ -35,6 +46,12 @@ log = logging.getLogger(__name__)
 
 MIN_TOKEN_LIFETIME_S = 60.0
 CLIENT_ID = "reconciler"
+
+# At most this many scopes asked in one token request: each granted repository
+# is a claim in the token (Docker Hub's carry ~130 bytes each), and the token
+# travels in every request's Authorization header, where 8 KB is a common
+# limit of a header line (nginx's large_client_header_buffers).
+MAX_SCOPES_PER_TOKEN = 20
 
 TokenKey = Tuple[str, str, Tuple[str, ...], str]
 
@@ -53,10 +70,12 @@ class _CachedToken:
     value: str = field(repr=False)
     expires_at: float
     refresh_at: float
+    covers: FrozenSet[str]  # the scopes it may be sent for
 
 
 class TokenCache:
-    """Bearer tokens keyed by (realm, service, scopes, credential identity). Thread-safe."""
+    """Bearer tokens keyed by (realm, service, scopes asked, credential
+    identity), each usable for the scopes it covers. Thread-safe."""
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
@@ -71,14 +90,40 @@ class TokenCache:
                 return None
             return cached.value
 
-    def put(self, key: TokenKey, value: str, issued_at: float, expires_in: float) -> None:
-        """Store a token; its lifetime is never taken as less than 60 s."""
+    def find(self, realm: str, service: str, identity: str, scopes: Iterable[str]) -> Optional[Tuple[TokenKey, str]]:
+        """A valid token of this realm, service and identity covering all of
+        `scopes` (the one asked for exactly these first), with its key."""
+        wanted = tuple(sorted(set(scopes)))
+        exact: TokenKey = (realm, service, wanted, identity)
+        now = self._clock()
+        with self._lock:
+            cached = self._tokens.get(exact)
+            if cached is not None and now < cached.refresh_at:
+                return exact, cached.value
+            for key, cached in self._tokens.items():
+                if key[0] == realm and key[1] == service and key[3] == identity and now < cached.refresh_at \
+                        and cached.covers.issuperset(wanted):
+                    return key, cached.value
+        return None
+
+    def put(self, key: TokenKey, value: str, issued_at: float, expires_in: float,
+            covers: Optional[Iterable[str]] = None) -> None:
+        """Store a token (covering `covers`, by default the scopes asked for);
+        its lifetime is never taken as less than 60 s."""
         lifetime = max(expires_in, MIN_TOKEN_LIFETIME_S)
         expires_at = issued_at + lifetime
         # Renew a little early so a token does not expire between check and use.
         refresh_at = expires_at - min(30.0, lifetime * 0.1)
         with self._lock:
-            self._tokens[key] = _CachedToken(value, expires_at, refresh_at)
+            self._tokens[key] = _CachedToken(value, expires_at, refresh_at,
+                                             frozenset(key[2] if covers is None else covers))
+
+    def uncover(self, key: TokenKey, scopes: Iterable[str]) -> None:
+        """The registry refused the token for `scopes`: keep it for the others."""
+        with self._lock:
+            cached = self._tokens.get(key)
+            if cached is not None:
+                cached.covers = cached.covers.difference(scopes)
 
     def invalidate(self, key: TokenKey, value: Optional[str] = None) -> None:
         """Forget the token for `key` (only if it is still `value`, when given)."""
@@ -86,6 +131,36 @@ class TokenCache:
             cached = self._tokens.get(key)
             if cached is not None and (value is None or cached.value == value):
                 del self._tokens[key]
+
+
+def granted_scopes(token: str, asked: Iterable[str]) -> Optional[FrozenSet[str]]:
+    """Which of the `asked` repository scopes a token grants, read from its
+    `access` claim when it is a JWT as distribution's token server, Docker Hub
+    and Harbor issue (docs/spec/auth/jwt.md); None when the token is opaque.
+    Only a hint for sharing the token: the registry still decides."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        payload = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (ValueError, binascii.Error):
+        return None
+    access = payload.get("access") if isinstance(payload, dict) else None
+    if not isinstance(access, list):
+        return None
+    allowed: Dict[Tuple[str, str], set] = {}
+    for claim in access:
+        if isinstance(claim, dict) and isinstance(claim.get("actions"), list):
+            allowed.setdefault((str(claim.get("type")), str(claim.get("name"))), set()).update(
+                str(a) for a in claim["actions"])
+    granted = set()
+    for scope in asked:
+        kind, _, rest = scope.partition(":")
+        name, _, actions = rest.rpartition(":")
+        have = allowed.get((kind, name), set())
+        if "*" in have or set(actions.split(",")) <= have:
+            granted.add(scope)
+    return frozenset(granted)
 
 
 def _parse_issued_at(text: object, received: float) -> float:
@@ -140,6 +215,9 @@ class Authenticator:
         self._clock = clock
         self._challenge: Optional[Challenge] = None
         self._lock = threading.Lock()
+        self._expected: Dict[str, None] = {}  # scopes the coming requests need, in order
+        self._fetching = threading.Lock()  # one token request at a time: the next finds the last one's token
+        self._share_tokens = True  # False once the token service refused several scopes at once
 
     @property
     def _identity(self) -> str:
@@ -154,6 +232,11 @@ class Authenticator:
 
     def _can_answer_basic(self) -> bool:
         return self._credentials is not None and not self._credentials.identity_token
+
+    def expect(self, scopes: Iterable[str]) -> None:
+        """Scopes requests will need soon: a token request asks for them too."""
+        with self._lock:
+            self._expected.update(dict.fromkeys(scopes))
 
     def authorize(self, scopes: Iterable[str]) -> AuthState:
         """The Authorization header for a request needing `scopes`, if a challenge is known."""
@@ -188,9 +271,15 @@ class Authenticator:
         wanted = set(scopes)
         if chosen.scheme == "bearer" and chosen.get("scope"):
             wanted.update(chosen.get("scope").split(" "))  # type: ignore[union-attr]
+        share = True
         if sent.token_key is not None:
             # The registry rejected a token we held (expired, revoked, or too narrow).
-            self._cache.invalidate(sent.token_key)
+            if set(sent.token_key[2]) - wanted:
+                # Asked with other scopes: keep it for them; this request gets a token of its own.
+                self._cache.uncover(sent.token_key, wanted)
+                share = False
+            else:
+                self._cache.invalidate(sent.token_key)
             if chosen.scheme == "basic" and not self._can_answer_basic():
                 return self._start_over()
         elif sent.header is not None and chosen.scheme == "basic":
@@ -199,7 +288,7 @@ class Authenticator:
                 if self._credentials else f"{self.registry} requires credentials"
             )
         try:
-            answer = self._answer(chosen, tuple(sorted(wanted)), request_url=str(response.request.url))
+            answer = self._answer(chosen, tuple(sorted(wanted)), request_url=str(response.request.url), share=share)
         except AuthenticationError:
             if sent.token_key is None:
                 raise
@@ -217,7 +306,8 @@ class Authenticator:
             self._challenge = None
         return AuthState()
 
-    def _answer(self, challenge: Challenge, scopes: Tuple[str, ...], request_url: Optional[str]) -> AuthState:
+    def _answer(self, challenge: Challenge, scopes: Tuple[str, ...], request_url: Optional[str],
+                share: bool = True) -> AuthState:
         if challenge.scheme == "basic":
             if not self._can_answer_basic():
                 raise AuthenticationError(
@@ -230,11 +320,44 @@ class Authenticator:
             raise AuthenticationError(f"{self.registry}: Bearer challenge without a realm")
         realm = self._check_realm(realm, request_url)
         service = challenge.get("service") or ""
-        key: TokenKey = (realm, service, scopes, self._identity)
-        token = self._cache.get(key)
-        if token is None:
-            token = self._fetch_token(key)
+        found = self._cache.find(realm, service, self._identity, scopes)
+        if found is None:
+            with self._fetching:
+                found = self._cache.find(realm, service, self._identity, scopes) or \
+                    self._new_token(realm, service, scopes, share)
+        key, token = found
         return AuthState(header=f"Bearer {token}", token_key=key)
+
+    def _new_token(self, realm: str, service: str, scopes: Tuple[str, ...], share: bool) -> Tuple[TokenKey, str]:
+        """A token for `scopes`, asked together with expected scopes no token covers yet."""
+        asked = self._with_expected(realm, service, scopes) if share and self._share_tokens else scopes
+        key: TokenKey = (realm, service, asked, self._identity)
+        try:
+            return key, self._fetch_token(key, scopes)
+        except (TokenServiceUnavailableError, RegistryUnreachableError):
+            raise  # down or busy: retried as it is
+        except RegistryError as exc:
+            if asked == scopes:
+                raise
+            # The spec makes a partial grant no error, but a token service may refuse
+            # a request of many scopes (a 400, a URL too long, a 403 for one of them).
+            key = (realm, service, scopes, self._identity)
+            token = self._fetch_token(key, scopes)
+            log.info("%s: token service %s refused %d scopes at once (%s); asking one repository at a time",
+                     self.registry, realm, len(asked), exc)
+            self._share_tokens = False
+            return key, token
+
+    def _with_expected(self, realm: str, service: str, scopes: Tuple[str, ...]) -> Tuple[str, ...]:
+        with self._lock:
+            expected = list(self._expected)
+        asked = set(scopes)
+        for scope in expected:
+            if len(asked) >= MAX_SCOPES_PER_TOKEN:
+                break
+            if scope not in asked and self._cache.find(realm, service, self._identity, (scope,)) is None:
+                asked.add(scope)
+        return tuple(sorted(asked))
 
     def _check_realm(self, realm: str, request_url: Optional[str]) -> str:
         base = request_url or self._base_url
@@ -253,7 +376,9 @@ class Authenticator:
             )
         return resolved
 
-    def _fetch_token(self, key: TokenKey) -> str:
+    def _fetch_token(self, key: TokenKey, needed: Iterable[str]) -> str:
+        """Ask the realm for a token for the key's scopes; cache it as covering
+        `needed` and those of the others it was granted."""
         realm, service, scopes, _ = key
         creds = self._credentials
         params = [("client_id", CLIENT_ID)]
@@ -308,6 +433,8 @@ class Authenticator:
             expires_in = float(body.get("expires_in") or MIN_TOKEN_LIFETIME_S)
         except (TypeError, ValueError):
             expires_in = MIN_TOKEN_LIFETIME_S
-        self._cache.put(key, token, _parse_issued_at(body.get("issued_at"), received), expires_in)
+        granted = granted_scopes(token, scopes)
+        covers = set(needed) | (set(scopes) if granted is None else granted)
+        self._cache.put(key, token, _parse_issued_at(body.get("issued_at"), received), expires_in, covers)
         log.debug("obtained token for %s scopes=%s (%s)", self.registry, " ".join(scopes), who)
         return token

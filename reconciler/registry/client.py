@@ -229,6 +229,11 @@ class RegistryClient:
         self._auth = Authenticator(registry, self.base_url, self._http, credentials, token_cache or TokenCache(clock), clock,
                                    private_realms)
         self._slots = threading.BoundedSemaphore(max(1, max_concurrency))
+        # Until one request has had its answer, others wait: they would all be
+        # refused (401) and each ask for a token, where one challenge and one
+        # token serve them all.
+        self._first_contact = threading.Lock()
+        self._contacted = False
         self._sleep = sleep
         self._clock = clock
         self._throttle = HostThrottle(clock, sleep)
@@ -246,6 +251,11 @@ class RegistryClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def expect_repositories(self, repositories: Iterable[str]) -> None:
+        """Repositories this client is about to read: one token request asks
+        for several of them, where the token service grants that."""
+        self._auth.expect(scope for repository in repositories for scope in self._scopes(repository))
 
     # -- transport ---------------------------------------------------------
 
@@ -296,6 +306,17 @@ class RegistryClient:
                  stream: bool = False, what: str = "request") -> httpx.Response:
         """Send with auth and retries. Returns any final response that is not
         401, 429 or 5xx; the caller interprets (and, if streaming, closes) it."""
+        if not self._contacted:
+            with self._first_contact:
+                if not self._contacted:
+                    try:
+                        return self._send(method, url, scopes, headers=headers, stream=stream, what=what)
+                    finally:
+                        self._contacted = True
+        return self._send(method, url, scopes, headers=headers, stream=stream, what=what)
+
+    def _send(self, method: str, url: str, scopes: Iterable[str], *, headers: Optional[Dict[str, str]],
+              stream: bool, what: str) -> httpx.Response:
         scopes = tuple(scopes)
         self._throttle.wait()
         on_registry = self._on_registry(url)

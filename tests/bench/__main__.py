@@ -140,6 +140,7 @@ def main() -> int:
     parser.add_argument("--scale", action="store_true", help="only 1,000 watched tags behind a proxy adding "
                         "latency: cold, warm and warm without latency (see tests/bench/scale.py)")
     parser.add_argument("--rtt", type=float, default=0.05, help="the latency --scale adds per request (seconds)")
+    parser.add_argument("--repositories", type=int, default=200, help="--scale: watched repositories, 5 tags each")
     parser.add_argument("--big-layer", type=int, metavar="N",
                         help="only the applier vs umoci on one layer of N small files (peak RSS and time)")
     parser.add_argument("--dirs-layer", type=int, metavar="N",
@@ -158,7 +159,7 @@ def main() -> int:
     if args.scale:
         from tests.bench.scale import bench_scale, scale_summary
 
-        results = bench_scale(fresh(work / "scale"), RECONCILE, args.rtt, timed)
+        results = bench_scale(fresh(work / "scale"), RECONCILE, args.rtt, timed, args.repositories)
         out = work / "results-scale.json"
         out.write_text(json.dumps(results, indent=2))
         print(scale_summary(results))

@@ -3,8 +3,14 @@
 200 repositories × 5 tags of one small image on the loopback docker-registry,
 behind tests/faultproxy.py adding a delay to every request (50 ms by default,
 like a site far from Docker Hub). Times a cold cycle (all new), a warm one
-(nothing changed) and a warm one without the delay, and counts the requests
-of the warm cycle: exactly one HEAD per tag and platform, no GET.
+(nothing changed) and a warm one straight to the registry (no proxy, no
+delay), and counts the requests of the warm cycle: exactly one HEAD per tag
+and platform, no GET.
+
+Then the same repositories behind token auth (the registry's token mode, its
+token server granting anonymous pulls as auth.docker.io does for public
+repositories, several scopes in one token): the token requests of a cold
+and of a warm `--once` (each a new process, so each starts without a token).
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 from fixtures.build import build_all
 from fixtures.push import FixturePusher
@@ -25,12 +31,12 @@ REPOSITORIES = 200
 TAGS = 5
 
 
-def _push(host: str) -> None:
-    """The `basic` fixture under REPOSITORIES repositories, TAGS tags each."""
+def _push(host: str, repositories: int) -> None:
+    """The `basic` fixture under `repositories` repositories, TAGS tags each."""
     image = build_all()["basic"]
     pusher = FixturePusher(host)
     with tempfile.TemporaryDirectory() as tmp:
-        for r in range(REPOSITORIES):
+        for r in range(repositories):
             repository = f"scale/r{r:03d}"
             for blob in image.blobs:
                 pusher.push_blob(repository, blob, Path(tmp))
@@ -38,12 +44,20 @@ def _push(host: str) -> None:
                 pusher.push_manifest(repository, image.top, f"t{t}")
 
 
-def _watchlist(path: Path, host: str) -> None:
+def _token_requests(registry, cmd: List[str]) -> Tuple[float, int]:
+    """Run `cmd`; its wall time and the token requests it made."""
+    before = len(registry.token_server.requests)
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, capture_output=True)
+    return time.perf_counter() - start, len(registry.token_server.requests) - before
+
+
+def _watchlist(path: Path, host: str, repositories: int) -> None:
     tags = ", ".join(f'"t{t}"' for t in range(TAGS))
     text = f'[publish]\nroot = "publish"\n[state]\ndir = "state"\n[registries."{host}"]\ninsecure = true\n' \
            f'max_concurrency = 16\n'
     text += "".join(f'[[image]]\nsource = "{host}/scale/r{r:03d}"\ntags = [{tags}]\ndest = "r{r:03d}"\n'
-                    for r in range(REPOSITORIES))
+                    for r in range(repositories))
     path.write_text(text)
 
 
@@ -55,37 +69,55 @@ def _requests(proxy: FaultProxy, since: int) -> Dict[str, int]:
     return dict(kinds)
 
 
-def bench_scale(work: Path, reconcile: Path, rtt: float, timed) -> Dict[str, object]:
-    """Cold, warm and warm-without-latency cycles of REPOSITORIES × TAGS tags."""
+def bench_scale(work: Path, reconcile: Path, rtt: float, timed,
+                repositories: int = REPOSITORIES) -> Dict[str, object]:
+    """Cold, warm and warm-without-latency cycles of `repositories` × TAGS tags."""
     registry = start_registry(work / "scale-registry")
     proxy = FaultProxy(registry.url)
     try:
-        _push(registry.host)
-        delay = proxy.add(path=".*", method="ANY", times=10**9, delay=rtt)
+        _push(registry.host, repositories)
+        proxy.add(path=".*", method="ANY", times=10**9, delay=rtt)
         run = work / "scale-run"
         run.mkdir(parents=True, exist_ok=True)
         watchlist = run / "watchlist.toml"
-        _watchlist(watchlist, proxy.host)
+        _watchlist(watchlist, proxy.host, repositories)
         cmd: List[str] = [str(reconcile), "--once", "--watchlist", str(watchlist)]
         cold, cold_rss = timed(cmd)
         mark = len(proxy.requests)
         warm, warm_rss = timed(cmd)
         warm_requests = _requests(proxy, mark)
-        delay.times = 0  # no latency from here on
-        mark = len(proxy.requests)
-        start = time.perf_counter()
-        subprocess.run(cmd, check=True, capture_output=True)
-        warm_no_rtt = time.perf_counter() - start
+        _watchlist(watchlist, registry.host, repositories)  # straight to the registry: no proxy, no delay
+        warm_no_rtt, _ = timed(cmd)
+        tokens = _token_cycles(work, registry.storage, reconcile, repositories)
     finally:
         proxy.close()
         registry.stop()
-    return {"tags": REPOSITORIES * TAGS, "rtt_ms": rtt * 1000, "cold_s": cold, "warm_s": warm,
-            "warm_no_rtt_s": warm_no_rtt, "warm_requests": warm_requests,
-            "peak_rss_mib": round(max(cold_rss, warm_rss) / 1024, 1)}
+    return {"repositories": repositories, "tags": repositories * TAGS, "rtt_ms": rtt * 1000, "cold_s": cold,
+            "warm_s": warm, "warm_no_rtt_s": warm_no_rtt, "warm_requests": warm_requests,
+            "peak_rss_mib": round(max(cold_rss, warm_rss) / 1024, 1), **tokens}
+
+
+def _token_cycles(work: Path, storage: Path, reconcile: Path, repositories: int) -> Dict[str, object]:
+    """Cold and warm `--once` against the same storage behind token auth."""
+    registry = start_registry(work / "scale-token-registry", mode="token", storage=storage, acl={"": ["scale/*"]})
+    try:
+        run = work / "scale-token-run"
+        run.mkdir(parents=True, exist_ok=True)
+        watchlist = run / "watchlist.toml"
+        _watchlist(watchlist, registry.host, repositories)
+        cmd = [str(reconcile), "--once", "--watchlist", str(watchlist)]
+        cold, cold_tokens = _token_requests(registry, cmd)
+        warm, warm_tokens = _token_requests(registry, cmd)
+    finally:
+        registry.stop()
+    return {"token_cold_s": cold, "token_warm_s": warm, "token_requests_cold": cold_tokens,
+            "token_requests_warm": warm_tokens}
 
 
 def scale_summary(r: Dict[str, object]) -> str:
     """One line for the scale figures."""
     return (f"bench: {r['tags']} tags at {r['rtt_ms']:.0f} ms: cold {r['cold_s']:.1f}s, warm {r['warm_s']:.1f}s, "
             f"warm at 0 ms {r['warm_no_rtt_s']:.1f}s; warm requests {r['warm_requests']}; "
-            f"peak RSS {r['peak_rss_mib']} MiB")
+            f"peak RSS {r['peak_rss_mib']} MiB; behind token auth: {r['token_requests_cold']} token requests "
+            f"cold ({r['token_cold_s']:.1f}s), {r['token_requests_warm']} warm ({r['token_warm_s']:.1f}s) "
+            f"for {r['repositories']} repositories")
