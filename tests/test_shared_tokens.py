@@ -17,6 +17,7 @@ import base64
 import json
 import re
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import List
 from urllib.parse import parse_qs
@@ -95,6 +96,19 @@ def _realm_url_matcher() -> "re.Pattern[str]":
     return re.compile(re.escape(REALM) + r"\?.*")
 
 
+def challenge_without_token(request: httpx.Request) -> httpx.Response:
+    """A registry answering every request with a token, and challenging the others."""
+    if request.headers.get("authorization") is None:
+        return httpx.Response(401, headers={"WWW-Authenticate": CHALLENGE})
+    return httpx.Response(200, headers={"Docker-Content-Digest": "sha256:" + "a" * 64})
+
+
+def serve(httpx_mock, token, registry) -> None:
+    """Route token requests to `token`, manifest HEADs to `registry`."""
+    httpx_mock.add_callback(token, method="GET", is_reusable=True, url=_realm_url_matcher())
+    httpx_mock.add_callback(registry, method="HEAD", is_reusable=True)
+
+
 def scopes_of(request: httpx.Request) -> List[str]:
     return sorted(parse_qs(request.url.query.decode())["scope"])
 
@@ -115,8 +129,7 @@ def test_an_opaque_token_refused_for_one_repository_keeps_serving_the_others(htt
             return httpx.Response(401, headers={"WWW-Authenticate": CHALLENGE})
         return httpx.Response(200, headers={"Docker-Content-Digest": "sha256:" + "a" * 64})
 
-    httpx_mock.add_callback(token, method="GET", is_reusable=True, url=_realm_url_matcher())
-    httpx_mock.add_callback(registry, method="HEAD", is_reusable=True)
+    serve(httpx_mock, token, registry)
     client = RegistryClient(REG)
     client.expect_repositories(["org/a", "org/b", "org/c"])
     for name in ("org/a", "org/b", "org/c", "org/a", "org/b"):
@@ -134,13 +147,7 @@ def test_a_token_service_refusing_many_scopes_is_asked_one_at_a_time(httpx_mock)
             return httpx.Response(400, json={"details": "only one scope per request"})
         return httpx.Response(200, json={"token": f"t{len(asked)}", "expires_in": 300})
 
-    def registry(request: httpx.Request) -> httpx.Response:
-        if request.headers.get("authorization") is None:
-            return httpx.Response(401, headers={"WWW-Authenticate": CHALLENGE})
-        return httpx.Response(200, headers={"Docker-Content-Digest": "sha256:" + "a" * 64})
-
-    httpx_mock.add_callback(token, method="GET", is_reusable=True, url=_realm_url_matcher())
-    httpx_mock.add_callback(registry, method="HEAD", is_reusable=True)
+    serve(httpx_mock, token, challenge_without_token)
     client = RegistryClient(REG)
     client.expect_repositories(["org/a", "org/b"])
     assert client.head_manifest("org/a", "latest").digest
@@ -165,25 +172,20 @@ def test_granted_scopes_reads_the_access_claim_and_nothing_else():
 
 
 def test_waiting_threads_do_not_each_ask_for_a_token(httpx_mock):
-    """Many requests refused at once (a token that just expired) share one new token."""
+    """Requests in parallel that need a token none holds (a repository not
+    expected, a token just expired) wait for one token request."""
     asked: List[List[str]] = []
     lock = threading.Lock()
 
     def token(request: httpx.Request) -> httpx.Response:
         with lock:
             asked.append(scopes_of(request))
+        time.sleep(0.05)  # a token service 50 ms away: the others are waiting meanwhile
         return httpx.Response(200, json={"token": "t", "expires_in": 300})
 
-    def registry(request: httpx.Request) -> httpx.Response:
-        if request.headers.get("authorization") is None:
-            return httpx.Response(401, headers={"WWW-Authenticate": CHALLENGE})
-        return httpx.Response(200, headers={"Docker-Content-Digest": "sha256:" + "a" * 64})
-
-    httpx_mock.add_callback(token, method="GET", is_reusable=True, url=_realm_url_matcher())
-    httpx_mock.add_callback(registry, method="HEAD", is_reusable=True)
+    serve(httpx_mock, token, challenge_without_token)
     client = RegistryClient(REG, max_concurrency=8)
-    names = [f"org/r{i}" for i in range(10)]
-    client.expect_repositories(names)
+    assert client.head_manifest("org/first", "latest").digest
     with ThreadPoolExecutor(8) as pool:
-        assert all(h.digest for h in pool.map(lambda n: client.head_manifest(n, "latest"), names * 2))
-    assert asked == [[f"repository:{n}:pull" for n in sorted(names)]]
+        assert all(h.digest for h in pool.map(lambda _: client.head_manifest("org/next", "latest"), range(16)))
+    assert asked == [["repository:org/first:pull"], ["repository:org/next:pull"]]
