@@ -211,7 +211,8 @@ def test_a_failed_listing_removes_and_collects_nothing_of_its_dest(tmp_path, sit
 
 
 def test_fetch_stores_what_the_plan_downloaded_and_the_layers_of_its_changes(tmp_path, site):
-    registry, _, store, _, _, v2, _ = site
+    registry, _, store, _, v1, v2, _ = site
+    os.utime(store.path(v1[0]), (1, 1))
     out = run_plan(tmp_path, site)
     changed = out.changes[0]
     fetch = FetchStage(store, FakeRegistries(registry), cancel=threading.Event())
@@ -220,8 +221,10 @@ def test_fetch_stores_what_the_plan_downloaded_and_the_layers_of_its_changes(tmp
     assert changed.status == "planned" and changed.downloaded == changed.resolved.layers[0].size
     assert all(store.has(d) for d in (v2[0], v2[2], changed.resolved.layers[0].digest))
     # Only the changed image's layer is downloaded: the unchanged one needs none.
-    v1_layer = json.loads(site[4][1])["layers"][0]["digest"]
+    v1_layer = json.loads(v1[1])["layers"][0]["digest"]
     assert not store.has(v1_layer)
+    # The unchanged tag's manifest, never read, is marked recently used all the same.
+    assert store.path(v1[0]).stat().st_mtime > NOW - 86400
 
 
 def test_an_unchanged_tag_is_known_from_its_head_and_the_state_alone(tmp_path, site):

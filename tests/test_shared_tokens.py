@@ -25,9 +25,9 @@ from urllib.parse import parse_qs
 import httpx
 import pytest
 
-from reconciler.errors import AuthenticationError
+from reconciler.errors import AuthenticationError, TokenServiceUnavailableError
 from reconciler.registry.auth import MAX_SCOPES_PER_TOKEN, granted_scopes
-from reconciler.registry.client import RegistryClient
+from reconciler.registry.client import RegistryClient, RetryPolicy
 from reconciler.registry.credentials import Credentials
 from tests.conftest import USERS
 
@@ -109,6 +109,23 @@ def serve(httpx_mock, token, registry) -> None:
     httpx_mock.add_callback(registry, method="HEAD", is_reusable=True)
 
 
+def slow_token_service(httpx_mock, answer: httpx.Response) -> List[List[str]]:
+    """A token service 50 ms away always giving `answer` (the others wait
+    meanwhile), before a registry that challenges requests without a token;
+    returns the scopes of each token request, as they come."""
+    asked: List[List[str]] = []
+    lock = threading.Lock()
+
+    def token(request: httpx.Request) -> httpx.Response:
+        with lock:
+            asked.append(scopes_of(request))
+        time.sleep(0.05)
+        return httpx.Response(answer.status_code, headers=answer.headers, content=answer.content)
+
+    serve(httpx_mock, token, challenge_without_token)
+    return asked
+
+
 def scopes_of(request: httpx.Request) -> List[str]:
     return sorted(parse_qs(request.url.query.decode())["scope"])
 
@@ -138,13 +155,16 @@ def test_an_opaque_token_refused_for_one_repository_keeps_serving_the_others(htt
                      ["repository:org/b:pull"]]
 
 
-def test_a_token_service_refusing_many_scopes_is_asked_one_at_a_time(httpx_mock):
+@pytest.mark.parametrize("status", [400, 401])
+def test_a_token_service_refusing_many_scopes_is_asked_one_at_a_time(httpx_mock, status):
+    """400: a service that takes one scope; 401: GHCR's anonymous realm, which
+    refuses a request naming a repository it does not know."""
     asked: List[List[str]] = []
 
     def token(request: httpx.Request) -> httpx.Response:
         asked.append(scopes_of(request))
         if len(asked[-1]) > 1:
-            return httpx.Response(400, json={"details": "only one scope per request"})
+            return httpx.Response(status, json={"details": "only one scope per request"})
         return httpx.Response(200, json={"token": f"t{len(asked)}", "expires_in": 300})
 
     serve(httpx_mock, token, challenge_without_token)
@@ -174,18 +194,78 @@ def test_granted_scopes_reads_the_access_claim_and_nothing_else():
 def test_waiting_threads_do_not_each_ask_for_a_token(httpx_mock):
     """Requests in parallel that need a token none holds (a repository not
     expected, a token just expired) wait for one token request."""
-    asked: List[List[str]] = []
-    lock = threading.Lock()
-
-    def token(request: httpx.Request) -> httpx.Response:
-        with lock:
-            asked.append(scopes_of(request))
-        time.sleep(0.05)  # a token service 50 ms away: the others are waiting meanwhile
-        return httpx.Response(200, json={"token": "t", "expires_in": 300})
-
-    serve(httpx_mock, token, challenge_without_token)
+    asked = slow_token_service(httpx_mock, httpx.Response(200, json={"token": "t", "expires_in": 300}))
     client = RegistryClient(REG, max_concurrency=8)
     assert client.head_manifest("org/first", "latest").digest
     with ThreadPoolExecutor(8) as pool:
         assert all(h.digest for h in pool.map(lambda _: client.head_manifest("org/next", "latest"), range(16)))
     assert asked == [["repository:org/first:pull"], ["repository:org/next:pull"]]
+
+
+def test_refused_credentials_are_not_tried_again_with_fewer_scopes(httpx_mock):
+    """With credentials, the token service's 401 refuses them (the spec): one
+    more request would only count one more failed login (account lockouts)."""
+    asked: List[List[str]] = []
+
+    def token(request: httpx.Request) -> httpx.Response:
+        asked.append(scopes_of(request))
+        return httpx.Response(401, json={"details": "incorrect username or password"})
+
+    serve(httpx_mock, token, challenge_without_token)
+    client = RegistryClient(REG, credentials=Credentials("robot", "wrong-secret-7"))
+    client.expect_repositories(["org/a", "org/b"])
+    with pytest.raises(AuthenticationError) as info:
+        client.head_manifest("org/a", "latest")
+    assert len(asked) == 1 and "wrong-secret-7" not in str(info.value)
+
+
+def test_opaque_tokens_granted_in_part_stop_being_shared(httpx_mock):
+    """A token service that grants only the first scope asked, in an opaque
+    token: three refusals, then one repository at a time (no 401 per repository)."""
+    grants = {}
+    seen: List[httpx.Request] = []
+
+    def token(request: httpx.Request) -> httpx.Response:
+        value = f"opaque-{len(grants)}"
+        grants[value] = scopes_of(request)[0]
+        return httpx.Response(200, json={"token": value, "expires_in": 300})
+
+    def registry(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        value = (request.headers.get("authorization") or " ").split(" ", 1)[1]
+        repository = request.url.path.split("/manifests/")[0][len("/v2/"):]
+        if grants.get(value) != f"repository:{repository}:pull":
+            return httpx.Response(401, headers={"WWW-Authenticate": CHALLENGE})
+        return httpx.Response(200, headers={"Docker-Content-Digest": "sha256:" + "a" * 64})
+
+    serve(httpx_mock, token, registry)
+    client = RegistryClient(REG)
+    names = [f"org/{c}" for c in "abcdefghij"]
+    client.expect_repositories(names)
+    for name in names:
+        assert client.head_manifest(name, "latest").digest
+    refused = sum(1 for r in seen if "authorization" in r.headers) - len(names)
+    assert refused == 3
+    assert len(grants) == len(names)
+
+
+def test_threads_waiting_for_a_failing_token_request_share_its_failure(httpx_mock):
+    """A token service that is down is not asked once per waiting thread, in a
+    row: the threads that waited for the failing request fail with it (and
+    retry after their backoff)."""
+    asked = slow_token_service(httpx_mock, httpx.Response(503, json={"details": "down"}))
+    client = RegistryClient(REG, max_concurrency=8, retry=RetryPolicy(attempts=1))
+    with pytest.raises(TokenServiceUnavailableError):
+        client.head_manifest("org/first", "latest")
+
+    def head(_: int) -> str:
+        try:
+            client.head_manifest("org/next", "latest")
+        except TokenServiceUnavailableError as exc:
+            return str(exc)
+        return "no error"
+
+    with ThreadPoolExecutor(8) as pool:
+        outcomes = list(pool.map(head, range(8)))
+    assert all("503" in o for o in outcomes), outcomes
+    assert 2 <= len(asked) <= 3, asked  # the first request's, then one (or two: a thread not yet waiting)

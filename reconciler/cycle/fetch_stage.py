@@ -12,7 +12,7 @@ import contextlib
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Iterator, List, Optional
+from typing import TYPE_CHECKING, Iterator, List, Optional, Set
 
 from ..blobstore import BlobStore
 from ..errors import ConfigError
@@ -70,16 +70,20 @@ class FetchStage:
     def _keep(self, plan: Plan) -> None:
         """Manifests and configs the plan used: stored when it downloaded them,
         else marked recently used (the plan itself writes nothing, not even that)."""
+        touched: Set[str] = set()
         for outcome in plan.outcomes:
             image = outcome.resolved
-            if image is None:
-                continue
+            # A tag known unchanged from its HEAD: its manifests stay (a Docker Hub
+            # manifest GET counts as a pull, should its index change later).
+            used = (image.tag_digest, image.manifest_digest, image.manifest.config.digest) if image \
+                else outcome.unchanged_at or ()
             try:
-                for digest in dict.fromkeys((image.tag_digest, image.manifest_digest, image.manifest.config.digest)):
+                for digest in dict.fromkeys(used):
                     if digest in plan.fetched:
                         self.store.put_bytes(digest, plan.fetched[digest])
-                    else:
+                    elif digest not in touched:
                         self.store.touch(digest)
+                        touched.add(digest)
             except Exception as exc:  # one image's failure is never the cycle's
                 outcome.fail(exc, where=self.store.root)
         # Also what images that failed to resolve downloaded: not fetched again next cycle.

@@ -52,8 +52,19 @@ CLIENT_ID = "reconciler"
 # travels in every request's Authorization header, where 8 KB is a common
 # limit of a header line (nginx's large_client_header_buffers).
 MAX_SCOPES_PER_TOKEN = 20
+# Refusals of shared tokens (for scopes they were asked for) after which a
+# registry's tokens are no longer shared.
+SHARED_REFUSALS_BEFORE_GIVING_UP = 3
 
 TokenKey = Tuple[str, str, Tuple[str, ...], str]
+
+
+class TokenRefusedError(AuthenticationError):
+    """The token service answered 401 (credentials refused) or 403."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class TokenServiceBusyError(TokenServiceUnavailableError):
@@ -115,14 +126,18 @@ class TokenCache:
         # Renew a little early so a token does not expire between check and use.
         refresh_at = expires_at - min(30.0, lifetime * 0.1)
         with self._lock:
+            now = self._clock()
+            for stale in [k for k, t in self._tokens.items() if t.expires_at <= now]:
+                del self._tokens[stale]  # keys vary with what was asked together: do not let them pile up
             self._tokens[key] = _CachedToken(value, expires_at, refresh_at,
                                              frozenset(key[2] if covers is None else covers))
 
-    def uncover(self, key: TokenKey, scopes: Iterable[str]) -> None:
-        """The registry refused the token for `scopes`: keep it for the others."""
+    def uncover(self, key: TokenKey, scopes: Iterable[str], value: Optional[str] = None) -> None:
+        """The registry refused the token for `scopes`: keep it for the others
+        (only if it is still `value`, when given)."""
         with self._lock:
             cached = self._tokens.get(key)
-            if cached is not None:
+            if cached is not None and (value is None or cached.value == value):
                 cached.covers = cached.covers.difference(scopes)
 
     def invalidate(self, key: TokenKey, value: Optional[str] = None) -> None:
@@ -191,6 +206,13 @@ class AuthState:
 
     header: Optional[str] = None
     token_key: Optional[TokenKey] = None
+    # Credentials or a token obtained just now: refused again, there is nothing more to try.
+    new_login: bool = False
+
+    @property
+    def token(self) -> Optional[str]:
+        """The bearer token sent, if any."""
+        return self.header[len("Bearer "):] if self.token_key is not None and self.header else None
 
 
 class Authenticator:
@@ -216,8 +238,13 @@ class Authenticator:
         self._challenge: Optional[Challenge] = None
         self._lock = threading.Lock()
         self._expected: Dict[str, None] = {}  # scopes the coming requests need, in order
-        self._fetching = threading.Lock()  # one token request at a time: the next finds the last one's token
-        self._share_tokens = True  # False once the token service refused several scopes at once
+        # One token request at a time: a thread that waited finds the token just
+        # fetched, or fails with the error of the request it waited for.
+        self._fetching = threading.Lock()
+        self._fetches = 0
+        self._fetch_error: Optional[Tuple[Exception, FrozenSet[str]]] = None  # the last failure, for which scopes
+        self._share_tokens = True  # False once sharing a token did not work with this registry
+        self._shared_refusals = 0
 
     @property
     def _identity(self) -> str:
@@ -274,12 +301,12 @@ class Authenticator:
         share = True
         if sent.token_key is not None:
             # The registry rejected a token we held (expired, revoked, or too narrow).
-            if set(sent.token_key[2]) - wanted:
+            if set(sent.token_key[2]) - wanted and self._still_sharing_after_refusal():
                 # Asked with other scopes: keep it for them; this request gets a token of its own.
-                self._cache.uncover(sent.token_key, wanted)
+                self._cache.uncover(sent.token_key, wanted, sent.token)
                 share = False
             else:
-                self._cache.invalidate(sent.token_key)
+                self._cache.invalidate(sent.token_key, sent.token)
             if chosen.scheme == "basic" and not self._can_answer_basic():
                 return self._start_over()
         elif sent.header is not None and chosen.scheme == "basic":
@@ -300,6 +327,20 @@ class Authenticator:
             self._challenge = chosen
         return answer
 
+    def _still_sharing_after_refusal(self) -> bool:
+        """Count a shared token refused for a scope it was asked for. A token
+        service that grants only part of what is asked, without saying so in
+        the token (opaque), costs a 401 per repository: after a few, tokens
+        are no longer shared (and a refused shared token is dropped whole)."""
+        with self._lock:
+            self._shared_refusals += 1
+            if self._shared_refusals < SHARED_REFUSALS_BEFORE_GIVING_UP or not self._share_tokens:
+                return self._share_tokens
+            self._share_tokens = False
+        log.info("%s: shared tokens were refused %d times; asking one repository at a time", self.registry,
+                 self._shared_refusals)
+        return False
+
     def _start_over(self) -> AuthState:
         """Forget the learned challenge: the retry goes without Authorization."""
         with self._lock:
@@ -314,19 +355,33 @@ class Authenticator:
                     f"{self.registry} requires a username and password; configure them for this registry "
                     "in the watchlist or in Docker's config.json"
                 )
-            return AuthState(header=self._credentials.basic_header())  # type: ignore[union-attr]
+            return AuthState(header=self._credentials.basic_header(), new_login=True)  # type: ignore[union-attr]
         realm = challenge.get("realm")
         if not realm:
             raise AuthenticationError(f"{self.registry}: Bearer challenge without a realm")
         realm = self._check_realm(realm, request_url)
         service = challenge.get("service") or ""
         found = self._cache.find(realm, service, self._identity, scopes)
-        if found is None:
-            with self._fetching:
-                found = self._cache.find(realm, service, self._identity, scopes) or \
-                    self._new_token(realm, service, scopes, share)
-        key, token = found
-        return AuthState(header=f"Bearer {token}", token_key=key)
+        if found is not None:
+            return AuthState(header=f"Bearer {found[1]}", token_key=found[0])
+        fetches = self._fetches
+        with self._fetching:
+            found = self._cache.find(realm, service, self._identity, scopes)
+            if found is not None:
+                return AuthState(header=f"Bearer {found[1]}", token_key=found[0])
+            if self._fetches != fetches and self._fetch_error is not None:
+                error, failed_for = self._fetch_error
+                if isinstance(error, (TokenServiceUnavailableError, RegistryUnreachableError)) or \
+                        failed_for.issuperset(scopes):
+                    raise error  # the request this thread waited for failed: not asked again at once
+            self._fetches += 1
+            try:
+                key, token = self._new_token(realm, service, scopes, share)
+            except Exception as exc:
+                self._fetch_error = (exc, frozenset(scopes))
+                raise
+            self._fetch_error = None
+        return AuthState(header=f"Bearer {token}", token_key=key, new_login=True)
 
     def _new_token(self, realm: str, service: str, scopes: Tuple[str, ...], share: bool) -> Tuple[TokenKey, str]:
         """A token for `scopes`, asked together with expected scopes no token covers yet."""
@@ -337,16 +392,16 @@ class Authenticator:
         except (TokenServiceUnavailableError, RegistryUnreachableError):
             raise  # down or busy: retried as it is
         except RegistryError as exc:
-            if asked == scopes:
-                raise
+            if asked == scopes or (isinstance(exc, TokenRefusedError) and exc.status == 401 and self._credentials):
+                raise  # with credentials, a 401 refuses them: asking again would only count another failed login
             # The spec makes a partial grant no error, but a token service may refuse
-            # a request of many scopes (a 400, a URL too long, a 403 for one of them).
-            key = (realm, service, scopes, self._identity)
-            token = self._fetch_token(key, scopes)
+            # a request of many scopes (a 400, a URL too long, a 403 for one of them;
+            # GHCR's anonymous realm a 401 for a repository it does not know).
             log.info("%s: token service %s refused %d scopes at once (%s); asking one repository at a time",
                      self.registry, realm, len(asked), exc)
             self._share_tokens = False
-            return key, token
+            key = (realm, service, scopes, self._identity)
+            return key, self._fetch_token(key, scopes)
 
     def _with_expected(self, realm: str, service: str, scopes: Tuple[str, ...]) -> Tuple[str, ...]:
         with self._lock:
@@ -412,7 +467,7 @@ class Authenticator:
         received = self._clock()
         who = self.who
         if response.status_code in (401, 403):
-            raise AuthenticationError(
+            raise TokenRefusedError(response.status_code, 
                 f"{self.registry}: token service {realm} refused {who} for {' '.join(scopes) or 'no scope'} "
                 f"(HTTP {response.status_code}); check the credentials and that the repository exists"
             )

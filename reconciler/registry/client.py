@@ -365,7 +365,7 @@ class RegistryClient:
                 rejected = auth
                 auth = self._authorized(lambda: self._auth.handle_unauthorized(response, scopes, rejected), what)
                 rounds += 1
-                fresh = auth.header is not None
+                fresh = auth.new_login
                 continue
             if response.status_code in _RETRY_STATUSES:
                 if response.status_code == 429:
