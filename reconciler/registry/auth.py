@@ -8,7 +8,7 @@ expires, and retry the request once with it.
 
 Tokens are shared: a token is used for every repository it was granted, and
 the registry client says which repositories a cycle will need
-(`expect_scopes`), so one token request asks for many of them together (the
+(`Authenticator.expect`), so one token request asks for many of them together (the
 token spec repeats `scope`; distribution's docs/spec/auth/token.md, and the
 token server grants the intersection of what is asked and allowed). A
 thousand watched tags in two hundred Docker Hub repositories then cost ten
@@ -109,7 +109,7 @@ class TokenCache:
         now = self._clock()
         with self._lock:
             cached = self._tokens.get(exact)
-            if cached is not None and now < cached.refresh_at:
+            if cached is not None and now < cached.refresh_at and cached.covers.issuperset(wanted):
                 return exact, cached.value
             for key, cached in self._tokens.items():
                 if key[0] == realm and key[1] == service and key[3] == identity and now < cached.refresh_at \
@@ -190,6 +190,13 @@ def _parse_issued_at(text: object, received: float) -> float:
     if value > received + 5 or value < received - 3600:
         return received
     return value
+
+
+def _scopes_text(scopes: Tuple[str, ...]) -> str:
+    """Scopes for a message: a shared token request names up to 20."""
+    if len(scopes) > 2:
+        return f"{scopes[0]} and {len(scopes) - 1} more scopes"
+    return " ".join(scopes) or "no scope"
 
 
 def _is_private_host(host: str) -> bool:
@@ -467,9 +474,10 @@ class Authenticator:
         received = self._clock()
         who = self.who
         if response.status_code in (401, 403):
-            raise TokenRefusedError(response.status_code, 
-                f"{self.registry}: token service {realm} refused {who} for {' '.join(scopes) or 'no scope'} "
-                f"(HTTP {response.status_code}); check the credentials and that the repository exists"
+            raise TokenRefusedError(
+                response.status_code,
+                f"{self.registry}: token service {realm} refused {who} for {_scopes_text(scopes)} "
+                f"(HTTP {response.status_code}); check the credentials and that the repository exists",
             )
         if response.status_code == 429 or response.status_code >= 500:
             raise TokenServiceBusyError(
