@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -36,6 +37,13 @@ def reconcile(*args: str) -> subprocess.CompletedProcess:
                           timeout=120)
 
 
+def _default_sigint() -> None:
+    """Ctrl-C as at a terminal: a test session started in the background by a
+    non-interactive shell (`.ci/run &`) inherits SIGINT ignored, and Python
+    then installs no KeyboardInterrupt handler in the run."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class PausedRun:
     """A `reconcile --once` held in the middle of its first layer."""
 
@@ -44,7 +52,8 @@ class PausedRun:
         self.pause_dir = pause_dir
         self.proc = subprocess.Popen([sys.executable, "-m", "tests.pause_runner", "--once", "--watchlist",
                                       str(watchlist)], env=_env(PAUSE_DIR=str(pause_dir)),
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     preexec_fn=_default_sigint)
         wait_until(lambda: (pause_dir / "paused").exists() or self.proc.poll() is not None, timeout=60,
                    what="the first run to pause inside its build")
         assert self.proc.poll() is None, self.proc.communicate()
