@@ -6,6 +6,7 @@ regular file of its own (issue #11)."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Dict, List
@@ -69,13 +70,17 @@ def test_hostile_links_never_redirect_a_publisher_write(kind, tmp_path, monkeypa
     for image in images.values():
         pusher.push(image)
     before = describe_tree(victim), os.stat(victim).st_mtime_ns
-    wl = backend.watchlist(host, [f'source = "{host}/{image.repository}"\ntags = ["v1"]\ndest = "{name}"'
-                                  for name, image in images.items()])
-    report = run(wl)
-    assert not report.failed, [o.reason for o in report.outcomes]
-    assert (describe_tree(victim), os.stat(victim).st_mtime_ns) == before, "a write went outside the root"
-    for name in images:
-        tree = Path(os.path.realpath(backend.visible / f"{name}:v1"))
+
+    def publish(tags: List[str]) -> Dict[str, Path]:
+        """Publish `tags` of every image; the tree of each image's last tag."""
+        wl = backend.watchlist(host, [f'source = "{host}/{image.repository}"\ntags = {json.dumps(tags)}\n'
+                                      f'dest = "{name}"' for name, image in images.items()])
+        report = run(wl)
+        assert not report.failed, [o.reason for o in report.outcomes]
+        assert (describe_tree(victim), os.stat(victim).st_mtime_ns) == before, "a write went outside the root"
+        return {name: Path(os.path.realpath(backend.visible / f"{name}:{tags[-1]}")) for name in images}
+
+    for name, tree in publish(["v1"]).items():
         assert (tree / "top").read_text() == name
         if kind == "cvmfs":
             marker = tree / ".cvmfscatalog"
@@ -83,13 +88,7 @@ def test_hostile_links_never_redirect_a_publisher_write(kind, tmp_path, monkeypa
     # v2 of both: built from v1 through v1's undo log, with the planted links in the clone.
     for image in _hostile_images(victim, "v2").values():
         pusher.push(image)
-    wl = backend.watchlist(host, [f'source = "{host}/{image.repository}"\ntags = ["v1", "v2"]\ndest = "{name}"'
-                                  for name, image in images.items()])
-    report = run(wl)
-    assert not report.failed, [o.reason for o in report.outcomes]
-    assert (describe_tree(victim), os.stat(victim).st_mtime_ns) == before, "a write went outside the root"
-    for name in images:
-        tree = Path(os.path.realpath(backend.visible / f"{name}:v2"))
+    for name, tree in publish(["v1", "v2"]).items():
         assert (tree / "top").read_text() == name and (tree / "environment-dir" / "x").is_file()
         if name == "outer":  # the whited-out link is the Apptainer step's own again
             assert os.readlink(tree / "singularity") == ".singularity.d/runscript"

@@ -408,19 +408,24 @@ def _self_signed(tmp_path: Path) -> ssl.SSLContext:
     return context
 
 
-def test_unverifiable_certificate_names_the_host_and_is_not_retried(tmp_path, clock, monkeypatch):
-    # A registry with a certificate from a private CA (or self-signed): httpx 0.28
-    # verifies against certifi unless SSL_CERT_FILE names another bundle.
-    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
-    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
-    server = _Server(_Challenge, _self_signed(tmp_path))
+def _tls_error(clock, server: "_Server") -> RegistryTLSError:
+    """The error of a manifest HEAD at `server` (closed afterwards)."""
     try:
         with make_client(clock, f"127.0.0.1:{server.port}") as c:
             with pytest.raises(RegistryTLSError) as info:
                 c.head_manifest("library/app", "latest")
     finally:
         server.close()
-    text = str(info.value)
+    return info.value
+
+
+def test_unverifiable_certificate_names_the_host_and_is_not_retried(tmp_path, clock, monkeypatch):
+    # A registry with a certificate from a private CA (or self-signed): httpx 0.28
+    # verifies against certifi unless SSL_CERT_FILE names another bundle.
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    server = _Server(_Challenge, _self_signed(tmp_path))
+    text = str(_tls_error(clock, server))
     assert "TLS certificate of 127.0.0.1 cannot be verified" in text and "SSL_CERT_FILE" in text
     assert "insecure = true is only for registries that serve plain http" in text
     assert server.accepted == 1 and clock.sleeps == []  # configuration, not weather: no retry
@@ -428,14 +433,9 @@ def test_unverifiable_certificate_names_the_host_and_is_not_retried(tmp_path, cl
 
 def test_plain_http_where_https_was_expected_suggests_insecure(clock):
     server = _Server(_Challenge)  # plain http
-    try:
-        with make_client(clock, f"127.0.0.1:{server.port}") as c:
-            with pytest.raises(RegistryTLSError) as info:
-                c.head_manifest("library/app", "latest")
-    finally:
-        server.close()
-    assert f"127.0.0.1:{server.port} answered in plain http, not TLS" in str(info.value)
-    assert f'set insecure = true under [registries."127.0.0.1:{server.port}"]' in str(info.value)
+    text = str(_tls_error(clock, server))
+    assert f"127.0.0.1:{server.port} answered in plain http, not TLS" in text
+    assert f'set insecure = true under [registries."127.0.0.1:{server.port}"]' in text
     assert clock.sleeps == []
 
 

@@ -18,6 +18,7 @@ import pytest
 
 from fixtures.push import FixturePusher
 from tests.registry_server import free_port, start_registry, wait_until
+from tests.service_watchlist import write_service_watchlist
 
 TOKEN = "hook-token-for-the-tests-0123456789"
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,25 +50,8 @@ def push_as(server, fixture_images, fixture: str, tag: str) -> str:
 def test_push_is_published_within_seconds_and_sigterm_exits_cleanly(tmp_path, notifying_registry, fixture_images):
     registry = notifying_registry
     push_as(registry, fixture_images, "basic", "stable")
-    wl = tmp_path / "watchlist.toml"
-    wl.write_text(f'''
-[publish]
-root = "publish"
-[state]
-dir = "state"
-[defaults]
-interval = "1h"
-[registries."{registry.host}"]
-insecure = true
-[service]
-listen = "127.0.0.1:{registry.service_port}"
-[webhooks.distribution]
-token_env = "HOOK_TOKEN"
-[[image]]
-source = "{registry.host}/team/app"
-tags = ["stable"]
-dest = "app"
-''')
+    wl = write_service_watchlist(tmp_path / "watchlist.toml", registry.host, [("team/app", "stable", "app")],
+                                 listen=f"127.0.0.1:{registry.service_port}", webhook="distribution")
     env = {**os.environ, "HOOK_TOKEN": TOKEN, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
     log = (tmp_path / "service.log").open("wb")
     proc = subprocess.Popen([sys.executable, "-m", "reconciler.cli", "--watchlist", str(wl), "--log-format", "json"],
@@ -113,21 +97,7 @@ dest = "app"
 
 def test_sigterm_during_a_cycle_lets_it_publish_then_logs_stopped(tmp_path, fixture_registry):
     host = fixture_registry.host
-    wl = tmp_path / "watchlist.toml"
-    wl.write_text(f'''
-[publish]
-root = "publish"
-[state]
-dir = "state"
-[defaults]
-interval = "1h"
-[registries."{host}"]
-insecure = true
-[[image]]
-source = "{host}/fixtures/basic"
-tags = ["v1"]
-dest = "basic"
-''')
+    wl = write_service_watchlist(tmp_path / "watchlist.toml", host, [("fixtures/basic", "v1", "basic")])
     # The real service, paused inside the first layer of its first cycle (tests/pause_runner.py).
     pause = tmp_path / "pause"
     pause.mkdir()

@@ -37,6 +37,7 @@ from reconciler.state import TagKey
 from reconciler.status_page import PAGE_HEADERS, relative, render_page, short_digest, size
 from reconciler.watchlist import load_watchlist
 from tests.registry_server import free_port, wait_until
+from tests.service_watchlist import write_service_watchlist
 
 ROOT = Path(__file__).resolve().parent.parent
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
@@ -283,29 +284,9 @@ def test_status_page_in_a_real_browser(tmp_path, fixture_registry, fixture_image
     host = fixture_registry.host
     first = _push(host, fixture_images["basic"], "statuspage/app", "stable")
     port = free_port()
-    wl = tmp_path / "watchlist.toml"
-    wl.write_text(f'''
-[publish]
-root = "publish"
-[state]
-dir = "state"
-[defaults]
-interval = "1h"
-[registries."{host}"]
-insecure = true
-[service]
-listen = "127.0.0.1:{port}"
-[webhooks.generic]
-token_env = "HOOK_TOKEN"
-[[image]]
-source = "{host}/statuspage/app"
-tags = ["stable"]
-dest = "app"
-[[image]]
-source = "{host}/fixtures/broken-diffid"
-tags = ["latest"]
-dest = "broken"
-''')
+    wl = write_service_watchlist(tmp_path / "watchlist.toml", host, [("statuspage/app", "stable", "app"),
+                                                                     ("fixtures/broken-diffid", "latest", "broken")],
+                                 listen=f"127.0.0.1:{port}", webhook="generic")
     # The real `reconcile` service, paused inside its first layer (tests/pause_runner.py)
     # so that the page can be seen in the middle of a cycle.
     pause = tmp_path / "pause"
