@@ -346,3 +346,16 @@ def test_skipped_notes_are_capped_but_counted(places):
     stats = apply_layer(io.BytesIO(gz([F(f".wh..wh.aufs-{i}") for i in range(300)])), GZ, root)
     assert stats.skipped_count == 300
     assert len(stats.skipped) == 100
+
+
+@pytest.mark.parametrize("upper", ["whiteout", "opaque", "file over it"])
+def test_a_lower_tree_deeper_than_the_recursion_limit_is_removed(places, upper):
+    """An image may be 1024 directories deep; removing such a lower tree (a
+    whiteout, an opaque directory, an entry replacing it) must not recurse
+    once per level (Python's limit is 1000 frames)."""
+    root, _ = places
+    deep = "/".join(["d"] * 1000)
+    entry = {"whiteout": F("top/.wh.d", ""), "opaque": F("top/.wh..wh..opq", ""),
+             "file over it": F("top/d", "now a file\n")}[upper]
+    apply_all(root, [gz([F(f"top/{deep}/f", "lower\n")]), gz([entry])])
+    assert os.listdir(root / "top") == ([] if upper != "file over it" else ["d"])

@@ -33,14 +33,10 @@ import tarfile
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator, List, Optional, Tuple, Union
-
-try:
-    from typing import Protocol
-except ImportError:  # Python < 3.8 has none; we need >= 3.9 anyway
-    Protocol = object  # type: ignore[assignment,misc]
+from typing import BinaryIO, Callable, Iterator, List, Optional, Protocol, Tuple, Union
 
 from ..errors import HostileLayerError, IntegrityError, LayerError
+from ..treecopy import remove_at
 from .decompress import DigestingReader
 from .pathset import PathKey, PathSet
 
@@ -469,27 +465,20 @@ class _Applier:
 
     # -- removal -----------------------------------------------------------
 
-    def _remove(self, parent_fd: int, name: bytes, st: os.stat_result, path: Optional[PathKey]) -> None:
-        """Remove the entry `name` (a subtree too); `path` is its real path, or
-        None inside a subtree already being removed (the observer saw its root)."""
+    def _remove(self, parent_fd: int, name: bytes, st: os.stat_result, path: PathKey) -> None:
+        """Remove the entry `name` (a whole subtree: without recursion, as a
+        lower tree may be deeper than Python's limit); `path` is its real path."""
         self._forget_dir()
-        if path is not None and self.observer is not None and self.observer.removing(parent_fd, path, st):
+        if self.observer is not None and self.observer.removing(parent_fd, path, st):
             self.stats.removed += 1
             return
         if stat.S_ISDIR(st.st_mode):
-            fd = os.open(name, os.O_RDONLY | _DIR_FLAGS, dir_fd=parent_fd)
-            try:
-                if not self.privileged:
-                    os.fchmod(fd, stat.S_IMODE(st.st_mode) | 0o700)
-                self._clear_dir(fd, keep=None)
-            finally:
-                os.close(fd)
-            os.rmdir(name, dir_fd=parent_fd)
+            remove_at(parent_fd, os.fsdecode(name))
         else:
             os.unlink(name, dir_fd=parent_fd)
         self.stats.removed += 1
 
-    def _clear_dir_at(self, parent_fd: int, name: bytes, keep: Optional[PathKey]) -> None:
+    def _clear_dir_at(self, parent_fd: int, name: bytes, keep: PathKey) -> None:
         """_clear_dir on the directory `name` of `parent_fd` (never through a symlink)."""
         fd = os.open(name, os.O_RDONLY | _DIR_FLAGS, dir_fd=parent_fd)
         try:
@@ -497,21 +486,23 @@ class _Applier:
         finally:
             os.close(fd)
 
-    def _clear_dir(self, dir_fd: int, keep: Optional[PathKey]) -> None:
-        """Remove a directory's content; with `keep` (its real path), spare this
-        layer's own entries and clear their lower content recursively."""
+    def _clear_dir(self, dir_fd: int, keep: PathKey) -> None:
+        """Remove the lower content of directory `keep` (its real path), sparing
+        this layer's own entries and clearing their lower content in turn."""
         with os.scandir(dir_fd) as it:
             names = [os.fsencode(e.name) for e in it]
+        noted = False
         for name in names:
             st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-            child = keep + (name,) if keep is not None else None
-            if child is not None and child in self.upper:
+            child = keep + (name,)
+            if child in self.upper:
                 if stat.S_ISDIR(st.st_mode):
                     self._clear_dir_at(dir_fd, name, child)
                 continue
-            if keep is not None:
+            if not noted:
                 # A lower directory losing entries: its times are restored at the end.
                 self._note_dir_change(dir_fd, keep)
+                noted = True
             self._remove(dir_fd, name, st, child)
 
     def whiteout(self, parent: PathKey, target: bytes) -> None:
