@@ -93,14 +93,6 @@ class TokenCache:
         self._tokens: Dict[TokenKey, _CachedToken] = {}
         self._lock = threading.Lock()
 
-    def get(self, key: TokenKey) -> Optional[str]:
-        """A token still comfortably valid for `key`, or None."""
-        with self._lock:
-            cached = self._tokens.get(key)
-            if cached is None or self._clock() >= cached.refresh_at:
-                return None
-            return cached.value
-
     def find(self, realm: str, service: str, identity: str, scopes: Iterable[str]) -> Optional[Tuple[TokenKey, str]]:
         """A valid token of this realm, service and identity covering all of
         `scopes` (the one asked for exactly these first), with its key."""

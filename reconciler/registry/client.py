@@ -50,7 +50,7 @@ from .credentials import Credentials
 from .links import next_link
 from .manifest import MANIFEST_ACCEPT, MAX_MANIFEST_BYTES, Descriptor, Manifest, parse_manifest
 from .reference import DOCKER_HUB, DOCKER_HUB_API_HOST, is_valid_digest
-from .refusals import error_codes, refusal, retry_at_text, retry_is_useless, unreachable
+from .refusals import error_codes, error_detail, refusal, retry_at_text, retry_is_useless, unreachable
 from .throttle import HostThrottle
 
 log = logging.getLogger(__name__)
@@ -59,9 +59,9 @@ _RETRY_STATUSES = {408, 429, 500, 502, 503, 504}
 _REDIRECT_STATUSES = {301, 302, 303, 307, 308}
 _MAX_REDIRECTS = 10
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
-# A HEAD failing with these means what a GET would say; any other failure
-# (403 from mirrors and CDNs, 405, 400) is asked again with GET, as docker does.
-_HEAD_FINAL_STATUSES = {401, 404}
+# A HEAD answered 404 means what a GET would say; any other failure (403 from
+# mirrors and CDNs, 405, 400) is asked again with GET, as docker does. (A 401
+# never comes back: it is answered, or raised, on the way.)
 # At most this many 401s answered within one request (Harbor: a rejected
 # token, then a bare retry, then a fresh token).
 _MAX_AUTH_ROUNDS = 2
@@ -356,7 +356,7 @@ class RegistryClient:
                         "so the download failed"
                     )
                 if fresh or rounds >= _MAX_AUTH_ROUNDS:
-                    detail = "; ".join(f"{c}: {m}" for c, m in error_codes(response))[:300]
+                    detail = error_detail(response)
                     raise AuthenticationError(
                         f"{self.registry} refused {self._auth.who} for {what} (HTTP 401 after a fresh login"
                         f"{': ' + detail if detail else ''}): the repository does not exist, or the credentials "
@@ -421,8 +421,7 @@ class RegistryClient:
     @staticmethod
     def _reason(response: httpx.Response) -> str:
         """` TOOMANYREQUESTS: …`: the registry's own words, for messages."""
-        codes = error_codes(response)
-        text = "; ".join(f"{c}: {m}" if m else c for c, m in codes)[:200]
+        text = error_detail(response, limit=200)
         return f" {text}" if text else ""
 
     def _fail(self, response: httpx.Response, what: str, repository: str = "") -> ReconcilerError:
@@ -445,7 +444,7 @@ class RegistryClient:
             response = self._request("HEAD", url, self._scopes(repository), headers={"Accept": MANIFEST_ACCEPT}, what=what)
         self.stats.add(manifest_heads=1)
         if response.status_code != 200:
-            if response.status_code in _HEAD_FINAL_STATUSES:
+            if response.status_code == 404:
                 raise self._fail(response, what, repository)
             log.info("%s: %s answered HTTP %d; asking with GET instead", self.registry, what, response.status_code)
             return None

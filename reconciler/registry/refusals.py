@@ -24,7 +24,6 @@ import httpx
 
 from ..errors import (
     AccessDeniedError,
-    AuthenticationError,
     HostNotFoundError,
     ManifestNotFoundError,
     NotFoundError,
@@ -58,9 +57,14 @@ def error_codes(response: httpx.Response) -> List[Tuple[str, str]]:
     return [(str(e.get("code") or ""), str(e.get("message") or "")) for e in errors if isinstance(e, dict)]
 
 
-def _detail(codes: List[Tuple[str, str]]) -> str:
+def _detail(codes: List[Tuple[str, str]], limit: int = _MAX_DETAIL) -> str:
     text = "; ".join(f"{code}: {message}" if message else code for code, message in codes if code or message)
-    return text[:_MAX_DETAIL]
+    return text[:limit]
+
+
+def error_detail(response: httpx.Response, limit: int = _MAX_DETAIL) -> str:
+    """`CODE: message; …` of an error body (read), at most `limit` characters: the registry's own words."""
+    return _detail(error_codes(response), limit)
 
 
 def _body_text(response: httpx.Response) -> str:
@@ -98,11 +102,8 @@ def refusal(registry: str, response: httpx.Response, what: str, *, repository: s
     if status == 403 or "DENIED" in names:
         return AccessDeniedError(f"{head}: access denied; the credentials in use may not pull "
                                  f"{repository or 'this repository'} (check the account's permissions)")
-    if status == 401:
-        return AuthenticationError(
-            f"{head}: the repository does not exist, or it is private and needs credentials that may pull it "
-            "(registries such as Docker Hub answer both alike)")
-    if status == 429 or "TOOMANYREQUESTS" in names:
+    # No 401 or 429 comes here: the client answers or retries them, and raises when that fails.
+    if "TOOMANYREQUESTS" in names:
         return RateLimitedError(f"{head}: rate limited; retried next cycle")
     if status == 400 and any(p in _body_text(response) for p in _HTTPS_PORT_PHRASES):
         return RegistryError(f"{registry}: {urlsplit(str(response.url)).netloc} serves https on that port, but the "

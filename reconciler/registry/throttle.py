@@ -28,11 +28,6 @@ class HostThrottle:
         with self._lock:
             self._not_before = max(self._not_before, self._clock() + max(seconds, 0.0))
 
-    def remaining(self) -> float:
-        """Seconds left before requests may go out again (0 when free)."""
-        with self._lock:
-            return max(0.0, self._not_before - self._clock())
-
     def wait(self) -> float:
         """Sleep until the host is free again; returns the seconds slept."""
         slept = 0.0
