@@ -190,7 +190,7 @@ def _main(args: argparse.Namespace, progress: Optional[TerminalProgress]) -> int
     if progress is not None:
         progress.start()
     try:
-        report = reconciler.run_once(dry_run=args.dry_run)
+        report = reconciler.run_once()  # a --dry-run reconciler is read-only: it only plans
     except ConfigError as exc:
         print(f"reconcile: {exc}", file=sys.stderr)
         return EXIT_CONFIG

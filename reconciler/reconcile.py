@@ -19,11 +19,11 @@ from urllib.parse import urlsplit
 
 from .applier import ApplyOptions
 from .blobstore import BlobStore, ReadOnlyBlobStore
-from .cycle.build import BuildStage, chain_ids
-from .cycle.fetch_stage import Cancelled, FetchStage
-from .cycle.outcome import CycleReport, ImageOutcome, describe_failure
-from .cycle.plan import Plan, plan, select_tags, version_order
-from .cycle.record import BACKOFF_BASE_S, record, retry_delay
+from .cycle.build import BuildStage
+from .cycle.fetch_stage import FetchStage
+from .cycle.outcome import CycleReport, describe_failure
+from .cycle.plan import Plan, plan
+from .cycle.record import record
 from .errors import PublishError, StartError
 from .locking import ProcessLock
 from .publish import Publisher, make_publisher
@@ -34,10 +34,6 @@ from .watchlist import ImageEntry, Watchlist
 
 if TYPE_CHECKING:
     from .progress import TerminalProgress
-
-# Re-exported: what callers and tests import from here.
-__all__ = ["BACKOFF_BASE_S", "Cancelled", "CycleReport", "ImageOutcome", "Reconciler", "chain_ids",
-           "describe_failure", "retry_delay", "select_tags", "version_order"]
 
 
 class Reconciler:
@@ -68,7 +64,6 @@ class Reconciler:
         self._clients: Dict[str, RegistryClient] = {}
         self._credentials = CredentialStore(docker_config=DockerConfig())
         self._secrets = self._read_secrets()  # now: a missing password file is a configuration error
-        self._cancel = threading.Event()
         self._locks: List[ProcessLock] = []
         blobs = watchlist.state_dir / "blobs"
         if read_only:
@@ -118,10 +113,6 @@ class Reconciler:
                 out[host] = Credentials(config.username, secret)
         return out
 
-    def cancel(self) -> None:
-        """Ask a running cycle to stop downloading (Ctrl-C): transfers end at their next chunk."""
-        self._cancel.set()
-
     def close(self) -> None:
         """Close clients and the state database, then release the locks."""
         for client in self._clients.values():
@@ -156,24 +147,19 @@ class Reconciler:
 
     # -- the cycle ---------------------------------------------------------
 
-    def plan(self, entries: Optional[Sequence[ImageEntry]] = None) -> CycleReport:
-        """Resolve every watched tag (HEAD first) and compare with what is
-        published; changes nothing. The report lists the planned outcomes."""
-        return self._plan(entries).report()
-
     def _plan(self, entries: Optional[Sequence[ImageEntry]]) -> Plan:
         return plan(self.watchlist, self, self.store, self.publisher, self.state, now=self.clock(), entries=entries)
 
-    def run_once(self, *, dry_run: bool = False, entries: Optional[Sequence[ImageEntry]] = None) -> CycleReport:
-        """Plan, fetch, apply and publish once; returns the report."""
+    def run_once(self, *, entries: Optional[Sequence[ImageEntry]] = None) -> CycleReport:
+        """Plan, fetch, apply and publish once; returns the report (a
+        `read_only` reconciler only plans: the report lists what it would do)."""
         if self.publisher.needs_recovery and not self.read_only:
             self.publisher.recover()  # e.g. close a transaction the last cycle could not abort
         planned = self._plan(entries)
         report = planned.report()
-        if dry_run or self.read_only:
+        if self.read_only:
             return report
-        self._cancel.clear()
-        fetch = FetchStage(self.store, self, cancel=self._cancel, workers=self.workers, progress=self.progress,
+        fetch = FetchStage(self.store, self, cancel=threading.Event(), workers=self.workers, progress=self.progress,
                            cache_bound=self.watchlist.blob_cache_max, config_name=self.watchlist.path.name)
         # Every blob of this cycle stays in the store until the cycle is over.
         with fetch.pinned(planned):

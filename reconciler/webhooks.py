@@ -358,20 +358,6 @@ def verify_body(checked: CheckedHeaders, secret: str, body: bytes, *, now: Optio
     return _PARSERS[checked.provider](_json(body))
 
 
-def parse_hook(provider: str, secret: str, headers: Mapping[str, str], body: bytes, *,
-               path_token: Optional[str] = None, now: Optional[float] = None,
-               replays: Optional[ReplayGuard] = None) -> List[RepositoryHint]:
-    """Both stages at once, for a caller that already holds the body.
-
-    `headers` must be case-insensitive (as Starlette's are). Raises
-    HookRejected(401) for a bad or missing secret/signature and
-    HookRejected(400) for a body that cannot be understood.
-    """
-    now = time.time() if now is None else now
-    checked = verify_headers(provider, secret, headers, path_token=path_token, now=now)
-    return verify_body(checked, secret, body, now=now, replays=replays)
-
-
 def matching_entries(hints: List[RepositoryHint], entries: List[Tuple[int, str, str]]) -> Set[int]:
     """Which watchlist entries (index, registry, repository) the hints name.
     A GitLab project path also matches the repositories below it."""

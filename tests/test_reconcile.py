@@ -229,7 +229,7 @@ def test_entries_sharing_a_source_never_remove_each_others_tags(tmp_path, own_re
     (["latest", "nightly", "1.0"], 2, ["1.0", "nightly"]),  # non-versions by name, below every version
 ])
 def test_newest_ranks_tags_that_are_not_versions_below_every_version(tmp_path, available, newest, expected):
-    from reconciler.reconcile import select_tags
+    from reconciler.cycle.plan import select_tags
 
     wl = tmp_path / "watchlist.toml"
     wl.write_text(f'[[image]]\nsource = "example.org/team/app"\ntag_pattern = ".*"\nnewest = {newest}\n')

@@ -143,9 +143,9 @@ def plan(watchlist: Watchlist, registries: Registries, store: BlobStore, publish
         ref = outcome.entry.source.with_tag(outcome.tag)
         try:
             seen = current_digest(client, ref)
+            current = published.current_tag(outcome.tag_path)
             row = recorded.get((outcome.entry.dest, outcome.tag, str(outcome.platform)))
-            if seen and row and row.seen_digest == seen and row.manifest_digest and \
-                    published.current_tag(outcome.tag_path) == row.manifest_digest:
+            if seen and row and row.seen_digest == seen and row.manifest_digest and current == row.manifest_digest:
                 # The tag did not move and its image is published: nothing to read.
                 outcome.unchanged_at = (seen, row.manifest_digest)
                 outcome.status = "unchanged"
@@ -157,7 +157,7 @@ def plan(watchlist: Watchlist, registries: Registries, store: BlobStore, publish
         except Exception as exc:  # one image's failure is never the cycle's
             outcome.fail(exc)
             return
-        if published.current_tag(outcome.tag_path) == outcome.resolved.manifest_digest:
+        if current == outcome.resolved.manifest_digest:
             outcome.status = "unchanged"
 
     with ThreadPoolExecutor(max_workers=PLAN_WORKERS) as pool:

@@ -276,12 +276,11 @@ class Publisher(ABC):
                 out.append(PublishedChain(digest, tuple(chain), layers))
         return out
 
-    def find_base(self, chain: Sequence[str], published: Optional[Sequence[PublishedChain]] = None
-                  ) -> Optional[BaseImage]:
-        """Of `published` (default: read now), the image whose first layers are the
-        most of `chain`'s (at least one), or None."""
+    def find_base(self, chain: Sequence[str], published: Sequence[PublishedChain]) -> Optional[BaseImage]:
+        """Of `published` (what `published_chains` said), the image whose first
+        layers are the most of `chain`'s (at least one), or None."""
         best: Optional[PublishedChain] = None
-        for image in self.published_chains() if published is None else published:
+        for image in published:
             layers = image.undo_layers
             if layers <= len(chain) and image.chain[layers - 1] == chain[layers - 1] and \
                     (best is None or layers > best.undo_layers):

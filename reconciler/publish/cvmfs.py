@@ -298,12 +298,13 @@ class CvmfsPublisher(Publisher):
         not writable before the transaction)."""
         if self.lease_path:
             return None  # template transactions do not work through a gateway lease
+        finals = ((chain, self.root / layout.image_relpath(digest)) for digest, chain in builds.items())
+        wanted = [(chain, final) for chain, final in finals if not os.path.lexists(final) and final.parent.is_dir()]
+        if not wanted:
+            return None  # nothing to build (removals, collections): no need to read every completion record
         best: Optional[Tuple[BaseImage, Path]] = None
         published = self.published_chains()
-        for digest, chain in builds.items():
-            final = self.root / layout.image_relpath(digest)
-            if os.path.lexists(final) or not final.parent.is_dir():
-                continue
+        for chain, final in wanted:
             base = self.find_base(chain, published)
             if base is not None and (best is None or base.layers > best[0].layers):
                 best = (base, final)
