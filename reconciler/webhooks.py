@@ -154,11 +154,13 @@ def _timestamp(headers: Mapping[str, str], now: float) -> str:
     return stamp
 
 
-def _check_distribution(secret: str, headers: Mapping[str, str], path_token: Optional[str],
-                        now: float) -> CheckedHeaders:
-    if not _equal(headers.get("authorization"), f"Bearer {secret}"):
-        raise HookRejected(401, "missing or wrong Authorization bearer token")
-    return CheckedHeaders("distribution")
+def _check_header_token(provider: str, header: str, what: str, prefix: str = "") -> Callable[..., CheckedHeaders]:
+    """A provider that sends the secret, after `prefix`, in a header."""
+    def check(secret: str, headers: Mapping[str, str], path_token: Optional[str], now: float) -> CheckedHeaders:
+        if not _equal(headers.get(header), prefix + secret):
+            raise HookRejected(401, f"missing or wrong {what}")
+        return CheckedHeaders(provider)
+    return check
 
 
 def _check_path_token(provider: str) -> Callable[..., CheckedHeaders]:
@@ -167,18 +169,6 @@ def _check_path_token(provider: str) -> Callable[..., CheckedHeaders]:
             raise HookRejected(401, "missing or wrong secret in the URL")
         return CheckedHeaders(provider)
     return check
-
-
-def _check_gitlab(secret: str, headers: Mapping[str, str], path_token: Optional[str], now: float) -> CheckedHeaders:
-    if not _equal(headers.get("x-gitlab-token"), secret):
-        raise HookRejected(401, "missing or wrong X-Gitlab-Token")
-    return CheckedHeaders("gitlab")
-
-
-def _check_harbor(secret: str, headers: Mapping[str, str], path_token: Optional[str], now: float) -> CheckedHeaders:
-    if not _equal(headers.get("authorization"), secret):
-        raise HookRejected(401, "missing or wrong Authorization header")
-    return CheckedHeaders("harbor")
 
 
 def _check_github(secret: str, headers: Mapping[str, str], path_token: Optional[str], now: float) -> CheckedHeaders:
@@ -201,11 +191,11 @@ def _check_generic(secret: str, headers: Mapping[str, str], path_token: Optional
 
 
 _HEADER_CHECKS: Dict[str, Callable[[str, Mapping[str, str], Optional[str], float], CheckedHeaders]] = {
-    "distribution": _check_distribution,
+    "distribution": _check_header_token("distribution", "authorization", "Authorization bearer token", "Bearer "),
     "dockerhub": _check_path_token("dockerhub"),
     "quay": _check_path_token("quay"),
-    "gitlab": _check_gitlab,
-    "harbor": _check_harbor,
+    "gitlab": _check_header_token("gitlab", "x-gitlab-token", "X-Gitlab-Token"),
+    "harbor": _check_header_token("harbor", "authorization", "Authorization header"),
     "github": _check_github,
     "generic": _check_generic,
 }
