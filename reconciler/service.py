@@ -232,14 +232,16 @@ class Service:
         digests, last success, last change and last error; the cycle in progress.
         Every time is ISO 8601 UTC."""
         jobs = {job.id: job.next_run_time for job in self.scheduler.get_jobs()} if self.scheduler.running else {}
-        rows = self.reconciler.state.all()
+        rows_by_dest: Dict[str, List[TagState]] = {}
+        for row in self.reconciler.state.all():
+            rows_by_dest.setdefault(row.dest, []).append(row)
         root = self.reconciler.publisher.root
         images: List[Dict[str, object]] = []
         for entry in self.watchlist.images:
             upcoming = [jobs.get(f"{kind}-{entry.index}") for kind in ("nudge", "retry", "poll")]
             nxt = min((t for t in upcoming if t is not None), default=None)
             # Rows are keyed by dest: entries that share a source never show each other's tags.
-            tags = [_tag_status(r, root) for r in rows if r.dest == entry.dest]
+            tags = [_tag_status(r, root) for r in rows_by_dest.get(entry.dest, [])]
             seen = {(t["tag"], t["platform"]) for t in tags}
             # Exact tags get a row before their first poll: the page lists everything watched.
             tags += [{"tag": tag, "platform": str(platform), "state": "waiting",
