@@ -628,7 +628,6 @@ class _Applier:
             self._write_file(tf, member, parent_fd, name, mode)
         elif member.isdir():
             os.mkdir(name, 0o700, dir_fd=parent_fd)
-            self.times_noted.add(path)
             self._set_dir_metadata(parent_fd, name, member, path)
         elif member.issym():
             target = _encode(member.linkname)
@@ -686,6 +685,10 @@ class _Applier:
         self.stats.files += 1
 
     def _set_dir_metadata(self, parent_fd: int, name: bytes, member: tarfile.TarInfo, path: PathKey) -> None:
+        """The layer's own directory entry: its times are set at the end, so a
+        later change of its entries needs none restored (a lower one's were
+        kept by the observer's changing_metadata)."""
+        self.times_noted.add(path)
         fd = os.open(name, os.O_RDONLY | _DIR_FLAGS, dir_fd=parent_fd)
         try:
             if self.privileged:
