@@ -39,13 +39,16 @@ class StoredBlob:
 class BlobStore:
     """Verified blobs keyed by digest."""
 
-    def __init__(self, root: Path, max_bytes: Optional[int] = None) -> None:
+    def __init__(self, root: Path, max_bytes: Optional[int] = None, *, create: bool = True) -> None:
+        """`create=False`: touch nothing on disk (no directories, no cleanup)."""
         self.root = Path(root)
         self.max_bytes = max_bytes
         self._tmp = self.root / "tmp"
         self._lock = threading.Lock()
         self._inflight: Dict[str, Future] = {}
         self._pinned: Dict[str, int] = {}
+        if not create:
+            return
         try:
             (self.root / "sha256").mkdir(parents=True, exist_ok=True)
             self._tmp.mkdir(exist_ok=True)
@@ -215,12 +218,8 @@ class ReadOnlyBlobStore(BlobStore):
     asked to fetch (manifests and configs: the plan needs no layer) are kept in
     memory."""
 
-    def __init__(self, root: Path) -> None:  # no super().__init__: it creates directories
-        self.root = Path(root)
-        self.max_bytes = None
-        self._lock = threading.Lock()
-        self._inflight: Dict[str, Future] = {}
-        self._pinned: Dict[str, int] = {}
+    def __init__(self, root: Path) -> None:
+        super().__init__(root, create=False)
         self._memory: Dict[str, bytes] = {}
 
     def has(self, digest: str) -> bool:

@@ -18,7 +18,7 @@ import contextlib
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Set
 
@@ -60,9 +60,6 @@ DROP TABLE IF EXISTS blobs;
 """
 
 
-_COLUMNS = ("source, tag, platform, dest, tag_path, seen_digest, manifest_digest, published_digest, last_success, "
-            "last_failure, failure_reason, failures, next_due")
-
 
 @dataclass(frozen=True)
 class TagKey:
@@ -95,6 +92,13 @@ class TagState:
     next_due: Optional[float]
 
 
+_COLUMNS = ", ".join(f.name for f in fields(TagState))  # the order TagState(*row) takes
+
+
+def _has_table(conn: sqlite3.Connection, name: str) -> bool:
+    return conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,)).fetchone() is not None
+
+
 class StateDB:
     """Thread-safe access to the state database."""
 
@@ -109,7 +113,7 @@ class StateDB:
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.executescript(_SCHEMA)
-        if self._has_table("tags"):
+        if _has_table(self._conn, "tags"):
             self._conn.executescript("BEGIN;" + _MIGRATE_FROM_1 + "COMMIT;")
         self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
@@ -136,16 +140,12 @@ class StateDB:
             # immutable=1 creates no -shm file; with a writer at work, mode=ro reads its WAL too.
             uri = f"{path.resolve().as_uri()}?{'mode=ro' if live_writer else 'immutable=1'}"
             conn = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
-            if conn.execute("SELECT 1 FROM sqlite_master WHERE name='tag_state'").fetchone():
+            if _has_table(conn, "tag_state"):
                 return cls(path, _conn=conn)
             conn.close()
         conn = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
         conn.executescript(_SCHEMA)
         return cls(path, _conn=conn)
-
-    def _has_table(self, name: str) -> bool:
-        return self._conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,)).fetchone() \
-            is not None
 
     def close(self) -> None:
         self._conn.close()
