@@ -16,13 +16,31 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional
+from typing import Dict, Iterable, List, Optional, Tuple
 
 from ..errors import RegistryError
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _TOKEN68 = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 _SPACES = re.compile(r"[ \t]*")
+
+
+def read_quoted(text: str, pos: int) -> Tuple[str, int, bool]:
+    """The RFC 7230 quoted-string opening at `pos` (backslash escapes undone):
+    its value, the position after it, and whether its closing quote was there."""
+    out = []
+    pos += 1  # the opening quote
+    while pos < len(text):
+        ch = text[pos]
+        if ch == "\\" and pos + 1 < len(text):
+            out.append(text[pos + 1])
+            pos += 2
+            continue
+        if ch == '"':
+            return "".join(out), pos + 1, True
+        out.append(ch)
+        pos += 1
+    return "".join(out), pos, False
 # RFC 7235 wants a token here; servers send URLs and scopes unquoted, so take
 # anything up to the next separator.
 _UNQUOTED = re.compile(r'[^\s,"]+')
@@ -75,20 +93,10 @@ class _Scanner:
 
     def quoted(self) -> str:
         assert self.peek() == '"'
-        self.pos += 1
-        out = []
-        while self.pos < len(self.text):
-            ch = self.text[self.pos]
-            if ch == "\\" and self.pos + 1 < len(self.text):
-                out.append(self.text[self.pos + 1])
-                self.pos += 2
-                continue
-            if ch == '"':
-                self.pos += 1
-                return "".join(out)
-            out.append(ch)
-            self.pos += 1
-        raise MalformedChallengeError("unterminated quoted string in WWW-Authenticate header")
+        value, self.pos, closed = read_quoted(self.text, self.pos)
+        if not closed:
+            raise MalformedChallengeError("unterminated quoted string in WWW-Authenticate header")
+        return value
 
 
 def parse_www_authenticate(header: str) -> List[Challenge]:

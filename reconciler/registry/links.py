@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import FrozenSet, Iterable, List, Optional, Tuple
+from typing import FrozenSet, Iterable, List, Optional
+
+from .challenge import read_quoted
 
 _SPACES = re.compile(r"[ \t]*")
 _UNBRACKETED = re.compile(r"[^;,]*")
@@ -24,22 +26,6 @@ class Link:
 
     target: str
     rels: FrozenSet[str]
-
-
-def _quoted(text: str, pos: int) -> Tuple[str, int]:
-    out = []
-    pos += 1  # the opening quote
-    while pos < len(text):
-        ch = text[pos]
-        if ch == "\\" and pos + 1 < len(text):
-            out.append(text[pos + 1])
-            pos += 2
-            continue
-        if ch == '"':
-            return "".join(out), pos + 1
-        out.append(ch)
-        pos += 1
-    return "".join(out), pos
 
 
 def parse_link_header(value: str) -> List[Link]:
@@ -73,7 +59,7 @@ def parse_link_header(value: str) -> List[Link]:
             if pos < end and value[pos] == "=":
                 pos = _SPACES.match(value, pos + 1).end()  # type: ignore[union-attr]
                 if pos < end and value[pos] == '"':
-                    param, pos = _quoted(value, pos)
+                    param, pos, _ = read_quoted(value, pos)  # unterminated: taken as it is
                 else:
                     m = _PARAM_VALUE.match(value, pos)
                     param, pos = m.group(0), m.end()  # type: ignore[union-attr]
