@@ -53,13 +53,7 @@ def clone_into(src_fd: int, dst_fd: int) -> int:
             if not is_dir:
                 os.link(name, name, src_dir_fd=src, dst_dir_fd=dst, follow_symlinks=False)
                 continue
-            os.mkdir(name, 0o700, dir_fd=dst)
-            sub_src = os.open(name, _DIR_FLAGS, dir_fd=src)
-            try:
-                sub_dst = os.open(name, _DIR_FLAGS, dir_fd=dst)
-            except BaseException:
-                os.close(sub_src)
-                raise
+            sub_src, sub_dst = _make_and_open(src, name, dst, name)
             stack.append((sub_src, sub_dst, [], True))  # on the stack first: closed if listing fails
             stack[-1][2].extend(_entries(sub_src))
     finally:
@@ -68,6 +62,18 @@ def clone_into(src_fd: int, dst_fd: int) -> int:
                 os.close(src)
                 os.close(dst)
     return count
+
+
+def _make_and_open(src_dir_fd: int, src_name: str, dst_dir_fd: int, dst_name: str) -> Tuple[int, int]:
+    """Make directory `dst_name` (u+rwx only until its metadata is copied) and
+    open it and its source, never through a symlink."""
+    os.mkdir(dst_name, 0o700, dir_fd=dst_dir_fd)
+    src = os.open(src_name, _DIR_FLAGS, dir_fd=src_dir_fd)
+    try:
+        return src, os.open(dst_name, _DIR_FLAGS, dir_fd=dst_dir_fd)
+    except BaseException:
+        os.close(src)
+        raise
 
 
 def _entries(dir_fd: int) -> List[Tuple[str, bool]]:
@@ -83,16 +89,12 @@ def clone_entry(src_dir_fd: int, src_name: str, dst_dir_fd: int, dst_name: str) 
     if not stat.S_ISDIR(st.st_mode):
         os.link(src_name, dst_name, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd, follow_symlinks=False)
         return 0
-    os.mkdir(dst_name, 0o700, dir_fd=dst_dir_fd)
-    src = os.open(src_name, _DIR_FLAGS, dir_fd=src_dir_fd)
+    src, dst = _make_and_open(src_dir_fd, src_name, dst_dir_fd, dst_name)
     try:
-        dst = os.open(dst_name, _DIR_FLAGS, dir_fd=dst_dir_fd)
-        try:
-            count = clone_into(src, dst)
-            copy_dir_metadata(src, dst)
-        finally:
-            os.close(dst)
+        count = clone_into(src, dst)
+        copy_dir_metadata(src, dst)
     finally:
+        os.close(dst)
         os.close(src)
     return count
 
