@@ -5,7 +5,6 @@ resumed, wrong content, expiring tokens, malformed challenges, paging quirks."""
 from __future__ import annotations
 
 import email.utils
-import hashlib
 import io
 import json
 
@@ -24,16 +23,8 @@ from reconciler.errors import (
 )
 from reconciler.registry.client import RegistryClient, RetryPolicy, parse_retry_after
 from reconciler.registry.credentials import Credentials
-from reconciler.registry.manifest import Descriptor
+from tests.fake_registry import BASE, BLOB, BLOB_URL, CHALLENGE, LAYER, REALM, REG
 
-REG = "registry.example.org"
-BASE = f"https://{REG}/v2"
-REALM = "https://auth.example.org/token"
-BLOB = b"layer bytes " * 1000
-BLOB_DIGEST = "sha256:" + hashlib.sha256(BLOB).hexdigest()
-LAYER = Descriptor("application/vnd.oci.image.layer.v1.tar+gzip", BLOB_DIGEST, len(BLOB))
-BLOB_URL = f"{BASE}/library/app/blobs/{BLOB_DIGEST}"
-CHALLENGE = f'Bearer realm="{REALM}",service="registry.example.org",scope="repository:library/app:pull"'
 
 
 @pytest.fixture

@@ -29,21 +29,13 @@ from reconciler.fetch import current_digest, resolve_image
 from reconciler.registry.challenge import MalformedChallengeError, parse_challenges, parse_www_authenticate
 from reconciler.registry.client import RegistryClient, RetryPolicy
 from reconciler.registry.credentials import Credentials
-from reconciler.registry.manifest import OCI_CONFIG, OCI_MANIFEST, Descriptor, Platform
+from reconciler.registry.manifest import OCI_CONFIG, OCI_MANIFEST, Platform
 from reconciler.registry.reference import parse_reference
+from tests.fake_registry import BASE, BLOB, BLOB_URL, CHALLENGE, LAYER, REALM, REG, SCOPE
 
-REG = "registry.example.org"
-BASE = f"https://{REG}/v2"
-REALM = "https://auth.example.org/token"
 STORAGE = "https://storage.example.net"
-SCOPE = "repository:library/app:pull"
-CHALLENGE = f'Bearer realm="{REALM}",service="{REG}",scope="{SCOPE}"'
 SECRET = "s3cr3t-password"
 
-BLOB = b"layer bytes " * 1000
-BLOB_DIGEST = "sha256:" + hashlib.sha256(BLOB).hexdigest()
-LAYER = Descriptor("application/vnd.oci.image.layer.v1.tar+gzip", BLOB_DIGEST, len(BLOB))
-BLOB_URL = f"{BASE}/library/app/blobs/{BLOB_DIGEST}"
 MANIFEST_URL = f"{BASE}/library/app/manifests/latest"
 
 CONFIG = json.dumps({"os": "linux", "architecture": "amd64", "rootfs": {"type": "layers", "diff_ids": []}}).encode()
