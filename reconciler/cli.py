@@ -31,6 +31,7 @@ from . import __version__
 from .errors import BusyError, ConfigError, ReconcilerError, StartError
 from .progress import ProgressAwareHandler, TerminalProgress
 from .reconcile import Reconciler
+from .safetext import inert, inert_lines
 from .watchlist import load_watchlist, parse_listen
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_START, EXIT_BUSY, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
@@ -72,6 +73,26 @@ class _JsonFormatter(logging.Formatter):
         return json.dumps(entry)
 
 
+class PlainFormatter(logging.Formatter):
+    """`time LEVEL logger: message`, one line a record: the message is made
+    inert (a registry's newline or escape sequence cannot forge a line or
+    steer the terminal) and a traceback's lines are indented, so no line of
+    it can pass for a record of its own."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = inert(record.message)
+        return super().formatMessage(record)
+
+    def formatException(self, ei) -> str:  # type: ignore[no-untyped-def]  # logging's own signature
+        return "\n".join("    " + line for line in inert_lines(super().formatException(ei)).split("\n"))
+
+    def formatStack(self, stack_info: str) -> str:
+        return "\n".join("    " + line for line in inert_lines(stack_info).split("\n"))
+
+
 def setup_logging(log_format: str, verbose: bool) -> Optional[TerminalProgress]:
     """Plain lines or JSON lines on stderr; with plain lines on a terminal, also a
     progress line (returned, not yet started)."""
@@ -80,7 +101,7 @@ def setup_logging(log_format: str, verbose: bool) -> Optional[TerminalProgress]:
     if log_format == "json":
         handler.setFormatter(_JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S"))
+        handler.setFormatter(PlainFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
@@ -174,13 +195,13 @@ def _main(args: argparse.Namespace, progress: Optional[TerminalProgress]) -> int
     try:
         watchlist, secrets, listener, listen, reconciler = _start(args, progress)
     except ConfigError as exc:
-        print(f"reconcile: {exc}", file=sys.stderr)
+        print(f"reconcile: {inert(str(exc))}", file=sys.stderr)
         return EXIT_CONFIG
     except BusyError as exc:
-        print(f"reconcile: {exc}", file=sys.stderr)
+        print(f"reconcile: {inert(str(exc))}", file=sys.stderr)
         return EXIT_BUSY
     except ReconcilerError as exc:  # StartError and whatever else stops the start
-        print(f"reconcile: cannot start: {exc}", file=sys.stderr)
+        print(f"reconcile: cannot start: {inert(str(exc))}", file=sys.stderr)
         return EXIT_START
     if not (args.once or args.dry_run):
         from .serve import serve
@@ -192,7 +213,7 @@ def _main(args: argparse.Namespace, progress: Optional[TerminalProgress]) -> int
     try:
         report = reconciler.run_once()  # a --dry-run reconciler is read-only: it only plans
     except ConfigError as exc:
-        print(f"reconcile: {exc}", file=sys.stderr)
+        print(f"reconcile: {inert(str(exc))}", file=sys.stderr)
         return EXIT_CONFIG
     except ReconcilerError as exc:
         log.error("cycle failed: %s", exc)

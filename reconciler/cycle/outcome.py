@@ -18,6 +18,7 @@ from ..errors import ReconcilerError
 from ..fetch import ResolvedImage
 from ..registry.client import RegistryClient
 from ..registry.manifest import Descriptor, Platform
+from ..safetext import inert
 from ..state import TagKey, TagState
 from ..watchlist import ImageEntry
 
@@ -98,7 +99,8 @@ class CycleReport:
         return bool(self.entry_failures) or any(o.status == "failed" for o in self.outcomes)
 
     def summary(self) -> str:
-        """A human-readable summary, one line per change or failure."""
+        """A human-readable summary, one line per change or failure. Each line is
+        made inert: reasons carry registry-supplied text."""
         counts: Dict[str, int] = {}
         for o in self.outcomes:
             counts[o.status] = counts.get(o.status, 0) + 1
@@ -115,7 +117,7 @@ class CycleReport:
         for o in self.outcomes:
             if o.status == "failed":
                 lines.append(f"  FAILED    {o.name}: {o.reason}")
-        return "\n".join(lines)
+        return "\n".join(inert(line) for line in lines)
 
 
 def traceback_for(exc: BaseException) -> bool:

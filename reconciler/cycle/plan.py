@@ -24,6 +24,7 @@ from ..applier import compression_for
 from ..blobstore import BlobStore
 from ..fetch import current_digest, resolve_image
 from ..publish.layout import tag_relpath
+from ..registry.reference import is_valid_tag
 from ..state import TagState
 from ..watchlist import ImageEntry, Watchlist
 from .outcome import CycleReport, ImageOutcome, Registries, describe_failure, traceback_for
@@ -110,6 +111,18 @@ def select_tags(entry: ImageEntry, available: Sequence[str]) -> List[str]:
     return sorted(tags)
 
 
+def valid_tags(entry: ImageEntry, listed: Sequence[str]) -> List[str]:
+    """The tags of a registry's listing that are tags by the OCI grammar; the
+    others (a registry's bug, or a hostile one) are skipped with one warning
+    naming the entry, so they can fail nothing else."""
+    valid = [t for t in listed if isinstance(t, str) and is_valid_tag(t)]
+    if len(valid) < len(listed):
+        bad = [t for t in listed if not (isinstance(t, str) and is_valid_tag(t))]
+        log.warning("%s: skipped %d invalid tag name%s in the registry's tag list (%s)", entry.label, len(bad),
+                    "" if len(bad) == 1 else "s", ", ".join(repr(t)[:80] for t in bad[:3]) + (" …" if len(bad) > 3 else ""))
+    return valid
+
+
 def plan(watchlist: Watchlist, registries: Registries, store: BlobStore, published: PublishedTags,
          state: StateReader, *, now: float, entries: Optional[Sequence[ImageEntry]] = None) -> Plan:
     """Resolve every watched tag of `entries` (default: all of the watchlist's)
@@ -132,7 +145,8 @@ def plan(watchlist: Watchlist, registries: Registries, store: BlobStore, publish
     def watched_tags(entry: ImageEntry) -> List[str]:
         if not entry.lists_tags:
             return list(entry.tags)
-        return select_tags(entry, registries.client(entry.source.registry).list_tags(entry.source.repository))
+        listed = registries.client(entry.source.registry).list_tags(entry.source.repository)
+        return select_tags(entry, valid_tags(entry, listed))
 
     rows = state.all()
     recorded = {(row.dest, row.tag, row.platform): row for row in rows}
@@ -140,8 +154,8 @@ def plan(watchlist: Watchlist, registries: Registries, store: BlobStore, publish
     def resolve(outcome: ImageOutcome) -> None:
         host = outcome.entry.source.registry
         client = registries.client(host)
-        ref = outcome.entry.source.with_tag(outcome.tag)
         try:
+            ref = outcome.entry.source.with_tag(outcome.tag)
             seen = current_digest(client, ref)
             current = published.current_tag(outcome.tag_path)
             row = recorded.get((outcome.entry.dest, outcome.tag, str(outcome.platform)))

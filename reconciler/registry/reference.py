@@ -24,14 +24,15 @@ _DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
 _DOMAIN_RE = re.compile(
     rf"^(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|\[[0-9a-fA-F:]+\])(?::[0-9]{{1,5}})?$"
 )
-_TAG_RE = re.compile(r"^[\w][\w.-]{0,127}$")
+# The OCI distribution grammar, ASCII only (`\w` would take any Unicode letter).
+_TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 _DIGEST_RE = re.compile(r"^sha256:[a-f0-9]{64}$")
 _MAX_NAME = 255
 
 
 def is_valid_tag(tag: str) -> bool:
     """True when `tag` is a syntactically valid tag."""
-    return bool(_TAG_RE.match(tag))
+    return bool(_TAG_RE.fullmatch(tag))  # fullmatch: `$` would also accept a trailing newline
 
 
 def is_valid_digest(digest: str) -> bool:
