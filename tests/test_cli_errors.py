@@ -17,6 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from reconciler import cli
+from reconciler.locking import ProcessLock
+from tests.as_nobody import run_as_nobody
 from tests.test_one_writer import PausedRun, reconcile
 from tests.test_publishers import Backend, img
 from tests.test_publishers import backend  # noqa: F401  (the fixture, both backends)
@@ -41,7 +44,7 @@ def test_publish_root_under_a_file_exits_3(tmp_path):
     assert "afile/publish" in line and "is a file" in line
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv")
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (to become nobody)")
 def test_publish_root_not_writable_exits_3():
     # Run as nobody: root may write anywhere. The directory must be reachable by nobody.
     top = Path(tempfile.mkdtemp(prefix="reconciler-perm-"))
@@ -53,9 +56,7 @@ def test_publish_root_not_writable_exits_3():
         wl = top / "watchlist.toml"
         wl.write_text('[publish]\nroot = "publish"\n[state]\ndir = "state"\n'
                       '[[image]]\nsource = "127.0.0.1:1/x/y"\ntags = ["v1"]\ndest = "y"\n')
-        done = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m",
-                               "reconciler.cli", "--once", "--watchlist", str(wl)], capture_output=True, text=True,
-                              timeout=60, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+        done = run_as_nobody(lambda: cli.main(["--once", "--watchlist", str(wl)]))
         assert done.returncode == 3, done.stderr
         line = one_line(done)
         assert f"the publish root {top / 'publish'} is not writable by this user (uid 65534)" in line
@@ -128,7 +129,7 @@ def test_a_state_database_that_cannot_be_opened_exits_3(tmp_path):
     assert f"cannot open the state directory {tmp_path / 'state'}" in one_line(done)
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv")
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (to become nobody)")
 def test_a_lock_file_left_by_root_does_not_stop_the_service_user():
     """After one run with sudo the lock file belongs to root: flock works on it read-only."""
     top = Path(tempfile.mkdtemp(prefix="reconciler-lock-"))
@@ -136,11 +137,15 @@ def test_a_lock_file_left_by_root_does_not_stop_the_service_user():
         os.chmod(top, 0o777)
         (top / "lock").write_text("")
         os.chmod(top / "lock", 0o644)
-        code = ("import sys; from pathlib import Path; from reconciler.locking import ProcessLock\n"
-                "lock = ProcessLock(Path(sys.argv[1]), 'the test'); lock.acquire(); print('locked'); lock.release()\n")
-        done = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c",
-                               code, str(top / "lock")], capture_output=True, text=True, timeout=60,
-                              env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+
+        def lock_and_release() -> int:
+            lock = ProcessLock(top / "lock", "the test")
+            lock.acquire()
+            print("locked")
+            lock.release()
+            return 0
+
+        done = run_as_nobody(lock_and_release)
         assert done.returncode == 0 and done.stdout.strip() == "locked", done.stderr
     finally:
         shutil.rmtree(top)
