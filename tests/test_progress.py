@@ -111,3 +111,50 @@ def test_json_logs_on_a_terminal_carry_no_progress_escapes(tmp_path):
     os.close(master)
     assert proc.returncode == 0
     assert b"\x1b[K" not in b"".join(chunks)
+
+
+class RecordingProgress(TerminalProgress):
+    """Progress that remembers, per row key, which counters it received."""
+
+    def __init__(self) -> None:
+        super().__init__(io.StringIO())
+        self.calls: dict = {}
+
+    def _note(self, kind: str, image: str) -> None:
+        self.calls.setdefault(image, set()).add(kind)
+
+    def expect(self, image: str, nbytes: int) -> None:
+        self._note("expect", image)
+        super().expect(image, nbytes)
+
+    def applied(self, image: str, files: int, nbytes: int) -> None:
+        self._note("applied", image)
+        super().applied(image, files, nbytes)
+
+    def finished(self, image: str) -> None:
+        self._note("finished", image)
+        super().finished(image)
+
+
+def test_each_platform_has_one_progress_row_from_download_to_apply(tmp_path, fixture_registry):
+    """The second platform's download and apply are counted on one row, and
+    every row is finished: an outcome's name is the one key (issue #19)."""
+    from reconciler.reconcile import Reconciler
+    from reconciler.watchlist import load_watchlist
+
+    host = fixture_registry.host
+    wl = tmp_path / "watchlist.toml"
+    wl.write_text(f'[publish]\nroot = "publish"\n[state]\ndir = "state"\n[registries."{host}"]\ninsecure = true\n'
+                  f'[[image]]\nsource = "{host}/fixtures/multiarch"\ntags = ["latest"]\n'
+                  'platforms = ["linux/amd64", "linux/arm64/v8"]\n')
+    progress = RecordingProgress()
+    reconciler = Reconciler(load_watchlist(wl), progress=progress)
+    try:
+        report = reconciler.run_once()
+    finally:
+        reconciler.close()
+    assert not report.failed, report.summary()
+    names = {o.name for o in report.outcomes}
+    assert len(names) == 2 and set(progress.calls) == names, progress.calls
+    assert all(calls == {"expect", "applied", "finished"} for calls in progress.calls.values()), progress.calls
+    assert progress.snapshot() == []

@@ -102,10 +102,12 @@ class BuildStage:
                 if not txn.has_image(digest):
                     try:
                         with txn.build_image(digest, chains[digest]) as build:
-                            self.apply_layers(image, build)
+                            self.apply_layers(image, build, progress_key=outcome.name)
                     except Exception as exc:  # one image's failure is never the cycle's
                         log.debug("%s: build failed", outcome.name, exc_info=True)
                         built[digest] = describe_failure(exc, self.publisher.root)
+            if self.progress is not None:  # built by this outcome, by an earlier one sharing it, or failed
+                self.progress.finished(outcome.name)
             failure = built[digest]
             if failure is not None:
                 outcome.fail(ReconcilerError(failure))
@@ -118,15 +120,16 @@ class BuildStage:
             outcome.status = "published"
             log.info("%s: published as %s (%s)", outcome.name, outcome.tag_path, digest[:19])
 
-    def apply_layers(self, image: ResolvedImage, build: Build) -> None:
+    def apply_layers(self, image: ResolvedImage, build: Build, progress_key: str) -> None:
         """Build the image in `build.path`: from the published image it was cloned
         from (its top layer undone), or from nothing; then the remaining layers
         and the Apptainer files. Everything after the layers below the top one
-        goes into the image's own undo log, for the next update."""
+        goes into the image's own undo log, for the next update. Progress is
+        counted under `progress_key`, the outcome's name, as its download was."""
         on_entries = None
         if self.progress is not None:
-            progress, name = self.progress, str(image.reference)
-            on_entries = lambda files, nbytes: progress.applied(name, files, nbytes)  # noqa: E731
+            progress = self.progress
+            on_entries = lambda files, nbytes: progress.applied(progress_key, files, nbytes)  # noqa: E731
         layers = list(zip(image.layers, image.config.diff_ids))
         start = self._start_from_base(image, build)
         # The undo log goes back to the layers below the top one (a one-layer
@@ -149,7 +152,7 @@ class BuildStage:
                         "not work for users; set CVMFS_INCLUDE_XATTRS=true in the repository's server.conf",
                         image.reference, capabilities, self.publisher.target_name)
         if self.progress is not None:
-            self.progress.finished(str(image.reference))
+            self.progress.finished(progress_key)
         config = image.config
         kept = make_apptainer_ready(build.path, env=config.env, entrypoint=config.entrypoint, cmd=config.cmd,
                                     labels=config.labels, bind_points=self.bind_points, observer=recorder)
