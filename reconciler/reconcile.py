@@ -23,7 +23,7 @@ from .cycle.build import BuildStage
 from .cycle.fetch_stage import FetchStage
 from .cycle.outcome import CycleReport, describe_failure
 from .cycle.plan import Plan, plan
-from .cycle.record import record
+from .cycle.record import BACKOFF_BASE_S, record, record_cycle_failure
 from .errors import PublishError, StartError
 from .locking import ProcessLock
 from .publish import Publisher, make_publisher
@@ -50,7 +50,8 @@ class Reconciler:
     def __init__(self, watchlist: Watchlist, *, publisher: Optional[Publisher] = None,
                  apply_options: Optional[ApplyOptions] = None, workers: int = 4,
                  retry: RetryPolicy = RetryPolicy(), clock: Callable[[], float] = time.time,
-                 progress: Optional["TerminalProgress"] = None, read_only: bool = False) -> None:
+                 progress: Optional["TerminalProgress"] = None, read_only: bool = False,
+                 backoff_base: float = BACKOFF_BASE_S) -> None:
         self.watchlist = watchlist
         self.read_only = read_only
         pub = watchlist.publish
@@ -60,6 +61,7 @@ class Reconciler:
         self.workers = workers
         self.retry = retry
         self.clock = clock
+        self.backoff_base = backoff_base  # the first retry of a failure, doubled at each next one
         self.progress = progress
         self._clients: Dict[str, RegistryClient] = {}
         self._credentials = CredentialStore(docker_config=DockerConfig())
@@ -165,8 +167,12 @@ class Reconciler:
         with fetch.pinned(planned):
             fetch.fetch(planned)
             self._builder().publish(report, planned.gc_candidates)
-            record(self.state, self.publisher, report, clock=self.clock)
+            record(self.state, self.publisher, report, clock=self.clock, backoff_base=self.backoff_base)
         return report
+
+    def record_cycle_failure(self, entries: Sequence[ImageEntry], reason: str) -> None:
+        """Record, with the same backoff as any failure, that a cycle of `entries` failed as a whole."""
+        record_cycle_failure(self.state, entries, reason, now=self.clock(), backoff_base=self.backoff_base)
 
     def _builder(self) -> BuildStage:
         pub = self.watchlist.publish

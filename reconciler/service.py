@@ -24,7 +24,6 @@ from apscheduler.triggers.interval import IntervalTrigger
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from .cycle.outcome import CycleReport, describe_failure
-from .cycle.record import BACKOFF_BASE_S, retry_delay
 from .progress import TerminalProgress
 from .publish.layout import tag_relpath
 from .reconcile import Reconciler
@@ -95,13 +94,10 @@ class Metrics:
 class Service:
     """Schedules cycles: at each entry's interval, and sooner when nudged."""
 
-    def __init__(self, watchlist: Watchlist, reconciler: Reconciler, *, debounce: float = 2.0,
-                 backoff_base: float = BACKOFF_BASE_S) -> None:
+    def __init__(self, watchlist: Watchlist, reconciler: Reconciler, *, debounce: float = 2.0) -> None:
         self.watchlist = watchlist
         self.reconciler = reconciler
         self.debounce = debounce
-        self.backoff_base = backoff_base
-        self._failures: Dict[int, int] = {}  # entry index -> failed cycles in a row
         self.metrics = Metrics()
         self.scheduler = BackgroundScheduler(timezone=dt.timezone.utc)
         self._due: Set[int] = set()
@@ -112,7 +108,6 @@ class Service:
         self.cycles_done = 0
         # Replaced whole, never mutated, so the HTTP thread reads it without a lock.
         self.cycle: Optional[CycleInfo] = None
-        self._entry_errors: Dict[int, Tuple[float, str]] = {}  # entry index -> (when, why) its cycle failed
         # The status page shows the running cycle's bytes and files: collect them even
         # when no terminal draws them (an unstarted TerminalProgress draws nothing).
         if reconciler.progress is None:
@@ -122,11 +117,18 @@ class Service:
     # -- scheduling ------------------------------------------------------
 
     def start(self) -> None:
-        """Start polling (every entry is due once at start)."""
+        """Start polling: every entry is due once at start, but one still backing
+        off from failures before a restart (the state says until when) waits
+        for its retry time, so restarts never hammer a failing registry."""
         now = dt.datetime.now(dt.timezone.utc)
+        due = self.reconciler.state.retry_due()
         for entry in self.watchlist.images:
+            first = max(now, _utc(due[entry.dest])) if entry.dest in due else now
+            if first > now:
+                log.info("%s: still backing off from failures before the restart; first poll at %s", entry.label,
+                         iso_utc(first))
             self.scheduler.add_job(self.request, IntervalTrigger(seconds=entry.interval, jitter=entry.interval * JITTER),
-                                   args=[[entry.index], "interval"], id=f"poll-{entry.index}", next_run_time=now,
+                                   args=[[entry.index], "interval"], id=f"poll-{entry.index}", next_run_time=first,
                                    max_instances=1, coalesce=True)
         self.scheduler.start()
         self._runner.start()
@@ -148,23 +150,23 @@ class Service:
                 self.scheduler.add_job(self.request, "date", run_date=run_at, args=[[index], "webhook"], id=job_id,
                                        misfire_grace_time=3600)
 
-    def _schedule_retries(self, entries: List[ImageEntry], report: Optional[CycleReport]) -> None:
-        """A failed entry is tried again after a backoff (1, 2, 4 … minutes, at
-        most its interval), not only at its next poll."""
-        failed = {e.index for e in entries} if report is None else (
-            {e.index for e, _ in report.entry_failures} | {o.entry.index for o in report.outcomes if o.status == "failed"})
+    def _schedule_retries(self, entries: List[ImageEntry]) -> None:
+        """An entry with anything failing is tried again when the state says
+        (the record stage's backoff: 1, 2, 4 … minutes, at most its interval),
+        not only at its next poll; an entry with nothing failing has no retry."""
+        due = self.reconciler.state.retry_due()
         now = dt.datetime.now(dt.timezone.utc)
         for entry in entries:
-            if entry.index not in failed:
-                self._failures.pop(entry.index, None)
+            job_id = f"retry-{entry.index}"
+            if entry.dest not in due:
+                if self.scheduler.running and self.scheduler.get_job(job_id) is not None:
+                    self.scheduler.remove_job(job_id)
                 continue
-            count = self._failures[entry.index] = self._failures.get(entry.index, 0) + 1
-            delay = retry_delay(count, entry.interval, self.backoff_base)
-            log.info("%s: retrying in %.0fs (failure %d in a row)", entry.label, delay, count)
+            run_at = max(now, _utc(due[entry.dest]))
+            log.info("%s: retrying in %.0fs", entry.label, (run_at - now).total_seconds())
             if self.scheduler.running:
-                self.scheduler.add_job(self.request, "date", run_date=now + dt.timedelta(seconds=delay),
-                                       args=[[entry.index], "retry"], id=f"retry-{entry.index}",
-                                       replace_existing=True, misfire_grace_time=3600)
+                self.scheduler.add_job(self.request, "date", run_date=run_at, args=[[entry.index], "retry"],
+                                       id=job_id, replace_existing=True, misfire_grace_time=3600)
 
     def stop(self, timeout: Optional[float] = None) -> None:
         """Stop scheduling; the cycle in progress finishes (or aborts) first."""
@@ -208,21 +210,26 @@ class Service:
                 log.exception("reconcile cycle for %s failed", ", ".join(e.label for e in entries))
                 for entry in entries:
                     self.metrics.failures.labels(entry.source.name).inc()
-                    self._entry_errors[entry.index] = (time.time(), f"the cycle failed: {describe_failure(exc)}")
-                self._schedule_retries(entries, None)
+                self._record_cycle_failure(entries, f"the cycle failed: {describe_failure(exc)}")
                 continue
             finally:
                 self.cycle = None
                 self.progress.reset()
                 self.last_cycle = time.time()
                 self.cycles_done += 1
-            for entry in entries:
-                self._entry_errors.pop(entry.index, None)
-            for entry, reason in report.entry_failures:
-                self._entry_errors[entry.index] = (time.time(), reason)
-            self._schedule_retries(entries, report)
+            self._schedule_retries(entries)
             self.metrics.record(report, time.monotonic() - started, self.reconciler)
             log.info("cycle done in %.1fs: %s", time.monotonic() - started, report.summary().splitlines()[0])
+
+    def _record_cycle_failure(self, entries: List[ImageEntry], reason: str) -> None:
+        """Back off every entry of a cycle that failed as a whole; schedule their retries."""
+        try:
+            self.reconciler.record_cycle_failure(entries, reason)
+        except Exception:  # the state cannot be written: retry at the entries' next polls
+            log.exception("cannot record the failure of %s in the state database; they are polled again "
+                          "at their intervals", ", ".join(e.label for e in entries))
+            return
+        self._schedule_retries(entries)
 
     # -- status ----------------------------------------------------------
 
@@ -233,6 +240,7 @@ class Service:
         Every time is ISO 8601 UTC."""
         jobs = {job.id: job.next_run_time for job in self.scheduler.get_jobs()} if self.scheduler.running else {}
         rows_by_dest: Dict[str, List[TagState]] = {}
+        entry_errors = self.reconciler.state.entry_failures()
         for row in self.reconciler.state.all():
             rows_by_dest.setdefault(row.dest, []).append(row)
         root = self.reconciler.publisher.root
@@ -251,7 +259,8 @@ class Service:
                      for tag in entry.tags for i, platform in enumerate(entry.platforms)
                      if (tag, str(platform)) not in seen]
             tags.sort(key=lambda t: str(t["tag"]))  # stable: platforms keep their order
-            error = self._entry_errors.get(entry.index)
+            failing = entry_errors.get(entry.dest)
+            error = (failing.last_failure, failing.failure_reason) if failing else None
             images.append({
                 "entry": entry.label, "source": entry.source.name, "dest": entry.dest,
                 "interval_seconds": entry.interval, "next_poll": iso_utc(nxt),
@@ -269,6 +278,10 @@ class Service:
             "cycles_done": self.cycles_done,
             "images": images,
         }
+
+
+def _utc(epoch: float) -> dt.datetime:
+    return dt.datetime.fromtimestamp(epoch, dt.timezone.utc)
 
 
 def _tag_status(row: TagState, root: Path) -> Dict[str, object]:

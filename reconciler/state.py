@@ -8,6 +8,11 @@ with its reason, and when it is next due. Per image directory, the entry
 holds a secret: only digests, names and error messages (which never carry
 secrets).
 
+Per entry (its dest), while the entry as a whole fails (its tags cannot be
+listed, or its whole cycle failed): how many times in a row, the last reason,
+and when it is due again. The service schedules retries from these `next_due`
+times alone, so a backoff survives a restart.
+
 Version 1 keyed tags by source; opening such a database migrates it.
 `StateDB.read_only()` opens it for `--dry-run` without writing anything.
 """
@@ -22,7 +27,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Set
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3  # 3: entry_state (entries failing as a whole)
 _TAG_COLUMNS = """
     source TEXT NOT NULL,
     tag TEXT NOT NULL,
@@ -40,6 +45,14 @@ _TAG_COLUMNS = """
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS tag_state ({_TAG_COLUMNS},
     PRIMARY KEY (dest, tag, platform)
+);
+CREATE TABLE IF NOT EXISTS entry_state (
+    dest TEXT PRIMARY KEY,
+    source TEXT NOT NULL,
+    failures INTEGER NOT NULL,
+    last_failure REAL NOT NULL,
+    failure_reason TEXT NOT NULL,
+    next_due REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS image_state (
     digest TEXT PRIMARY KEY,
@@ -93,6 +106,21 @@ class TagState:
 
 
 _COLUMNS = ", ".join(f.name for f in fields(TagState))  # the order TagState(*row) takes
+
+
+@dataclass(frozen=True)
+class EntryFailure:
+    """An entry failing as a whole, `failures` times in a row."""
+
+    dest: str
+    source: str
+    failures: int
+    last_failure: float
+    failure_reason: str
+    next_due: float
+
+
+_ENTRY_COLUMNS = ", ".join(f.name for f in fields(EntryFailure))
 
 
 def _has_table(conn: sqlite3.Connection, name: str) -> bool:
@@ -201,6 +229,44 @@ class StateDB:
         """Drop a tag link that is no longer watched or no longer exists."""
         with self._lock:
             self._conn.execute("DELETE FROM tag_state WHERE dest=? AND tag=? AND platform=?", (dest, tag, platform))
+
+    def entry_failure(self, dest: str) -> Optional[EntryFailure]:
+        """The failure of the entry publishing to `dest`, while it fails as a whole."""
+        with self._lock:
+            row = self._conn.execute(f"SELECT {_ENTRY_COLUMNS} FROM entry_state WHERE dest=?", (dest,)).fetchone()
+        return EntryFailure(*row) if row else None
+
+    def entry_failures(self) -> Dict[str, EntryFailure]:
+        """Every entry failing as a whole, by dest."""
+        with self._lock:
+            rows = self._conn.execute(f"SELECT {_ENTRY_COLUMNS} FROM entry_state").fetchall()
+        return {row[0]: EntryFailure(*row) for row in rows}
+
+    def record_entry_failure(self, dest: str, source: str, reason: str, next_due: float, now: float) -> None:
+        """The entry failed as a whole once more (`next_due` computed by the caller's backoff)."""
+        with self._lock:
+            self._conn.execute(
+                """INSERT INTO entry_state (dest, source, failures, last_failure, failure_reason, next_due)
+                   VALUES (?, ?, 1, ?, ?, ?)
+                   ON CONFLICT (dest) DO UPDATE SET source=excluded.source, failures=entry_state.failures + 1,
+                     last_failure=excluded.last_failure, failure_reason=excluded.failure_reason,
+                     next_due=excluded.next_due""", (dest, source, now, reason[:2000], next_due))
+
+    def clear_entry_failure(self, dest: str) -> None:
+        """The entry's tags were listed (or it has exact tags): it no longer fails as a whole."""
+        with self._lock:
+            self._conn.execute("DELETE FROM entry_state WHERE dest=?", (dest,))
+
+    def retry_due(self) -> Dict[str, float]:
+        """Per dest with anything failing (the entry as a whole, or any of its
+        tags), the earliest time it is due again: what the scheduler waits for."""
+        with self._lock:
+            rows = self._conn.execute(
+                """SELECT dest, MIN(next_due) FROM (
+                       SELECT dest, next_due FROM tag_state WHERE failures > 0 AND next_due IS NOT NULL
+                       UNION ALL SELECT dest, next_due FROM entry_state)
+                   GROUP BY dest""").fetchall()
+        return {dest: float(due) for dest, due in rows}
 
     def mark_images(self, on_disk: Dict[str, Optional[str]], referenced: Set[str], now: float) -> None:
         """Record which published image directories no tag references, and since when.

@@ -444,7 +444,7 @@ def start_service(path: Path, retry: RetryPolicy = FAST, backoff_base: float = 0
     from reconciler.service import Service
 
     watchlist = load_watchlist(path)
-    service = Service(watchlist, Reconciler(watchlist, retry=retry), debounce=0.01, backoff_base=backoff_base)
+    service = Service(watchlist, Reconciler(watchlist, retry=retry, backoff_base=backoff_base), debounce=0.01)
     service.start()
     return service
 

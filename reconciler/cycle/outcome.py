@@ -91,6 +91,7 @@ class CycleReport:
     outcomes: List[ImageOutcome] = field(default_factory=list)
     entry_failures: List[Tuple[ImageEntry, str]] = field(default_factory=list)
     removed: List[TagState] = field(default_factory=list)
+    entries: List[ImageEntry] = field(default_factory=list)  # the entries the cycle planned
     collected: List[str] = field(default_factory=list)
     transactions: int = 0
 

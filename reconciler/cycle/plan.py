@@ -61,6 +61,7 @@ class Plan:
     platform) with its resolved image and status: `planned` (to build and
     publish), `unchanged` or `failed`."""
 
+    entries: List[ImageEntry] = field(default_factory=list)  # the entries planned
     outcomes: List[ImageOutcome] = field(default_factory=list)
     entry_failures: List[Tuple[ImageEntry, str]] = field(default_factory=list)
     removals: List[TagState] = field(default_factory=list)  # published tags no longer watched
@@ -80,7 +81,8 @@ class Plan:
 
     def report(self) -> CycleReport:
         """A report of this plan, sharing its outcomes (later stages update them)."""
-        return CycleReport(outcomes=self.outcomes, entry_failures=self.entry_failures, removed=list(self.removals))
+        return CycleReport(outcomes=self.outcomes, entry_failures=self.entry_failures, removed=list(self.removals),
+                           entries=list(self.entries))
 
 
 def version_order(tag: str, versions: Dict[str, Version]) -> Tuple[int, object, str]:
@@ -132,8 +134,8 @@ def plan(watchlist: Watchlist, registries: Registries, store: BlobStore, publish
     Tag listings, then tag resolutions, run concurrently (each registry client
     bounds its own requests by `max_concurrency`): a thousand tags far from the
     registry cost round trips in parallel, not in a row."""
-    out = Plan()
     planned = list(entries or watchlist.images)
+    out = Plan(entries=planned)
     reader = store.read_only()  # reads the store; what it downloads stays in memory
     repositories: Dict[str, List[str]] = {}
     for entry in planned:  # clients are made here, in one thread
