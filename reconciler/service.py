@@ -23,7 +23,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from .cycle.outcome import CycleReport, describe_failure
+from .cycle.outcome import CycleReport, Status, describe_failure
 from .progress import TerminalProgress
 from .publish.layout import tag_relpath
 from .reconcile import Reconciler
@@ -79,9 +79,9 @@ class Metrics:
         for o in report.outcomes:
             image = o.entry.source.name
             self.polls.labels(image).inc()
-            if o.status == "published":
+            if o.status is Status.PUBLISHED:
                 self.publishes.labels(image).inc()
-            elif o.status == "failed":
+            elif o.status is Status.FAILED:
                 self.failures.labels(image).inc()
             self.bytes.inc(o.downloaded)
         for entry, _ in report.entry_failures:

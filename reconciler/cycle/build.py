@@ -22,7 +22,7 @@ from ..errors import IntegrityError, LayerError, PublishError, ReconcilerError
 from ..fetch import ResolvedImage
 from ..publish import Publisher, PublishTransaction
 from ..publish.base import Build, remove_tree
-from .outcome import CycleReport, ImageOutcome, describe_failure
+from .outcome import CycleReport, ImageOutcome, Status, describe_failure
 
 if TYPE_CHECKING:
     from ..progress import TerminalProgress
@@ -60,7 +60,7 @@ class BuildStage:
         """One transaction for the report's planned outcomes, its removals and the
         images in `doomed` (each checked again against the links as they are
         then); none when there is nothing to do. Updates the report."""
-        changes = [o for o in report.outcomes if o.status == "planned"]
+        changes = [o for o in report.outcomes if o.status is Status.PLANNED]
         if not (changes or report.removed or doomed):
             return
         names = sorted({o.name for o in changes})
@@ -80,7 +80,7 @@ class BuildStage:
             log.debug("transaction failed", exc_info=True)
             # All or nothing (CVMFS): nothing of it is visible, every change failed.
             # Local: what was done before the failure stands.
-            failed = ("planned", "published") if self.publisher.all_or_nothing else ("planned",)
+            failed = (Status.PLANNED, Status.PUBLISHED) if self.publisher.all_or_nothing else (Status.PLANNED,)
             for outcome in changes:
                 if outcome.status in failed:
                     outcome.fail(PublishError(f"not published: {reason}"))
@@ -117,7 +117,7 @@ class BuildStage:
             except Exception as exc:
                 outcome.fail(exc)
                 continue
-            outcome.status = "published"
+            outcome.published()
             log.info("%s: published as %s (%s)", outcome.name, outcome.tag_path, digest[:19])
 
     def apply_layers(self, image: ResolvedImage, build: Build, progress_key: str) -> None:

@@ -2,7 +2,7 @@
 
 An `ImageOutcome` is one watched (entry, tag, platform): the plan creates it
 and sets its resolved image and first status, later stages move its status on
-(`planned` -> `published` or `failed`). A `CycleReport` collects them with the
+(`Status`: `planned` -> `published` or `failed`, through its methods only). A `CycleReport` collects them with the
 cycle's removals, collections and entry failures.
 """
 
@@ -11,8 +11,9 @@ from __future__ import annotations
 import errno
 import logging
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
-from typing import Dict, List, Optional, Protocol, Tuple
+from typing import Dict, FrozenSet, List, Optional, Protocol, Tuple
 
 from ..errors import ReconcilerError
 from ..fetch import ResolvedImage
@@ -35,6 +36,33 @@ class Registries(Protocol):
         """The client of the host's blob mirror, or None."""
 
 
+class Status(str, Enum):
+    """Where an outcome stands. The plan leaves it `planned` (to build and
+    publish), `unchanged` or `failed`; the fetch and build stages move a
+    planned one on to `published` or `failed`; a publish that fails as a
+    whole (all or nothing) turns `published` into `failed`. Nothing else:
+    `ImageOutcome` refuses any other move (a bug, not an operator's error)."""
+
+    PLANNED = "planned"
+    UNCHANGED = "unchanged"
+    PUBLISHED = "published"
+    FAILED = "failed"
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)  # `f"{status:9}"` pads the word on every Python
+
+
+_MOVES: Dict[Status, FrozenSet[Status]] = {
+    Status.PLANNED: frozenset({Status.UNCHANGED, Status.PUBLISHED, Status.FAILED}),
+    Status.PUBLISHED: frozenset({Status.FAILED}),
+    Status.UNCHANGED: frozenset(),
+    Status.FAILED: frozenset(),
+}
+
+
 @dataclass
 class ImageOutcome:
     """What happened to one (entry, tag, platform) this cycle."""
@@ -43,7 +71,7 @@ class ImageOutcome:
     tag: str
     platform: Platform
     tag_path: str
-    status: str = "planned"  # planned | unchanged | published | failed
+    status: Status = Status.PLANNED  # moved on only by the methods below
     resolved: Optional[ResolvedImage] = None  # read for a change; not for a tag known unchanged
     # (tag digest, image digest) of a tag found unchanged from its HEAD alone.
     unchanged_at: Optional[Tuple[str, str]] = None
@@ -77,9 +105,22 @@ class ImageOutcome:
         """The config and layers it needs in the blob store."""
         return [self.resolved.manifest.config, *self.resolved.layers] if self.resolved else []
 
+    def _move(self, to: Status) -> None:
+        if to not in _MOVES[self.status]:
+            raise AssertionError(f"{self.name}: an outcome {self.status} cannot become {to}")
+        self.status = to
+
+    def unchanged(self) -> None:
+        """The tag already links to its image: nothing to do."""
+        self._move(Status.UNCHANGED)
+
+    def published(self) -> None:
+        """Its image is built and its tag set (visible once the transaction publishes)."""
+        self._move(Status.PUBLISHED)
+
     def fail(self, exc: BaseException, where: Optional[Path] = None) -> None:
         """Mark it failed with a one-line reason, and log that."""
-        self.status = "failed"
+        self._move(Status.FAILED)
         self.reason = describe_failure(exc, where)
         log.error("%s: %s", self.name, self.reason, exc_info=traceback_for(exc))
 
@@ -97,17 +138,17 @@ class CycleReport:
 
     @property
     def failed(self) -> bool:
-        return bool(self.entry_failures) or any(o.status == "failed" for o in self.outcomes)
+        return bool(self.entry_failures) or any(o.status is Status.FAILED for o in self.outcomes)
 
     def summary(self) -> str:
         """A human-readable summary, one line per change or failure. Each line is
         made inert: reasons carry registry-supplied text."""
-        counts: Dict[str, int] = {}
+        counts: Dict[Status, int] = {}
         for o in self.outcomes:
             counts[o.status] = counts.get(o.status, 0) + 1
         lines = [", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "nothing watched"]
         for o in self.outcomes:
-            if o.status in ("published", "planned"):
+            if o.status in (Status.PUBLISHED, Status.PLANNED):
                 lines.append(f"  {o.status:9} {o.name} -> {o.tag_path} ({(o.digest or '')[:19]})")
         for row in self.removed:
             lines.append(f"  removed   {row.tag_path}")
@@ -116,7 +157,7 @@ class CycleReport:
         for entry, reason in self.entry_failures:
             lines.append(f"  FAILED    {entry.label}: {reason}")
         for o in self.outcomes:
-            if o.status == "failed":
+            if o.status is Status.FAILED:
                 lines.append(f"  FAILED    {o.name}: {o.reason}")
         return "\n".join(inert(line) for line in lines)
 

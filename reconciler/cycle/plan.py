@@ -27,7 +27,7 @@ from ..publish.layout import tag_relpath
 from ..registry.reference import is_valid_tag
 from ..state import TagState
 from ..watchlist import ImageEntry, Watchlist
-from .outcome import CycleReport, ImageOutcome, Registries, describe_failure, traceback_for
+from .outcome import CycleReport, ImageOutcome, Registries, Status, describe_failure, traceback_for
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ class Plan:
     @property
     def changes(self) -> List[ImageOutcome]:
         """The outcomes still to build and publish."""
-        return [o for o in self.outcomes if o.status == "planned"]
+        return [o for o in self.outcomes if o.status is Status.PLANNED]
 
     def report(self) -> CycleReport:
         """A report of this plan, sharing its outcomes (later stages update them)."""
@@ -164,7 +164,7 @@ def plan(watchlist: Watchlist, registries: Registries, store: BlobStore, publish
             if seen and row and row.seen_digest == seen and row.manifest_digest and current == row.manifest_digest:
                 # The tag did not move and its image is published: nothing to read.
                 outcome.unchanged_at = (seen, row.manifest_digest)
-                outcome.status = "unchanged"
+                outcome.unchanged()
                 return
             outcome.resolved = resolve_image(client, reader, ref, outcome.platform, known_digest=seen,
                                              mirror=registries.mirror(host))
@@ -174,7 +174,7 @@ def plan(watchlist: Watchlist, registries: Registries, store: BlobStore, publish
             outcome.fail(exc)
             return
         if current == outcome.resolved.manifest_digest:
-            outcome.status = "unchanged"
+            outcome.unchanged()
 
     with ThreadPoolExecutor(max_workers=PLAN_WORKERS) as pool:
         listings = [pool.submit(watched_tags, entry) for entry in planned]

@@ -12,7 +12,7 @@ from typing import Callable, Dict, Iterable, List, Mapping, Protocol, Sequence
 
 from ..state import StateDB
 from ..watchlist import ImageEntry
-from .outcome import CycleReport
+from .outcome import CycleReport, Status
 
 # Back off a failing tag: 1, 2, 4 … minutes, at most its interval.
 BACKOFF_BASE_S = 60.0
@@ -54,10 +54,10 @@ def record_cycle_failure(state: StateDB, entries: Sequence[ImageEntry], reason: 
 
 def _record_tags(state: StateDB, report: CycleReport, now: float, backoff_base: float) -> None:
     for o in report.outcomes:
-        if o.status in ("published", "unchanged"):
+        if o.status in (Status.PUBLISHED, Status.UNCHANGED):
             assert o.digests is not None
             state.record_success(o.key, *o.digests, next_due=now + o.entry.interval, now=now)
-        elif o.status == "failed":
+        elif o.status is Status.FAILED:
             row = state.get(o.entry.dest, o.tag, str(o.platform))
             failures = (row.failures if row else 0) + 1
             state.record_failure(o.key, o.reason, now=now,
