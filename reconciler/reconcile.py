@@ -64,6 +64,7 @@ class Reconciler:
         self.backoff_base = backoff_base  # the first retry of a failure, doubled at each next one
         self.progress = progress
         self._clients: Dict[str, RegistryClient] = {}
+        self._clients_lock = threading.Lock()  # stages ask for clients from their worker threads
         self._credentials = CredentialStore(docker_config=DockerConfig())
         self._secrets = self._read_secrets()  # now: a missing password file is a configuration error
         self._locks: List[ProcessLock] = []
@@ -128,24 +129,27 @@ class Reconciler:
         if not url:
             return None
         key = f"mirror:{host}"
-        if key not in self._clients:
-            parts = urlsplit(url)
-            self._clients[key] = RegistryClient(parts.netloc, insecure=parts.scheme == "http", retry=self.retry)
-        return self._clients[key]
+        with self._clients_lock:
+            if key not in self._clients:
+                parts = urlsplit(url)
+                self._clients[key] = RegistryClient(parts.netloc, insecure=parts.scheme == "http", retry=self.retry)
+            return self._clients[key]
 
     def registry_clients(self) -> Dict[str, RegistryClient]:
         """The registry clients made so far, by host."""
-        return dict(self._clients)
+        with self._clients_lock:
+            return dict(self._clients)
 
     def client(self, host: str) -> RegistryClient:
         """The (cached) client for a registry host, with its configured credentials."""
-        if host not in self._clients:
-            config = self.watchlist.registry(host)
-            creds = self._secrets.get(host) or self._credentials.lookup(host)
-            self._clients[host] = RegistryClient(host, insecure=config.insecure, credentials=creds,
-                                                 max_concurrency=config.max_concurrency, retry=self.retry,
-                                                 private_realms=config.token_realms)
-        return self._clients[host]
+        with self._clients_lock:
+            if host not in self._clients:
+                config = self.watchlist.registry(host)
+                creds = self._secrets.get(host) or self._credentials.lookup(host)
+                self._clients[host] = RegistryClient(host, insecure=config.insecure, credentials=creds,
+                                                     max_concurrency=config.max_concurrency, retry=self.retry,
+                                                     private_realms=config.token_realms)
+            return self._clients[host]
 
     # -- the cycle ---------------------------------------------------------
 

@@ -252,3 +252,40 @@ def test_a_lost_state_database_is_rebuilt_from_the_published_tree(tmp_path, own_
     assert [o.status for o in report.outcomes] == ["unchanged"]
     assert [r.tag_path for r in report.removed] == ["app:b"]
     assert not os.path.lexists(tmp_path / "publish" / "app:b") and (tmp_path / "publish" / "app:a").is_symlink()
+
+
+def test_threads_asking_for_a_registry_client_at_once_share_one(tmp_path, monkeypatch):
+    """The stages ask for clients from their worker threads: one client per
+    host however they race (its token cache and throttle are per client)."""
+    import threading
+    import time
+
+    from reconciler import reconcile as reconcile_module
+
+    made: List[str] = []
+    real = reconcile_module.RegistryClient
+
+    def slow_client(host: str, **kw):
+        made.append(host)
+        time.sleep(0.05)  # widens the window two unlocked threads would both pass through
+        return real(host, **kw)
+
+    monkeypatch.setattr(reconcile_module, "RegistryClient", slow_client)
+    wl = write_watchlist(tmp_path, "127.0.0.1:1", ['source = "127.0.0.1:1/x/y"\ntags = ["v1"]'])
+    reconciler = Reconciler(load_watchlist(wl))
+    try:
+        start = threading.Barrier(8)
+        got: List[object] = []
+
+        def ask() -> None:
+            start.wait(timeout=10)
+            got.append(reconciler.client("127.0.0.1:1"))
+
+        threads = [threading.Thread(target=ask) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=10)
+        assert made == ["127.0.0.1:1"] and len(got) == 8 and all(c is got[0] for c in got)
+    finally:
+        reconciler.close()

@@ -60,7 +60,7 @@ class BuildStage:
         """One transaction for the report's planned outcomes, its removals and the
         images in `doomed` (each checked again against the links as they are
         then); none when there is nothing to do. Updates the report."""
-        changes = [o for o in report.outcomes if o.status is Status.PLANNED]
+        changes = report.changes
         if not (changes or report.removed or doomed):
             return
         names = sorted({o.name for o in changes})

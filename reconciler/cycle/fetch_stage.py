@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Iterator, List, Optional, Set
 from ..blobstore import BlobStore
 from ..errors import ConfigError
 from ..fetch import fetch_layers
-from .outcome import ImageOutcome, Registries, Status, describe_failure
+from .outcome import ImageOutcome, Registries, describe_failure, still_planned
 from .plan import Plan
 
 if TYPE_CHECKING:
@@ -65,7 +65,7 @@ class FetchStage:
         self._keep(plan)
         changes = plan.changes
         self._check_cache_bound(changes)
-        self._download([o for o in changes if o.status is Status.PLANNED])
+        self._download(still_planned(changes))
 
     def _keep(self, plan: Plan) -> None:
         """Manifests and configs the plan used: stored when it downloaded them,

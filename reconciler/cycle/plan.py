@@ -27,7 +27,7 @@ from ..publish.layout import tag_relpath
 from ..registry.reference import is_valid_tag
 from ..state import TagState
 from ..watchlist import ImageEntry, Watchlist
-from .outcome import CycleReport, ImageOutcome, Registries, Status, describe_failure, traceback_for
+from .outcome import CycleReport, ImageOutcome, Registries, describe_failure, still_planned, traceback_for
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ class Plan:
     @property
     def changes(self) -> List[ImageOutcome]:
         """The outcomes still to build and publish."""
-        return [o for o in self.outcomes if o.status is Status.PLANNED]
+        return still_planned(self.outcomes)
 
     def report(self) -> CycleReport:
         """A report of this plan, sharing its outcomes (later stages update them)."""
@@ -138,7 +138,7 @@ def plan(watchlist: Watchlist, registries: Registries, store: BlobStore, publish
     out = Plan(entries=planned)
     reader = store.read_only()  # reads the store; what it downloads stays in memory
     repositories: Dict[str, List[str]] = {}
-    for entry in planned:  # clients are made here, in one thread
+    for entry in planned:
         registries.mirror(entry.source.registry)
         repositories.setdefault(entry.source.registry, []).append(entry.source.repository)
     for host, names in repositories.items():  # one token request may then serve many of them
