@@ -4,15 +4,8 @@
     reconcile --dry-run [--watchlist F]                          (the plan only)
     reconcile [--watchlist F] [--listen HOST:PORT]               (the service, until SIGTERM)
 
-Exit codes (also in `--help` and the README):
-  0   everything converged
-  1   an image or entry failed (the summary names each with its reason)
-  2   a configuration error (nothing touched)
-  3   cannot start: the machine refuses something (a directory not writable,
-      the port in use, cvmfs_server missing); nothing touched
-  4   another reconciler holds the lock on this state directory or publish
-      target; nothing touched
-  130 interrupted (Ctrl-C); nothing is half-published
+Exit codes: `EXIT_CODES` below, the one list `--help` prints (the README's
+table is checked against it by tests/test_cli_help.py).
 """
 
 from __future__ import annotations
@@ -23,9 +16,10 @@ import json
 import logging
 import socket
 import sys
+import textwrap
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from . import __version__
 from .errors import BusyError, ConfigError, ReconcilerError, StartError
@@ -53,15 +47,19 @@ three ways to run it:
                        it finishes the current cycle, logs "stopped" and exits 0
   reconcile --dry-run  print what --once would change, and change nothing
                        (takes no lock: safe beside a running service)"""
-EXIT_CODES_HELP = """exit codes:
-  0    everything converged (the service: stopped by SIGTERM or Ctrl-C)
-  1    an image or entry failed (the summary names each with its reason)
-  2    a configuration error; nothing was touched
-  3    cannot start: a directory not writable, the port in use, cvmfs_server
-       missing (the message says which); nothing was touched
-  4    another reconciler holds the lock on this state directory or publish
-       target; nothing was touched
-  130  interrupted (Ctrl-C during --once); nothing is half-published"""
+# Each exit code and what it means, as `--help` prints it (wrapped at 80 columns).
+EXIT_CODES: Tuple[Tuple[int, str], ...] = (
+    (EXIT_OK, "everything converged (the service: stopped by SIGTERM or Ctrl-C)"),
+    (EXIT_FAILED, "an image or entry failed (the summary names each with its reason)"),
+    (EXIT_CONFIG, "a configuration error; nothing was touched"),
+    (EXIT_START, "cannot start: a directory not writable, the port in use, cvmfs_server missing (the message "
+                 "says which); nothing was touched"),
+    (EXIT_BUSY, "another reconciler holds the lock on this state directory or publish target; nothing was "
+                "touched"),
+    (EXIT_INTERRUPTED, "interrupted (Ctrl-C during --once); nothing is half-published"),
+)
+EXIT_CODES_HELP = "exit codes:\n" + "\n".join(
+    textwrap.fill(meaning, 80, initial_indent=f"  {code:<5}", subsequent_indent=" " * 7) for code, meaning in EXIT_CODES)
 
 
 class _JsonFormatter(logging.Formatter):
