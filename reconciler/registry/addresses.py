@@ -1,0 +1,202 @@
+"""Which hosts a registry may send us to: host names judged as addresses.
+
+A registry names other hosts: the token realm of its Bearer challenge (which
+gets the registry's credentials) and the targets of its redirects (storage).
+A hostile or compromised registry on the internet could name an address
+inside our own network (the service's status page on 127.0.0.1, a metadata
+service on 169.254.169.254, an internal token service that would take the
+registry's credentials). So a host is judged by the addresses it stands for,
+never by how it is spelled:
+
+- a literal address is read as the C library reads it (`inet_aton`: `127.1`,
+  `2130706433`, `0x7f000001`, `0177.0.0.1` are all 127.0.0.1), with brackets,
+  an IPv6 zone id (`fe80::1%eth0`) and a trailing dot ignored, and IPv4
+  embedded in IPv6 (`::ffff:127.0.0.1`, `::127.0.0.1`, 6to4, NAT64) judged
+  as that IPv4 address too;
+- a name is judged by every address `getaddrinfo` gives for it now; a name
+  that does not resolve has no address to judge (the request to it fails).
+
+An address is *internal* unless it is globally routable: private, loopback,
+link-local, unspecified, reserved, multicast, shared (100.64/10), site-local.
+
+What remains: the name is resolved again when the connection is made, so a
+name whose DNS answer changes between the two lookups (DNS rebinding) can
+still lead a connection inward; we do not pin connections to the judged
+address.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from typing import Callable, Iterable, List, Optional, Tuple, Union
+from urllib.parse import urlsplit
+
+Address = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+Resolver = Callable[[str], Tuple[Address, ...]]
+
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+
+
+def parse_address(host: str) -> Optional[Address]:
+    """The address `host` spells, in any spelling the resolver takes as a
+    literal (see the module docstring); None for a name."""
+    text = host.strip()
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    if ":" in text:
+        text = text.split("%", 1)[0]  # an IPv6 zone id (`%eth0`, or `%25eth0` in a URL)
+    elif text.endswith("."):
+        text = text[:-1]
+    if not text:
+        return None
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        pass
+    if ":" in text:
+        return None
+    try:
+        # glibc's inet_aton: what getaddrinfo, and so httpx, accepts as IPv4.
+        return ipaddress.IPv4Address(socket.inet_aton(text))
+    except (OSError, ValueError):
+        return None
+
+
+def _embedded_ipv4(ip: Address) -> List[ipaddress.IPv4Address]:
+    """IPv4 addresses an IPv6 address carries (mapped, compatible, 6to4, NAT64, Teredo)."""
+    if not isinstance(ip, ipaddress.IPv6Address):
+        return []
+    found: List[ipaddress.IPv4Address] = []
+    if ip.ipv4_mapped is not None:
+        found.append(ip.ipv4_mapped)
+    if ip.sixtofour is not None:
+        found.append(ip.sixtofour)
+    if ip.teredo is not None:
+        found.extend(ip.teredo)
+    value = int(ip)
+    if value >> 32 == 0 and value > 1:  # ::a.b.c.d, IPv4-compatible (deprecated, still routed by some stacks)
+        found.append(ipaddress.IPv4Address(value))
+    if ip in _NAT64:
+        found.append(ipaddress.IPv4Address(value & 0xFFFFFFFF))
+    return found
+
+
+def canonical(ip: Address) -> Address:
+    """An IPv4-mapped IPv6 address as the IPv4 address it is; others unchanged."""
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def is_internal(ip: Address) -> bool:
+    """Whether `ip` (or an IPv4 address it embeds) is not globally routable."""
+    for each in [ip, *_embedded_ipv4(ip)]:
+        if (not each.is_global or each.is_private or each.is_loopback or each.is_link_local
+                or each.is_unspecified or each.is_reserved or each.is_multicast
+                or (isinstance(each, ipaddress.IPv6Address) and each.is_site_local)):
+            return True
+    return False
+
+
+def resolve_host(host: str) -> Tuple[Address, ...]:
+    """Every address `host` stands for now: itself when it is a literal,
+    else what `getaddrinfo` answers (nothing when it does not resolve)."""
+    literal = parse_address(host)
+    if literal is not None:
+        return (canonical(literal),)
+    try:
+        infos = socket.getaddrinfo(host.strip("[]"), None, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError, ValueError):
+        return ()
+    found: List[Address] = []
+    for info in infos:
+        ip = parse_address(str(info[4][0]))
+        if ip is not None and canonical(ip) not in found:
+            found.append(canonical(ip))
+    return tuple(found)
+
+
+def _name(host: str) -> str:
+    return host.strip("[]").rstrip(".").lower()
+
+
+def _default_port(scheme: str) -> Optional[int]:
+    return {"http": 80, "https": 443}.get(scheme)
+
+
+def host_port(url: str) -> str:
+    """`host[:port]` of `url` for a message or a watchlist hint: a literal
+    address in its canonical spelling, anything unprintable escaped."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    literal = parse_address(host)
+    if literal is not None:
+        shown = str(canonical(literal))
+        shown = f"[{shown}]" if ":" in shown else shown
+    else:
+        shown = ascii(host)[1:-1]
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return f"{shown}:{port}" if port else shown
+
+
+class HostRule:
+    """Judges the hosts a registry names (token realms, redirect targets).
+
+    A URL passes when its host has no internal address, or when every
+    internal address it has is one of the registry's own (the same host on
+    another port: compared as addresses, so `127.1` is `127.0.0.1`), or when
+    the operator allowed its host (or host:port) for this registry (watchlist
+    `token_realms`; a literal address there matches any spelling of it).
+    `inward_ok` lets a registry that is itself on an internal address send
+    us to other internal addresses (used for redirects, which never carry
+    credentials).
+    """
+
+    def __init__(self, registry: str, allowed: Iterable[str] = (), resolver: Optional[Resolver] = None) -> None:
+        self.registry_host = urlsplit(f"//{registry}").hostname or registry
+        self._allowed = tuple(a.strip().lower() for a in allowed if a.strip())
+        self._resolve = resolver or resolve_host
+
+    def registry_addresses(self) -> Tuple[Address, ...]:
+        """The addresses of the registry's host, resolved now."""
+        return self._resolve(self.registry_host)
+
+    def is_allowed(self, url: str) -> bool:
+        """Whether the operator listed this URL's host (or host:port) for the registry."""
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port or _default_port(parts.scheme)
+        address = parse_address(host)
+        for entry in self._allowed:
+            allowed = urlsplit(f"//{entry}")
+            try:
+                entry_port = allowed.port
+            except ValueError:
+                continue
+            if entry_port is not None and entry_port != port:
+                continue
+            entry_host = allowed.hostname or ""
+            if _name(entry_host) == _name(host):
+                return True
+            entry_address = parse_address(entry_host)
+            if address is not None and entry_address is not None and canonical(address) == canonical(entry_address):
+                return True
+        return False
+
+    def foreign_internal(self, url: str, inward_ok: bool = False) -> Tuple[Address, ...]:
+        """The internal addresses of `url`'s host that it may not lead to
+        (empty: the URL may be used). See the class docstring."""
+        host = urlsplit(url).hostname or ""
+        if _name(host) == _name(self.registry_host) or self.is_allowed(url):
+            return ()
+        inside = tuple(ip for ip in self._resolve(host) if is_internal(ip))
+        if not inside:
+            return ()
+        own = self.registry_addresses()
+        if inward_ok and any(is_internal(ip) for ip in own):
+            return ()
+        return tuple(ip for ip in inside if ip not in own)
