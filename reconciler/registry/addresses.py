@@ -91,6 +91,7 @@ def canonical(ip: Address) -> Address:
 
 def is_internal(ip: Address) -> bool:
     """Whether `ip` (or an IPv4 address it embeds) is not globally routable."""
+    ip = canonical(ip)  # ::ffff:8.8.8.8 is 8.8.8.8, though ipaddress calls ::ffff:0:0/96 private
     for each in [ip, *_embedded_ipv4(ip)]:
         if (not each.is_global or each.is_private or each.is_loopback or each.is_link_local
                 or each.is_unspecified or each.is_reserved or each.is_multicast
