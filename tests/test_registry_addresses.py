@@ -319,3 +319,27 @@ def test_end_to_end_no_credentials_reach_another_loopback_token_service(token_se
         registry.close()
         if tokens is not token_service:
             tokens.close()
+
+
+def test_dry_run_sends_no_credentials_to_a_realm_on_another_loopback_address(token_service, tmp_path, monkeypatch,
+                                                                             capsys):
+    from reconciler.cli import main
+
+    realm = f"http://0x7f000002:{token_service.port}/token"
+    registry = _Recorder("127.0.0.1", lambda path: (
+        401, {"WWW-Authenticate": f'Bearer realm="{realm}",service="reg"'}, b""))
+    host = f"127.0.0.1:{registry.port}"
+    monkeypatch.setenv("RECONCILER_TEST_PASSWORD", SECRET)
+    watchlist = tmp_path / "watchlist.toml"
+    watchlist.write_text(
+        f'[publish]\nroot = "publish"\n[state]\ndir = "state"\n[registries."{host}"]\ninsecure = true\n'
+        f'username = "robot"\npassword_env = "RECONCILER_TEST_PASSWORD"\n'
+        f'[[image]]\nsource = "{host}/team/app"\ntags = ["latest"]\n')
+    try:
+        assert main(["--dry-run", "--watchlist", str(watchlist)]) == 1
+    finally:
+        registry.close()
+    assert registry.seen and token_service.seen == []  # before: GET /token with Basic robot's password
+    out = capsys.readouterr().out
+    assert f"{host}/team/app:latest" in out and "private address other than the registry" in out
+    assert SECRET not in out

@@ -170,7 +170,10 @@ class HostRule:
         """Whether the operator listed this URL's host (or host:port) for the registry."""
         parts = urlsplit(url)
         host = parts.hostname or ""
-        port = parts.port or _default_port(parts.scheme)
+        try:
+            port = parts.port or _default_port(parts.scheme)
+        except ValueError:  # not a port: httpx refuses the URL anyway
+            return False
         address = parse_address(host)
         for entry in self._allowed:
             allowed = urlsplit(f"//{entry}")
