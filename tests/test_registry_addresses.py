@@ -343,3 +343,16 @@ def test_dry_run_sends_no_credentials_to_a_realm_on_another_loopback_address(tok
     out = capsys.readouterr().out
     assert f"{host}/team/app:latest" in out and "private address other than the registry" in out
     assert SECRET not in out
+
+
+@pytest.mark.parametrize("url,hint", [
+    ("https://0x7f000001:5001/token", "127.0.0.1:5001"),
+    ("https://[::ffff:10.0.0.5]/token", "10.0.0.5"),
+    ("https://[fe80::1%25eth0]:8443/t", "[fe80::1]:8443"),
+    ("https://Auth.Internal/token", "auth.internal"),
+    ("https://auth\u00e9.internal/token", "auth\\xe9.internal"),
+])
+def test_the_watchlist_hint_names_the_host_in_a_canonical_printable_spelling(url, hint):
+    from reconciler.registry.addresses import host_port
+
+    assert host_port(url) == hint

@@ -295,10 +295,10 @@ class RegistryClient:
         inside = self._hosts.foreign_internal(target, inward_ok=True)
         if inside:
             raise RegistryError(
-                f"{self.registry}: refusing the redirect of {urlsplit(url).path} to {host_port(target)}, a private "
-                f"address ({', '.join(str(ip) for ip in inside)}) of a registry on a public one; if that host serves "
-                f'this registry\'s storage, allow it in the watchlist: token_realms = ["{host_port(target)}"] under '
-                f'[registries."{self.registry}"]'
+                f"{self.registry}: refusing the redirect of {ascii(urlsplit(url).path)[1:-1]} to {host_port(target)}: a private "
+                f"address ({', '.join(str(ip) for ip in inside)}), and the registry is on a public one; if that host "
+                f'serves this registry\'s storage, allow it in the watchlist: token_realms = ["{host_port(target)}"] '
+                f'under [registries."{self.registry}"]'
             )
 
     def _send_once(self, method: str, url: str, headers: Dict[str, str], stream: bool) -> httpx.Response:
