@@ -294,8 +294,9 @@ class RegistryClient:
         target resolves to now; no credentials follow a redirect either way."""
         inside = self._hosts.foreign_internal(target, inward_ok=True)
         if inside:
+            path = ascii(urlsplit(url).path)[1:-1]  # a redirect's path is the registry's text
             raise RegistryError(
-                f"{self.registry}: refusing the redirect of {ascii(urlsplit(url).path)[1:-1]} to {host_port(target)}: a private "
+                f"{self.registry}: refusing the redirect of {path} to {host_port(target)}: a private "
                 f"address ({', '.join(str(ip) for ip in inside)}), and the registry is on a public one; if that host "
                 f'serves this registry\'s storage, allow it in the watchlist: token_realms = ["{host_port(target)}"] '
                 f'under [registries."{self.registry}"]'
