@@ -356,3 +356,55 @@ def test_the_watchlist_hint_names_the_host_in_a_canonical_printable_spelling(url
     from reconciler.registry.addresses import host_port
 
     assert host_port(url) == hint
+
+
+def test_a_realm_name_rebinding_inward_after_the_judgement_gets_no_credentials(token_service, monkeypatch):
+    # DNS rebinding: the realm's name answers a public address when judged, then
+    # 127.0.0.2 (where a token service listens) when the connection is made.
+    # The connection goes to the address judged; no second lookup is made.
+    answers = iter([["93.184.216.34"]])
+    real_getaddrinfo, real_connect = socket.getaddrinfo, socket.create_connection
+    lookups: List[str] = []
+    attempts: List[Tuple[str, int]] = []
+
+    def getaddrinfo(host, port, *args, **kw):  # type: ignore[no-untyped-def]
+        if host != "rebind.example":
+            return real_getaddrinfo(host, port, *args, **kw)
+        lookups.append(host)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, port or 0)) for a in next(answers, ["127.0.0.2"])]
+
+    def create_connection(address, *args, **kw):  # type: ignore[no-untyped-def]
+        # As the real one (resolving with the getaddrinfo above), but traffic stays on loopback.
+        host, port = address
+        for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
+            attempts.append((info[4][0], port))
+            if ipaddress.ip_address(info[4][0]).is_loopback:
+                return real_connect((info[4][0], port), *args, **kw)
+        raise ConnectionRefusedError(111, "Connection refused (not loopback: refused by the test)")
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    monkeypatch.setattr(socket, "create_connection", create_connection)
+    realm = f"http://rebind.example:{token_service.port}/token"
+    registry = _Recorder("127.0.0.1", lambda path: (
+        401, {"WWW-Authenticate": f'Bearer realm="{realm}",service="reg"'}, b""))
+    try:
+        with make_client(f"127.0.0.1:{registry.port}", insecure=True, credentials=Credentials("robot", SECRET)) as c:
+            with pytest.raises(RegistryError):
+                c.head_manifest("library/app", "latest")
+    finally:
+        registry.close()
+    assert token_service.seen == []  # before: GET /token with robot's password, on 127.0.0.2
+    assert lookups  # judged by its answer
+    assert {a for a in attempts if a[1] == token_service.port} == {("93.184.216.34", token_service.port)}
+
+
+def test_a_judged_host_is_pinned_for_a_minute_and_a_refused_one_never(names):
+    names["cdn.example"] = ["93.184.216.34"]
+    names["inside.example"] = ["10.0.0.7"]
+    now = [0.0]
+    rule = HostRule("registry.example.org", clock=lambda: now[0])
+    assert rule.foreign_internal("https://CDN.example/blob") == ()
+    assert rule.pinned("cdn.example") == (ipaddress.ip_address("93.184.216.34"),)
+    assert rule.foreign_internal("https://inside.example/x") and rule.pinned("inside.example") == ()
+    now[0] += 61
+    assert rule.pinned("cdn.example") == ()

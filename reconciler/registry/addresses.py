@@ -19,23 +19,37 @@ never by how it is spelled:
 An address is *internal* unless it is globally routable: private, loopback,
 link-local, unspecified, reserved, multicast, shared (100.64/10), site-local.
 
-What remains: the name is resolved again when the connection is made, so a
-name whose DNS answer changes between the two lookups (DNS rebinding) can
-still lead a connection inward; we do not pin connections to the judged
-address.
+A name is resolved once: the connection to a host judged this way goes to
+the addresses judged (`PinningBackend`, for a minute), not to what a second
+lookup would answer, so a name whose DNS answer changes in between (DNS
+rebinding) cannot lead the connection inward. What remains: a connection
+through an HTTP proxy goes where the proxy resolves the name; and the
+registry's own host, and hosts the operator allowed, are not judged.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import logging
 import socket
-from typing import Callable, Iterable, List, Optional, Tuple, Union
+import threading
+import time
+from typing import Callable, Dict, Iterable, List, Optional, Tuple, Union
 from urllib.parse import urlsplit
+
+import httpcore
+import httpx
+
+log = logging.getLogger(__name__)
 
 Address = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 Resolver = Callable[[str], Tuple[Address, ...]]
 
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+# How long a connection to a judged host goes to the addresses judged: a
+# token request or a redirect connects within this, and a later one is
+# judged (and resolved) again.
+PIN_SECONDS = 60.0
 
 
 def parse_address(host: str) -> Optional[Address]:
@@ -122,6 +136,15 @@ def _name(host: str) -> str:
     return host.strip("[]").rstrip(".").lower()
 
 
+def url_host(url: str) -> str:
+    """The host of `url` as the connection will name it (httpx's ASCII form:
+    an international name in punycode), lower case."""
+    try:
+        return httpx.URL(url).raw_host.decode("ascii").lower()
+    except (httpx.InvalidURL, UnicodeError, ValueError):
+        return (urlsplit(url).hostname or "").lower()
+
+
 def _default_port(scheme: str) -> Optional[int]:
     return {"http": 80, "https": 443}.get(scheme)
 
@@ -157,10 +180,28 @@ class HostRule:
     credentials).
     """
 
-    def __init__(self, registry: str, allowed: Iterable[str] = (), resolver: Optional[Resolver] = None) -> None:
+    def __init__(self, registry: str, allowed: Iterable[str] = (), resolver: Optional[Resolver] = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.registry_host = urlsplit(f"//{registry}").hostname or registry
         self._allowed = tuple(a.strip().lower() for a in allowed if a.strip())
         self._resolve = resolver or resolve_host
+        self._clock = clock
+        self._pins: Dict[str, Tuple[float, Tuple[Address, ...]]] = {}  # host -> (until, addresses judged)
+        self._lock = threading.Lock()
+
+    def pinned(self, host: str) -> Tuple[Address, ...]:
+        """The addresses `host` was judged by, if that was less than a minute ago."""
+        now = self._clock()
+        with self._lock:
+            found = self._pins.get(host.lower())
+            return found[1] if found is not None and now < found[0] else ()
+
+    def _pin(self, host: str, addresses: Tuple[Address, ...]) -> None:
+        now = self._clock()
+        with self._lock:
+            for stale in [h for h, (until, _) in self._pins.items() if until <= now]:
+                del self._pins[stale]
+            self._pins[host] = (now + PIN_SECONDS, addresses)
 
     def registry_addresses(self) -> Tuple[Address, ...]:
         """The addresses of the registry's host, resolved now."""
@@ -194,13 +235,63 @@ class HostRule:
     def foreign_internal(self, url: str, inward_ok: bool = False) -> Tuple[Address, ...]:
         """The internal addresses of `url`'s host that it may not lead to
         (empty: the URL may be used). See the class docstring."""
-        host = urlsplit(url).hostname or ""
+        host = url_host(url)
         if _name(host) == _name(self.registry_host) or self.is_allowed(url):
             return ()
-        inside = tuple(ip for ip in self._resolve(host) if is_internal(ip))
-        if not inside:
-            return ()
-        own = self.registry_addresses()
-        if inward_ok and any(is_internal(ip) for ip in own):
-            return ()
-        return tuple(ip for ip in inside if ip not in own)
+        addresses = self._resolve(host)
+        inside = tuple(ip for ip in addresses if is_internal(ip))
+        if inside:
+            own = self.registry_addresses()
+            if not (inward_ok and any(is_internal(ip) for ip in own)):
+                inside = tuple(ip for ip in inside if ip not in own)
+                if inside:
+                    return inside
+        if addresses:
+            self._pin(host, addresses)  # the connection goes where we judged
+        return ()
+
+
+class PinningBackend(httpcore.NetworkBackend):
+    """httpcore's network backend, connecting to a host judged by `rule` at
+    the addresses judged (HostRule.pinned), never resolving it again; other
+    hosts as usual. Each address is tried in turn, as `socket.create_connection` does."""
+
+    def __init__(self, rule: HostRule, inner: httpcore.NetworkBackend) -> None:
+        self._rule = rule
+        self._inner = inner
+
+    def connect_tcp(self, host: str, port: int, timeout: Optional[float] = None,
+                    local_address: Optional[str] = None, socket_options: Optional[Iterable] = None
+                    ) -> httpcore.NetworkStream:
+        pinned = self._rule.pinned(host)
+        if not pinned:
+            return self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
+        error: Optional[Exception] = None
+        for ip in pinned:
+            try:
+                return self._inner.connect_tcp(str(ip), port, timeout, local_address, socket_options)
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                error = exc
+        assert error is not None
+        raise error
+
+    def connect_unix_socket(self, path: str, timeout: Optional[float] = None,
+                            socket_options: Optional[Iterable] = None) -> httpcore.NetworkStream:
+        return self._inner.connect_unix_socket(path, timeout, socket_options)
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+
+def pin_connections(http: httpx.Client, rule: HostRule) -> bool:
+    """Make `http`'s direct connections go to the addresses `rule` judged
+    (PinningBackend). False when its transport is not httpx's own (a test's
+    mock, a proxy): then connections resolve names as usual."""
+    pool = getattr(getattr(http, "_transport", None), "_pool", None)
+    # httpx keeps the pool private: look before changing it.
+    if type(pool) is not httpcore.ConnectionPool or not isinstance(getattr(pool, "_network_backend", None),
+                                                                   httpcore.NetworkBackend):
+        log.debug("connections not pinned to judged addresses: transport %r", type(getattr(http, "_transport", None)))
+        return False
+    pool._network_backend = PinningBackend(rule, pool._network_backend)
+    return True

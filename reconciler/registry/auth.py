@@ -243,12 +243,12 @@ class Authenticator:
 
     def __init__(self, registry: str, base_url: str, http: httpx.Client, credentials: Optional[Credentials],
                  cache: TokenCache, clock: Callable[[], float] = time.time,
-                 private_realms: Iterable[str] = ()) -> None:
+                 private_realms: Iterable[str] = (), hosts: Optional[HostRule] = None) -> None:
         self.registry = registry
         # Which realms may be asked (private_realms: host or host:port of token
         # services on a private address that the operator allows, an
         # on-premises auth service beside the registry).
-        self._hosts = HostRule(urlsplit(base_url).netloc, private_realms)
+        self._hosts = hosts or HostRule(urlsplit(base_url).netloc, private_realms)
         self._base_url = base_url.rstrip("/") + "/v2/"
         self._http = http
         self._credentials = credentials

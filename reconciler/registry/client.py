@@ -45,7 +45,7 @@ from ..errors import (
     TransferError,
 )
 from . import USER_AGENT
-from .addresses import HostRule, host_port
+from .addresses import HostRule, host_port, pin_connections
 from .auth import Authenticator, AuthState, TokenCache, TokenServiceBusyError
 from .credentials import Credentials
 from .links import next_link
@@ -228,8 +228,10 @@ class RegistryClient:
         self._http = http or httpx.Client(timeout=httpx.Timeout(retry.timeout, connect=15.0), follow_redirects=False)
         self._origin = urlsplit(self.base_url)[:2]
         self._hosts = HostRule(host, private_realms)
+        if self._owns_http:
+            pin_connections(self._http, self._hosts)
         self._auth = Authenticator(registry, self.base_url, self._http, credentials, token_cache or TokenCache(clock), clock,
-                                   private_realms)
+                                   private_realms, hosts=self._hosts)
         self._slots = threading.BoundedSemaphore(max(1, max_concurrency))
         # Until one request has had its answer, others wait: they would all be
         # refused (401) and each ask for a token, where one challenge and one
