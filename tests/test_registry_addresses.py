@@ -22,7 +22,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from reconciler.errors import AuthenticationError, RegistryError
+from reconciler.errors import AuthenticationError, HostNotFoundError, RegistryError
 from reconciler.registry.addresses import HostRule, canonical, is_internal, parse_address
 from reconciler.registry.auth import pull_scopes
 from reconciler.registry.client import RegistryClient, RetryPolicy
@@ -358,11 +358,12 @@ def test_the_watchlist_hint_names_the_host_in_a_canonical_printable_spelling(url
     assert host_port(url) == hint
 
 
-def test_a_realm_name_rebinding_inward_after_the_judgement_gets_no_credentials(token_service, monkeypatch):
-    # DNS rebinding: the realm's name answers a public address when judged, then
-    # 127.0.0.2 (where a token service listens) when the connection is made.
-    # The connection goes to the address judged; no second lookup is made.
-    answers = iter([["93.184.216.34"]])
+@pytest.mark.parametrize("first", [["93.184.216.34"], None], ids=["public-first", "no-answer-first"])
+def test_a_realm_name_rebinding_inward_after_the_judgement_gets_no_credentials(token_service, monkeypatch, first):
+    # DNS rebinding: the realm's name answers a public address (or nothing) when
+    # judged, then 127.0.0.2 (where a token service listens) when the connection
+    # is made. The connection goes to what was judged; no second lookup is made.
+    answers = iter([first])
     real_getaddrinfo, real_connect = socket.getaddrinfo, socket.create_connection
     lookups: List[str] = []
     attempts: List[Tuple[str, int]] = []
@@ -371,7 +372,10 @@ def test_a_realm_name_rebinding_inward_after_the_judgement_gets_no_credentials(t
         if host != "rebind.example":
             return real_getaddrinfo(host, port, *args, **kw)
         lookups.append(host)
-        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, port or 0)) for a in next(answers, ["127.0.0.2"])]
+        answer = next(answers, ["127.0.0.2"])
+        if answer is None:
+            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, port or 0)) for a in answer]
 
     def create_connection(address, *args, **kw):  # type: ignore[no-untyped-def]
         # As the real one (resolving with the getaddrinfo above), but traffic stays on loopback.
@@ -389,13 +393,19 @@ def test_a_realm_name_rebinding_inward_after_the_judgement_gets_no_credentials(t
         401, {"WWW-Authenticate": f'Bearer realm="{realm}",service="reg"'}, b""))
     try:
         with make_client(f"127.0.0.1:{registry.port}", insecure=True, credentials=Credentials("robot", SECRET)) as c:
-            with pytest.raises(RegistryError):
+            with pytest.raises(RegistryError) as info:
                 c.head_manifest("library/app", "latest")
     finally:
         registry.close()
     assert token_service.seen == []  # before: GET /token with robot's password, on 127.0.0.2
     assert lookups  # judged by its answer
-    assert {a for a in attempts if a[1] == token_service.port} == {("93.184.216.34", token_service.port)}
+    token_attempts = {a for a in attempts if a[1] == token_service.port}
+    if first is None:
+        # The lookup failed (retried: judged again, then refused as inward); never connected.
+        assert isinstance(info.value, (HostNotFoundError, AuthenticationError))
+        assert token_attempts == set()
+    else:
+        assert token_attempts == {("93.184.216.34", token_service.port)}
 
 
 def test_a_judged_host_is_pinned_for_a_minute_and_a_refused_one_never(names):
@@ -405,6 +415,6 @@ def test_a_judged_host_is_pinned_for_a_minute_and_a_refused_one_never(names):
     rule = HostRule("registry.example.org", clock=lambda: now[0])
     assert rule.foreign_internal("https://CDN.example/blob") == ()
     assert rule.pinned("cdn.example") == (ipaddress.ip_address("93.184.216.34"),)
-    assert rule.foreign_internal("https://inside.example/x") and rule.pinned("inside.example") == ()
+    assert rule.foreign_internal("https://inside.example/x") and rule.pinned("inside.example") is None
     now[0] += 61
-    assert rule.pinned("cdn.example") == ()
+    assert rule.pinned("cdn.example") is None

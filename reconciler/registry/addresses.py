@@ -14,7 +14,16 @@ never by how it is spelled:
   embedded in IPv6 (`::ffff:127.0.0.1`, `::127.0.0.1`, 6to4, NAT64) judged
   as that IPv4 address too;
 - a name is judged by every address `getaddrinfo` gives for it now; a name
-  that does not resolve has no address to judge (the request to it fails).
+  that does not resolve has no address to judge, and the request to it
+  fails as DNS failed (it is not looked up a second time either).
+
+The rule (`HostRule`): a token realm, or the target of a redirect off the
+registry's origin, whose host has an internal address is used only if each
+such address is one of the registry's own (the same host on another port),
+or if the operator listed that host (or host:port) for the registry in the
+watchlist's `token_realms`. A redirect is also followed when the registry
+itself is on an internal address (an on-premises registry and its storage):
+no credentials follow a redirect, and such a registry is already inside.
 
 An address is *internal* unless it is globally routable: private, loopback,
 link-local, unspecified, reserved, multicast, shared (100.64/10), site-local.
@@ -115,15 +124,16 @@ def is_internal(ip: Address) -> bool:
 
 
 def resolve_host(host: str) -> Tuple[Address, ...]:
-    """Every address `host` stands for now: itself when it is a literal,
-    else what `getaddrinfo` answers (nothing when it does not resolve)."""
+    """Every address `host` stands for now: itself when it is a literal, else
+    what `getaddrinfo` answers. Raises OSError (socket.gaierror) when it
+    does not resolve."""
     literal = parse_address(host)
     if literal is not None:
         return (canonical(literal),)
     try:
         infos = socket.getaddrinfo(host.strip("[]"), None, type=socket.SOCK_STREAM)
-    except (OSError, UnicodeError, ValueError):
-        return ()
+    except (UnicodeError, ValueError):
+        raise socket.gaierror(socket.EAI_NONAME, "not a valid host name") from None
     found: List[Address] = []
     for info in infos:
         ip = parse_address(str(info[4][0]))
@@ -186,26 +196,31 @@ class HostRule:
         self._allowed = tuple(a.strip().lower() for a in allowed if a.strip())
         self._resolve = resolver or resolve_host
         self._clock = clock
-        self._pins: Dict[str, Tuple[float, Tuple[Address, ...]]] = {}  # host -> (until, addresses judged)
+        # host -> (until, the addresses judged, or the error resolving it gave)
+        self._pins: Dict[str, Tuple[float, Union[Tuple[Address, ...], OSError]]] = {}
         self._lock = threading.Lock()
 
-    def pinned(self, host: str) -> Tuple[Address, ...]:
-        """The addresses `host` was judged by, if that was less than a minute ago."""
+    def pinned(self, host: str) -> Union[None, Tuple[Address, ...], OSError]:
+        """What `host` was judged by, if that was less than a minute ago: its
+        addresses, or the error its lookup failed with; None if not judged."""
         now = self._clock()
         with self._lock:
             found = self._pins.get(host.lower())
-            return found[1] if found is not None and now < found[0] else ()
+            return found[1] if found is not None and now < found[0] else None
 
-    def _pin(self, host: str, addresses: Tuple[Address, ...]) -> None:
+    def _pin(self, host: str, judged: Union[Tuple[Address, ...], OSError]) -> None:
         now = self._clock()
         with self._lock:
             for stale in [h for h, (until, _) in self._pins.items() if until <= now]:
                 del self._pins[stale]
-            self._pins[host] = (now + PIN_SECONDS, addresses)
+            self._pins[host] = (now + PIN_SECONDS, judged)
 
     def registry_addresses(self) -> Tuple[Address, ...]:
-        """The addresses of the registry's host, resolved now."""
-        return self._resolve(self.registry_host)
+        """The addresses of the registry's host, resolved now (none if it does not resolve)."""
+        try:
+            return self._resolve(self.registry_host)
+        except OSError:
+            return ()
 
     def is_allowed(self, url: str) -> bool:
         """Whether the operator listed this URL's host (or host:port) for the registry."""
@@ -238,7 +253,11 @@ class HostRule:
         host = url_host(url)
         if _name(host) == _name(self.registry_host) or self.is_allowed(url):
             return ()
-        addresses = self._resolve(host)
+        try:
+            addresses = self._resolve(host)
+        except OSError as exc:
+            self._pin(host, exc)  # the connection fails as this lookup did, without a second one
+            return ()
         inside = tuple(ip for ip in addresses if is_internal(ip))
         if inside:
             own = self.registry_addresses()
@@ -246,8 +265,7 @@ class HostRule:
                 inside = tuple(ip for ip in inside if ip not in own)
                 if inside:
                     return inside
-        if addresses:
-            self._pin(host, addresses)  # the connection goes where we judged
+        self._pin(host, addresses)  # the connection goes where we judged
         return ()
 
 
@@ -264,8 +282,14 @@ class PinningBackend(httpcore.NetworkBackend):
                     local_address: Optional[str] = None, socket_options: Optional[Iterable] = None
                     ) -> httpcore.NetworkStream:
         pinned = self._rule.pinned(host)
-        if not pinned:
+        if pinned is None:
             return self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
+        if isinstance(pinned, OSError):
+            # As httpcore reports a failed lookup; refusals.unreachable reads the gaierror.
+            raise httpcore.ConnectError(str(pinned)) from pinned
+        if not pinned:
+            raise httpcore.ConnectError(f"{host} resolved to no address") from socket.gaierror(
+                socket.EAI_NONAME, "resolved to no address")
         error: Optional[Exception] = None
         for ip in pinned:
             try:

@@ -15,7 +15,12 @@ thousand watched tags in two hundred Docker Hub repositories then cost ten
 token requests, not two hundred.
 
 Credentials and tokens go only to the registry's own origin (the client
-checks that) and to the token realm that the registry's own challenge named.
+checks that) and to the token realm that the registry's own challenge named,
+and to that realm only if it is not on an internal address other than the
+registry's own, judged as addresses in any spelling and by what its name
+resolves to, unless the operator allowed it (`token_realms`; addresses.py).
+A token is only ever asked to pull (`pull_scopes`), whatever a challenge
+names: the configured credentials never ask for push, delete or the catalog.
 A learned challenge is only a guess for the next request: every 401 teaches
 it again (a realm can move; Harbor answers a rejected token with `Basic`).
 """
