@@ -284,12 +284,15 @@ class PinningBackend(httpcore.NetworkBackend):
         pinned = self._rule.pinned(host)
         if pinned is None:
             return self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
-        if isinstance(pinned, OSError):
-            # As httpcore reports a failed lookup; refusals.unreachable reads the gaierror.
-            raise httpcore.ConnectError(str(pinned)) from pinned
-        if not pinned:
-            raise httpcore.ConnectError(f"{host} resolved to no address") from socket.gaierror(
-                socket.EAI_NONAME, "resolved to no address")
+        if isinstance(pinned, OSError) or not pinned:
+            failure = pinned if isinstance(pinned, OSError) else socket.gaierror(socket.EAI_NONAME, "no address")
+            # As httpcore reports a failed lookup: raised while handling the
+            # gaierror, which refusals.unreachable finds in __context__ (httpcore's
+            # pool re-raises `from None`, which drops a __cause__).
+            try:
+                raise failure
+            except OSError as exc:
+                raise httpcore.ConnectError(str(exc)) from exc
         error: Optional[Exception] = None
         for ip in pinned:
             try:
