@@ -28,6 +28,10 @@ from reconciler.registry.auth import pull_scopes
 from reconciler.registry.client import RegistryClient, RetryPolicy
 from reconciler.registry.credentials import Credentials
 from tests.fake_registry import BASE, BLOB, BLOB_URL, LAYER, REG
+from tests.offline_dns import offline_dns  # noqa: F401 (a fixture)
+
+# Made-up host names are judged by what they resolve to: never by a DNS query.
+pytestmark = pytest.mark.usefixtures("offline_dns")
 
 SECRET = "s3cr3t-password"
 MANIFEST_URL = f"{BASE}/library/app/manifests/latest"
