@@ -117,6 +117,13 @@ def test_public_addresses_are_not_internal(address):
     assert not is_internal(ipaddress.ip_address(address))
 
 
+def test_names_under_localhost_are_loopback_without_a_lookup():
+    from reconciler.registry.addresses import resolve_host
+
+    assert resolve_host("auth.LOCALHOST.") == (ipaddress.ip_address("127.0.0.1"),)
+    assert HostRule("registry.example.org").foreign_internal("https://auth.localhost/t")
+
+
 def test_the_registrys_own_host_is_compared_as_an_address():
     rule = HostRule("127.0.0.1:5000")
     assert rule.foreign_internal("http://127.1:5001/token") == ()  # the same host, another port

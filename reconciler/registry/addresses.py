@@ -13,6 +13,7 @@ never by how it is spelled:
   an IPv6 zone id (`fe80::1%eth0`) and a trailing dot ignored, and IPv4
   embedded in IPv6 (`::ffff:127.0.0.1`, `::127.0.0.1`, 6to4, NAT64) judged
   as that IPv4 address too;
+- a name under `.localhost` is loopback (RFC 6761), without a lookup;
 - a name is judged by every address `getaddrinfo` gives for it now; a name
   that does not resolve has no address to judge, and the request to it
   fails as DNS failed (it is not looked up a second time either).
@@ -55,6 +56,7 @@ Address = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 Resolver = Callable[[str], Tuple[Address, ...]]
 
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_LOOPBACK = ipaddress.IPv4Address("127.0.0.1")
 # How long a connection to a judged host goes to the addresses judged: a
 # token request or a redirect connects within this, and a later one is
 # judged (and resolved) again.
@@ -130,6 +132,8 @@ def resolve_host(host: str) -> Tuple[Address, ...]:
     literal = parse_address(host)
     if literal is not None:
         return (canonical(literal),)
+    if _name(host).endswith(".localhost"):
+        return (_LOOPBACK,)  # RFC 6761 §6.3: loopback, whatever a resolver says
     try:
         infos = socket.getaddrinfo(host.strip("[]"), None, type=socket.SOCK_STREAM)
     except (UnicodeError, ValueError):
