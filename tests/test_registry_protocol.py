@@ -24,7 +24,10 @@ from reconciler.errors import (
 from reconciler.registry.client import RegistryClient, RetryPolicy, parse_retry_after
 from reconciler.registry.credentials import Credentials
 from tests.fake_registry import BASE, BLOB, BLOB_URL, CHALLENGE, LAYER, REALM, REG
+from tests.offline_dns import offline_dns  # noqa: F401 (a fixture)
 
+# Made-up host names are judged by what they resolve to: never by a DNS query.
+pytestmark = pytest.mark.usefixtures("offline_dns")
 
 
 @pytest.fixture

@@ -32,6 +32,10 @@ from reconciler.registry.credentials import Credentials
 from reconciler.registry.manifest import OCI_CONFIG, OCI_MANIFEST, Platform
 from reconciler.registry.reference import parse_reference
 from tests.fake_registry import BASE, BLOB, BLOB_URL, CHALLENGE, LAYER, REALM, REG, SCOPE
+from tests.offline_dns import offline_dns  # noqa: F401 (a fixture)
+
+# Made-up host names are judged by what they resolve to: never by a DNS query.
+pytestmark = pytest.mark.usefixtures("offline_dns")
 
 STORAGE = "https://storage.example.net"
 SECRET = "s3cr3t-password"

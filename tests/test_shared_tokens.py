@@ -30,6 +30,10 @@ from reconciler.registry.auth import MAX_SCOPES_PER_TOKEN, granted_scopes
 from reconciler.registry.client import RegistryClient, RetryPolicy
 from reconciler.registry.credentials import Credentials
 from tests.conftest import USERS
+from tests.offline_dns import offline_dns  # noqa: F401 (a fixture)
+
+# Made-up host names are judged by what they resolve to: never by a DNS query.
+pytestmark = pytest.mark.usefixtures("offline_dns")
 
 FIXTURES = ["fixtures/basic", "fixtures/special", "fixtures/multiarch", "fixtures/manytags", "fixtures/dockerlist"]
 

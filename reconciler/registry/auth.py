@@ -15,7 +15,12 @@ thousand watched tags in two hundred Docker Hub repositories then cost ten
 token requests, not two hundred.
 
 Credentials and tokens go only to the registry's own origin (the client
-checks that) and to the token realm that the registry's own challenge named.
+checks that) and to the token realm that the registry's own challenge named,
+and to that realm only if it is not on an internal address other than the
+registry's own, judged as addresses in any spelling and by what its name
+resolves to, unless the operator allowed it (`token_realms`; addresses.py).
+A token is only ever asked to pull (`pull_scopes`), whatever a challenge
+names: the configured credentials never ask for push, delete or the catalog.
 A learned challenge is only a guess for the next request: every 401 teaches
 it again (a realm can move; Harbor answers a rejected token with `Basic`).
 """
@@ -25,9 +30,9 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as _dt
-import ipaddress
 import json
 import logging
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -38,6 +43,7 @@ import httpx
 
 from ..errors import AuthenticationError, RegistryError, RegistryUnreachableError, TokenServiceUnavailableError
 from . import USER_AGENT
+from .addresses import HostRule, host_port
 from .challenge import Challenge, MalformedChallengeError, parse_challenges, pick_challenge
 from .credentials import Credentials
 from .refusals import unreachable
@@ -57,6 +63,10 @@ MAX_SCOPES_PER_TOKEN = 20
 SHARED_REFUSALS_BEFORE_GIVING_UP = 3
 
 TokenKey = Tuple[str, str, Tuple[str, ...], str]
+# A repository name in the distribution spec's grammar (no `:`, so a scope we
+# ask for always reads as type:name:actions).
+_NAME_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_REPOSITORY_NAME = re.compile(rf"^{_NAME_COMPONENT}(?:/{_NAME_COMPONENT})*$")
 
 
 class TokenRefusedError(AuthenticationError):
@@ -191,12 +201,26 @@ def _scopes_text(scopes: Tuple[str, ...]) -> str:
     return " ".join(scopes) or "no scope"
 
 
-def _is_private_host(host: str) -> bool:
-    try:
-        ip = ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return host == "localhost" or host.endswith(".localhost")
-    return ip.is_private or ip.is_loopback or ip.is_link_local
+def pull_scopes(scopes: Iterable[str]) -> Tuple[str, ...]:
+    """Only what pulling needs of `scopes` (sorted, deduplicated): each
+    repository scope that grants pull (`pull`, `*`, or a list naming it) as
+    `repository:<name>:pull`; every other resource type
+    (`registry:catalog:*`) and a scope without pull (`push` alone) dropped.
+
+    A challenge's `scope` is the registry's word, and the configured
+    credentials go with the token request: we never ask them for more than
+    we use. When nothing is left the token is asked without that scope, as
+    for the registry's base endpoint; a registry that needed more then
+    refuses the request, which fails as any refusal does.
+    """
+    kept = set()
+    for scope in scopes:
+        kind, _, rest = scope.partition(":")
+        name, _, actions = rest.rpartition(":")
+        if kind == "repository" and _REPOSITORY_NAME.match(name) and \
+                {"pull", "*"} & {a.strip() for a in actions.split(",")}:
+            kept.add(f"repository:{name}:pull")
+    return tuple(sorted(kept))
 
 
 @dataclass(frozen=True)
@@ -224,11 +248,12 @@ class Authenticator:
 
     def __init__(self, registry: str, base_url: str, http: httpx.Client, credentials: Optional[Credentials],
                  cache: TokenCache, clock: Callable[[], float] = time.time,
-                 private_realms: Iterable[str] = ()) -> None:
+                 private_realms: Iterable[str] = (), hosts: Optional[HostRule] = None) -> None:
         self.registry = registry
-        # host or host:port of token services on a private address that the
-        # operator allows (an on-premises auth service beside the registry).
-        self._private_realms = frozenset(h.lower() for h in private_realms)
+        # Which realms may be asked (private_realms: host or host:port of token
+        # services on a private address that the operator allows, an
+        # on-premises auth service beside the registry).
+        self._hosts = hosts or HostRule(urlsplit(base_url).netloc, private_realms)
         self._base_url = base_url.rstrip("/") + "/v2/"
         self._http = http
         self._credentials = credentials
@@ -262,14 +287,14 @@ class Authenticator:
     def expect(self, scopes: Iterable[str]) -> None:
         """Scopes requests will need soon: a token request asks for them too."""
         with self._lock:
-            self._expected.update(dict.fromkeys(scopes))
+            self._expected.update(dict.fromkeys(pull_scopes(scopes)))
 
     def authorize(self, scopes: Iterable[str]) -> AuthState:
         """The Authorization header for a request needing `scopes`, if a challenge is known."""
         challenge = self._challenge
         if challenge is None:
             return AuthState()
-        return self._answer(challenge, tuple(sorted(set(scopes))), request_url=None)
+        return self._answer(challenge, pull_scopes(scopes), request_url=None)
 
     def handle_unauthorized(self, response: httpx.Response, scopes: Iterable[str], sent: AuthState) -> AuthState:
         """Answer a 401 of the registry's own origin: pick the challenge (Bearer,
@@ -296,7 +321,9 @@ class Authenticator:
             raise AuthenticationError(f"{self.registry} asks for unsupported authentication scheme(s): {schemes}")
         wanted = set(scopes)
         if chosen.scheme == "bearer" and chosen.get("scope"):
-            wanted.update(chosen.get("scope").split(" "))  # type: ignore[union-attr]
+            # Only pull, whatever the challenge names (pull_scopes).
+            wanted.update(chosen.get("scope").split())  # type: ignore[union-attr]
+        wanted = set(pull_scopes(wanted))
         share = True
         if sent.token_key is not None:
             # The registry rejected a token we held (expired, revoked, or too narrow).
@@ -384,6 +411,7 @@ class Authenticator:
 
     def _new_token(self, realm: str, service: str, scopes: Tuple[str, ...], share: bool) -> Tuple[TokenKey, str]:
         """A token for `scopes`, asked together with expected scopes no token covers yet."""
+        self._judge_realm(realm)
         asked = self._with_expected(realm, service, scopes) if share and self._share_tokens else scopes
         key: TokenKey = (realm, service, asked, self._identity)
         try:
@@ -414,6 +442,8 @@ class Authenticator:
         return tuple(sorted(asked))
 
     def _check_realm(self, realm: str, request_url: Optional[str]) -> str:
+        """The realm as an absolute URL, if its scheme may be used (the host is
+        judged before each token request: `_judge_realm`)."""
         base = request_url or self._base_url
         resolved = urljoin(base, realm)
         parts, base_parts = urlsplit(resolved), urlsplit(base)
@@ -421,14 +451,20 @@ class Authenticator:
             raise AuthenticationError(f"{self.registry}: token realm {resolved!r} is not an http(s) URL")
         if base_parts.scheme == "https" and parts.scheme == "http":
             raise AuthenticationError(f"{self.registry}: refusing plain-http token realm {resolved!r} for an https registry")
-        registry_host = urlsplit(f"//{self.registry}").hostname
-        allowed = parts.netloc.lower() in self._private_realms or (parts.hostname or "") in self._private_realms
-        if parts.hostname != registry_host and _is_private_host(parts.hostname or "") and not allowed:
-            raise AuthenticationError(
-                f"{self.registry}: token realm {resolved!r} points at a private address other than the registry; "
-                "if that token service is yours, allow it for this registry in the watchlist"
-            )
         return resolved
+
+    def _judge_realm(self, realm: str) -> None:
+        """Refuse a realm on an internal address other than the registry's own,
+        unless the operator allowed it (addresses.HostRule). Judged just before
+        each token request, by what the realm's host resolves to then."""
+        inside = self._hosts.foreign_internal(realm)
+        if inside:
+            raise AuthenticationError(
+                f"{self.registry}: token realm {realm!r} points at a private address other than the registry "
+                f"({', '.join(str(ip) for ip in inside)}); no credentials were sent. If that token service is yours, "
+                f"allow it for this registry in the watchlist: token_realms = [\"{host_port(realm)}\"] under "
+                f'[registries."{self.registry}"]'
+            )
 
     def _fetch_token(self, key: TokenKey, needed: Iterable[str]) -> str:
         """Ask the realm for a token for the key's scopes; cache it as covering

@@ -45,6 +45,7 @@ from ..errors import (
     TransferError,
 )
 from . import USER_AGENT
+from .addresses import HostRule, host_port, pin_connections
 from .auth import Authenticator, AuthState, TokenCache, TokenServiceBusyError
 from .credentials import Credentials
 from .links import next_link
@@ -226,8 +227,11 @@ class RegistryClient:
         self._owns_http = http is None
         self._http = http or httpx.Client(timeout=httpx.Timeout(retry.timeout, connect=15.0), follow_redirects=False)
         self._origin = urlsplit(self.base_url)[:2]
+        self._hosts = HostRule(host, private_realms)
+        if self._owns_http:
+            pin_connections(self._http, self._hosts)
         self._auth = Authenticator(registry, self.base_url, self._http, credentials, token_cache or TokenCache(clock), clock,
-                                   private_realms)
+                                   private_realms, hosts=self._hosts)
         self._slots = threading.BoundedSemaphore(max(1, max_concurrency))
         # Until one request has had its answer, others wait: they would all be
         # refused (401) and each ask for a token, where one challenge and one
@@ -282,10 +286,29 @@ class RegistryClient:
         """Whether `url` is on the registry's own origin (the only one that gets credentials)."""
         return urlsplit(url)[:2] == self._origin
 
+    def _judge_redirect(self, url: str, target: str) -> None:
+        """Refuse a redirect off the registry's origin to an internal address
+        (in any spelling, or a name resolving to one) that is not the
+        registry's own nor allowed in `token_realms`, unless the registry is
+        itself on an internal address: a registry on the internet must not
+        lead the service to its own network (127.0.0.1, 169.254.169.254).
+        The rule of token realms (addresses.HostRule), judged by what the
+        target resolves to now; no credentials follow a redirect either way."""
+        inside = self._hosts.foreign_internal(target, inward_ok=True)
+        if inside:
+            path = ascii(urlsplit(url).path)[1:-1]  # a redirect's path is the registry's text
+            raise RegistryError(
+                f"{self.registry}: refusing the redirect of {path} to {host_port(target)}: a private "
+                f"address ({', '.join(str(ip) for ip in inside)}), and the registry is on a public one; if that host "
+                f'serves this registry\'s storage, allow it in the watchlist: token_realms = ["{host_port(target)}"] '
+                f'under [registries."{self.registry}"]'
+            )
+
     def _send_once(self, method: str, url: str, headers: Dict[str, str], stream: bool) -> httpx.Response:
-        """One request, following redirects: never to http from https, and
-        never carrying Authorization off the registry's origin (S3, GCS and
-        Azure SAS URLs reject it, and it is not theirs to see). The response's
+        """One request, following redirects: never to http from https, never
+        to another host's internal address (`_judge_redirect`), and never
+        carrying Authorization off the registry's origin (S3, GCS and Azure
+        SAS URLs reject it, and it is not theirs to see). The response's
         `url` is the one that answered."""
         for _ in range(_MAX_REDIRECTS + 1):
             request = self._http.build_request(method, url, headers=headers)
@@ -299,6 +322,7 @@ class RegistryClient:
                 raise RegistryError(f"{self.registry}: refusing redirect from https to {urlsplit(target).scheme} ({urlsplit(target).netloc})")
             if not self._on_registry(target):
                 headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
+                self._judge_redirect(url, target)
             url = target
         raise RegistryError(f"{self.registry}: more than {_MAX_REDIRECTS} redirects for {urlsplit(url).path}")
 
