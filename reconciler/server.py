@@ -49,14 +49,17 @@ KEEP_ALIVE_S = 5.0
 # on any network, and bounds how long a stranger keeps a body read open.
 BODY_TIMEOUT_S = 10.0
 # GitHub and generic bodies must be read before their HMAC can be checked: at most
-# this many such reads at once, holding at most this many bytes together. More
-# strangers get 503 at once instead of memory (a real sender retries or the
+# this many such reads at once, holding at most this many bytes together (real
+# ones are a few KiB; 4 MiB still takes four of the largest allowed). More
+# strangers get 503 at once instead of memory (a real sender retries, or the
 # next poll catches up).
 MAX_UNVERIFIED_READS = 32
-MAX_UNVERIFIED_BYTES = 8 << 20
-# All buffered bodies together, verified senders' included: 16 MiB leaves at
-# least 8 MiB to senders whose token was checked in the headers.
-MAX_BUFFERED_BYTES = 16 << 20
+MAX_UNVERIFIED_BYTES = 4 << 20
+# All buffered bodies together, verified senders' included: leaves at least
+# 4 MiB to senders whose token was checked in the headers. The process grows by
+# about twice the bytes held (copies on the way from the socket), however many
+# clients stall.
+MAX_BUFFERED_BYTES = 8 << 20
 # Open connections; more are closed on accept. Well under the usual 1024-fd limit,
 # well over what a handful of registries and status readers need.
 MAX_CONNECTIONS = 256
