@@ -120,11 +120,14 @@ def serve(watchlist: Watchlist, reconciler: Reconciler, secrets: Dict[str, str],
     service: Optional[Service] = None
     stopper: Optional[threading.Thread] = None
 
-    def stop_service_when_asked() -> None:
-        stop.wait()
+    def stop_service() -> None:
         assert service is not None
         log.info("%s: stopping", f"{received[0]} received" if received else "shutting down")
         service.stop()  # no new cycle from here; waits for the cycle in progress
+
+    def stop_service_when_asked() -> None:
+        stop.wait()
+        stop_service()
 
     try:
         service = Service(watchlist, reconciler)
@@ -153,8 +156,7 @@ def serve(watchlist: Watchlist, reconciler: Reconciler, secrets: Dict[str, str],
         if stopper is not None:
             stopper.join()
         elif service is not None and service.scheduler.running:  # failed before the stopper started
-            log.info("shutting down: stopping")
-            service.stop()
+            stop_service()
         reconciler.close()
         cycles = service.cycles_done if service is not None else 0
         log.info("stopped after %d cycle%s", cycles, "" if cycles == 1 else "s")
