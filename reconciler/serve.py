@@ -6,7 +6,8 @@ uvicorn, the scheduler and the web app they never use.
 On SIGTERM or SIGINT the scheduler stops at once (no new cycle starts), the
 cycle in progress finishes (published or aborted), and the listener stops
 accepting, closes idle connections at once and drops the rest after
-ListenerLimits.shutdown_grace_s; then the last line says "stopped after N cycles".
+ListenerLimits.shutdown_grace_s (stalled webhook bodies are answered 503);
+then the last line says "stopped after N cycles".
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .reconcile import Reconciler
-from .server import ListenerLimits, build_app
+from .server import SHUTDOWN_BACKSTOP_S, Drain, ListenerLimits, build_app
 from .service import Service
 from .watchlist import Watchlist
 
@@ -77,7 +78,13 @@ def _protocol_class(limits: ListenerLimits) -> type:
 
 class _Server(uvicorn.Server):
     """uvicorn without its own signal handling: it would re-raise SIGTERM after
-    stopping and kill the process before the current cycle can finish."""
+    stopping and kill the process before the current cycle can finish. On
+    shutdown, the app's drain starts after the grace."""
+
+    def __init__(self, config: uvicorn.Config, drain: Drain, grace_s: float) -> None:
+        super().__init__(config)
+        self.drain = drain
+        self.grace_s = grace_s
 
     @contextlib.contextmanager
     def capture_signals(self):  # type: ignore[override]  # uvicorn >= 0.29
@@ -87,14 +94,17 @@ class _Server(uvicorn.Server):
         pass
 
     async def shutdown(self, sockets: Optional[List[socket.socket]] = None) -> None:
-        # uvicorn closes idle connections and, after timeout_graceful_shutdown,
-        # cancels the requests still running, but leaves their sockets open.
+        # uvicorn closes idle connections at once and waits for the others; after
+        # the grace the drain answers the stalled body reads. Past
+        # timeout_graceful_shutdown it cancels what still runs, but leaves the
+        # sockets open: dropped here.
+        asyncio.get_running_loop().call_later(self.grace_s, self.drain.start)
         await super().shutdown(sockets)
         stalled = list(self.server_state.connections)
         for connection in stalled:
             connection.transport.abort()
         if stalled:
-            log.info("dropped %d connection%s that did not finish within the shutdown grace",
+            log.warning("dropped %d connection%s still open after the shutdown grace",
                      len(stalled), "" if len(stalled) == 1 else "s")
 
 
@@ -132,12 +142,13 @@ def serve(watchlist: Watchlist, reconciler: Reconciler, secrets: Dict[str, str],
     try:
         service = Service(watchlist, reconciler)
         if listener is not None:
-            config = uvicorn.Config(build_app(service, secrets, limits), log_level="warning", lifespan="off",
+            drain = Drain()
+            config = uvicorn.Config(build_app(service, secrets, limits, drain), log_level="warning", lifespan="off",
                                     access_log=False, http=_protocol_class(limits),
                                     timeout_keep_alive=limits.keep_alive_s,  # type: ignore[arg-type]
-                                    timeout_graceful_shutdown=limits.shutdown_grace_s,  # type: ignore[arg-type]
+                                    timeout_graceful_shutdown=limits.shutdown_grace_s + SHUTDOWN_BACKSTOP_S,  # type: ignore[arg-type]
                                     h11_max_incomplete_event_size=MAX_HEAD_BYTES)
-            server = _Server(config)
+            server = _Server(config, drain, limits.shutdown_grace_s)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, on_signal)
         service.start()

@@ -22,7 +22,7 @@ import logging
 import re
 import time
 from dataclasses import dataclass
-from typing import Dict, Iterator, Optional
+from typing import Dict, Iterator, Optional, Set
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
@@ -63,9 +63,11 @@ MAX_BUFFERED_BYTES = 8 << 20
 # Open connections; more are closed on accept. Well under the usual 1024-fd limit,
 # well over what a handful of registries and status readers need.
 MAX_CONNECTIONS = 256
-# On SIGTERM, requests in progress get this long to finish before their
-# connections are dropped (idle ones are closed at once).
+# On SIGTERM, requests in progress get this long to finish (idle connections
+# are closed at once); then body reads still waiting are answered 503, and
+# whatever is left after SHUTDOWN_BACKSTOP_S more is cancelled and dropped.
 SHUTDOWN_GRACE_S = 3.0
+SHUTDOWN_BACKSTOP_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -169,6 +171,50 @@ async def _read_capped(request: Request, hold: BodyHold) -> bytes:
     return bytes(body)
 
 
+class Drain:
+    """Started when the listener stops: body reads still waiting then end at
+    once (answered 503), so the shutdown need not cancel their handlers. Used
+    on the event loop's thread only; bound to no loop until a read waits."""
+
+    def __init__(self) -> None:
+        self.started = False
+        self._waiting: "Set[asyncio.Future[None]]" = set()
+
+    def start(self) -> None:
+        self.started = True
+        for future in self._waiting:
+            if not future.done():
+                future.set_result(None)
+
+    async def wait(self) -> None:
+        """Return once started."""
+        if self.started:
+            return
+        future = asyncio.get_running_loop().create_future()
+        self._waiting.add(future)
+        try:
+            await future
+        finally:
+            self._waiting.discard(future)
+
+
+async def _read_within(request: Request, hold: BodyHold, timeout: float, drain: Drain) -> bytes:
+    """`_read_capped`, but HookRejected 408 after `timeout` seconds and 503
+    as soon as the drain starts."""
+    read = asyncio.ensure_future(_read_capped(request, hold))
+    stopping = asyncio.ensure_future(drain.wait())
+    try:
+        done, _ = await asyncio.wait({read, stopping}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (read, stopping):
+            task.cancel()  # the one still waiting; no-op on a finished one
+    if read in done:
+        return read.result()
+    if stopping in done:
+        raise HookRejected(503, "the service is stopping; send the hook again later")
+    raise HookRejected(408, f"the body did not arrive within {timeout:g} s")
+
+
 # Answers that end the connection: the client may still be sending a body we
 # will not read, and a stalled client must not keep the socket.
 _CLOSE = {"Connection": "close"}
@@ -181,10 +227,13 @@ def _refused(request: Request, provider: str, exc: HookRejected) -> Response:
     return JSONResponse({"error": str(exc)}, status_code=exc.status, headers=headers)
 
 
-def build_app(service: Service, secrets: Dict[str, str], limits: ListenerLimits = ListenerLimits()) -> Starlette:
-    """The ASGI application of a running service."""
+def build_app(service: Service, secrets: Dict[str, str], limits: ListenerLimits = ListenerLimits(),
+              drain: Optional[Drain] = None) -> Starlette:
+    """The ASGI application of a running service; `drain`, when given, ends its
+    waiting body reads when the listener stops."""
     replays = ReplayGuard()
     budget = BodyBudget(limits)
+    drain = Drain() if drain is None else drain
     entries = [(e.index, e.source.registry, e.source.repository) for e in service.watchlist.images]
 
     async def hook(request: Request) -> Response:
@@ -206,10 +255,7 @@ def build_app(service: Service, secrets: Dict[str, str], limits: ListenerLimits 
         verified = checked.signature is None
         try:
             with budget.hold(verified) as hold:
-                try:
-                    body = await asyncio.wait_for(_read_capped(request, hold), limits.body_timeout_s)
-                except asyncio.TimeoutError:
-                    raise HookRejected(408, f"the body did not arrive within {limits.body_timeout_s:g} s") from None
+                body = await _read_within(request, hold, limits.body_timeout_s, drain)
                 hints = verify_body(checked, secret, body, now=now, replays=replays)
         except HookRejected as exc:
             service.metrics.hooks.labels(provider, _OUTCOMES.get(exc.status, "rejected")).inc()

@@ -93,6 +93,9 @@ def test_sigterm_with_stalled_connections_exits_promptly_and_starts_no_cycle(tmp
     assert code == 0, f"exit {code} (None: still running 20 s after SIGTERM); {messages[-10:]}"
     assert took < 3.0 + 5, f"{took:.1f} s from SIGTERM to exit"
     assert "SIGTERM received: stopping" in messages
+    # The stalled reads were answered (503, "stopping"), not cancelled with a traceback.
+    assert "Traceback" not in service.log_path.read_text()
+    assert any("the service is stopping" in m for m in messages), messages
     # No cycle started after the signal: the nudged one never ran.
     assert sum(m.startswith("cycle done") for m in messages) == cycles_before, messages
     assert messages[-1] == f"stopped after {cycles_before} cycle{'' if cycles_before == 1 else 's'}", messages[-5:]
