@@ -31,6 +31,11 @@ from .watchlist import Watchlist
 # A request head larger than this is refused (400) before it is complete
 # (h11's own default, made explicit: headers of any real webhook fit many times).
 MAX_HEAD_BYTES = 16 << 10
+# Connections waiting in the kernel to be accepted. asyncio accepts up to this
+# many in one go before the cap on open connections can close the extra ones,
+# so it also bounds how far a burst overshoots that cap (uvicorn's 2048 would
+# let a burst open 2048 fds for a moment).
+LISTEN_BACKLOG = 64
 
 log = logging.getLogger("reconciler")
 
@@ -147,7 +152,7 @@ def serve(watchlist: Watchlist, reconciler: Reconciler, secrets: Dict[str, str],
                                     access_log=False, http=_protocol_class(limits),
                                     timeout_keep_alive=limits.keep_alive_s,  # type: ignore[arg-type]
                                     timeout_graceful_shutdown=limits.shutdown_grace_s + SHUTDOWN_BACKSTOP_S,  # type: ignore[arg-type]
-                                    h11_max_incomplete_event_size=MAX_HEAD_BYTES)
+                                    h11_max_incomplete_event_size=MAX_HEAD_BYTES, backlog=LISTEN_BACKLOG)
             server = _Server(config, drain, limits.shutdown_grace_s)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, on_signal)

@@ -66,6 +66,7 @@ class Stallers:
     sockets: List[socket.socket] = field(default_factory=list)
     threads: List[threading.Thread] = field(default_factory=list)
     done: threading.Event = field(default_factory=threading.Event)
+    trickling: List[int] = field(default_factory=list)  # one item per trickle that has sent its first bytes
 
     def _connect(self) -> socket.socket:
         sock = socket.create_connection(("127.0.0.1", self.port), timeout=5)
@@ -97,6 +98,7 @@ class Stallers:
         def run() -> None:
             try:
                 sock.sendall(first)
+                self.trickling.append(1)
                 for i in range(len(payload)):
                     if self.done.wait(every):
                         return

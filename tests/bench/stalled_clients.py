@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Dict
 
-from tests.registry_server import start_registry
+from tests.registry_server import start_registry, wait_until
 from tests.stalled_clients import ROOT, ServiceProcess, Stallers, fd_count, rss_kib, start_service
 
 KINDS = ("half_head", "trickle_head", "forged_body", "trickle_body")
@@ -83,8 +83,11 @@ def main() -> int:
             service = start_service(work, registry.host, results["limits"])  # type: ignore[arg-type]
             stallers = Stallers(service.port)
             try:
-                for kind in KINDS:
+                # The slow one first, so the others are all still stalled at the signal.
+                for kind in ("forged_body", "half_head", "trickle_head", "trickle_body"):
                     getattr(stallers, kind)(args.clients)
+                wait_until(lambda: len(stallers.trickling) == 2 * args.clients, timeout=30,
+                           what="every trickling client to have started")
                 fds = fd_count(service.proc.pid)
                 started = time.monotonic()
                 code = service.terminate(timeout=args.wait)
