@@ -45,7 +45,9 @@ def _protocol_class(limits: ListenerLimits) -> type:
     head (after connecting, and after each response on a kept-alive
     connection) and a cap on open connections. uvicorn's keep-alive timer is
     cancelled by any byte received, so alone it lets a client that sends half
-    a head hold the connection for ever."""
+    a head hold the connection for ever. Always h11 (never httptools, even
+    when installed): this relies on H11Protocol's `cycle`, `connections`,
+    `transport` and `on_response_complete`."""
 
     class DeadlineProtocol(H11Protocol):
         _head_deadline: Optional[asyncio.TimerHandle] = None
@@ -110,7 +112,7 @@ class _Server(uvicorn.Server):
             connection.transport.abort()
         if stalled:
             log.warning("dropped %d connection%s still open after the shutdown grace",
-                     len(stalled), "" if len(stalled) == 1 else "s")
+                        len(stalled), "" if len(stalled) == 1 else "s")
 
 
 def serve(watchlist: Watchlist, reconciler: Reconciler, secrets: Dict[str, str],
