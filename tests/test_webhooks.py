@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -480,11 +481,10 @@ def test_hook_secrets_are_read_as_registry_passwords_are(tmp_path):
         load_hook_secrets({"github": WebhookConfig("github", token_file=str(tmp_path / "missing"))}, "w")
 
 
-def test_a_client_that_never_reads_its_answer_is_dropped_after_the_head_timeout(client):
-    # A big status page asked for by a client that never reads it: the answer
-    # waits in the connection's buffer. uvicorn's keep-alive timer closes such a
-    # connection gracefully, i.e. after the buffer is sent: never. The head
-    # deadline (no next request in time) drops it, buffer and all.
+@contextlib.contextmanager
+def listening(app, limits):
+    """The app on a real uvicorn with the service's protocol (serve.py), on a
+    free loopback port, in a thread; yields (server, address)."""
     import socket
     import threading
 
@@ -493,25 +493,61 @@ def test_a_client_that_never_reads_its_answer_is_dropped_after_the_head_timeout(
     from reconciler.serve import _protocol_class
     from tests.registry_server import wait_until
 
-    client.service.status = lambda: {"images": ["x" * 1000] * 8_000}  # 8 MB of JSON
-    limits = ListenerLimits(head_timeout_s=1.0)
     listener = socket.create_server(("127.0.0.1", 0))
-    config = uvicorn.Config(build_app(client.service, {}, limits), http=_protocol_class(limits), lifespan="off",
-                            log_level="warning", timeout_keep_alive=1)
+    config = uvicorn.Config(app, http=_protocol_class(limits), lifespan="off", log_level="warning",
+                            timeout_keep_alive=1)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
     thread.start()
-    reader = socket.socket()
     try:
         wait_until(lambda: server.started, timeout=10, what="the server to start")
+        yield server, listener.getsockname()
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        listener.close()
+
+
+def test_a_client_that_never_reads_its_answer_is_dropped_after_the_head_timeout(client):
+    # A big status page asked for by a client that never reads it: the answer
+    # waits in the connection's buffer. uvicorn's keep-alive timer closes such a
+    # connection gracefully, i.e. after the buffer is sent: never. The head
+    # deadline (no next request in time) drops it, buffer and all.
+    import socket
+
+    from tests.registry_server import wait_until
+
+    client.service.status = lambda: {"images": ["x" * 1000] * 8_000}  # 8 MB of JSON
+    limits = ListenerLimits(head_timeout_s=1.0)
+    with listening(build_app(client.service, {}, limits), limits) as (server, address), socket.socket() as reader:
         reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        reader.connect(listener.getsockname())
+        reader.connect(address)
         reader.sendall(b"GET /status HTTP/1.1\r\nHost: x\r\n\r\n")
         wait_until(lambda: server.server_state.total_requests == 1, timeout=10, what="the answer to be written")
         wait_until(lambda: not server.server_state.connections, timeout=5,
                    what="the connection of a client that does not read to be dropped")
-    finally:
-        reader.close()
-        server.should_exit = True
-        thread.join(10)
-        listener.close()
+
+
+def test_connections_over_the_cap_are_closed_at_once(client):
+    import socket
+
+    from tests.registry_server import wait_until
+
+    limits = ListenerLimits(connections=3, head_timeout_s=60)
+    with listening(build_app(client.service, {}, limits), limits) as (server, address):
+        quiet = [socket.create_connection(address, timeout=5) for _ in range(6)]
+        try:
+            wait_until(lambda: len(server.server_state.connections) == 3, timeout=5, what="3 connections kept")
+            closed = 0
+            for sock in quiet:
+                sock.setblocking(False)
+                try:
+                    closed += sock.recv(1) == b""
+                except BlockingIOError:
+                    pass  # still open: nothing sent, nothing to read
+                except ConnectionResetError:
+                    closed += 1
+            assert closed == 3
+        finally:
+            for sock in quiet:
+                sock.close()
