@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -119,13 +120,20 @@ VALID = [
                                                       "updated_tags": ["1"]}).encode(), [4]),
     ("github", "/hooks/github", {"X-Hub-Signature-256": github_sig(GITHUB_BODY), "X-GitHub-Event": "package"},
      GITHUB_BODY, [3]),
-    ("generic", "/hooks/generic", generic_headers(GENERIC_BODY), GENERIC_BODY, [1]),
+    # A callable: signed when the test runs, so the timestamp is fresh however
+    # long the suite took to get here (it once failed after 5 minutes).
+    ("generic", "/hooks/generic", lambda: generic_headers(GENERIC_BODY), GENERIC_BODY, [1]),
 ]
+
+
+def headers_now(headers):
+    """`headers`, or what it makes when it is a callable (headers signed now)."""
+    return headers() if callable(headers) else headers
 
 
 @pytest.mark.parametrize("provider,path,headers,body,expected", VALID, ids=[v[0] for v in VALID])
 def test_valid_hook_nudges_only_the_matching_entry(client, provider, path, headers, body, expected):
-    response = client.post(path, content=body, headers=headers)
+    response = client.post(path, content=body, headers=headers_now(headers))
     assert response.status_code == 202
     assert client.service.nudged == [expected]
 
@@ -141,8 +149,9 @@ INVALID = [
     ("harbor", "/hooks/harbor", {"Authorization": SECRET}, b'{"type": "PUSH_ARTIFACT"}', 400),
     ("quay", f"/hooks/quay/{SECRET}", {}, b'["not", "an", "object"]', 400),
     ("github", "/hooks/github", {"X-Hub-Signature-256": github_sig(GITHUB_BODY, "other-secret")}, GITHUB_BODY, 401),
-    ("generic", "/hooks/generic", generic_headers(GENERIC_BODY, stamp=str(int(time.time()) - 3600)), GENERIC_BODY, 401),
-    ("generic", "/hooks/generic", generic_headers(GENERIC_BODY, secret="other-secret"), GENERIC_BODY, 401),
+    ("generic", "/hooks/generic", lambda: generic_headers(GENERIC_BODY, stamp=str(int(time.time()) - 3600)),
+     GENERIC_BODY, 401),
+    ("generic", "/hooks/generic", lambda: generic_headers(GENERIC_BODY, secret="other-secret"), GENERIC_BODY, 401),
     ("nonesuch", "/hooks/nonesuch", {}, b"{}", 404),
 ]
 
@@ -150,7 +159,7 @@ INVALID = [
 @pytest.mark.parametrize("provider,path,headers,body,status", INVALID,
                          ids=[f"{i[0]}-{i[4]}-{n}" for n, i in enumerate(INVALID)])
 def test_invalid_hook_changes_nothing(client, provider, path, headers, body, status):
-    response = client.post(path, content=body, headers=headers)
+    response = client.post(path, content=body, headers=headers_now(headers))
     assert response.status_code == status
     assert client.service.nudged == []
 
@@ -223,7 +232,7 @@ REFUSED_BEFORE_THE_BODY = [
     ("github-malformed-signature", "/hooks/github", {"X-Hub-Signature-256": "sha256=not-hex"}),
     ("github-bad-delivery", "/hooks/github", {"X-Hub-Signature-256": well_formed_signature(),
                                               "X-GitHub-Delivery": "x" * 500}),
-    ("generic-missing-signature", "/hooks/generic", {"X-Reconciler-Timestamp": str(int(time.time()))}),
+    ("generic-missing-signature", "/hooks/generic", lambda: {"X-Reconciler-Timestamp": str(int(time.time()))}),
     ("generic-missing-timestamp", "/hooks/generic", {"X-Reconciler-Signature": well_formed_signature()}),
     ("generic-nan", "/hooks/generic", {"X-Reconciler-Timestamp": "nan",
                                        "X-Reconciler-Signature": well_formed_signature()}),
@@ -233,7 +242,7 @@ REFUSED_BEFORE_THE_BODY = [
 @pytest.mark.parametrize("name,path,headers", REFUSED_BEFORE_THE_BODY, ids=[r[0] for r in REFUSED_BEFORE_THE_BODY])
 def test_bad_headers_are_refused_without_reading_the_body(client, name, path, headers):
     body = RecordingBody()
-    response = client.post(path, content=body, headers=headers)
+    response = client.post(path, content=body, headers=headers_now(headers))
     assert response.status_code == 401
     assert body.sent == 0, f"the app read {body.sent} bytes of a request it could refuse from its headers"
     assert client.service.nudged == []
@@ -325,3 +334,220 @@ def test_replay_guard_forgets_after_its_memory():
     assert len(guard) == 2  # a refused call remembers nothing new
     assert guard.first_time("a", now=REPLAY_MEMORY_S + 1)
     assert len(guard) == 1
+
+
+def test_signed_cases_are_signed_when_they_run(client, monkeypatch):
+    # The suite may take longer than the replay window to reach a test (CI on a
+    # slow machine did): signed at import, the generic case then failed with 401.
+    from reconciler.webhooks import REPLAY_WINDOW_S
+    later = time.time() + 2 * REPLAY_WINDOW_S
+    monkeypatch.setattr(time, "time", lambda: later)
+    _, path, headers, body, expected = next(v for v in VALID if v[0] == "generic")
+    headers = headers() if callable(headers) else headers
+    assert client.post(path, content=body, headers=headers).status_code == 202
+    assert client.service.nudged == [expected]
+
+
+# --- the listener's limits (issue 19: "nothing from outside can stop the service") ---
+
+from reconciler.server import ListenerLimits  # noqa: E402  (kept beside the tests that use it)
+from reconciler.registry.credentials import read_secret  # noqa: E402
+
+
+def app_for(client, **limits):
+    """The test app again, with other listener limits."""
+    secrets = {p: SECRET for p in ("distribution", "github", "generic")}
+    return build_app(client.service, secrets, ListenerLimits(**limits))
+
+
+class Stalled:
+    """A request body that sends `first`, then nothing until released (a client gone quiet)."""
+
+    def __init__(self, first: bytes = b'{"package": ') -> None:
+        self.first = first
+        self.released = asyncio.Event()
+        self.quiet = False  # the app has taken the first chunk and waits for more
+
+    async def __aiter__(self):
+        yield self.first
+        self.quiet = True
+        await self.released.wait()
+
+
+async def until(predicate, what: str, timeout: float = 5.0) -> None:
+    """Poll `predicate` on the event loop until true; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)
+
+
+def run_requests(app, scenario):
+    """Run `scenario(client)` against the app in one event loop, at most 10 s."""
+    async def go():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://hooks") as c:
+            return await asyncio.wait_for(scenario(c), 10)
+    return asyncio.run(go())
+
+
+def test_a_body_that_stops_arriving_is_answered_408_and_the_connection_closed(client):
+    app = app_for(client, body_timeout_s=0.3)
+
+    async def scenario(c):
+        return await c.post("/hooks/github", content=Stalled(), headers={"X-Hub-Signature-256": well_formed_signature()})
+
+    response = run_requests(app, scenario)
+    assert response.status_code == 408, response.text
+    assert response.headers["connection"] == "close"
+    assert "did not arrive within 0.3 s" in response.json()["error"]
+    assert client.service.nudged == []
+
+
+def test_unverified_body_reads_beyond_the_cap_get_503_at_once_and_token_hooks_still_pass(client):
+    app = app_for(client, unverified_reads=2, body_timeout_s=8)
+    forged = {"X-Hub-Signature-256": well_formed_signature()}
+
+    async def scenario(c):
+        stalled = [Stalled(), Stalled()]
+        held = [asyncio.ensure_future(c.post("/hooks/github", content=body, headers=forged)) for body in stalled]
+        await until(lambda: all(body.quiet for body in stalled), "both stalled bodies to be read from")
+        third = await c.post("/hooks/github", content=GITHUB_BODY, headers=github_headers(GITHUB_BODY, "cap-1"))
+        token = await c.post("/hooks/distribution", content=envelope("team/app"),
+                             headers={"Authorization": f"Bearer {SECRET}"})
+        for body in stalled:
+            body.released.set()
+        return third, token, await asyncio.gather(*held)
+
+    third, token, held = run_requests(app, scenario)
+    assert third.status_code == 503 and "unverified webhook bodies" in third.json()["error"]
+    assert third.headers["connection"] == "close"
+    assert token.status_code == 202  # its sender was verified by the header: no unverified slot needed
+    assert [r.status_code for r in held] == [401, 401]  # released: read to the end, then refused (forged)
+    assert client.service.nudged == [[1]]
+
+
+def test_unverified_bodies_over_the_byte_budget_are_refused_before_they_are_read(client):
+    app = AppClient(app_for(client, unverified_bytes=256 << 10))
+    body = RecordingBody(total=1 << 20, chunk=64 << 10)
+    response = app.post("/hooks/github", content=body, headers={"X-Hub-Signature-256": well_formed_signature()})
+    assert response.status_code == 503, response.text
+    assert body.sent <= (256 << 10) + (64 << 10), f"{body.sent} bytes read of a stranger's body"
+    # A verified sender is not held to the strangers' share...
+    body = RecordingBody(total=1 << 20, chunk=64 << 10)
+    response = app.post("/hooks/distribution", content=body, headers={"Authorization": f"Bearer {SECRET}"})
+    assert response.status_code == 400 and body.sent == 1 << 20  # read whole: not JSON
+    # ...only to the total.
+    app = AppClient(app_for(client, buffered_bytes=256 << 10))
+    body = RecordingBody(total=1 << 20, chunk=64 << 10)
+    response = app.post("/hooks/distribution", content=body, headers={"Authorization": f"Bearer {SECRET}"})
+    assert response.status_code == 503 and body.sent < 1 << 20
+
+
+@pytest.mark.parametrize("path", ["/status", "/"])
+def test_pages_do_not_block_the_event_loop(client, path):
+    # A status that takes long (the state database busy recording a cycle) must
+    # not hold up webhooks and health checks: the page runs in a worker thread.
+    import threading
+    release = threading.Event()
+    entered, waited = [], []
+
+    def slow_status():
+        entered.append(True)
+        waited.append(release.wait(5))  # True: /healthz answered while this waited
+        return {"images": []}
+
+    client.service.status = slow_status
+    app = build_app(client.service, {"distribution": SECRET})
+
+    async def scenario(c):
+        page = asyncio.ensure_future(c.get(path))
+        await until(lambda: entered, "the page handler to ask for the status")
+        health = await c.get("/healthz")
+        release.set()
+        return health, await page
+
+    health, page = run_requests(app, scenario)
+    assert health.status_code == 200 and page.status_code == 200
+    assert waited == [True], "the status handler blocked the event loop until it gave up waiting"
+
+
+def test_hook_secrets_are_read_as_registry_passwords_are(tmp_path):
+    # One reader: only the file's trailing line break is dropped, as for a registry password.
+    (tmp_path / "tok").write_text(f" {SECRET} \r\n")
+    secrets = load_hook_secrets({"github": WebhookConfig("github", token_file=str(tmp_path / "tok"))}, "w")
+    assert secrets == {"github": read_secret(owner="w", password_file=str(tmp_path / "tok"))} == \
+        {"github": f" {SECRET} "}
+    with pytest.raises(ConfigError, match=r"^w: webhooks.github.token_file: cannot read .*missing"):
+        load_hook_secrets({"github": WebhookConfig("github", token_file=str(tmp_path / "missing"))}, "w")
+
+
+@contextlib.contextmanager
+def listening(app, limits):
+    """The app on a real uvicorn with the service's protocol (serve.py), on a
+    free loopback port, in a thread; yields (server, address)."""
+    import socket
+    import threading
+
+    import uvicorn
+
+    from reconciler.serve import _protocol_class
+    from tests.registry_server import wait_until
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    config = uvicorn.Config(app, http=_protocol_class(limits), lifespan="off", log_level="warning",
+                            timeout_keep_alive=1)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: server.started, timeout=10, what="the server to start")
+        yield server, listener.getsockname()
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        listener.close()
+
+
+def test_a_client_that_never_reads_its_answer_is_dropped_after_the_head_timeout(client):
+    # A big status page asked for by a client that never reads it: the answer
+    # waits in the connection's buffer. uvicorn's keep-alive timer closes such a
+    # connection gracefully, i.e. after the buffer is sent: never. The head
+    # deadline (no next request in time) drops it, buffer and all.
+    import socket
+
+    from tests.registry_server import wait_until
+
+    client.service.status = lambda: {"images": ["x" * 1000] * 8_000}  # 8 MB of JSON
+    limits = ListenerLimits(head_timeout_s=1.0)
+    with listening(build_app(client.service, {}, limits), limits) as (server, address), socket.socket() as reader:
+        reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        reader.connect(address)
+        reader.sendall(b"GET /status HTTP/1.1\r\nHost: x\r\n\r\n")
+        wait_until(lambda: server.server_state.total_requests == 1, timeout=10, what="the answer to be written")
+        wait_until(lambda: not server.server_state.connections, timeout=5,
+                   what="the connection of a client that does not read to be dropped")
+
+
+def test_connections_over_the_cap_are_closed_at_once(client):
+    import socket
+
+    from tests.registry_server import wait_until
+
+    limits = ListenerLimits(connections=3, head_timeout_s=60)
+    with listening(build_app(client.service, {}, limits), limits) as (server, address):
+        quiet = [socket.create_connection(address, timeout=5) for _ in range(6)]
+        try:
+            wait_until(lambda: len(server.server_state.connections) == 3, timeout=5, what="3 connections kept")
+            closed = 0
+            for sock in quiet:
+                sock.setblocking(False)
+                try:
+                    closed += sock.recv(1) == b""
+                except BlockingIOError:
+                    pass  # still open: nothing sent, nothing to read
+                except ConnectionResetError:
+                    closed += 1
+            assert closed == 3
+        finally:
+            for sock in quiet:
+                sock.close()

@@ -162,24 +162,28 @@ class DockerConfig:
 
 
 def read_secret(*, owner: str, password_file: Optional[str] = None, password_env: Optional[str] = None,
-                env: Optional[Mapping[str, str]] = None) -> str:
-    """Read a password from a file or an environment variable.
+                env: Optional[Mapping[str, str]] = None, file_key: str = "password_file",
+                env_key: str = "password_env") -> str:
+    """Read a secret from a file (its trailing line break dropped, nothing
+    else) or an environment variable (as it is). The one reader of every
+    configured secret: registry passwords and webhook tokens.
 
     `owner` names the configuration entry for error messages
-    (e.g. `watchlist.toml: registries."ghcr.io"`).
+    (e.g. `watchlist.toml: registries."ghcr.io"`), `file_key` and `env_key`
+    the keys that name the file and the variable there.
     """
     env = os.environ if env is None else env
     if password_file:
         try:
             return Path(password_file).read_text(encoding="utf-8").rstrip("\r\n")
         except OSError as exc:
-            raise CredentialError(f"{owner}.password_file: cannot read {password_file}: {exc.strerror}") from None
+            raise CredentialError(f"{owner}.{file_key}: cannot read {password_file}: {exc.strerror}") from None
     if password_env:
         value = env.get(password_env)
         if value is None:
-            raise CredentialError(f"{owner}.password_env: environment variable {password_env} is not set")
+            raise CredentialError(f"{owner}.{env_key}: environment variable {password_env} is not set")
         return value
-    raise CredentialError(f"{owner}: username given without password_file or password_env")
+    raise CredentialError(f"{owner}: username given without {file_key} or {env_key}")
 
 
 @dataclass
