@@ -512,6 +512,10 @@ def _check_selection(sec: _Section, tags: Optional[List[str]], tag_pattern: Opti
             re.compile(tag_pattern)
         except re.error as exc:
             raise sec.error("tag_pattern", f"not a valid regular expression: {exc}") from None
+        except OverflowError:  # `a{99999999999}`: a repeat count over re's limit
+            raise sec.error("tag_pattern", "not a valid regular expression: a repetition count is too large") from None
+        except RecursionError:  # thousands of nested groups
+            raise sec.error("tag_pattern", "not a valid regular expression: groups are nested too deeply") from None
     if semver:
         try:
             SpecifierSet(semver)

@@ -1,0 +1,110 @@
+"""The watchlist (watchlist.py `load_watchlist`): an operator's file, but
+every mistake in it must come back as a ConfigError that names the file and
+key, never as a traceback."""
+
+from __future__ import annotations
+
+import datetime
+import math
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+from hypothesis import example, given
+from hypothesis import strategies as st
+
+from reconciler.errors import ConfigError
+from reconciler.watchlist import Watchlist, load_watchlist
+from tests.fuzz.budget import budget
+
+# Values an operator might plausibly write, and some no one would.
+PLAUSIBLE_STRINGS = [
+    "local", "cvmfs", "publish", "/tmp/x", "~", "~nosuchuser/x", "a\0b", "", " ", "..", "../x", "/",
+    "15m", "1h30m", "2d", "0s", "9" * 400 + "s", "50GiB", "1e309GiB", "9" * 400 + "MB", "500 MB",
+    "linux/amd64", "linux/arm64/v8", "linux", "a/b/c/d", "//",
+    "127.0.0.1:8080", "[::1]:8080", "[::1]", "0.0.0.0:0", "host:99999", "::1:80", "[zz]:1", "h:٨٠",
+    "docker.io/library/alpine", "alpine", "ghcr.io/a/b:tag", "reg.example.org:5000/a/b", "A/B", "a@sha256:x",
+    "v1", "-bad", "latest", "^v[0-9]+$", "(", "[", "a{99999999999}", "(?P<x>", "*", ">=1.2,<2", "~=1", "==",
+    "containers.example.org", "ligo", "/abs", "a/../b", "PASSWORD_ENV", "http://mirror:5000", "ftp://x",
+    "registry.example.org", "auth.internal", "10.0.0.5:5001", "github", "generic", "nosuch",
+]
+strings = st.one_of(st.sampled_from(PLAUSIBLE_STRINGS), st.text(max_size=12))
+scalars = st.one_of(
+    strings, st.integers(min_value=-(2**63), max_value=2**63 - 1), st.booleans(),
+    st.floats(allow_nan=True), st.just(math.inf),
+    st.datetimes(), st.dates(), st.times(), st.just(datetime.datetime(2024, 1, 1, tzinfo=datetime.timezone.utc)),
+)
+values = st.recursive(scalars, lambda inner: st.one_of(
+    st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=6), inner, max_size=3)), max_leaves=8)
+
+
+def table(keys, extra=True):
+    """A table of (mostly) known keys with plausible or arbitrary values."""
+    key = st.one_of(st.sampled_from(keys), st.text(max_size=8)) if extra else st.sampled_from(keys)
+    return st.dictionaries(key, st.one_of(strings, values, st.lists(strings, max_size=3)), max_size=len(keys))
+
+
+image = table(["source", "tags", "tag_pattern", "semver", "newest", "dest", "platforms", "interval"])
+hosts = st.one_of(st.sampled_from(["registry.example.org", "127.0.0.1:5000", "docker.io", "index.docker.io",
+                                   "https://x", "[::1]:5000", "a b", ""]), st.text(max_size=10))
+document = st.fixed_dictionaries({}, optional={
+    "publish": table(["backend", "root", "repository", "lease_path", "bind_points", "gc_grace", "gc_max_per_cycle"]),
+    "state": table(["dir", "blob_cache_max"]),
+    "defaults": table(["interval", "platforms"]),
+    "registries": st.dictionaries(hosts, table(["insecure", "username", "password_file", "password_env", "mirror",
+                                                "max_concurrency", "token_realms"], extra=False), max_size=2),
+    "service": table(["listen"]),
+    "webhooks": st.dictionaries(st.sampled_from(["github", "generic", "gitlab", "nosuch"]),
+                                table(["token_env", "token_file"], extra=False), max_size=2),
+    "image": st.one_of(st.lists(image, max_size=3), image),
+    "extra": values,
+})
+
+
+def load(text: str) -> None:
+    """Load `text` as a watchlist: a Watchlist or a ConfigError, nothing else."""
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "watchlist.toml"
+        path.write_text(text, encoding="utf-8", errors="surrogatepass")
+        try:
+            watchlist = load_watchlist(path)
+        except ConfigError as exc:
+            assert str(exc), "a ConfigError says what is wrong"
+            return
+        assert isinstance(watchlist, Watchlist)
+
+
+@given(document)
+@budget(400)
+@example({"image": [{"source": "alpine", "tag_pattern": "a{99999999999}"}]})  # OverflowError
+@example({"image": [{"source": "alpine", "tag_pattern": "(" * 5000 + ")" * 5000}]})  # RecursionError
+@example({"image": [{"source": "alpine", "semver": "~=1"}]})
+@example({"state": {"blob_cache_max": "9" * 400 + "MB"}})
+@example({"defaults": {"interval": "9" * 5000 + "s"}})
+@example({"publish": {"root": "~nosuchuser/x"}})
+@example({"image": [{"source": "alpine", "tags": ["v1"], "dest": "a/b:c"}]})
+@example({"registries": {"registry.example.org": {"username": "u", "password_env": "P", "token_realms": ["[zz]"]}}})
+@example({"service": {"listen": "h:٨٠"}})
+def test_generated_watchlists_load_or_raise_config_error(doc: dict) -> None:
+    load(tomli_w.dumps(doc))
+
+
+@given(st.one_of(st.text(max_size=300), st.text(st.sampled_from('[]="\n.abimgesourctag=\\ 1,{}\'#'), max_size=200)))
+@budget(200)
+@example("[[image]]\nsource = 'alpine'\ntags = ['v1']\n[image]\n")
+@example("a = 1\na = 2\n")
+@example("x = \"\\ud800\"\n")
+def test_any_text_loads_or_raises_config_error(text: str) -> None:
+    load(text)
+
+
+def test_a_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "watchlist.toml"
+    path.write_bytes(b"[publish]\nroot = \"\xff\"\n")
+    try:
+        load_watchlist(path)
+    except ConfigError as exc:
+        assert "UTF-8" in str(exc)
+    else:
+        raise AssertionError("a file that is not UTF-8 was accepted")
