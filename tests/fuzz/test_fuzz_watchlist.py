@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime
 import math
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -15,13 +16,13 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from reconciler.errors import ConfigError
-from reconciler.watchlist import Watchlist, load_watchlist
+from reconciler.watchlist import MAX_DURATION_S, Watchlist, load_watchlist, parse_duration, parse_listen, parse_size
 from tests.fuzz.budget import budget
 
 # Values an operator might plausibly write, and some no one would.
 PLAUSIBLE_STRINGS = [
     "local", "cvmfs", "publish", "/tmp/x", "~", "~nosuchuser/x", "a\0b", "", " ", "..", "../x", "/",
-    "15m", "1h30m", "2d", "0s", "9" * 400 + "s", "50GiB", "1e309GiB", "9" * 400 + "MB", "500 MB",
+    "15m", "1h30m", "2d", "0s", "0m", "1s", "3650d", "3651d", "1000000000d", "9" * 400 + "s", "٣m", "50GiB", "1e309GiB", "9" * 400 + "MB", "500 MB",
     "linux/amd64", "linux/arm64/v8", "linux", "a/b/c/d", "//",
     "127.0.0.1:8080", "[::1]:8080", "[::1]", "0.0.0.0:0", "host:99999", "::1:80", "[zz]:1", "h:٨٠",
     "docker.io/library/alpine", "alpine", "ghcr.io/a/b:tag", "reg.example.org:5000/a/b", "A/B", "a@sha256:x",
@@ -73,6 +74,17 @@ def load(text: str) -> None:
             assert str(exc), "a ConfigError says what is wrong"
             return
         assert isinstance(watchlist, Watchlist)
+        check_usable(watchlist)
+
+
+def check_usable(watchlist: Watchlist) -> None:
+    """What loads can be used: intervals the scheduler can add to a date (and
+    that are not 0: a poll a second), a grace period a date can be moved by."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    for seconds in [watchlist.interval] + [entry.interval for entry in watchlist.images]:
+        assert seconds >= 1, seconds
+        now + datetime.timedelta(seconds=seconds)
+    now - datetime.timedelta(seconds=watchlist.publish.gc_grace)
 
 
 @given(document)
@@ -81,7 +93,11 @@ def load(text: str) -> None:
 @example({"image": [{"source": "alpine", "tag_pattern": "(" * 5000 + ")" * 5000}]})  # RecursionError
 @example({"image": [{"source": "alpine", "semver": "~=1"}]})
 @example({"state": {"blob_cache_max": "9" * 400 + "MB"}})
-@example({"defaults": {"interval": "9" * 5000 + "s"}})
+@example({"defaults": {"interval": "9" * 5000 + "s"}})  # more digits than int() converts
+@example({"defaults": {"interval": "1000000000d"}})  # over timedelta's range: OverflowError in the scheduler
+@example({"publish": {"gc_grace": "99999999999999999d"}})
+@example({"image": [{"source": "alpine", "tags": ["v1"], "interval": "0s"}]})  # polled every second
+@example({"defaults": {"interval": "٣m"}})  # Arabic-Indic 3: \d is Unicode
 @example({"publish": {"root": "~nosuchuser/x"}})
 @example({"image": [{"source": "alpine", "tags": ["v1"], "dest": "a/b:c"}]})
 @example({"registries": {"registry.example.org": {"username": "u", "password_env": "P", "token_realms": ["[zz]"]}}})
@@ -108,3 +124,50 @@ def test_a_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
         assert "UTF-8" in str(exc)
     else:
         raise AssertionError("a file that is not UTF-8 was accepted")
+
+
+ASCII_DURATION = re.compile(r"(?:([0-9]+)d)?(?:([0-9]+)h)?(?:([0-9]+)m)?(?:([0-9]+)s)?")
+duration_like = st.one_of(st.text(max_size=20), st.text(st.sampled_from("0123456789dhms \n\u0663\u00b2"), max_size=14))
+
+
+@given(duration_like)
+@budget(300)
+@example("\u0663m")  # an Arabic-Indic 3 was read as 3 minutes
+@example("15m\n")
+@example("3650d")
+@example("3651d")
+def test_durations_are_ascii_and_bounded(text: str) -> None:
+    try:
+        seconds = parse_duration(text)
+    except ValueError:
+        m = ASCII_DURATION.fullmatch(text.strip())
+        assert not m or not any(m.groups()) or sum(
+            int(g or 0) * unit for g, unit in zip(m.groups(), (86400, 3600, 60, 1))) > MAX_DURATION_S
+        return
+    assert ASCII_DURATION.fullmatch(text.strip()) and 0 <= seconds <= MAX_DURATION_S
+
+
+@given(st.one_of(st.text(max_size=20), st.text(st.sampled_from("0123456789.KMGTiB \u0663"), max_size=12)))
+@budget(200)
+@example("\u0663GiB")
+def test_sizes_are_ascii(text: str) -> None:
+    try:
+        size = parse_size(text)
+    except ValueError:
+        return
+    assert re.fullmatch(r"\s*[0-9]+(?:\.[0-9]+)?\s*(?:B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)\s*", text) and size >= 0
+
+
+@given(st.one_of(st.text(max_size=30), st.text(st.sampled_from("0123456789.:[]abf \u0663%"), max_size=20)))
+@budget(200)
+@example("[::1]:80")
+@example("[fe80::1%eth0]:80")
+@example("h:\u0668\u0660")
+def test_listen_addresses_parse_or_raise_value_error(text: str) -> None:
+    try:
+        host, port = parse_listen(text)
+    except ValueError:
+        return
+    written_port = text.rpartition(":")[2]
+    assert re.fullmatch(r"[0-9]{1,5}", written_port) and int(written_port) == port and 1 <= port <= 65535
+    assert host and host in text
