@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import tomli_w
-from hypothesis import example, given
+from hypothesis import event, example, given
 from hypothesis import strategies as st
 
 from reconciler.errors import ConfigError
@@ -72,7 +72,9 @@ def load(text: str) -> None:
             watchlist = load_watchlist(path)
         except ConfigError as exc:
             assert str(exc), "a ConfigError says what is wrong"
+            event("ConfigError")
             return
+        event("loaded")
         assert isinstance(watchlist, Watchlist)
         check_usable(watchlist)
 
@@ -171,3 +173,55 @@ def test_listen_addresses_parse_or_raise_value_error(text: str) -> None:
     written_port = text.rpartition(":")[2]
     assert re.fullmatch(r"[0-9]{1,5}", written_port) and int(written_port) == port and 1 <= port <= 65535
     assert host and host in text
+
+
+# Valid watchlists, generated from the documented grammar: they must load, and
+# load to what was written.
+from tests.fuzz.test_fuzz_reference import domain, path_component, tag  # noqa: E402
+
+valid_duration = st.builds(lambda n, unit: f"{n}{unit}", st.integers(1, 99), st.sampled_from("smhd"))
+valid_platform = st.sampled_from(["linux/amd64", "linux/arm64", "linux/arm64/v8", "linux/arm/v7", "linux/ppc64le"])
+valid_source = st.builds(lambda host, parts: f"{host}/{'/'.join(parts)}", domain,
+                         st.lists(path_component, min_size=1, max_size=3))
+valid_image = st.fixed_dictionaries(
+    {"source": valid_source},
+    optional={"interval": valid_duration, "platforms": st.lists(valid_platform, min_size=1, max_size=2)},
+).flatmap(lambda table: st.one_of(
+    st.lists(tag, min_size=1, max_size=3).map(lambda tags: {**table, "tags": tags}),
+    st.sampled_from(["^v[0-9]+$", ".*", "latest"]).map(lambda p: {**table, "tag_pattern": p}),
+    st.builds(lambda spec, newest: {**table, "semver": spec, **({"newest": newest} if newest else {})},
+              st.sampled_from([">=1.2,<2", "~=1.4", "==3.*"]), st.none() | st.integers(1, 9)),
+))
+valid_document = st.fixed_dictionaries(
+    {"image": st.lists(valid_image, min_size=1, max_size=3, unique_by=lambda t: t["source"].lower())},
+    optional={
+        "defaults": st.fixed_dictionaries({}, optional={"interval": valid_duration,
+                                                        "platforms": st.lists(valid_platform, min_size=1, max_size=2)}),
+        "publish": st.fixed_dictionaries({}, optional={"root": st.sampled_from(["publish", "/srv/images", "out/x"]),
+                                                       "gc_grace": valid_duration.map(lambda d: d.replace("d", "h"))}),
+        "service": st.fixed_dictionaries({"listen": st.sampled_from(["127.0.0.1:8080", "[::1]:9000", "localhost:1"])}),
+    },
+)
+
+
+@given(valid_document)
+@budget(200)
+def test_valid_watchlists_load_to_what_was_written(doc: dict) -> None:
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "watchlist.toml"
+        path.write_text(tomli_w.dumps(doc), encoding="utf-8")
+        watchlist = load_watchlist(path)
+    check_usable(watchlist)
+    default_interval = parse_duration(doc.get("defaults", {}).get("interval", "15m"))
+    assert watchlist.interval == default_interval
+    assert len(watchlist.images) == len(doc["image"])
+    for entry, table in zip(watchlist.images, doc["image"]):
+        assert f"{entry.source.registry}/{entry.source.repository}".lower().endswith(
+            table["source"].split("/", 1)[1]), (entry.source, table["source"])
+        assert entry.tags == tuple(table.get("tags", ()))
+        assert entry.tag_pattern == table.get("tag_pattern") and entry.semver == table.get("semver")
+        assert entry.newest == table.get("newest")
+        assert entry.interval == (parse_duration(table["interval"]) if "interval" in table else default_interval)
+        assert entry.dest == entry.source.name
+        if "platforms" in table:
+            assert [str(p) for p in entry.platforms] == table["platforms"]
