@@ -230,6 +230,11 @@ class _Section:
         value = self.data[key]
         if kind is int and isinstance(value, bool) or not isinstance(value, kind):
             raise self.error(key, f"expected {expected or _KIND_NAMES.get(kind, kind.__name__)}, got {_describe(value)}")
+        # Values become file names, command arguments and headers, none of
+        # which can carry a NUL: every os call would fail with ValueError.
+        for text in (value if isinstance(value, list) else [value]):
+            if isinstance(text, str) and "\0" in text:
+                raise self.error(key, f"{text!r} contains a NUL character")
         return value
 
     def table(self, key: str) -> Dict[str, Any]:

@@ -4,12 +4,13 @@ key, never as a traceback."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import math
 import re
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, List
 
 import tomli_w
 from hypothesis import event, example, given
@@ -87,6 +88,24 @@ def check_usable(watchlist: Watchlist) -> None:
         assert seconds >= 1, seconds
         now + datetime.timedelta(seconds=seconds)
     now - datetime.timedelta(seconds=watchlist.publish.gc_grace)
+    # Values become file names, command arguments and headers: none can hold a NUL.
+    for value in strings_in(watchlist):
+        assert "\0" not in value, value
+
+
+def strings_in(value: Any) -> List[str]:
+    """Every string inside a loaded watchlist (dataclasses, tuples, dicts, paths)."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, Path):
+        return [str(value)]
+    if dataclasses.is_dataclass(value):
+        return [s for f in dataclasses.fields(value) for s in strings_in(getattr(value, f.name))]
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in strings_in(k) + strings_in(v)]
+    if isinstance(value, (list, tuple)):
+        return [s for v in value for s in strings_in(v)]
+    return []
 
 
 @given(document)
@@ -104,6 +123,9 @@ def check_usable(watchlist: Watchlist) -> None:
 @example({"image": [{"source": "alpine", "tags": ["v1"], "dest": "a/b:c"}]})
 @example({"registries": {"registry.example.org": {"username": "u", "password_env": "P", "token_realms": ["[zz]"]}}})
 @example({"service": {"listen": "h:٨٠"}})
+@example({"image": [{"source": "alpine", "tags": ["v1"], "dest": "a\0b"}]})  # NUL: ValueError in every os call
+@example({"publish": {"bind_points": ["cvmfs\0"]}})
+@example({"publish": {"backend": "cvmfs", "repository": "r\0.example.org"}})
 def test_generated_watchlists_load_or_raise_config_error(doc: dict) -> None:
     load(tomli_w.dumps(doc))
 
