@@ -145,7 +145,7 @@ def compare(ours: Path, theirs: Path) -> None:
 
 
 @given(layers)
-@budget(200)
+@budget(300)
 @example([[{"type": "dir", "path": "d", "mode": 0o755}, {"type": "file", "path": "d/f", "content": "x"}],
           [{"type": "symlink", "path": "s", "target": "d"}],
           [{"type": "hardlink", "path": "d", "target": "s/f"}]])  # issue 19: a hardlink replacing its own parent
@@ -191,7 +191,7 @@ HARDLINK_REPLACING_ITS_PARENT = [
 
 
 @given(layers)
-@budget(150)
+@budget(200)
 @example(HARDLINK_REPLACING_ITS_PARENT)  # issue 19: a raw FileNotFoundError below, applied on top
 def test_the_top_layer_with_an_undo_log_is_applied_like_any_other(stack: List[List[dict]]) -> None:
     """Recording an undo log (an update's top layer) changes nothing in the
