@@ -32,18 +32,24 @@ from .registry.manifest import Platform
 from .registry.reference import ImageReference, is_valid_tag, normalize_registry, parse_reference
 from .webhooks import PROVIDERS
 
-_DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+# ASCII digits only: \d would also take "٣", which int() reads as 3.
+_DURATION = re.compile(r"(?:([0-9]+)d)?(?:([0-9]+)h)?(?:([0-9]+)m)?(?:([0-9]+)s)?")
+# Longer is a typo, and dates moved by much more overflow (year 9999): the
+# scheduler would fail with OverflowError when it starts, not here.
+MAX_DURATION_S = 10 * 365 * 86400
+# An interval of "0s" would poll every second (the scheduler's floor).
+MIN_INTERVAL_S = 1.0
 BACKENDS = ("local", "cvmfs")
 
 
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)\s*$")
+_SIZE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)\s*")
 _UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
           "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}
 
 
 def parse_size(text: str) -> int:
     """`500MB`, `50GiB` -> bytes."""
-    m = _SIZE.match(text) if isinstance(text, str) else None
+    m = _SIZE.fullmatch(text) if isinstance(text, str) else None
     if not m:
         raise ValueError(f"expected a size such as \"50GiB\" or \"500MB\", got {text!r}")
     size = float(m.group(1)) * _UNITS[m.group(2)]
@@ -53,15 +59,19 @@ def parse_size(text: str) -> int:
 
 
 def parse_duration(text: str) -> float:
-    """`90s`, `15m`, `1h30m`, `2d` -> seconds."""
-    m = _DURATION.match(text.strip()) if isinstance(text, str) else None
+    """`90s`, `15m`, `1h30m`, `2d` -> seconds, at most MAX_DURATION_S."""
+    m = _DURATION.fullmatch(text.strip()) if isinstance(text, str) else None
     if not m or not text.strip() or not any(m.groups()):
         raise ValueError(f"expected a duration such as \"30s\", \"15m\", \"1h30m\" or \"2d\", got {text!r}")
-    d, h, mi, s = (int(g) if g else 0 for g in m.groups())
     try:
-        return float(((d * 24 + h) * 60 + mi) * 60 + s)
-    except OverflowError:  # a few hundred digits: more than a float holds
+        d, h, mi, s = (int(g) if g else 0 for g in m.groups())
+    except ValueError:  # thousands of digits: more than int() converts
         raise ValueError(f"{text[:20]!r}... is too long") from None
+    seconds = ((d * 24 + h) * 60 + mi) * 60 + s
+    if seconds > MAX_DURATION_S:
+        shown = f"{text[:20]!r}..." if len(text) > 20 else repr(text)
+        raise ValueError(f"{shown} is too long: at most {MAX_DURATION_S // 86400}d (10 years)")
+    return float(seconds)
 
 
 _LISTEN_EXAMPLE = 'HOST:PORT such as "127.0.0.1:8080", "0.0.0.0:8080" or "[::1]:8080"'
@@ -220,6 +230,11 @@ class _Section:
         value = self.data[key]
         if kind is int and isinstance(value, bool) or not isinstance(value, kind):
             raise self.error(key, f"expected {expected or _KIND_NAMES.get(kind, kind.__name__)}, got {_describe(value)}")
+        # Values become file names, command arguments and headers, none of
+        # which can carry a NUL: every os call would fail with ValueError.
+        for text in (value if isinstance(value, list) else [value]):
+            if isinstance(text, str) and "\0" in text:
+                raise self.error(key, f"{text!r} contains a NUL character")
         return value
 
     def table(self, key: str) -> Dict[str, Any]:
@@ -232,14 +247,17 @@ class _Section:
             raise self.error(key, "expected a list of strings")
         return value
 
-    def duration(self, key: str, default: float) -> float:
+    def duration(self, key: str, default: float, minimum: float = 0.0) -> float:
         value = self.get(key, str, None, 'a duration string such as "15m"')
         if value is None:
             return default
         try:
-            return parse_duration(value)
+            seconds = parse_duration(value)
         except ValueError as exc:
             raise self.error(key, str(exc)) from None
+        if seconds < minimum:
+            raise self.error(key, f"expected at least {minimum:.0f}s, got {value!r}")
+        return seconds
 
     def path(self, key: str, base: Path, default: Optional[str] = None) -> Optional[Path]:
         """A path; relative ones are taken from `base`. None when absent and no default."""
@@ -347,7 +365,7 @@ def load_watchlist(path: Path) -> Watchlist:
         raise state.error("blob_cache_max", str(exc)) from None
 
     defaults = _Section(name, "defaults", top.table("defaults"), _DEFAULTS_KEYS)
-    interval = defaults.duration("interval", 900.0)
+    interval = defaults.duration("interval", 900.0, MIN_INTERVAL_S)
     platforms = defaults.platforms("platforms", (Platform("linux", "amd64"),))
 
     registries = _registries(name, top, base)
@@ -491,7 +509,7 @@ def _image_entry(file: str, index: int, table: Any, interval: float, platforms: 
         raise sec.error("dest", "expected a relative path of plain names (no '..', no leading dots, "
                                 f"no ':' or '@' in the last name), got {dest!r}")
     return ImageEntry(index, source, tuple(tags or ()), tag_pattern, semver, newest, dest,
-                      sec.platforms("platforms", platforms), sec.duration("interval", interval))
+                      sec.platforms("platforms", platforms), sec.duration("interval", interval, MIN_INTERVAL_S))
 
 
 def _check_selection(sec: _Section, tags: Optional[List[str]], tag_pattern: Optional[str], semver: Optional[str],
@@ -512,6 +530,10 @@ def _check_selection(sec: _Section, tags: Optional[List[str]], tag_pattern: Opti
             re.compile(tag_pattern)
         except re.error as exc:
             raise sec.error("tag_pattern", f"not a valid regular expression: {exc}") from None
+        except OverflowError:  # `a{99999999999}`: a repeat count over re's limit
+            raise sec.error("tag_pattern", "not a valid regular expression: a repetition count is too large") from None
+        except RecursionError:  # thousands of nested groups
+            raise sec.error("tag_pattern", "not a valid regular expression: groups are nested too deeply") from None
     if semver:
         try:
             SpecifierSet(semver)

@@ -224,6 +224,8 @@ def _json(body: bytes) -> dict:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError):
         raise HookRejected(400, "body is not JSON") from None
+    except RecursionError:  # "[[[[…" nested deeper than Python's recursion limit
+        raise HookRejected(400, "body nests JSON arrays or objects too deeply") from None
     if not isinstance(data, dict):
         raise HookRejected(400, "body is not a JSON object")
     return data

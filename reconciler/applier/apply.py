@@ -571,6 +571,7 @@ class _Applier:
         name = parts[-1]
         link_fd: Optional[int] = None
         link_name = b""
+        link_real: PathKey = ()
         if member.islnk():
             link_parts = _split_name(_encode(member.linkname), f"hardlink target of {_show(parts)}", self.limits)
             if not link_parts:
@@ -578,13 +579,20 @@ class _Applier:
             if link_parts[:len(parts)] == parts:
                 # Replacing the entry would remove its own target first.
                 raise LayerError(f"hardlink {_show(parts)} points inside itself ({member.linkname!r})")
-            link_fd, _ = self.resolve_dir(link_parts[:-1], create=False)
+            link_fd, link_real = self.resolve_dir(link_parts[:-1], create=False)
             link_name = link_parts[-1]
             if link_fd is None:
                 raise LayerError(f"hardlink {_show(parts)}: target {_show(link_parts)} does not exist")
         try:
             parent_fd, real_parent = self.resolve_dir(parts[:-1], create=True)
             assert parent_fd is not None
+            entry_real = real_parent + (name,)
+            if link_fd is not None and link_real[:len(entry_real)] == entry_real:
+                # The same as above, reached through a symlink (`s -> d`, then `d`
+                # linked to `s/f`): replacing `d` would remove the target first.
+                os.close(parent_fd)
+                raise HostileLayerError(f"hardlink {_show(parts)} points inside itself through a symlink "
+                                        f"({member.linkname!r} is {_show(link_real + (link_name,))})")
             try:
                 self._create_in(tf, member, parent_fd, real_parent, name, link_fd, link_name)
             finally:

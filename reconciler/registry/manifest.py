@@ -159,6 +159,10 @@ def _load_json(raw: bytes, what: str) -> dict:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidManifestError(f"{what} is not valid JSON: {exc}") from None
+    except RecursionError:
+        # json recurses once per nested array or object: "[[[[…" deeper than
+        # Python's recursion limit would otherwise escape as a RecursionError.
+        raise InvalidManifestError(f"{what} nests arrays or objects too deeply to be a manifest") from None
     if not isinstance(data, dict):
         raise InvalidManifestError(f"{what} is not a JSON object")
     return data

@@ -18,26 +18,28 @@ DOCKER_HUB_API_HOST = "registry-1.docker.io"
 DOCKER_HUB_CREDENTIAL_KEY = "https://index.docker.io/v1/"
 _DOCKER_HUB_ALIASES = {"docker.io", "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"}
 
+# Matched with fullmatch(), never `^…$`: `$` also matches before a final
+# newline, so "latest\n" would pass. Character classes are spelt out in ASCII:
+# `\w` would also take "é" or "٣", which no registry accepts.
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-_PATH_RE = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
+_PATH_RE = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
 _DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
 _DOMAIN_RE = re.compile(
-    rf"^(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|\[[0-9a-fA-F:]+\])(?::[0-9]{{1,5}})?$"
+    rf"(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|\[[0-9a-fA-F:]+\])(?::[0-9]{{1,5}})?"
 )
-# The OCI distribution grammar, ASCII only (`\w` would take any Unicode letter).
 _TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
-_DIGEST_RE = re.compile(r"^sha256:[a-f0-9]{64}$")
+_DIGEST_RE = re.compile(r"sha256:[a-f0-9]{64}")
 _MAX_NAME = 255
 
 
 def is_valid_tag(tag: str) -> bool:
     """True when `tag` is a syntactically valid tag."""
-    return bool(_TAG_RE.fullmatch(tag))  # fullmatch: `$` would also accept a trailing newline
+    return bool(_TAG_RE.fullmatch(tag))
 
 
 def is_valid_digest(digest: str) -> bool:
     """True when `digest` is a sha256 digest in canonical form."""
-    return bool(_DIGEST_RE.match(digest))
+    return bool(_DIGEST_RE.fullmatch(digest))
 
 
 def normalize_registry(host: str) -> str:
@@ -113,14 +115,14 @@ def parse_reference(text: str, *, default_tag: Optional[str] = "latest") -> Imag
     first, sep, rest = text.partition("/")
     if sep and ("." in first or ":" in first or first == "localhost"):
         registry, path = first, rest
-        if not _DOMAIN_RE.match(registry):
+        if not _DOMAIN_RE.fullmatch(registry):
             raise InvalidReferenceError(f"invalid image reference {original!r}: bad registry host {registry!r}")
     else:
         registry, path = DOCKER_HUB, text
     registry = normalize_registry(registry)
     if registry == DOCKER_HUB and "/" not in path:
         path = f"library/{path}"
-    if not path or not _PATH_RE.match(path):
+    if not path or not _PATH_RE.fullmatch(path):
         raise InvalidReferenceError(
             f"invalid image reference {original!r}: repository {path!r} must be lowercase "
             "components of [a-z0-9] joined by '.', '_', '__' or '-', separated by '/'"
