@@ -62,6 +62,10 @@ def H(path: str, target: str) -> dict:
     return {"type": "hardlink", "path": path, "target": target}
 
 
+def D(path: str, **kw) -> dict:
+    return {"type": "dir", "path": path, **kw}
+
+
 def test_dotdot_names_are_refused(places):
     root, _ = places
     for name in ["../../../victim/pwned", "a/../../../../victim/pwned", "/../victim/pwned"]:
@@ -359,3 +363,46 @@ def test_a_lower_tree_deeper_than_the_recursion_limit_is_removed(places, upper):
              "file over it": F("top/d", "now a file\n")}[upper]
     apply_all(root, [gz([F(f"top/{deep}/f", "lower\n")]), gz([entry])])
     assert os.listdir(root / "top") == ([] if upper != "file over it" else ["d"])
+
+
+# A hardlink replacing a directory that holds its own target, reached through
+# symlinks: removing the entry first would take its target with it (cold), or
+# move it into the undo log, where the new link would still find it (top layer).
+# Either way it is refused, the same way, naming the entry.
+HARDLINK_INTO_REPLACED = {
+    "symlink": ([D("d"), F("d/f"), L("s", "d")], H("d", "s/f"), "/d"),
+    "dotdot": ([D("x"), D("d"), F("d/f"), L("s", "x/../d")], H("d", "s/f"), "/d"),
+    "absolute": ([D("d/e"), F("d/e/f"), L("s", "/d/e")], H("d", "s/f"), "/d"),
+    "nested": ([D("d/e"), F("d/e/f"), L("s1", "s2"), L("s2", "t/../d"), D("t"), L("s3", "s1/e")],
+               H("d", "s3/f"), "/d"),
+    "deeper": ([D("a/d/e"), F("a/d/e/f"), L("s", "../../a/d/e")], H("a/d", "s/f"), "/a/d"),
+    "symlinked-parent": ([D("a/d"), F("a/d/f"), L("t", "a")], H("t/d", "a/d/f"), "/t/d"),
+}
+
+
+
+@pytest.mark.parametrize("position", ["lower", "top-with-undo", "same-layer"])
+@pytest.mark.parametrize("shape", sorted(HARDLINK_INTO_REPLACED))
+def test_a_hardlink_into_the_entry_it_replaces_is_refused_wherever_the_layer_stands(
+        places, tmp_path_factory, shape, position):
+    from reconciler.applier.undo import UndoRecorder
+
+    root, _ = places
+    lower, link, entry = HARDLINK_INTO_REPLACED[shape]
+    match = f"hardlink {entry} points inside itself"
+    if position == "same-layer":
+        with pytest.raises(HostileLayerError, match=match):
+            apply_all(root, [gz(lower + [link])])
+        return
+    apply_all(root, [gz(lower)])
+    before = describe_tree(root)
+    if position == "lower":
+        with pytest.raises(HostileLayerError, match=match):
+            apply_all(root, [gz([link])])
+    else:
+        undo = tmp_path_factory.mktemp("undo") / "log"
+        with UndoRecorder(undo) as recorder:
+            with pytest.raises(HostileLayerError, match=match):
+                apply_all(root, [gz([link])], observer=recorder)
+    # refused before anything was removed or moved into the log
+    assert describe_tree(root) == before

@@ -571,22 +571,24 @@ class _Applier:
         name = parts[-1]
         link_fd: Optional[int] = None
         link_name = b""
+        link_real: PathKey = ()
         if member.islnk():
             link_parts = _split_name(_encode(member.linkname), f"hardlink target of {_show(parts)}", self.limits)
             if not link_parts:
                 raise HostileLayerError(f"hardlink {_show(parts)} points at the image root")
             if link_parts[:len(parts)] == parts:
                 # Replacing the entry would remove its own target first.
-                raise LayerError(f"hardlink {_show(parts)} points inside itself ({member.linkname!r})")
-            link_fd, _ = self.resolve_dir(link_parts[:-1], create=False)
+                raise HostileLayerError(f"hardlink {_show(parts)} points inside itself ({member.linkname!r})")
+            link_fd, link_real = self.resolve_dir(link_parts[:-1], create=False)
             link_name = link_parts[-1]
+            link_real = link_real + (link_name,)
             if link_fd is None:
                 raise LayerError(f"hardlink {_show(parts)}: target {_show(link_parts)} does not exist")
         try:
             parent_fd, real_parent = self.resolve_dir(parts[:-1], create=True)
             assert parent_fd is not None
             try:
-                self._create_in(tf, member, parent_fd, real_parent, name, link_fd, link_name)
+                self._create_in(tf, member, parent_fd, real_parent, name, link_fd, link_name, link_real, parts)
             finally:
                 os.close(parent_fd)
         finally:
@@ -594,7 +596,8 @@ class _Applier:
                 os.close(link_fd)
 
     def _create_in(self, tf: tarfile.TarFile, member: tarfile.TarInfo, parent_fd: int, real_parent: PathKey,
-                   name: bytes, link_fd: Optional[int], link_name: bytes) -> None:
+                   name: bytes, link_fd: Optional[int], link_name: bytes, link_real: PathKey = (),
+                   entry: PathKey = ()) -> None:
         path = real_parent + (name,)
         try:
             existing: Optional[os.stat_result] = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
@@ -617,6 +620,13 @@ class _Applier:
             if existing is not None and existing.st_ino == target_st.st_ino and existing.st_dev == target_st.st_dev:
                 self._mark_upper(path)
                 return  # already that inode (a link to itself)
+            if existing is not None and link_real[:len(path)] == path:
+                # The target was resolved (through symlinks) to a place under the entry
+                # this one replaces: removing it first would pull the target away (or,
+                # under an undo log, into the log). The position of the layer must not matter.
+                raise HostileLayerError(f"hardlink {_show(entry)} points inside itself: its target "
+                                        f"{member.linkname!r} resolves to {_show(link_real)}, under "
+                                        f"{_show(path)}, which the entry replaces")
         self._note_dir_change(parent_fd, real_parent)
         if existing is not None:
             self._remove(parent_fd, name, existing, path)
