@@ -406,3 +406,30 @@ def test_a_hardlink_into_the_entry_it_replaces_is_refused_wherever_the_layer_sta
                 apply_all(root, [gz([link])], observer=recorder)
     # refused before anything was removed or moved into the log
     assert describe_tree(root) == before
+
+
+@pytest.mark.parametrize("warm", [False, True])
+def test_resolution_work_per_path_is_bounded_the_same_with_kept_resolutions(places, warm):
+    """Components walked per path, link targets included, are capped (a
+    HostileLayerError past the cap). A resolution kept from an earlier entry
+    is charged what it cost, so whether a path is refused never depends on
+    what came before it in the layer."""
+    root, _ = places
+    limits = ApplyOptions(limits=LayerLimits(max_resolve_steps=100))
+    chain = "/".join(["a", ".."] * 30 + ["a"])  # 61 components
+    lower = [D("a"), L("s", chain), L("t", "s/../s")]
+    first = [F("s/ok")] if warm else []  # 62 steps: within the cap, and kept
+    with pytest.raises(HostileLayerError, match=r"resolving /t walks more than 100 path components"):
+        apply_all(root, [gz(lower + first + [F("t/f")])], options=limits)  # 1 + 1 + 61 + 1 + 1 + 61 steps
+    assert (root / "a" / "ok").exists() == warm
+    assert not (root / "a" / "f").exists()
+
+
+def test_a_symlink_resolution_bomb_lands_where_the_kernel_would(places):
+    """Many files through many links whose targets are long `a/..` chains
+    (each resolution is kept, not walked again)."""
+    root, _ = places
+    chain = "/".join(["a", ".."] * 800 + ["a"])
+    entries = [D("a")] + [L(f"l{i}", chain) for i in range(25)] + [F(f"l{i % 25}/f{i}") for i in range(500)]
+    apply_all(root, [gz(entries)])
+    assert sorted(os.listdir(root / "a")) == sorted(f"f{i}" for i in range(500))

@@ -31,9 +31,10 @@ import stat
 import struct
 import tarfile
 import tempfile
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator, List, Optional, Protocol, Tuple, Union
+from typing import BinaryIO, Callable, Dict, FrozenSet, Iterator, List, Optional, Protocol, Set, Tuple, Union
 
 from ..errors import HostileLayerError, IntegrityError, LayerError
 from ..treecopy import remove_at
@@ -63,6 +64,10 @@ _MAX_HEADERS = 16
 _MAX_SKIPPED_NOTES = 100
 # Directory times are spooled to an unlinked temporary file past this size.
 _TIMES_SPOOL_BYTES = 4 << 20
+# Symlink resolutions kept from one entry to the next, and the paths they
+# depend on (all of them together): least recently used ones go first.
+_LINK_CACHE_ENTRIES = 4096
+_LINK_CACHE_PATHS = 1 << 18
 
 # CONTTYPE ("7") and vendor types are refused: tarfile would read them as regular files.
 _SUPPORTED_TYPES = {tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.GNUTYPE_SPARSE, tarfile.LNKTYPE, tarfile.SYMTYPE,
@@ -78,6 +83,10 @@ class LayerLimits:
     max_depth: int = 1024  # path components
     max_path_bytes: int = 1 << 16
     max_symlinks: int = 40  # followed while resolving one path (the kernel's MAXSYMLINKS)
+    # Components walked resolving one path, symlink targets included: 40 links of
+    # the longest target the kernel stores (4095 bytes, `a/..` pairs) would need
+    # about 82,000; no honest image comes near. Bounds the work one entry can cost.
+    max_resolve_steps: int = 1 << 15
 
 
 @dataclass(frozen=True)
@@ -292,6 +301,150 @@ def _mtime_ns(member: tarfile.TarInfo) -> int:
     return int(member.mtime) * 1_000_000_000
 
 
+_DirId = Tuple[int, int]  # (st_dev, st_ino)
+
+
+def _path_key(parent_key: int, name: bytes) -> int:
+    """The identity of a path, from its parent's: a hash, so equal paths share it
+    (a collision only costs a needless cache invalidation, never a wrong result)."""
+    return hash((parent_key, name))
+
+
+def _path_keys(path: PathKey) -> List[int]:
+    """_path_key of every non-empty prefix of `path`, shortest first."""
+    keys, key = [], 0
+    for name in path:
+        key = _path_key(key, name)
+        keys.append(key)
+    return keys
+
+
+@dataclass(frozen=True)
+class _LinkResolution:
+    """Where a symlink's target led, as a directory: kept to skip walking it again."""
+
+    real: PathKey
+    ids: Tuple[_DirId, ...]  # of the root and of each directory of `real`
+    keys: Tuple[int, ...]  # _path_key of the root (0) and of each prefix of `real`
+    steps: int  # components walked in the target (nested links included): charged again on reuse
+    links: int  # nested links followed: charged again on reuse
+    # Every path the resolution relied on: the link, its ancestors, each
+    # directory and link entered. Removing any of them makes it stale.
+    paths: FrozenSet[int]
+
+
+@dataclass
+class _Frame:
+    """A symlink target being walked: done when the pending stack is back to `mark`."""
+
+    mark: int
+    link: PathKey
+    steps: int
+    links: int
+    paths: Set[int]
+
+
+class _Cursor:
+    """Where one path resolution stands: the real path walked so far (with the
+    identity of each directory) and one fd on a directory along it, moved
+    lazily. Stepping into a directory already looked at, or out with `..`,
+    costs no system call until something must be looked up where we are."""
+
+    def __init__(self, root_fd: int, root_id: _DirId) -> None:
+        self.root_fd = root_fd
+        self.real: List[bytes] = []
+        self.ids: List[_DirId] = [root_id]
+        self.keys: List[int] = [0]
+        self.fd = os.dup(root_fd)
+        self.fd_path: List[bytes] = []  # what self.fd is open on
+        self.fd_ids: List[_DirId] = [root_id]
+        self.common = 0  # components `real` and `fd_path` share
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def down(self, name: bytes, ident: _DirId) -> None:
+        self.real.append(name)
+        self.ids.append(ident)
+        self.keys.append(_path_key(self.keys[-1], name))
+
+    def up(self) -> None:
+        """`..`: clamped at the root."""
+        if self.real:
+            self.real.pop()
+            self.ids.pop()
+            self.keys.pop()
+            self.common = min(self.common, len(self.real))
+
+    def to_root(self) -> None:
+        del self.real[:]
+        del self.ids[1:]
+        del self.keys[1:]
+        self.common = 0
+
+    def jump(self, found: _LinkResolution) -> None:
+        self.real, self.ids, self.keys = list(found.real), list(found.ids), list(found.keys)
+        common = 0
+        for a, b in zip(self.real, self.fd_path):
+            if a != b:
+                break
+            common += 1
+        self.common = common
+
+    def here(self) -> int:
+        """An fd on the directory at `real` (owned by the cursor)."""
+        climb = len(self.fd_path) - self.common
+        if climb:
+            if 2 * climb <= self.common:
+                self._climb(climb)
+            else:
+                self._reset(self.common)
+        for i in range(len(self.fd_path), len(self.real)):
+            child = os.open(self.real[i], _PATH_FLAGS, dir_fd=self.fd)
+            os.close(self.fd)
+            self.fd = child
+            self.fd_path.append(self.real[i])
+            self.fd_ids.append(self.ids[i + 1])
+        self.common = len(self.real)
+        return self.fd
+
+    def _climb(self, levels: int) -> None:
+        """`..` from the fd, `levels` times. Each parent must be the directory we
+        came down through (only a concurrent rename could make it another);
+        if not, walk from the root after all."""
+        for _ in range(levels):
+            parent = os.open(b"..", _PATH_FLAGS, dir_fd=self.fd)
+            os.close(self.fd)
+            self.fd = parent
+            self.fd_path.pop()
+            self.fd_ids.pop()
+            st = os.fstat(parent)
+            if (st.st_dev, st.st_ino) != self.fd_ids[-1]:
+                self._reset(len(self.fd_path))
+                return
+
+    def _reset(self, depth: int) -> None:
+        """The fd back on the root, then down to real[:depth] (known directories)."""
+        fd = os.dup(self.root_fd)
+        os.close(self.fd)
+        self.fd = fd
+        self.fd_path, self.fd_ids = [], self.fd_ids[:1]
+        for i in range(depth):
+            child = os.open(self.real[i], _PATH_FLAGS, dir_fd=self.fd)
+            os.close(self.fd)
+            self.fd = child
+            self.fd_path.append(self.real[i])
+            self.fd_ids.append(self.ids[i + 1])
+
+    def take(self) -> int:
+        """The fd on `real`, now the caller's."""
+        fd = self.here()
+        self.fd = -1
+        return fd
+
+
 class _Applier:
     """State for applying one layer onto one root."""
 
@@ -319,6 +472,12 @@ class _Applier:
         # (entry path, fd, real path). Any removal drops it, as only a removal
         # can change what an existing path resolves to.
         self._last_dir: Optional[Tuple[PathKey, int, PathKey]] = None
+        # Symlinks resolved in this layer (by real path) and, for each path
+        # they relied on (by _path_key), which of them did: a removal there
+        # forgets them. Nothing but a removal changes what an existing path resolves to.
+        self._links: "OrderedDict[PathKey, _LinkResolution]" = OrderedDict()
+        self._link_deps: Dict[int, Set[PathKey]] = {}
+        self._link_paths = 0
 
     def close(self) -> None:
         """Release the cached directory fd and the spooled directory times."""
@@ -355,83 +514,146 @@ class _Applier:
         # Components still to walk, the next one last: a symlink's target is
         # pushed in O(its length), whatever is pending behind it.
         pending = list(reversed(parts))
-        real: List[bytes] = []
-        # (st_dev, st_ino) of each directory of `real`, the root first: `..`
-        # opens the parent straight from the current fd and checks it is this one.
-        ids = [self.root_id]
-        fd = os.dup(self.root_fd)  # always one open fd, owned here until returned
-        links = 0
+        cursor = _Cursor(self.root_fd, self.root_id)
+        # What each (directory, name) met in this walk is: nothing changes under
+        # a walk but the directories it creates, so `a/../a/..` looks once.
+        seen: Dict[Tuple[_DirId, bytes], Tuple[int, object]] = {}
+        frames: List[_Frame] = []  # symlink targets being walked, innermost last
+        steps = links = 0
+        limits = self.limits
         try:
-            while pending:
+            while True:
+                while frames and len(pending) == frames[-1].mark:
+                    self._keep_link(frames.pop(), cursor, steps, links, frames)
+                if not pending:
+                    break
                 name = pending.pop()
                 if name in (b"", b"."):
                     continue
+                steps += 1
+                if steps > limits.max_resolve_steps:
+                    raise HostileLayerError(self._over_steps(parts))
                 if name == b"..":
-                    if real:
-                        real.pop()
-                        ids.pop()
-                        parent = self._open_parent(fd, real, ids[-1])
-                        os.close(fd)
-                        fd = parent
+                    cursor.up()
                     continue
-                try:
-                    st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-                except FileNotFoundError:
-                    if not create:
-                        os.close(fd)
+                known = seen.get((cursor.ids[-1], name))
+                if known is None:
+                    known = self._look_up(cursor, name, create)
+                    if known is None:
                         return None, ()
-                    self._note_dir_change(fd, tuple(real))
-                    if self.observer is not None:
-                        self.observer.creating(fd, tuple(real) + (name,))
-                    os.mkdir(name, 0o755, dir_fd=fd)
-                    self.times_noted.add(tuple(real) + (name,))
-                    st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-                if stat.S_ISLNK(st.st_mode):
+                    seen[(cursor.ids[-1], name)] = known
+                kind, value = known
+                if kind == stat.S_IFLNK:
                     links += 1
-                    if links > self.limits.max_symlinks:
+                    if links > limits.max_symlinks:
                         raise HostileLayerError(f"too many levels of symbolic links (more than "
-                                                f"{self.limits.max_symlinks}, the symlink limit) resolving {_show(parts)}")
-                    target = os.readlink(name, dir_fd=fd)
+                                                f"{limits.max_symlinks}, the symlink limit) resolving {_show(parts)}")
+                    link = tuple(cursor.real) + (name,)
+                    done = self._links.get(link)
+                    if done is not None:
+                        # Resolved before and nothing it relied on was removed since:
+                        # the same walk, charged the same, without the system calls.
+                        self._links.move_to_end(link)
+                        steps += done.steps
+                        links += done.links
+                        if steps > limits.max_resolve_steps:
+                            raise HostileLayerError(self._over_steps(parts))
+                        if links > limits.max_symlinks:
+                            raise HostileLayerError(f"too many levels of symbolic links (more than "
+                                                    f"{limits.max_symlinks}, the symlink limit) resolving "
+                                                    f"{_show(parts)}")
+                        cursor.jump(done)
+                        if frames:
+                            frames[-1].paths.update(done.paths)
+                        continue
+                    frames.append(_Frame(len(pending), link, steps, links,
+                                         set(cursor.keys[1:]) | {_path_key(cursor.keys[-1], name)}))
+                    target = value
+                    assert isinstance(target, bytes)
                     if target.startswith(b"/"):
-                        root = os.dup(self.root_fd)
-                        os.close(fd)
-                        fd = root
-                        real.clear()
-                        del ids[1:]
+                        cursor.to_root()
                     pending.extend(reversed(target.split(b"/")))
                     continue
-                if not stat.S_ISDIR(st.st_mode):
+                if kind != stat.S_IFDIR:
                     if not create:
-                        os.close(fd)
                         return None, ()
-                    raise LayerError(f"{_show(parts)}: {_show(tuple(real) + (name,))} is not a directory")
-                child = self._open_dir(fd, name)
-                os.close(fd)
-                fd = child
-                real.append(name)
-                ids.append((st.st_dev, st.st_ino))
-                if len(real) > self.limits.max_depth:
+                    raise LayerError(f"{_show(parts)}: {_show(tuple(cursor.real) + (name,))} is not a directory")
+                assert isinstance(value, tuple)
+                cursor.down(name, value)
+                if frames:
+                    frames[-1].paths.add(cursor.keys[-1])
+                if len(cursor.real) > limits.max_depth:
                     raise LayerError(f"{_show(parts)} resolves deeper than the depth limit of "
-                                     f"{self.limits.max_depth} directories")
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd, tuple(real)
+                                     f"{limits.max_depth} directories")
+            return cursor.take(), tuple(cursor.real)
+        finally:
+            cursor.close()
 
-    def _open_parent(self, fd: int, real: List[bytes], expected: Tuple[int, int]) -> int:
-        """A new fd on the parent of directory `fd`, whose real path is `real`.
+    def _over_steps(self, parts: PathKey) -> str:
+        return (f"resolving {_show(parts)[:200]} walks more than {self.limits.max_resolve_steps} path components "
+                "(the resolution limit), symlink targets included")
 
-        `..` from the fd is O(1) where walking `real` from the root is
-        O(depth), which made long `..` chains quadratic. The parent must be the
-        directory we came down through (only a concurrent rename could make it
-        another); if not, walk from the root after all.
-        """
-        parent = os.open(b"..", _PATH_FLAGS, dir_fd=fd)
-        st = os.fstat(parent)
-        if (st.st_dev, st.st_ino) == expected:
-            return parent
-        os.close(parent)
-        return self._reopen(tuple(real))
+    def _look_up(self, cursor: _Cursor, name: bytes, create: bool) -> Optional[Tuple[int, object]]:
+        """What `name` is where the cursor stands: (S_IFLNK, target), (S_IFDIR,
+        its id) or (0, None) for anything else. None when it is missing and not
+        `create`; with `create`, a missing one is made a directory."""
+        fd = cursor.here()
+        try:
+            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+        except FileNotFoundError:
+            if not create:
+                return None
+            real = tuple(cursor.real)
+            self._note_dir_change(fd, real)
+            if self.observer is not None:
+                self.observer.creating(fd, real + (name,))
+            os.mkdir(name, 0o755, dir_fd=fd)
+            self.times_noted.add(real + (name,))
+            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+        if stat.S_ISLNK(st.st_mode):
+            return stat.S_IFLNK, os.readlink(name, dir_fd=fd)
+        if stat.S_ISDIR(st.st_mode):
+            return stat.S_IFDIR, (st.st_dev, st.st_ino)
+        return 0, None
+
+    # -- the symlink cache -------------------------------------------------
+
+    def _keep_link(self, frame: _Frame, cursor: _Cursor, steps: int, links: int, frames: List[_Frame]) -> None:
+        """A symlink's target is walked: keep where it led and what it relied on."""
+        if frames:
+            frames[-1].paths.update(frame.paths)
+        if len(frame.paths) > _LINK_CACHE_PATHS // 4:
+            return  # too big to keep: walked again next time (within the step limit)
+        found = _LinkResolution(tuple(cursor.real), tuple(cursor.ids), tuple(cursor.keys),
+                                steps - frame.steps, links - frame.links, frozenset(frame.paths))
+        self._drop_link(frame.link)
+        self._links[frame.link] = found
+        self._link_paths += len(found.paths)
+        for key in found.paths:
+            self._link_deps.setdefault(key, set()).add(frame.link)
+        while len(self._links) > _LINK_CACHE_ENTRIES or self._link_paths > _LINK_CACHE_PATHS:
+            self._drop_link(next(iter(self._links)))
+
+    def _drop_link(self, link: PathKey) -> None:
+        found = self._links.pop(link, None)
+        if found is None:
+            return
+        self._link_paths -= len(found.paths)
+        for key in found.paths:
+            users = self._link_deps.get(key)
+            if users is not None:
+                users.discard(link)
+                if not users:
+                    del self._link_deps[key]
+
+    def _forget_links(self, path: PathKey) -> None:
+        """`path` (a real path) is being removed: forget every resolution that went
+        through it. One that went under it went through it too (walks go down
+        one directory at a time, and a relative link relied on its ancestors)."""
+        if not self._links or not path:
+            return
+        for link in list(self._link_deps.get(_path_keys(path)[-1], ())):
+            self._drop_link(link)
 
     def _reopen(self, real: PathKey) -> int:
         """Open a real path (no symlinks expected) from the root."""
@@ -469,6 +691,7 @@ class _Applier:
         """Remove the entry `name` (a whole subtree: without recursion, as a
         lower tree may be deeper than Python's limit); `path` is its real path."""
         self._forget_dir()
+        self._forget_links(path)
         if self.observer is not None and self.observer.removing(parent_fd, path, st):
             self.stats.removed += 1
             return
