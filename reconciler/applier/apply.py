@@ -100,7 +100,8 @@ class ApplyOptions:
 
     limits: LayerLimits = LayerLimits()
     privileged: Optional[bool] = None
-    # CVMFS resolves symlink targets containing $(VAR) per client: refuse them there.
+    # CernVM-FS clients expand `$(VAR)` in symlink targets (variant symlinks):
+    # refuse such links where the publisher says its target does that.
     forbid_variant_symlinks: bool = False
 
 
@@ -867,7 +868,9 @@ class _Applier:
             if b"\x00" in target:
                 raise HostileLayerError(f"symlink {_show(path)} has a NUL byte in its target")
             if self.options.forbid_variant_symlinks and b"$(" in target:
-                raise HostileLayerError(f"symlink {_show(path)} -> {member.linkname!r} would be a CVMFS variant symlink")
+                raise HostileLayerError(f"the image has a symlink {_show(path)} -> {member.linkname!r} that CernVM-FS "
+                                        "would expand per client as a variant symlink ($(VARIABLE) in its target), "
+                                        "so it is refused: published, it would not point where the image says")
             os.symlink(target, name, dir_fd=parent_fd)
             self._chown(parent_fd, name, member)
             os.utime(name, ns=(_mtime_ns(member),) * 2, dir_fd=parent_fd, follow_symlinks=False)
