@@ -433,3 +433,11 @@ def test_a_symlink_resolution_bomb_lands_where_the_kernel_would(places):
     entries = [D("a")] + [L(f"l{i}", chain) for i in range(25)] + [F(f"l{i % 25}/f{i}") for i in range(500)]
     apply_all(root, [gz(entries)])
     assert sorted(os.listdir(root / "a")) == sorted(f"f{i}" for i in range(500))
+
+
+def test_a_symlink_target_longer_than_the_kernel_stores_is_a_layer_error(places):
+    root, _ = places
+    with pytest.raises(LayerError, match=r"symlink /l has a target of 4096 bytes; Linux stores at most 4095"):
+        apply_all(root, [gz([L("l", "a/" * 2048)])])
+    apply_all(root, [gz([L("m", "a/" * 2047 + "b")])])  # 4095 bytes: fine
+    assert len(os.readlink(root / "m")) == 4095

@@ -105,6 +105,8 @@ RESOLUTION_SHAPES: Dict[str, List[List[dict]]] = {
     # absolute targets climbing above the root and back
     "absolute-climb": [[_D("x/y"), _L("x/y/up", "/../../x/../x/y"), _F("x/y/up/up/f1"), _L("t", "x/y/up/up/up"),
                         _F("t/f2"), _W("x/y/up"), _D("x/y/up"), _F("t/f3")]],
+    # a directory of the last path walked (no link on it) replaced by a link
+    "plain-swapped": [[_D("a/b/c"), _D("x/b/c"), _F("a/b/c/f1"), _L("a", "x"), _F("a/b/c/f2"), _F("a/b/f3")]],
     # a later layer starts with no resolutions kept
     "next-layer": [[_D("a"), _D("b"), _L("s", "a"), _F("s/f1")], [_W("s"), _L("s", "b"), _F("s/f2")]],
 }

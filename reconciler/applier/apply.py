@@ -68,6 +68,10 @@ _TIMES_SPOOL_BYTES = 4 << 20
 # depend on (all of them together): least recently used ones go first.
 _LINK_CACHE_ENTRIES = 4096
 _LINK_CACHE_PATHS = 1 << 18
+# The kernel's PATH_MAX: a symlink's target must be shorter.
+_SYMLINK_MAX = 4096
+# Directories a walk has seen are reopened this many bytes of path per open.
+_KNOWN_PATH_BYTES = 2048
 
 # CONTTYPE ("7") and vendor types are refused: tarfile would read them as regular files.
 _SUPPORTED_TYPES = {tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.GNUTYPE_SPARSE, tarfile.LNKTYPE, tarfile.SYMTYPE,
@@ -394,27 +398,28 @@ class _Cursor:
             common += 1
         self.common = common
 
+    def start_at(self, prefix: PathKey, ids: List[_DirId], keys: List[int], fd: int, depth: int) -> None:
+        """Begin at prefix[:depth], with `fd` (now the cursor's) open on `prefix`."""
+        self.close()
+        self.real, self.ids, self.keys = list(prefix[:depth]), ids[:depth + 1], keys[:depth + 1]
+        self.fd, self.fd_path, self.fd_ids, self.common = fd, list(prefix), list(ids), depth
+
     def here(self) -> int:
         """An fd on the directory at `real` (owned by the cursor)."""
         climb = len(self.fd_path) - self.common
         if climb:
-            if 2 * climb <= self.common:
+            if climb <= 2:
                 self._climb(climb)
             else:
-                self._reset(self.common)
-        for i in range(len(self.fd_path), len(self.real)):
-            child = os.open(self.real[i], _PATH_FLAGS, dir_fd=self.fd)
-            os.close(self.fd)
-            self.fd = child
-            self.fd_path.append(self.real[i])
-            self.fd_ids.append(self.ids[i + 1])
+                self._reset()
+        self._descend()
         self.common = len(self.real)
         return self.fd
 
     def _climb(self, levels: int) -> None:
         """`..` from the fd, `levels` times. Each parent must be the directory we
         came down through (only a concurrent rename could make it another);
-        if not, walk from the root after all."""
+        if not, start from the root after all."""
         for _ in range(levels):
             parent = os.open(b"..", _PATH_FLAGS, dir_fd=self.fd)
             os.close(self.fd)
@@ -423,21 +428,40 @@ class _Cursor:
             self.fd_ids.pop()
             st = os.fstat(parent)
             if (st.st_dev, st.st_ino) != self.fd_ids[-1]:
-                self._reset(len(self.fd_path))
+                self._reset()
                 return
 
-    def _reset(self, depth: int) -> None:
-        """The fd back on the root, then down to real[:depth] (known directories)."""
+    def _reset(self) -> None:
         fd = os.dup(self.root_fd)
         os.close(self.fd)
         self.fd = fd
         self.fd_path, self.fd_ids = [], self.fd_ids[:1]
-        for i in range(depth):
-            child = os.open(self.real[i], _PATH_FLAGS, dir_fd=self.fd)
+
+    def _descend(self) -> None:
+        """The fd from `fd_path` (a prefix of `real`) down to `real`, whose
+        directories the walk has seen: several at a time, each group checked by
+        the (dev, ino) the walk found at its end (a directory has one name, so
+        the same inode is the same place, whatever the kernel followed to get
+        there); a group that does not end there is walked one O_NOFOLLOW
+        component at a time."""
+        i, depth = len(self.fd_path), len(self.real)
+        while i < depth:
+            j, size = i + 1, len(self.real[i])
+            while j < depth and size + 1 + len(self.real[j]) <= _KNOWN_PATH_BYTES:
+                size += 1 + len(self.real[j])
+                j += 1
+            child = os.open(b"/".join(self.real[i:j]), _PATH_FLAGS, dir_fd=self.fd)
+            if j - i > 1:
+                st = os.fstat(child)
+                if (st.st_dev, st.st_ino) != self.ids[j]:
+                    os.close(child)
+                    j = i + 1
+                    child = os.open(self.real[i], _PATH_FLAGS, dir_fd=self.fd)
             os.close(self.fd)
             self.fd = child
-            self.fd_path.append(self.real[i])
-            self.fd_ids.append(self.ids[i + 1])
+            self.fd_path.extend(self.real[i:j])
+            self.fd_ids.extend(self.ids[i + 1:j + 1])
+            i = j
 
     def take(self) -> int:
         """The fd on `real`, now the caller's."""
@@ -476,6 +500,11 @@ class _Applier:
         # Symlinks resolved in this layer (by real path) and, for each path
         # they relied on (by _path_key), which of them did: a removal there
         # forgets them. Nothing but a removal changes what an existing path resolves to.
+        # The longest leading part of the last path walked that held no symlink:
+        # (those names, ids and keys of its directories, an fd on it). The next
+        # path starts from what it shares with it (entries come sorted, or
+        # nearly). Any removal drops it, like `_last_dir`.
+        self._plain: Optional[Tuple[PathKey, List[_DirId], List[int], int]] = None
         self._links: "OrderedDict[PathKey, _LinkResolution]" = OrderedDict()
         self._link_deps: Dict[int, Set[PathKey]] = {}
         self._link_paths = 0
@@ -490,6 +519,9 @@ class _Applier:
         if self._last_dir is not None:
             os.close(self._last_dir[1])
             self._last_dir = None
+        if self._plain is not None:
+            os.close(self._plain[3])
+            self._plain = None
 
     # -- path resolution -------------------------------------------------
 
@@ -507,20 +539,33 @@ class _Applier:
             return os.dup(last[1]), last[2]
         fd, real = self._resolve_dir(parts, create)
         if fd is not None:
-            self._forget_dir()
+            if self._last_dir is not None:
+                os.close(self._last_dir[1])
             self._last_dir = (parts, os.dup(fd), real)
         return fd, real
 
     def _resolve_dir(self, parts: PathKey, create: bool) -> Tuple[Optional[int], PathKey]:
         # Components still to walk, the next one last: a symlink's target is
         # pushed in O(its length), whatever is pending behind it.
-        pending = list(reversed(parts))
         cursor = _Cursor(self.root_fd, self.root_id)
+        steps = links = 0
+        plain = self._plain
+        if plain is not None:
+            # Begin where the last path's symlink-free part and this one part:
+            # those components cost what walking them would (the limits hold).
+            shared, most = 0, min(len(plain[0]), len(parts))
+            while shared < most and plain[0][shared] == parts[shared]:
+                shared += 1
+            if shared:
+                cursor.start_at(plain[0], plain[1], plain[2], os.dup(plain[3]), shared)
+                steps = shared
+        pending = list(reversed(parts[steps:]))
+        # Until the first symlink, the walk is the path's own names: the part to keep.
+        plain_part: Optional[int] = None
         # What each (directory, name) met in this walk is: nothing changes under
         # a walk but the directories it creates, so `a/../a/..` looks once.
         seen: Dict[Tuple[_DirId, bytes], Tuple[int, object]] = {}
         frames: List[_Frame] = []  # symlink targets being walked, innermost last
-        steps = links = 0
         limits = self.limits
         try:
             while True:
@@ -545,6 +590,9 @@ class _Applier:
                     seen[(cursor.ids[-1], name)] = known
                 kind, value = known
                 if kind == stat.S_IFLNK:
+                    if plain_part is None:
+                        plain_part = len(cursor.real)
+                        self._keep_plain(cursor)
                     links += 1
                     if links > limits.max_symlinks:
                         raise HostileLayerError(f"too many levels of symbolic links (more than "
@@ -586,9 +634,19 @@ class _Applier:
                 if len(cursor.real) > limits.max_depth:
                     raise LayerError(f"{_show(parts)} resolves deeper than the depth limit of "
                                      f"{limits.max_depth} directories")
+            if plain_part is None:
+                self._keep_plain(cursor)
             return cursor.take(), tuple(cursor.real)
         finally:
             cursor.close()
+
+    def _keep_plain(self, cursor: _Cursor) -> None:
+        """Where the cursor stands is the symlink-free leading part of the path
+        being walked: keep it for the next one."""
+        fd = os.dup(cursor.here())
+        if self._plain is not None:
+            os.close(self._plain[3])
+        self._plain = (tuple(cursor.real), list(cursor.ids), list(cursor.keys), fd)
 
     def _over_steps(self, parts: PathKey) -> str:
         return (f"resolving {_show(parts)[:200]} walks more than {self.limits.max_resolve_steps} path components "
@@ -629,6 +687,11 @@ class _Applier:
                                 steps - frame.steps, links - frame.links, frozenset(frame.paths))
         self._drop_link(frame.link)
         self._links[frame.link] = found
+        if frames:
+            # Met inside another link's target: that one is what the next entry
+            # will ask for. Dropped first, so a layer of long chains of links
+            # cannot push out the resolutions of the chains' heads.
+            self._links.move_to_end(frame.link, last=False)
         self._link_paths += len(found.paths)
         for key in found.paths:
             self._link_deps.setdefault(key, set()).add(frame.link)
@@ -867,6 +930,9 @@ class _Applier:
             target = _encode(member.linkname)
             if b"\x00" in target:
                 raise HostileLayerError(f"symlink {_show(path)} has a NUL byte in its target")
+            if len(target) >= _SYMLINK_MAX:
+                raise LayerError(f"symlink {_show(path)} has a target of {len(target)} bytes; Linux stores at most "
+                                 f"{_SYMLINK_MAX - 1} (PATH_MAX), so the image cannot be unpacked here")
             if self.options.forbid_variant_symlinks and b"$(" in target:
                 raise HostileLayerError(f"the image has a symlink {_show(path)} -> {member.linkname!r} that CernVM-FS "
                                         "would expand per client as a variant symlink ($(VARIABLE) in its target), "

@@ -6,16 +6,16 @@ can be reused from one entry to the next as is.
 
 - bomb: 250 links to one 1,601-component `a/../a/../…/a` chain, 10,000 files
   (the shape of issue 19);
-- deep-dotdot: 250 links at the bottom of a 1,000-directory chain, each
-  climbing back with 1,000 `..`, 10,000 files;
+- deep-dotdot: 250 links at the bottom of a 250-directory chain, each
+  climbing back with 250 `..`, 10,000 files;
 - link-chains: 250 chains of 39 links to links ending at a directory,
   10,000 files through the chain heads (40 links per path, the limit);
-- absolute-chain: 250 links to the absolute path of a 1,000-directory chain,
+- absolute-chain: 250 links to the absolute path of a 250-directory chain,
   10,000 files;
 - wide: 5,000 links in one directory, each to its own 400-component chain of
   distinct names in a directory of 2,000 subdirectories, one file through
   each (nothing can be reused: each link is resolved once);
-- churn: the bomb over 800 distinct names, and after every file one of the
+- churn: the bomb over 400 distinct names, and after every file one of the
   directories the links go through replaced by a file and made again (so no
   resolution can be kept: every entry walks its link again).
 """
@@ -41,7 +41,7 @@ def bomb() -> Iterator[tarfile.TarInfo]:
 
 
 def deep_dotdot() -> Iterator[tarfile.TarInfo]:
-    depth = 1000
+    depth = 250
     chain = ""
     for i in range(depth):
         chain += f"c{i % 10}/"
@@ -65,7 +65,7 @@ def link_chains() -> Iterator[tarfile.TarInfo]:
 
 def absolute_chain() -> Iterator[tarfile.TarInfo]:
     chain = ""
-    for i in range(1000):
+    for i in range(250):
         chain += f"c{i % 10}/"
         yield _dir(chain)
     for i in range(LINKS):
@@ -87,7 +87,7 @@ def wide() -> Iterator[tarfile.TarInfo]:
 
 
 def churn() -> Iterator[tarfile.TarInfo]:
-    names = 800
+    names = 400
     chain = "/".join(part for j in range(names) for part in (f"x{j:03d}", "..")) + "/a"
     yield _dir("a/")
     for j in range(names):
