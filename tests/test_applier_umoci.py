@@ -107,6 +107,9 @@ RESOLUTION_SHAPES: Dict[str, List[List[dict]]] = {
                         _F("t/f2"), _W("x/y/up"), _D("x/y/up"), _F("t/f3")]],
     # a directory of the last path walked (no link on it) replaced by a link
     "plain-swapped": [[_D("a/b/c"), _D("x/b/c"), _F("a/b/c/f1"), _L("a", "x"), _F("a/b/c/f2"), _F("a/b/f3")]],
+    # a walked subtree removed and made again (inode numbers come back for other directories)
+    "subtree-remade": [[_D("a/b/c/d"), _L("a/b/c/l", "d"), _F("a/b/c/l/f1"), _F("a"), _D("a"), _D("a/b/c"), _D("a/b/c/l"),
+                        _F("a/b/c/l/f2"), _F("a/b/c/d/f3")]],
     # a later layer starts with no resolutions kept
     "next-layer": [[_D("a"), _D("b"), _L("s", "a"), _F("s/f1")], [_W("s"), _L("s", "b"), _F("s/f2")]],
 }

@@ -67,9 +67,12 @@ _TIMES_SPOOL_BYTES = 4 << 20
 # Symlink resolutions kept from one entry to the next, and the paths they
 # depend on (all of them together): least recently used ones go first.
 _LINK_CACHE_ENTRIES = 4096
-_LINK_CACHE_PATHS = 1 << 18
+_LINK_CACHE_PATHS = 1 << 16
 # The kernel's PATH_MAX: a symlink's target must be shorter.
 _SYMLINK_MAX = 4096
+# What the names walked are is kept up to about this many bytes (then dropped, and kept anew).
+_ENTRIES_BYTES = 8 << 20
+_ENTRY_COST = 200
 # Directories a walk has seen are reopened this many bytes of path per open.
 _KNOWN_PATH_BYTES = 2048
 
@@ -505,6 +508,14 @@ class _Applier:
         # path starts from what it shares with it (entries come sorted, or
         # nearly). Any removal drops it, like `_last_dir`.
         self._plain: Optional[Tuple[PathKey, List[_DirId], List[int], int]] = None
+        # What each name in each directory walked is (by the directory's
+        # (dev, ino)): a symlink and its target, a directory and its id, or
+        # something else. A removal drops the name and, for a directory, all
+        # that is known under it (an inode number may come back for another
+        # directory); `_below` says which directories hold which.
+        self._entries: Dict[_DirId, Dict[bytes, Tuple[int, object]]] = {}
+        self._below: Dict[_DirId, Set[_DirId]] = {}
+        self._entries_cost = 0
         self._links: "OrderedDict[PathKey, _LinkResolution]" = OrderedDict()
         self._link_deps: Dict[int, Set[PathKey]] = {}
         self._link_paths = 0
@@ -562,9 +573,7 @@ class _Applier:
         pending = list(reversed(parts[steps:]))
         # Until the first symlink, the walk is the path's own names: the part to keep.
         plain_part: Optional[int] = None
-        # What each (directory, name) met in this walk is: nothing changes under
-        # a walk but the directories it creates, so `a/../a/..` looks once.
-        seen: Dict[Tuple[_DirId, bytes], Tuple[int, object]] = {}
+        entries = self._entries
         frames: List[_Frame] = []  # symlink targets being walked, innermost last
         limits = self.limits
         try:
@@ -582,13 +591,25 @@ class _Applier:
                 if name == b"..":
                     cursor.up()
                     continue
-                known = seen.get((cursor.ids[-1], name))
+                here = entries.get(cursor.ids[-1])
+                known = None if here is None else here.get(name)
                 if known is None:
                     known = self._look_up(cursor, name, create)
                     if known is None:
                         return None, ()
-                    seen[(cursor.ids[-1], name)] = known
+                    self._note_entry(cursor.ids, name, known)
                 kind, value = known
+                if (kind == stat.S_IFDIR and pending and pending[-1] == b".."
+                        and not (frames and len(pending) == frames[-1].mark)
+                        and len(cursor.real) < limits.max_depth):
+                    # `dir/..` is where we are: no need to step in and out.
+                    pending.pop()
+                    steps += 1
+                    if steps > limits.max_resolve_steps:
+                        raise HostileLayerError(self._over_steps(parts))
+                    if frames:
+                        frames[-1].paths.add(_path_key(cursor.keys[-1], name))
+                    continue
                 if kind == stat.S_IFLNK:
                     if plain_part is None:
                         plain_part = len(cursor.real)
@@ -639,6 +660,42 @@ class _Applier:
             return cursor.take(), tuple(cursor.real)
         finally:
             cursor.close()
+
+    def _note_entry(self, ids: List[_DirId], name: bytes, known: Tuple[int, object]) -> None:
+        """Keep what `name` is in the directory ids[-1] (`ids`: its ancestors' ids, the root first)."""
+        cost = _ENTRY_COST + len(name) + (len(known[1]) if isinstance(known[1], bytes) else 0)
+        if self._entries_cost + cost > _ENTRIES_BYTES:
+            self._entries.clear()
+            self._below.clear()
+            self._entries_cost = 0
+        here = self._entries.get(ids[-1])
+        if here is None:
+            here = self._entries[ids[-1]] = {}
+            # Which directories hold which: removing one forgets all that is known under it.
+            for i in range(len(ids) - 1, 0, -1):
+                children = self._below.setdefault(ids[i - 1], set())
+                if ids[i] in children:
+                    break
+                children.add(ids[i])
+        here[name] = known
+        self._entries_cost += cost
+
+    def _forget_entry(self, parent_fd: int, name: bytes, st: os.stat_result) -> None:
+        """`name` in `parent_fd` (lstat `st`) is being removed."""
+        if not self._entries:
+            return
+        parent_st = os.fstat(parent_fd)
+        parent_id = (parent_st.st_dev, parent_st.st_ino)
+        here = self._entries.get(parent_id)
+        if here is not None:
+            here.pop(name, None)
+        if stat.S_ISDIR(st.st_mode):
+            self._below.get(parent_id, set()).discard((st.st_dev, st.st_ino))
+            doomed = [(st.st_dev, st.st_ino)]
+            while doomed:
+                gone = doomed.pop()
+                self._entries.pop(gone, None)
+                doomed.extend(self._below.pop(gone, ()))
 
     def _keep_plain(self, cursor: _Cursor) -> None:
         """Where the cursor stands is the symlink-free leading part of the path
@@ -756,6 +813,7 @@ class _Applier:
         lower tree may be deeper than Python's limit); `path` is its real path."""
         self._forget_dir()
         self._forget_links(path)
+        self._forget_entry(parent_fd, name, st)
         if self.observer is not None and self.observer.removing(parent_fd, path, st):
             self.stats.removed += 1
             return
