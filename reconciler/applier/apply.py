@@ -20,6 +20,14 @@ Memory stays small however many entries a layer has: tar members are
 dropped as soon as they are applied, tar headers are bounded, the paths a
 whiteout must spare are kept as keyed 64-bit hashes, and the directory times
 to set at the end are spooled to a temporary file once they grow.
+
+Resolution work is bounded per path (`LayerLimits.max_resolve_steps`
+components, link targets included) and not paid twice within a layer: what
+each walked name is, where each symlink led, and the last path's
+symlink-free part are kept, each forgotten when the layer removes anything
+it relied on (only a removal changes what an existing path resolves to). A
+kept resolution is charged what it cost, so the limits refuse the same paths
+whatever came before.
 """
 
 from __future__ import annotations
