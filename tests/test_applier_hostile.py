@@ -62,6 +62,10 @@ def H(path: str, target: str) -> dict:
     return {"type": "hardlink", "path": path, "target": target}
 
 
+def D(path: str, **kw) -> dict:
+    return {"type": "dir", "path": path, **kw}
+
+
 def test_dotdot_names_are_refused(places):
     root, _ = places
     for name in ["../../../victim/pwned", "a/../../../../victim/pwned", "/../victim/pwned"]:
@@ -359,3 +363,81 @@ def test_a_lower_tree_deeper_than_the_recursion_limit_is_removed(places, upper):
              "file over it": F("top/d", "now a file\n")}[upper]
     apply_all(root, [gz([F(f"top/{deep}/f", "lower\n")]), gz([entry])])
     assert os.listdir(root / "top") == ([] if upper != "file over it" else ["d"])
+
+
+# A hardlink replacing a directory that holds its own target, reached through
+# symlinks: removing the entry first would take its target with it (cold), or
+# move it into the undo log, where the new link would still find it (top layer).
+# Either way it is refused, the same way, naming the entry.
+HARDLINK_INTO_REPLACED = {
+    "symlink": ([D("d"), F("d/f"), L("s", "d")], H("d", "s/f"), "/d"),
+    "dotdot": ([D("x"), D("d"), F("d/f"), L("s", "x/../d")], H("d", "s/f"), "/d"),
+    "absolute": ([D("d/e"), F("d/e/f"), L("s", "/d/e")], H("d", "s/f"), "/d"),
+    "nested": ([D("d/e"), F("d/e/f"), L("s1", "s2"), L("s2", "t/../d"), D("t"), L("s3", "s1/e")],
+               H("d", "s3/f"), "/d"),
+    "deeper": ([D("a/d/e"), F("a/d/e/f"), L("s", "../../a/d/e")], H("a/d", "s/f"), "/a/d"),
+    "symlinked-parent": ([D("a/d"), F("a/d/f"), L("t", "a")], H("t/d", "a/d/f"), "/t/d"),
+}
+
+
+
+@pytest.mark.parametrize("position", ["lower", "top-with-undo", "same-layer"])
+@pytest.mark.parametrize("shape", sorted(HARDLINK_INTO_REPLACED))
+def test_a_hardlink_into_the_entry_it_replaces_is_refused_wherever_the_layer_stands(
+        places, tmp_path_factory, shape, position):
+    from reconciler.applier.undo import UndoRecorder
+
+    root, _ = places
+    lower, link, entry = HARDLINK_INTO_REPLACED[shape]
+    match = f"hardlink {entry} points inside itself"
+    if position == "same-layer":
+        with pytest.raises(HostileLayerError, match=match):
+            apply_all(root, [gz(lower + [link])])
+        return
+    apply_all(root, [gz(lower)])
+    before = describe_tree(root)
+    if position == "lower":
+        with pytest.raises(HostileLayerError, match=match):
+            apply_all(root, [gz([link])])
+    else:
+        undo = tmp_path_factory.mktemp("undo") / "log"
+        with UndoRecorder(undo) as recorder:
+            with pytest.raises(HostileLayerError, match=match):
+                apply_all(root, [gz([link])], observer=recorder)
+    # refused before anything was removed or moved into the log
+    assert describe_tree(root) == before
+
+
+@pytest.mark.parametrize("warm", [False, True])
+def test_resolution_work_per_path_is_bounded_the_same_with_kept_resolutions(places, warm):
+    """Components walked per path, link targets included, are capped (a
+    HostileLayerError past the cap). A resolution kept from an earlier entry
+    is charged what it cost, so whether a path is refused never depends on
+    what came before it in the layer."""
+    root, _ = places
+    limits = ApplyOptions(limits=LayerLimits(max_resolve_steps=100))
+    chain = "/".join(["a", ".."] * 30 + ["a"])  # 61 components
+    lower = [D("a"), L("s", chain), L("t", "s/../s")]
+    first = [F("s/ok")] if warm else []  # 62 steps: within the cap, and kept
+    with pytest.raises(HostileLayerError, match=r"resolving /t walks more than 100 path components"):
+        apply_all(root, [gz(lower + first + [F("t/f")])], options=limits)  # 1 + 1 + 61 + 1 + 1 + 61 steps
+    assert (root / "a" / "ok").exists() == warm
+    assert not (root / "a" / "f").exists()
+
+
+def test_a_symlink_resolution_bomb_lands_where_the_kernel_would(places):
+    """Many files through many links whose targets are long `a/..` chains
+    (each resolution is kept, not walked again)."""
+    root, _ = places
+    chain = "/".join(["a", ".."] * 800 + ["a"])
+    entries = [D("a")] + [L(f"l{i}", chain) for i in range(25)] + [F(f"l{i % 25}/f{i}") for i in range(500)]
+    apply_all(root, [gz(entries)])
+    assert sorted(os.listdir(root / "a")) == sorted(f"f{i}" for i in range(500))
+
+
+def test_a_symlink_target_longer_than_the_kernel_stores_is_a_layer_error(places):
+    root, _ = places
+    with pytest.raises(LayerError, match=r"symlink /l has a target of 4096 bytes; Linux stores at most 4095"):
+        apply_all(root, [gz([L("l", "a/" * 2048)])])
+    apply_all(root, [gz([L("m", "a/" * 2047 + "b")])])  # 4095 bytes: fine
+    assert len(os.readlink(root / "m")) == 4095

@@ -97,3 +97,36 @@ def test_hostile_links_never_redirect_a_publisher_write(kind, tmp_path, monkeypa
     assert (outer / ".singularity.d").is_symlink() and (outer / "etc").is_symlink()
     inner = backend.visible / "inner:v1"
     assert all((inner / ".singularity.d" / n).is_symlink() for n in INNER_NAMES)
+
+
+@pytest.mark.parametrize("kind", ["local", "cvmfs"])
+def test_variant_symlinks_are_refused_on_cvmfs_and_kept_elsewhere(kind, tmp_path, monkeypatch, fixture_registry):
+    """CernVM-FS clients expand `$(VAR)` in a symlink's target each their own
+    way (a variant symlink): there the image fails, saying which link and why;
+    a local directory keeps the link as the image has it. Another image of
+    the same run publishes on both."""
+    backend = Backend(kind, tmp_path, monkeypatch)
+    host = fixture_registry.host
+    variant = build_image({"name": "variant-link", "tags": ["v1"], "layers": [{"compression": "gzip", "entries": [
+        {"type": "dir", "path": "opt"},
+        {"type": "symlink", "path": "opt/lib", "target": "/cvmfs/sw.example.org/$(CVMFS_ARCH)/lib"}]}]})
+    plain = build_image({"name": "plain-link", "tags": ["v1"], "layers": [{"compression": "gzip", "entries": [
+        {"type": "symlink", "path": "lib", "target": "/usr/lib"}]}]})
+    pusher = FixturePusher(host)
+    for image in (variant, plain):
+        pusher.push(image)
+    wl = backend.watchlist(host, [f'source = "{host}/{image.repository}"\ntags = ["v1"]\ndest = "{image.name}"'
+                                  for image in (variant, plain)])
+    report = run(wl)
+    assert os.readlink(backend.visible / "plain-link:v1" / "lib") == "/usr/lib"
+    failed = {o.name: o.reason for o in report.outcomes if o.reason}
+    if kind == "local":
+        assert not failed
+        assert os.readlink(backend.visible / "variant-link:v1" / "opt" / "lib") == \
+            "/cvmfs/sw.example.org/$(CVMFS_ARCH)/lib"
+    else:
+        assert len(failed) == 1 and "variant-link:v1" in next(iter(failed)), failed
+        (reason,) = failed.values()
+        assert "symlink /opt/lib -> '/cvmfs/sw.example.org/$(CVMFS_ARCH)/lib'" in reason
+        assert "CernVM-FS would expand per client as a variant symlink" in reason
+        assert not (backend.visible / "variant-link:v1").exists()

@@ -20,6 +20,14 @@ Memory stays small however many entries a layer has: tar members are
 dropped as soon as they are applied, tar headers are bounded, the paths a
 whiteout must spare are kept as keyed 64-bit hashes, and the directory times
 to set at the end are spooled to a temporary file once they grow.
+
+Resolution work is bounded per path (`LayerLimits.max_resolve_steps`
+components, link targets included) and not paid twice within a layer: what
+each walked name is, where each symlink led, and the last path's
+symlink-free part are kept, each forgotten when the layer removes anything
+it relied on (only a removal changes what an existing path resolves to). A
+kept resolution is charged what it cost, so the limits refuse the same paths
+whatever came before.
 """
 
 from __future__ import annotations
@@ -31,9 +39,10 @@ import stat
 import struct
 import tarfile
 import tempfile
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator, List, Optional, Protocol, Tuple, Union
+from typing import BinaryIO, Callable, Dict, FrozenSet, Iterator, List, Optional, Protocol, Set, Tuple, Union
 
 from ..errors import HostileLayerError, IntegrityError, LayerError
 from ..treecopy import remove_at
@@ -63,6 +72,17 @@ _MAX_HEADERS = 16
 _MAX_SKIPPED_NOTES = 100
 # Directory times are spooled to an unlinked temporary file past this size.
 _TIMES_SPOOL_BYTES = 4 << 20
+# Symlink resolutions kept from one entry to the next, and the paths they
+# depend on (all of them together): least recently used ones go first.
+_LINK_CACHE_ENTRIES = 4096
+_LINK_CACHE_PATHS = 1 << 16
+# The kernel's PATH_MAX: a symlink's target must be shorter.
+_SYMLINK_MAX = 4096
+# What the names walked are is kept up to about this many bytes (then dropped, and kept anew).
+_ENTRIES_BYTES = 8 << 20
+_ENTRY_COST = 200
+# Directories a walk has seen are reopened this many bytes of path per open.
+_KNOWN_PATH_BYTES = 2048
 
 # CONTTYPE ("7") and vendor types are refused: tarfile would read them as regular files.
 _SUPPORTED_TYPES = {tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.GNUTYPE_SPARSE, tarfile.LNKTYPE, tarfile.SYMTYPE,
@@ -78,6 +98,10 @@ class LayerLimits:
     max_depth: int = 1024  # path components
     max_path_bytes: int = 1 << 16
     max_symlinks: int = 40  # followed while resolving one path (the kernel's MAXSYMLINKS)
+    # Components walked resolving one path, symlink targets included: 40 links of
+    # the longest target the kernel stores (4095 bytes, `a/..` pairs) would need
+    # about 82,000; no honest image comes near. Bounds the work one entry can cost.
+    max_resolve_steps: int = 1 << 15
 
 
 @dataclass(frozen=True)
@@ -91,7 +115,8 @@ class ApplyOptions:
 
     limits: LayerLimits = LayerLimits()
     privileged: Optional[bool] = None
-    # CVMFS resolves symlink targets containing $(VAR) per client: refuse them there.
+    # CernVM-FS clients expand `$(VAR)` in symlink targets (variant symlinks):
+    # refuse such links where the publisher says its target does that.
     forbid_variant_symlinks: bool = False
 
 
@@ -292,6 +317,170 @@ def _mtime_ns(member: tarfile.TarInfo) -> int:
     return int(member.mtime) * 1_000_000_000
 
 
+_DirId = Tuple[int, int]  # (st_dev, st_ino)
+
+
+def _path_key(parent_key: int, name: bytes) -> int:
+    """The identity of a path, from its parent's: a hash, so equal paths share it
+    (a collision only costs a needless cache invalidation, never a wrong result)."""
+    return hash((parent_key, name))
+
+
+def _path_keys(path: PathKey) -> List[int]:
+    """_path_key of every non-empty prefix of `path`, shortest first."""
+    keys, key = [], 0
+    for name in path:
+        key = _path_key(key, name)
+        keys.append(key)
+    return keys
+
+
+@dataclass(frozen=True)
+class _LinkResolution:
+    """Where a symlink's target led, as a directory: kept to skip walking it again."""
+
+    real: PathKey
+    ids: Tuple[_DirId, ...]  # of the root and of each directory of `real`
+    keys: Tuple[int, ...]  # _path_key of the root (0) and of each prefix of `real`
+    steps: int  # components walked in the target (nested links included): charged again on reuse
+    links: int  # nested links followed: charged again on reuse
+    # Every path the resolution relied on: the link, its ancestors, each
+    # directory and link entered. Removing any of them makes it stale.
+    paths: FrozenSet[int]
+
+
+@dataclass
+class _Frame:
+    """A symlink target being walked: done when the pending stack is back to `mark`."""
+
+    mark: int
+    link: PathKey
+    steps: int
+    links: int
+    paths: Set[int]
+
+
+class _Cursor:
+    """Where one path resolution stands: the real path walked so far (with the
+    identity of each directory) and one fd on a directory along it, moved
+    lazily. Stepping into a directory already looked at, or out with `..`,
+    costs no system call until something must be looked up where we are."""
+
+    def __init__(self, root_fd: int, root_id: _DirId) -> None:
+        self.root_fd = root_fd
+        self.real: List[bytes] = []
+        self.ids: List[_DirId] = [root_id]
+        self.keys: List[int] = [0]
+        self.fd = os.dup(root_fd)
+        self.fd_path: List[bytes] = []  # what self.fd is open on
+        self.fd_ids: List[_DirId] = [root_id]
+        self.common = 0  # components `real` and `fd_path` share
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def down(self, name: bytes, ident: _DirId) -> None:
+        self.real.append(name)
+        self.ids.append(ident)
+        self.keys.append(_path_key(self.keys[-1], name))
+
+    def up(self) -> None:
+        """`..`: clamped at the root."""
+        if self.real:
+            self.real.pop()
+            self.ids.pop()
+            self.keys.pop()
+            self.common = min(self.common, len(self.real))
+
+    def to_root(self) -> None:
+        del self.real[:]
+        del self.ids[1:]
+        del self.keys[1:]
+        self.common = 0
+
+    def jump(self, found: _LinkResolution) -> None:
+        self.real, self.ids, self.keys = list(found.real), list(found.ids), list(found.keys)
+        common = 0
+        for a, b in zip(self.real, self.fd_path):
+            if a != b:
+                break
+            common += 1
+        self.common = common
+
+    def start_at(self, prefix: PathKey, ids: List[_DirId], keys: List[int], fd: int, depth: int) -> None:
+        """Begin at prefix[:depth], with `fd` (now the cursor's) open on `prefix`."""
+        self.close()
+        self.real, self.ids, self.keys = list(prefix[:depth]), ids[:depth + 1], keys[:depth + 1]
+        self.fd, self.fd_path, self.fd_ids, self.common = fd, list(prefix), list(ids), depth
+
+    def here(self) -> int:
+        """An fd on the directory at `real` (owned by the cursor)."""
+        climb = len(self.fd_path) - self.common
+        if climb:
+            if climb <= 2:
+                self._climb(climb)
+            else:
+                self._reset()
+        self._descend()
+        self.common = len(self.real)
+        return self.fd
+
+    def _climb(self, levels: int) -> None:
+        """`..` from the fd, `levels` times. Each parent must be the directory we
+        came down through (only a concurrent rename could make it another);
+        if not, start from the root after all."""
+        for _ in range(levels):
+            parent = os.open(b"..", _PATH_FLAGS, dir_fd=self.fd)
+            os.close(self.fd)
+            self.fd = parent
+            self.fd_path.pop()
+            self.fd_ids.pop()
+            st = os.fstat(parent)
+            if (st.st_dev, st.st_ino) != self.fd_ids[-1]:
+                self._reset()
+                return
+
+    def _reset(self) -> None:
+        fd = os.dup(self.root_fd)
+        os.close(self.fd)
+        self.fd = fd
+        self.fd_path, self.fd_ids = [], self.fd_ids[:1]
+
+    def _descend(self) -> None:
+        """The fd from `fd_path` (a prefix of `real`) down to `real`, whose
+        directories the walk has seen: several at a time, each group checked by
+        the (dev, ino) the walk found at its end (a directory has one name, so
+        the same inode is the same place, whatever the kernel followed to get
+        there); a group that does not end there is walked one O_NOFOLLOW
+        component at a time."""
+        i, depth = len(self.fd_path), len(self.real)
+        while i < depth:
+            j, size = i + 1, len(self.real[i])
+            while j < depth and size + 1 + len(self.real[j]) <= _KNOWN_PATH_BYTES:
+                size += 1 + len(self.real[j])
+                j += 1
+            child = os.open(b"/".join(self.real[i:j]), _PATH_FLAGS, dir_fd=self.fd)
+            if j - i > 1:
+                st = os.fstat(child)
+                if (st.st_dev, st.st_ino) != self.ids[j]:
+                    os.close(child)
+                    j = i + 1
+                    child = os.open(self.real[i], _PATH_FLAGS, dir_fd=self.fd)
+            os.close(self.fd)
+            self.fd = child
+            self.fd_path.extend(self.real[i:j])
+            self.fd_ids.extend(self.ids[i + 1:j + 1])
+            i = j
+
+    def take(self) -> int:
+        """The fd on `real`, now the caller's."""
+        fd = self.here()
+        self.fd = -1
+        return fd
+
+
 class _Applier:
     """State for applying one layer onto one root."""
 
@@ -319,6 +508,25 @@ class _Applier:
         # (entry path, fd, real path). Any removal drops it, as only a removal
         # can change what an existing path resolves to.
         self._last_dir: Optional[Tuple[PathKey, int, PathKey]] = None
+        # Symlinks resolved in this layer (by real path) and, for each path
+        # they relied on (by _path_key), which of them did: a removal there
+        # forgets them. Nothing but a removal changes what an existing path resolves to.
+        # The longest leading part of the last path walked that held no symlink:
+        # (those names, ids and keys of its directories, an fd on it). The next
+        # path starts from what it shares with it (entries come sorted, or
+        # nearly). Any removal drops it, like `_last_dir`.
+        self._plain: Optional[Tuple[PathKey, List[_DirId], List[int], int]] = None
+        # What each name in each directory walked is (by the directory's
+        # (dev, ino)): a symlink and its target, a directory and its id, or
+        # something else. A removal drops the name and, for a directory, all
+        # that is known under it (an inode number may come back for another
+        # directory); `_below` says which directories hold which.
+        self._entries: Dict[_DirId, Dict[bytes, Tuple[int, object]]] = {}
+        self._below: Dict[_DirId, Set[_DirId]] = {}
+        self._entries_cost = 0
+        self._links: "OrderedDict[PathKey, _LinkResolution]" = OrderedDict()
+        self._link_deps: Dict[int, Set[PathKey]] = {}
+        self._link_paths = 0
 
     def close(self) -> None:
         """Release the cached directory fd and the spooled directory times."""
@@ -330,6 +538,9 @@ class _Applier:
         if self._last_dir is not None:
             os.close(self._last_dir[1])
             self._last_dir = None
+        if self._plain is not None:
+            os.close(self._plain[3])
+            self._plain = None
 
     # -- path resolution -------------------------------------------------
 
@@ -347,91 +558,231 @@ class _Applier:
             return os.dup(last[1]), last[2]
         fd, real = self._resolve_dir(parts, create)
         if fd is not None:
-            self._forget_dir()
+            if self._last_dir is not None:
+                os.close(self._last_dir[1])
             self._last_dir = (parts, os.dup(fd), real)
         return fd, real
 
     def _resolve_dir(self, parts: PathKey, create: bool) -> Tuple[Optional[int], PathKey]:
         # Components still to walk, the next one last: a symlink's target is
         # pushed in O(its length), whatever is pending behind it.
-        pending = list(reversed(parts))
-        real: List[bytes] = []
-        # (st_dev, st_ino) of each directory of `real`, the root first: `..`
-        # opens the parent straight from the current fd and checks it is this one.
-        ids = [self.root_id]
-        fd = os.dup(self.root_fd)  # always one open fd, owned here until returned
-        links = 0
+        cursor = _Cursor(self.root_fd, self.root_id)
+        steps = links = 0
+        plain = self._plain
+        if plain is not None:
+            # Begin where the last path's symlink-free part and this one part:
+            # those components cost what walking them would (the limits hold).
+            shared, most = 0, min(len(plain[0]), len(parts))
+            while shared < most and plain[0][shared] == parts[shared]:
+                shared += 1
+            if shared:
+                cursor.start_at(plain[0], plain[1], plain[2], os.dup(plain[3]), shared)
+                steps = shared
+        pending = list(reversed(parts[steps:]))
+        # Until the first symlink, the walk is the path's own names: the part to keep.
+        plain_part: Optional[int] = None
+        entries = self._entries
+        frames: List[_Frame] = []  # symlink targets being walked, innermost last
+        limits = self.limits
         try:
-            while pending:
+            while True:
+                while frames and len(pending) == frames[-1].mark:
+                    self._keep_link(frames.pop(), cursor, steps, links, frames)
+                if not pending:
+                    break
                 name = pending.pop()
                 if name in (b"", b"."):
                     continue
+                steps += 1
+                if steps > limits.max_resolve_steps:
+                    raise HostileLayerError(self._over_steps(parts))
                 if name == b"..":
-                    if real:
-                        real.pop()
-                        ids.pop()
-                        parent = self._open_parent(fd, real, ids[-1])
-                        os.close(fd)
-                        fd = parent
+                    cursor.up()
                     continue
-                try:
-                    st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-                except FileNotFoundError:
-                    if not create:
-                        os.close(fd)
+                here = entries.get(cursor.ids[-1])
+                known = None if here is None else here.get(name)
+                if known is None:
+                    known = self._look_up(cursor, name, create)
+                    if known is None:
                         return None, ()
-                    self._note_dir_change(fd, tuple(real))
-                    if self.observer is not None:
-                        self.observer.creating(fd, tuple(real) + (name,))
-                    os.mkdir(name, 0o755, dir_fd=fd)
-                    self.times_noted.add(tuple(real) + (name,))
-                    st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-                if stat.S_ISLNK(st.st_mode):
+                    self._note_entry(cursor.ids, name, known)
+                kind, value = known
+                if (kind == stat.S_IFDIR and pending and pending[-1] == b".."
+                        and not (frames and len(pending) == frames[-1].mark)
+                        and len(cursor.real) < limits.max_depth):
+                    # `dir/..` is where we are: no need to step in and out.
+                    pending.pop()
+                    steps += 1
+                    if steps > limits.max_resolve_steps:
+                        raise HostileLayerError(self._over_steps(parts))
+                    if frames:
+                        frames[-1].paths.add(_path_key(cursor.keys[-1], name))
+                    continue
+                if kind == stat.S_IFLNK:
+                    if plain_part is None:
+                        plain_part = len(cursor.real)
+                        self._keep_plain(cursor)
                     links += 1
-                    if links > self.limits.max_symlinks:
+                    if links > limits.max_symlinks:
                         raise HostileLayerError(f"too many levels of symbolic links (more than "
-                                                f"{self.limits.max_symlinks}, the symlink limit) resolving {_show(parts)}")
-                    target = os.readlink(name, dir_fd=fd)
+                                                f"{limits.max_symlinks}, the symlink limit) resolving {_show(parts)}")
+                    link = tuple(cursor.real) + (name,)
+                    done = self._links.get(link)
+                    if done is not None:
+                        # Resolved before and nothing it relied on was removed since:
+                        # the same walk, charged the same, without the system calls.
+                        self._links.move_to_end(link)
+                        steps += done.steps
+                        links += done.links
+                        if steps > limits.max_resolve_steps:
+                            raise HostileLayerError(self._over_steps(parts))
+                        if links > limits.max_symlinks:
+                            raise HostileLayerError(f"too many levels of symbolic links (more than "
+                                                    f"{limits.max_symlinks}, the symlink limit) resolving "
+                                                    f"{_show(parts)}")
+                        cursor.jump(done)
+                        if frames:
+                            frames[-1].paths.update(done.paths)
+                        continue
+                    frames.append(_Frame(len(pending), link, steps, links,
+                                         set(cursor.keys[1:]) | {_path_key(cursor.keys[-1], name)}))
+                    target = value
+                    assert isinstance(target, bytes)
                     if target.startswith(b"/"):
-                        root = os.dup(self.root_fd)
-                        os.close(fd)
-                        fd = root
-                        real.clear()
-                        del ids[1:]
+                        cursor.to_root()
                     pending.extend(reversed(target.split(b"/")))
                     continue
-                if not stat.S_ISDIR(st.st_mode):
+                if kind != stat.S_IFDIR:
                     if not create:
-                        os.close(fd)
                         return None, ()
-                    raise LayerError(f"{_show(parts)}: {_show(tuple(real) + (name,))} is not a directory")
-                child = self._open_dir(fd, name)
-                os.close(fd)
-                fd = child
-                real.append(name)
-                ids.append((st.st_dev, st.st_ino))
-                if len(real) > self.limits.max_depth:
+                    raise LayerError(f"{_show(parts)}: {_show(tuple(cursor.real) + (name,))} is not a directory")
+                assert isinstance(value, tuple)
+                cursor.down(name, value)
+                if frames:
+                    frames[-1].paths.add(cursor.keys[-1])
+                if len(cursor.real) > limits.max_depth:
                     raise LayerError(f"{_show(parts)} resolves deeper than the depth limit of "
-                                     f"{self.limits.max_depth} directories")
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd, tuple(real)
+                                     f"{limits.max_depth} directories")
+            if plain_part is None:
+                self._keep_plain(cursor)
+            return cursor.take(), tuple(cursor.real)
+        finally:
+            cursor.close()
 
-    def _open_parent(self, fd: int, real: List[bytes], expected: Tuple[int, int]) -> int:
-        """A new fd on the parent of directory `fd`, whose real path is `real`.
+    def _note_entry(self, ids: List[_DirId], name: bytes, known: Tuple[int, object]) -> None:
+        """Keep what `name` is in the directory ids[-1] (`ids`: its ancestors' ids, the root first)."""
+        cost = _ENTRY_COST + len(name) + (len(known[1]) if isinstance(known[1], bytes) else 0)
+        if self._entries_cost + cost > _ENTRIES_BYTES:
+            self._entries.clear()
+            self._below.clear()
+            self._entries_cost = 0
+        here = self._entries.get(ids[-1])
+        if here is None:
+            here = self._entries[ids[-1]] = {}
+            # Which directories hold which: removing one forgets all that is known under it.
+            for i in range(len(ids) - 1, 0, -1):
+                children = self._below.setdefault(ids[i - 1], set())
+                if ids[i] in children:
+                    break
+                children.add(ids[i])
+        here[name] = known
+        self._entries_cost += cost
 
-        `..` from the fd is O(1) where walking `real` from the root is
-        O(depth), which made long `..` chains quadratic. The parent must be the
-        directory we came down through (only a concurrent rename could make it
-        another); if not, walk from the root after all.
-        """
-        parent = os.open(b"..", _PATH_FLAGS, dir_fd=fd)
-        st = os.fstat(parent)
-        if (st.st_dev, st.st_ino) == expected:
-            return parent
-        os.close(parent)
-        return self._reopen(tuple(real))
+    def _forget_entry(self, parent_fd: int, name: bytes, st: os.stat_result) -> None:
+        """`name` in `parent_fd` (lstat `st`) is being removed."""
+        if not self._entries:
+            return
+        parent_st = os.fstat(parent_fd)
+        parent_id = (parent_st.st_dev, parent_st.st_ino)
+        here = self._entries.get(parent_id)
+        if here is not None:
+            here.pop(name, None)
+        if stat.S_ISDIR(st.st_mode):
+            self._below.get(parent_id, set()).discard((st.st_dev, st.st_ino))
+            doomed = [(st.st_dev, st.st_ino)]
+            while doomed:
+                gone = doomed.pop()
+                self._entries.pop(gone, None)
+                doomed.extend(self._below.pop(gone, ()))
+
+    def _keep_plain(self, cursor: _Cursor) -> None:
+        """Where the cursor stands is the symlink-free leading part of the path
+        being walked: keep it for the next one."""
+        fd = os.dup(cursor.here())
+        if self._plain is not None:
+            os.close(self._plain[3])
+        self._plain = (tuple(cursor.real), list(cursor.ids), list(cursor.keys), fd)
+
+    def _over_steps(self, parts: PathKey) -> str:
+        return (f"resolving {_show(parts)[:200]} walks more than {self.limits.max_resolve_steps} path components "
+                "(the resolution limit), symlink targets included")
+
+    def _look_up(self, cursor: _Cursor, name: bytes, create: bool) -> Optional[Tuple[int, object]]:
+        """What `name` is where the cursor stands: (S_IFLNK, target), (S_IFDIR,
+        its id) or (0, None) for anything else. None when it is missing and not
+        `create`; with `create`, a missing one is made a directory."""
+        fd = cursor.here()
+        try:
+            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+        except FileNotFoundError:
+            if not create:
+                return None
+            real = tuple(cursor.real)
+            self._note_dir_change(fd, real)
+            if self.observer is not None:
+                self.observer.creating(fd, real + (name,))
+            os.mkdir(name, 0o755, dir_fd=fd)
+            self.times_noted.add(real + (name,))
+            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+        if stat.S_ISLNK(st.st_mode):
+            return stat.S_IFLNK, os.readlink(name, dir_fd=fd)
+        if stat.S_ISDIR(st.st_mode):
+            return stat.S_IFDIR, (st.st_dev, st.st_ino)
+        return 0, None
+
+    # -- the symlink cache -------------------------------------------------
+
+    def _keep_link(self, frame: _Frame, cursor: _Cursor, steps: int, links: int, frames: List[_Frame]) -> None:
+        """A symlink's target is walked: keep where it led and what it relied on."""
+        if frames:
+            frames[-1].paths.update(frame.paths)
+        if len(frame.paths) > _LINK_CACHE_PATHS // 4:
+            return  # too big to keep: walked again next time (within the step limit)
+        found = _LinkResolution(tuple(cursor.real), tuple(cursor.ids), tuple(cursor.keys),
+                                steps - frame.steps, links - frame.links, frozenset(frame.paths))
+        self._drop_link(frame.link)
+        self._links[frame.link] = found
+        if frames:
+            # Met inside another link's target: that one is what the next entry
+            # will ask for. Dropped first, so a layer of long chains of links
+            # cannot push out the resolutions of the chains' heads.
+            self._links.move_to_end(frame.link, last=False)
+        self._link_paths += len(found.paths)
+        for key in found.paths:
+            self._link_deps.setdefault(key, set()).add(frame.link)
+        while len(self._links) > _LINK_CACHE_ENTRIES or self._link_paths > _LINK_CACHE_PATHS:
+            self._drop_link(next(iter(self._links)))
+
+    def _drop_link(self, link: PathKey) -> None:
+        found = self._links.pop(link, None)
+        if found is None:
+            return
+        self._link_paths -= len(found.paths)
+        for key in found.paths:
+            users = self._link_deps.get(key)
+            if users is not None:
+                users.discard(link)
+                if not users:
+                    del self._link_deps[key]
+
+    def _forget_links(self, path: PathKey) -> None:
+        """`path` (a real path) is being removed: forget every resolution that went
+        through it. One that went under it went through it too (walks go down
+        one directory at a time, and a relative link relied on its ancestors)."""
+        if not self._links or not path:
+            return
+        for link in list(self._link_deps.get(_path_keys(path)[-1], ())):
+            self._drop_link(link)
 
     def _reopen(self, real: PathKey) -> int:
         """Open a real path (no symlinks expected) from the root."""
@@ -469,6 +820,8 @@ class _Applier:
         """Remove the entry `name` (a whole subtree: without recursion, as a
         lower tree may be deeper than Python's limit); `path` is its real path."""
         self._forget_dir()
+        self._forget_links(path)
+        self._forget_entry(parent_fd, name, st)
         if self.observer is not None and self.observer.removing(parent_fd, path, st):
             self.stats.removed += 1
             return
@@ -578,23 +931,17 @@ class _Applier:
                 raise HostileLayerError(f"hardlink {_show(parts)} points at the image root")
             if link_parts[:len(parts)] == parts:
                 # Replacing the entry would remove its own target first.
-                raise LayerError(f"hardlink {_show(parts)} points inside itself ({member.linkname!r})")
+                raise HostileLayerError(f"hardlink {_show(parts)} points inside itself ({member.linkname!r})")
             link_fd, link_real = self.resolve_dir(link_parts[:-1], create=False)
             link_name = link_parts[-1]
+            link_real = link_real + (link_name,)
             if link_fd is None:
                 raise LayerError(f"hardlink {_show(parts)}: target {_show(link_parts)} does not exist")
         try:
             parent_fd, real_parent = self.resolve_dir(parts[:-1], create=True)
             assert parent_fd is not None
-            entry_real = real_parent + (name,)
-            if link_fd is not None and link_real[:len(entry_real)] == entry_real:
-                # The same as above, reached through a symlink (`s -> d`, then `d`
-                # linked to `s/f`): replacing `d` would remove the target first.
-                os.close(parent_fd)
-                raise HostileLayerError(f"hardlink {_show(parts)} points inside itself through a symlink "
-                                        f"({member.linkname!r} is {_show(link_real + (link_name,))})")
             try:
-                self._create_in(tf, member, parent_fd, real_parent, name, link_fd, link_name)
+                self._create_in(tf, member, parent_fd, real_parent, name, link_fd, link_name, link_real, parts)
             finally:
                 os.close(parent_fd)
         finally:
@@ -602,7 +949,8 @@ class _Applier:
                 os.close(link_fd)
 
     def _create_in(self, tf: tarfile.TarFile, member: tarfile.TarInfo, parent_fd: int, real_parent: PathKey,
-                   name: bytes, link_fd: Optional[int], link_name: bytes) -> None:
+                   name: bytes, link_fd: Optional[int], link_name: bytes, link_real: PathKey = (),
+                   entry: PathKey = ()) -> None:
         path = real_parent + (name,)
         try:
             existing: Optional[os.stat_result] = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
@@ -625,6 +973,13 @@ class _Applier:
             if existing is not None and existing.st_ino == target_st.st_ino and existing.st_dev == target_st.st_dev:
                 self._mark_upper(path)
                 return  # already that inode (a link to itself)
+            if existing is not None and link_real[:len(path)] == path:
+                # The target was resolved (through symlinks) to a place under the entry
+                # this one replaces: removing it first would pull the target away (or,
+                # under an undo log, into the log). The position of the layer must not matter.
+                raise HostileLayerError(f"hardlink {_show(entry)} points inside itself: its target "
+                                        f"{member.linkname!r} resolves to {_show(link_real)}, under "
+                                        f"{_show(path)}, which the entry replaces")
         self._note_dir_change(parent_fd, real_parent)
         if existing is not None:
             self._remove(parent_fd, name, existing, path)
@@ -641,8 +996,13 @@ class _Applier:
             target = _encode(member.linkname)
             if b"\x00" in target:
                 raise HostileLayerError(f"symlink {_show(path)} has a NUL byte in its target")
+            if len(target) >= _SYMLINK_MAX:
+                raise LayerError(f"symlink {_show(path)} has a target of {len(target)} bytes; Linux stores at most "
+                                 f"{_SYMLINK_MAX - 1} (PATH_MAX), so the image cannot be unpacked here")
             if self.options.forbid_variant_symlinks and b"$(" in target:
-                raise HostileLayerError(f"symlink {_show(path)} -> {member.linkname!r} would be a CVMFS variant symlink")
+                raise HostileLayerError(f"the image has a symlink {_show(path)} -> {member.linkname!r} that CernVM-FS "
+                                        "would expand per client as a variant symlink ($(VARIABLE) in its target), "
+                                        "so it is refused: published, it would not point where the image says")
             os.symlink(target, name, dir_fd=parent_fd)
             self._chown(parent_fd, name, member)
             os.utime(name, ns=(_mtime_ns(member),) * 2, dir_fd=parent_fd, follow_symlinks=False)

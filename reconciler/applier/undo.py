@@ -25,12 +25,14 @@ import errno
 import json
 import os
 import stat
+import struct
 from pathlib import Path
-from typing import BinaryIO, Dict, List, Optional, Tuple
+from typing import BinaryIO, Iterable, Iterator, List, Optional
 
 from ..confined import ConfinedTree
 from ..errors import LayerError
 from ..treecopy import clone_entry, remove_at
+from .apply import _TimesLog
 from .pathset import PathKey, PathSet
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -164,16 +166,40 @@ class UndoRecorder:
         self.close()
 
 
-def _read_journal(undo_fd: int, undo_dir: Path) -> List[dict]:
+_JOURNAL_CHUNK = 1 << 16
+
+
+def _journal_backwards(undo_fd: int, undo_dir: Path) -> Iterator[dict]:
+    """The journal's records, newest first, read from its end in chunks: memory
+    stays at a chunk and the longest record, however long the journal is."""
     try:
         fd = os.open(JOURNAL, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=undo_fd)
     except OSError as exc:
         raise UndoError(f"cannot read the undo log in {undo_dir}: {exc.strerror}") from None
     with os.fdopen(fd, "rb") as fh:
-        try:
-            return [json.loads(line) for line in fh]
-        except ValueError as exc:
-            raise UndoError(f"the undo log in {undo_dir} is corrupt: {exc}") from None
+        position = fh.seek(0, os.SEEK_END)
+        tail = b""  # the start of a record whose beginning is in an earlier chunk
+        while position > 0:
+            step = min(_JOURNAL_CHUNK, position)
+            position -= step
+            fh.seek(position)
+            lines = (fh.read(step) + tail).split(b"\n")
+            tail = lines[0]
+            for line in reversed(lines[1:]):
+                if line:
+                    yield _record(line, undo_dir)
+        if tail:
+            yield _record(tail, undo_dir)
+
+
+def _record(line: bytes, undo_dir: Path) -> dict:
+    try:
+        record = json.loads(line)
+    except ValueError as exc:
+        raise UndoError(f"the undo log in {undo_dir} is corrupt: {exc}") from None
+    if not isinstance(record, dict):
+        raise UndoError(f"the undo log in {undo_dir} is corrupt: a record is not an object")
+    return record
 
 
 def _open_dir(tree: ConfinedTree, path: PathKey, undo_dir: Path) -> int:
@@ -205,38 +231,42 @@ def undo_changes(tree: Path, undo_dir: Path) -> int:
         undo_fd = os.open(undo_dir, _DIR_FLAGS)
     except OSError as exc:
         raise UndoError(f"cannot open the undo log {undo_dir}: {exc.strerror}") from None
-    times: Dict[PathKey, Tuple[int, int]] = {}
+    # Directory times, in the order met (newest change first): set at the end,
+    # in that order, so the oldest record of a path wins. Spooled to a file past a few MiB.
+    times = _TimesLog()
     try:
         with ConfinedTree(tree) as confined:
             saved_fd = os.open(SAVED, _DIR_FLAGS, dir_fd=undo_fd)
             try:
-                records = _read_journal(undo_fd, undo_dir)
                 try:
-                    _replay(records, confined, saved_fd, undo_dir, times)
-                except (KeyError, TypeError, ValueError) as exc:
+                    count = _replay(_journal_backwards(undo_fd, undo_dir), confined, saved_fd, undo_dir, times)
+                except (KeyError, TypeError, ValueError, struct.error) as exc:
                     raise UndoError(f"the undo log in {undo_dir} is corrupt: {type(exc).__name__} {exc}") from None
             finally:
                 os.close(saved_fd)
             # Times last: every change above touched the times of a parent.
-            for path, (atime, mtime) in times.items():
+            for path, atime, mtime in times:
                 fd = _open_dir(confined, path, undo_dir)
                 try:
                     os.utime(fd, ns=(atime, mtime))
                 finally:
                     os.close(fd)
     finally:
+        times.close()
         os.close(undo_fd)
-    return len(records)
+    return count
 
 
-def _replay(records: List[dict], tree: ConfinedTree, saved_fd: int, undo_dir: Path,
-            times: Dict[PathKey, Tuple[int, int]]) -> None:
-    """Undo the records newest first; directory times are collected into `times`."""
-    for record in reversed(records):
+def _replay(records: Iterable[dict], tree: ConfinedTree, saved_fd: int, undo_dir: Path, times: _TimesLog) -> int:
+    """Undo the records (newest first); directory times are added to `times`.
+    Returns how many records there were."""
+    count = 0
+    for record in records:
+        count += 1
         path = _parts(record["path"])
         op = record["op"]
         if op in ("times", "meta"):
-            times[path] = (record["atime"], record["mtime"])
+            times.add(path, record["atime"], record["mtime"])
             if op == "meta":
                 fd = _open_dir(tree, path, undo_dir)
                 try:
@@ -256,3 +286,4 @@ def _replay(records: List[dict], tree: ConfinedTree, saved_fd: int, undo_dir: Pa
                 clone_entry(saved_fd, record["id"], parent, name)
         finally:
             os.close(parent)
+    return count

@@ -9,6 +9,7 @@ A failing image fails alone; a failing transaction fails all its changes
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -51,7 +52,11 @@ class BuildStage:
                  progress: Optional["TerminalProgress"] = None) -> None:
         self.publisher = publisher
         self.store = store
-        self.apply_options = apply_options or ApplyOptions()
+        options = apply_options or ApplyOptions()
+        if publisher.expands_variant_symlinks:
+            # Readers would each resolve a `$(VAR)` target their own way: not the image.
+            options = dataclasses.replace(options, forbid_variant_symlinks=True)
+        self.apply_options = options
         self.bind_points = bind_points
         self.gc_grace = gc_grace  # only said in messages: the plan chose what to collect
         self.progress = progress

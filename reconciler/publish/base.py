@@ -199,6 +199,9 @@ class Publisher(ABC):
     # True when a failed transaction leaves nothing of itself visible (CVMFS:
     # nothing shows before publish); False when what it did before the failure stands.
     all_or_nothing = False
+    # True when readers of the target expand `$(VAR)` in symlink targets each on
+    # their own (CernVM-FS variant symlinks): such links are refused when applied.
+    expands_variant_symlinks = False
 
     def __init__(self, root: Path) -> None:
         self.root = root

@@ -175,6 +175,8 @@ class CvmfsPublisher(Publisher):
     """Publishes into a CernVM-FS repository through `cvmfs_server`."""
 
     all_or_nothing = True
+    # CernVM-FS clients expand `$(VAR)` in symlink targets (variant symlinks).
+    expands_variant_symlinks = True
 
     def __init__(self, repository: str, mount: Path, state_dir: Path, lease_path: Optional[str] = None,
                  command: str = "cvmfs_server") -> None:

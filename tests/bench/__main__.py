@@ -147,6 +147,13 @@ def main() -> int:
                         help="only the applier vs umoci on one layer of N directories")
     parser.add_argument("--dotdot-layer", type=int, metavar="N",
                         help="only the applier vs umoci on one layer of N files written through long `..` chains")
+    parser.add_argument("--resolution", metavar="SHAPE,...",
+                        help="only the applier vs umoci on symlink-resolution shapes (tests/bench/resolution.py: "
+                        "bomb, deep-dotdot, link-chains, absolute-chain, wide, churn; `all` for every one)")
+    parser.add_argument("--undo-replay", type=int, metavar="N",
+                        help="only the peak memory of replaying the undo log of an N-entry top layer")
+    parser.add_argument("--baseline", type=Path, metavar="CHECKOUT",
+                        help="--undo-replay: also replay with the reconciler package of another checkout")
     args = parser.parse_args()
     for tool in ("skopeo", "umoci"):
         if shutil.which(tool) is None:
@@ -163,6 +170,23 @@ def main() -> int:
         out = work / "results-scale.json"
         out.write_text(json.dumps(results, indent=2))
         print(scale_summary(results))
+        return 0
+    if args.resolution:
+        from tests.bench.resolution import SHAPES
+
+        names = list(SHAPES) if args.resolution == "all" else args.resolution.split(",")
+        all_results = {}
+        for shape in names:
+            all_results[shape] = bench_big_layer(work, scratch, shape, 0, args.pairs)
+            print(big_layer_summary(all_results[shape]), flush=True)
+        out = work / "results-resolution.json"
+        out.write_text(json.dumps(all_results, indent=2))
+        print(f"bench: details in {out}", file=sys.stderr)
+        return 0
+    if args.undo_replay:
+        from tests.bench.undo_replay import bench_undo_replay
+
+        print(bench_undo_replay(fresh(scratch / "undo-replay"), args.undo_replay, timed, args.baseline))
         return 0
     shapes = {"files": args.big_layer, "dirs": args.dirs_layer, "dotdot": args.dotdot_layer}
     if any(shapes.values()):
@@ -231,7 +255,8 @@ def bench_big_layer(work: Path, scratch: Path, shape: str, n: int, pairs: int) -
         theirs.append(t)
         their_rss = max(their_rss, r)
         subprocess.run(["rm", "-rf", str(bundle)], check=True)
-    return {"layer": {**layer_summary(layer), "shape": shape, "name": describe(shape, n, 64 if shape == "dotdot" else None)},
+    name = describe(shape, n, 64 if shape == "dotdot" else None) if n else f"{shape} layer ({layer.entries:,} entries)"
+    return {"layer": {**layer_summary(layer), "shape": shape, "name": name},
             "ours_s": ours, "umoci_s": theirs, "ours_median_s": statistics.median(ours),
             "umoci_median_s": statistics.median(theirs), "ratio": statistics.median(ours) / statistics.median(theirs),
             "ours_peak_rss_mib": round(our_rss / 1024, 1), "umoci_peak_rss_mib": round(their_rss / 1024, 1)}

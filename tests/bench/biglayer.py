@@ -125,9 +125,11 @@ def build_layer(cache: Path, shape: str, n: int, depth: int = 64) -> BigLayer:
     gz_path, meta = cache / f"{stem}.tar.gz", cache / f"{stem}.json"
     if gz_path.exists() and meta.exists():
         return BigLayer(gz_path, **json.loads(meta.read_text()))
+    from tests.bench.resolution import SHAPES
+
     entries = {"files": lambda: _spread_entries(n, lambda path: _file(path, 8)),
                "dirs": lambda: _spread_entries(n, lambda path: _dir(path + "/")),
-               "dotdot": lambda: dotdot_entries(n, depth)}[shape]()
+               "dotdot": lambda: dotdot_entries(n, depth), **SHAPES}[shape]()
     layer = _write_layer(entries, gz_path)
     meta.write_text(json.dumps({"diff_id": layer.diff_id, "digest": layer.digest, "size": layer.size,
                                 "entries": layer.entries}))
