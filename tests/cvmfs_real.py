@@ -28,7 +28,9 @@ from typing import List
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared" / "cvmfs"
+# ../shared beside the checkout, as CI lays it; RECONCILER_SHARED names it for
+# a checkout elsewhere (a git worktree, a copy under /root).
+SHARED = Path(os.environ.get("RECONCILER_SHARED") or ROOT.parent / "shared") / "cvmfs"
 REAL_COMMAND = "/usr/bin/cvmfs_server"
 REPO = "reconciler.test.org"
 GW_REPO = "reconciler-gw.test.org"
