@@ -27,17 +27,16 @@ import json
 import re
 import socket
 import struct
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Dict, List, Optional
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
 
-from tests.registry_server import free_port
+from tests.loopback_http import LoopbackServer
 
 
 @dataclass
@@ -65,37 +64,12 @@ class FaultProxy:
         self.requests: List[dict] = []
         self.paginate_tags = paginate_tags
         self._lock = threading.Lock()
-        self.port = free_port()
-        self.host = f"127.0.0.1:{self.port}"
-        proxy = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_GET(self) -> None:  # noqa: N802
-                proxy.handle(self, "GET")
-
-            def do_HEAD(self) -> None:  # noqa: N802
-                proxy.handle(self, "HEAD")
-
-        class Server(ThreadingHTTPServer):
-            def handle_error(self, request, client_address) -> None:  # type: ignore[no-untyped-def]
-                # Clients giving up on a slow or broken answer is what these tests provoke.
-                if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
-                    super().handle_error(request, client_address)
-
-        self._server = Server(("127.0.0.1", self.port), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
+        self._server = LoopbackServer(self.handle)
+        self.port, self.host = self._server.port, self._server.host
         self._http = httpx.Client(timeout=30)
 
     def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._server.close()
         self._http.close()
 
     def add(self, **kw: object) -> Fault:

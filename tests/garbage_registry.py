@@ -23,14 +23,13 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import List, Optional, Tuple
 
 import httpx
 
-from tests.registry_server import free_port
+from tests.loopback_http import LoopbackServer
 
 # What a registry could say to forge a log line and take over a terminal: a
 # newline and a fake record, a window-title OSC, a screen clear, colours.
@@ -46,37 +45,12 @@ class GarbageRegistry:
         self.upstream_repository = upstream_repository
         self.requests: List[Tuple[str, str]] = []
         self._lock = threading.Lock()
-        self.port = free_port()
-        self.host = f"127.0.0.1:{self.port}"
-        garbage = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_GET(self) -> None:  # noqa: N802
-                garbage.handle(self, "GET")
-
-            def do_HEAD(self) -> None:  # noqa: N802
-                garbage.handle(self, "HEAD")
-
-        class Server(ThreadingHTTPServer):
-            def handle_error(self, request, client_address) -> None:  # type: ignore[no-untyped-def]
-                # A client hanging up on garbage is what this server provokes.
-                if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
-                    super().handle_error(request, client_address)
-
-        self._server = Server(("127.0.0.1", self.port), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
+        self._server = LoopbackServer(self.handle)
+        self.port, self.host = self._server.port, self._server.host
         self._http = httpx.Client(timeout=30)
 
     def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._server.close()
         self._http.close()
 
     def requested(self, flavour: str) -> bool:
