@@ -1,0 +1,89 @@
+"""Every key `watchlist.toml` may hold, declared once (see schema.py): the
+loader checks and reads the file through these tables, the records take
+their defaults from them, and the README's "Watchlist reference" table is
+rendered from them (`python -m reconciler.config.reference`)."""
+
+from __future__ import annotations
+
+from typing import Tuple
+
+from ..apptainer import DEFAULT_BIND_POINTS
+from .schema import ADDRESS, DURATION, FLAG, PATH, PLATFORMS, SIZE, STRINGS, TEXT, WHOLE, Key, Table, table_kind
+
+BACKENDS = ("local", "cvmfs")
+
+TOP = Table("", (
+    Key("publish", table_kind("a [publish] table")),
+    Key("state", table_kind("a [state] table")),
+    Key("defaults", table_kind("a [defaults] table")),
+    Key("registries", table_kind('a table of [registries."host"] tables')),
+    Key("service", table_kind("a [service] table")),
+    Key("webhooks", table_kind("a table of [webhooks.<provider>] tables")),
+    Key("image", table_kind("a list of [[image]] tables")),
+))
+
+PUBLISH = Table("publish", (
+    Key("backend", TEXT, '"local" or "cvmfs"', default="local"),
+    Key("root", PATH, "where tags and images are published; relative paths are taken from the watchlist's "
+                      "directory", default="publish", default_doc="cvmfs: `/cvmfs/<repository>`"),
+    Key("repository", TEXT, "cvmfs: the repository name, e.g. containers.example.org",
+        default_doc="required for cvmfs"),
+    Key("lease_path", TEXT, "cvmfs: publish only this sub-tree, through a gateway lease",
+        default_doc="the whole repository"),
+    Key("bind_points", STRINGS, "directories created in each image for bind mounts (the OSG set by default)",
+        default=DEFAULT_BIND_POINTS),
+    Key("gc_grace", DURATION, "an image no tag references is removed after this long", default="2d"),
+    Key("gc_max_per_cycle", WHOLE, "at most this many image removals per cycle (0: never collect)", default=50),
+))
+
+STATE = Table("state", (
+    Key("dir", PATH, "the blob store (blobs/) and the state database (state.db)", default=".reconciler"),
+    Key("blob_cache_max", SIZE, "bound the blob store; least recently used blobs not in use go first",
+        default_doc="unbounded"),
+))
+
+DEFAULTS = Table("defaults", (
+    Key("interval", DURATION, "how often each image's tags are checked (durations: 30s, 15m, 1h30m, 2d)",
+        default="15m"),
+    Key("platforms", PLATFORMS, "the platforms each image is published for", default=("linux/amd64",)),
+))
+
+REGISTRY = Table('registries."<host>"', (
+    Key("insecure", FLAG, "plain http", default=False),
+    Key("username", TEXT, "with password_file or password_env; without, credentials come from Docker's "
+                          "config.json", default_doc="none"),
+    Key("password_file", PATH, "a file holding the password", default_doc="none"),
+    Key("password_env", TEXT, "an environment variable holding the password", default_doc="none"),
+    Key("mirror", TEXT, "blobs (verified as always) come from here first, the origin if it fails; tags are "
+                        "always resolved at the origin", default_doc="none"),
+    Key("max_concurrency", WHOLE, "requests at once to this registry", default=4),
+    Key("token_realms", STRINGS, "token services or storage hosts it may name on a private address",
+        default=()),
+))
+
+SERVICE = Table("service", (
+    Key("listen", ADDRESS, "the service's HTTP listener (webhooks, /metrics, /status, /healthz)",
+        default_doc="none"),
+))
+
+WEBHOOK = Table("webhooks.<provider>", (
+    Key("token_env", TEXT, "an environment variable holding the provider's token", default_doc="none"),
+    Key("token_file", PATH, "or a file holding it", default_doc="none"),
+))
+
+IMAGE = Table("image[n]", (
+    Key("source", TEXT, "the repository to watch, without a tag", default_doc="required"),
+    Key("tags", STRINGS, "exact tags, or a selection from the registry's tag list (the next three)",
+        default_doc="required without tag_pattern or semver"),
+    Key("tag_pattern", TEXT, "a regular expression (re.search) the tags must match", default_doc="none"),
+    Key("semver", TEXT, 'a version range such as ">=1.2,<2" (PEP 440 parsing; pre-releases excluded)',
+        default_doc="none"),
+    Key("newest", WHOLE, "keep only this many highest: versions in PEP 440 order, other tags below them",
+        default_doc="all"),
+    Key("dest", TEXT, "where under root its tags are published", default_doc="`<registry>/<repository>`"),
+    Key("platforms", PLATFORMS, "the platforms it is published for", default_doc="`[defaults]` platforms"),
+    Key("interval", DURATION, "how often its tags are checked", default_doc="`[defaults]` interval"),
+))
+
+# The tables the reference documents, in the order the README shows them.
+REFERENCE_TABLES: Tuple[Table, ...] = (PUBLISH, STATE, DEFAULTS, REGISTRY, SERVICE, WEBHOOK, IMAGE)
