@@ -78,3 +78,15 @@ def test_no_cell_breaks_the_markdown_table():
     for table in REFERENCE_TABLES:
         for key in table.keys:
             assert "|" not in key.doc + key.default_doc + key.kind.shown, f"{table.title}.{key.name}"
+
+
+def test_a_watchlist_that_sets_nothing_gets_the_records_defaults(tmp_path):
+    from reconciler.watchlist import ImageEntry, PublishConfig, RegistryConfig, load_watchlist
+
+    path = tmp_path / "watchlist.toml"
+    path.write_text('[[image]]\nsource = "alpine"\ntags = ["1"]\n')
+    watchlist = load_watchlist(path)
+    assert watchlist.publish == PublishConfig(root=tmp_path / PublishConfig().root)
+    assert watchlist.registry("ghcr.io") == RegistryConfig("ghcr.io")
+    assert watchlist.interval == watchlist.images[0].interval == ImageEntry(1, watchlist.images[0].source).interval
+    assert watchlist.state_dir == tmp_path / ".reconciler"

@@ -16,6 +16,7 @@ import tomli_w
 from hypothesis import event, example, given
 from hypothesis import strategies as st
 
+from reconciler.config.watchlist_keys import DEFAULTS, IMAGE, PUBLISH, REGISTRY, SERVICE, STATE, WEBHOOK
 from reconciler.errors import ConfigError
 from reconciler.watchlist import MAX_DURATION_S, Watchlist, load_watchlist, parse_duration, parse_listen, parse_size
 from tests.fuzz.budget import budget
@@ -47,18 +48,17 @@ def table(keys, extra=True):
     return st.dictionaries(key, st.one_of(strings, values, st.lists(strings, max_size=3)), max_size=len(keys))
 
 
-image = table(["source", "tags", "tag_pattern", "semver", "newest", "dest", "platforms", "interval"])
+image = table(list(IMAGE.names))
 hosts = st.one_of(st.sampled_from(["registry.example.org", "127.0.0.1:5000", "docker.io", "index.docker.io",
                                    "https://x", "[::1]:5000", "a b", ""]), st.text(max_size=10))
 document = st.fixed_dictionaries({}, optional={
-    "publish": table(["backend", "root", "repository", "lease_path", "bind_points", "gc_grace", "gc_max_per_cycle"]),
-    "state": table(["dir", "blob_cache_max"]),
-    "defaults": table(["interval", "platforms"]),
-    "registries": st.dictionaries(hosts, table(["insecure", "username", "password_file", "password_env", "mirror",
-                                                "max_concurrency", "token_realms"], extra=False), max_size=2),
-    "service": table(["listen"]),
+    "publish": table(list(PUBLISH.names)),
+    "state": table(list(STATE.names)),
+    "defaults": table(list(DEFAULTS.names)),
+    "registries": st.dictionaries(hosts, table(list(REGISTRY.names), extra=False), max_size=2),
+    "service": table(list(SERVICE.names)),
     "webhooks": st.dictionaries(st.sampled_from(["github", "generic", "gitlab", "nosuch"]),
-                                table(["token_env", "token_file"], extra=False), max_size=2),
+                                table(list(WEBHOOK.names), extra=False), max_size=2),
     "image": st.one_of(st.lists(image, max_size=3), image),
     "extra": values,
 })
