@@ -221,7 +221,8 @@ def load_watchlist(path: Path) -> Watchlist:
             raise service.error("listen", str(exc)) from None
     webhooks = _webhooks(name, top, base)
     images = _images(name, top, interval, platforms)
-    return Watchlist(path, publish, state_dir, blob_cache_max, interval, platforms, registries, listen, webhooks, images)
+    return Watchlist(path, publish, state_dir, blob_cache_max, interval, platforms, registries, listen, webhooks,
+                     images)
 
 
 def _publish(pub: Section, base: Path) -> PublishConfig:
@@ -234,20 +235,23 @@ def _publish(pub: Section, base: Path) -> PublishConfig:
     root_text: Optional[str] = pub.get("root")  # the file's own: cvmfs has another default
     if backend == "cvmfs":
         if not repository:
-            raise pub.error("repository", "required for backend \"cvmfs\" (the repository name, e.g. containers.example.org)")
+            raise pub.error("repository", "required for backend \"cvmfs\" (the repository name, "
+                                          "e.g. containers.example.org)")
         root = pub.path("root", base) if root_text else Path("/cvmfs") / repository
     else:
         if repository or lease_path:
             raise pub.error("repository" if repository else "lease_path", "only meaningful with backend = \"cvmfs\"")
         root = pub.path("root", base, PUBLISH.default_text("root"))
     assert root is not None
-    if lease_path is not None and (lease_path.startswith("/") or ".." in lease_path.split("/") or not lease_path.strip("/")):
+    if lease_path is not None and (lease_path.startswith("/") or ".." in lease_path.split("/")
+                                   or not lease_path.strip("/")):
         raise pub.error("lease_path", "expected a relative sub-path of the repository, such as \"ligo\"")
     bind_points = pub.strings("bind_points")
     assert bind_points is not None  # declared with a default
     for point in bind_points:
         if not point.strip("/") or ".." in point.split("/"):
-            raise pub.error("bind_points", f"expected directory names inside the image such as \"cvmfs\", got {point!r}")
+            raise pub.error("bind_points",
+                            f"expected directory names inside the image such as \"cvmfs\", got {point!r}")
     gc_grace = pub.duration("gc_grace")
     gc_max = _declared_whole(pub, "gc_max_per_cycle")
     if gc_max < 0:
@@ -361,7 +365,8 @@ def _image_entry(file: str, index: int, table: Any, interval: float, platforms: 
     _check_selection(sec, tags, tag_pattern, semver, newest)
     dest = (sec.text("dest") or source.name).strip("/")
     last = dest.rsplit("/", 1)[-1]
-    if not dest or any(p in ("", ".", "..") or p.startswith(".") for p in dest.split("/")) or ":" in last or "@" in last:
+    if (not dest or any(p in ("", ".", "..") or p.startswith(".") for p in dest.split("/"))
+            or ":" in last or "@" in last):
         raise sec.error("dest", "expected a relative path of plain names (no '..', no leading dots, "
                                 f"no ':' or '@' in the last name), got {dest!r}")
     return ImageEntry(index, source, tuple(tags or ()), tag_pattern, semver, newest, dest,
@@ -378,9 +383,11 @@ def _check_selection(sec: Section, tags: Optional[List[str]], tag_pattern: Optio
         if bad:
             raise sec.error("tags", f"{bad[0]!r} is not a valid tag")
         if tag_pattern or semver or newest is not None:
-            raise sec.error("tags", "give either exact `tags` or a selection (`tag_pattern`, `semver`, `newest`), not both")
+            raise sec.error("tags", "give either exact `tags` or a selection (`tag_pattern`, `semver`, `newest`), "
+                                    "not both")
     elif not (tag_pattern or semver):
-        raise sec.error("tags", "required: a list of tags, or `tag_pattern` / `semver` to select from the registry's tags")
+        raise sec.error("tags", "required: a list of tags, or `tag_pattern` / `semver` to select from the "
+                                "registry's tags")
     if tag_pattern:
         try:
             re.compile(tag_pattern)
