@@ -11,7 +11,7 @@ README against them).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Optional, Tuple, Union
+from typing import Optional, Tuple, Union
 
 # A default as TOML writes it: a string, a whole number, true/false or a list of strings.
 TomlDefault = Union[str, int, bool, Tuple[str, ...]]
@@ -66,6 +66,10 @@ class Table:
     title: str
     keys: Tuple[Key, ...]
 
+    def __post_init__(self) -> None:
+        # A key declared twice would leave one declaration silently unused.
+        assert len(set(self.names)) == len(self.keys), f"a key of {self.title or 'the top level'} is declared twice"
+
     @property
     def names(self) -> Tuple[str, ...]:
         """The keys this table may hold, in declaration order."""
@@ -73,8 +77,10 @@ class Table:
 
     def key(self, name: str) -> Key:
         """The declaration of `name`; KeyError names a key the code uses but never declared."""
-        found: Dict[str, Key] = {key.name: key for key in self.keys}
-        return found[name]
+        for key in self.keys:
+            if key.name == name:
+                return key
+        raise KeyError(f"{name!r} is not declared in {self.title or 'the top level'}")
 
     def default_text(self, name: str) -> str:
         """The string default of `name` (a programming error when it has none)."""
