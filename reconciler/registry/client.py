@@ -19,7 +19,6 @@ over the bytes as sent, whatever `Content-Encoding` claims.
 
 from __future__ import annotations
 
-import email.utils
 import hashlib
 import logging
 import random
@@ -28,13 +27,12 @@ import threading
 import time
 from dataclasses import dataclass, field
 from typing import BinaryIO, Callable, Dict, Iterable, List, Optional, Tuple
-from urllib.parse import urlencode, urljoin, urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import httpx
 
 from ..errors import (
     AuthenticationError,
-    IncompleteListingError,
     IntegrityError,
     NotFoundError,
     RateLimitedError,
@@ -48,64 +46,26 @@ from . import USER_AGENT
 from .addresses import HostRule, host_port, pin_connections
 from .auth import Authenticator, AuthState, TokenCache, TokenServiceBusyError
 from .credentials import Credentials
-from .links import next_link
 from .manifest import MANIFEST_ACCEPT, MAX_MANIFEST_BYTES, Descriptor, Manifest, parse_manifest
 from .reference import DOCKER_HUB, DOCKER_HUB_API_HOST, is_valid_digest
-from .refusals import error_codes, error_detail, refusal, retry_at_text, retry_is_useless, unreachable
+from .blobs import BlobFetch
+from .refusals import error_detail, refusal, retry_at_text, retry_is_useless, unreachable
+from .retry import RetryPolicy, parse_retry_after
+from .session import TransferStats
+from .tags import MAX_TAG_PAGE, TagPager
 from .throttle import HostThrottle
+
+__all__ = ["MAX_TAG_PAGE", "FetchedManifest", "ManifestHead", "RegistryClient", "RetryPolicy", "TransferStats",
+           "parse_retry_after"]
 
 log = logging.getLogger(__name__)
 
 _RETRY_STATUSES = {408, 429, 500, 502, 503, 504}
 _REDIRECT_STATUSES = {301, 302, 303, 307, 308}
 _MAX_REDIRECTS = 10
-_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
-# A HEAD answered 404 means what a GET would say; any other failure (403 from
-# mirrors and CDNs, 405, 400) is asked again with GET, as docker does. (A 401
-# never comes back: it is answered, or raised, on the way.)
 # At most this many 401s answered within one request (Harbor: a rejected
 # token, then a bare retry, then a fresh token).
 _MAX_AUTH_ROUNDS = 2
-# The largest tag page we ask for: the OCI distribution spec's implementers
-# note (most registries serve at least 1000), and what ECR and distribution
-# >= 3.1 refuse beyond (HTTP 400).
-MAX_TAG_PAGE = 1000
-# Error codes of a registry refusing the `n` we asked for: distribution's
-# PAGINATION_NUMBER_INVALID, the spec's TAG_LIMIT_EXCEEDED, ECR's UNSUPPORTED
-# ("maxResults ... less than or equal to 1000").
-_PAGE_SIZE_REFUSALS = {"PAGINATION_NUMBER_INVALID", "TAG_LIMIT_EXCEEDED", "UNSUPPORTED"}
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How hard to try before a failure goes back to the next cycle."""
-
-    attempts: int = 5
-    base_delay: float = 0.5
-    max_delay: float = 30.0
-    # A registry asking us to wait longer than this is left to the next cycle.
-    max_retry_after: float = 120.0
-    timeout: float = 60.0
-
-
-def parse_retry_after(value: Optional[str], now: float) -> Optional[float]:
-    """Seconds to wait from a `Retry-After` value: delta-seconds, an HTTP-date,
-    or (as Docker Hub's API once sent) a unix timestamp. None when unparsable."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        seconds = float(value)
-        if seconds > 1_000_000_000:  # an epoch timestamp, not a delay
-            return max(0.0, seconds - now)
-        return seconds
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when is None:
-        return None
-    return max(0.0, when.timestamp() - now)
 
 
 def _parse_rate_limit(value: Optional[str]) -> Optional[int]:
@@ -120,23 +80,6 @@ def _window(value: Optional[str]) -> str:
     """`100;w=21600` -> ` per 21600 s window`: how long a spent quota may take to refill."""
     match = re.search(r";\s*w=(\d+)", value or "")
     return f" per {match.group(1)} s window: it refills within that time" if match else ""
-
-
-def _tag_limit(response: httpx.Response, asked: Optional[int]) -> Optional[int]:
-    """The page size to ask next after `asked` was refused: the registry's
-    `OCI-Tag-Limit` when it is smaller, else None (ask without `n`: the
-    spec's note says such a request gets every tag, or the limit)."""
-    limit = (response.headers.get("oci-tag-limit") or "").strip()
-    if limit.isdigit() and 0 < int(limit) < (asked or MAX_TAG_PAGE + 1):
-        return int(limit)
-    return None
-
-
-def _content_coding(response: httpx.Response) -> Optional[str]:
-    """The response's Content-Encoding, lower case, or None for none or identity."""
-    codings = [c.strip().lower() for c in response.headers.get_list("content-encoding", split_commas=True)]
-    codings = [c for c in codings if c and c != "identity"]
-    return ", ".join(codings) or None
 
 
 def _read_small(response: httpx.Response) -> None:
@@ -176,29 +119,6 @@ class FetchedManifest:
     def parse(self) -> Manifest:
         """The parsed manifest or index."""
         return parse_manifest(self.raw, self.media_type)
-
-
-@dataclass
-class TransferStats:
-    """Counters of what this client asked the registry for. Thread-safe."""
-
-    manifest_heads: int = 0
-    manifest_gets: int = 0
-    blob_gets: int = 0
-    blob_bytes: int = 0
-    tag_pages: int = 0
-    retries: int = 0
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
-
-    def add(self, **counts: int) -> None:
-        """Add to the named counters."""
-        with self._lock:
-            for name, n in counts.items():
-                setattr(self, name, getattr(self, name) + n)
-
-
-class _ShortBody(Exception):
-    """The body ended before the promised size: resume it."""
 
 
 class RegistryClient:
@@ -263,7 +183,7 @@ class RegistryClient:
 
     # -- transport ---------------------------------------------------------
 
-    def _backoff(self, attempt: int, what: str, status: Optional[int] = None, retry_after: Optional[str] = None) -> bool:
+    def backoff(self, attempt: int, what: str, status: Optional[int] = None, retry_after: Optional[str] = None) -> bool:
         """Sleep before retry `attempt + 1`. Returns True when the wait was the
         registry's `Retry-After`, which then holds every request to this host."""
         delay = min(self.retry.max_delay, self.retry.base_delay * (2 ** (attempt - 1)))
@@ -326,6 +246,16 @@ class RegistryClient:
             url = target
         raise RegistryError(f"{self.registry}: more than {_MAX_REDIRECTS} redirects for {urlsplit(url).path}")
 
+    @property
+    def slots(self) -> threading.BoundedSemaphore:
+        """Held while a request (or a whole blob transfer) is in flight: `max_concurrency` per host."""
+        return self._slots
+
+    def request(self, method: str, url: str, repository: str, *, headers: Optional[Dict[str, str]] = None,
+                stream: bool = False, what: str = "request") -> httpx.Response:
+        """A request needing pull access to `repository` (see `_request`)."""
+        return self._request(method, url, self._scopes(repository), headers=headers, stream=stream, what=what)
+
     def _request(self, method: str, url: str, scopes: Iterable[str], *, headers: Optional[Dict[str, str]] = None,
                  stream: bool = False, what: str = "request") -> httpx.Response:
         """Send with auth and retries. Returns any final response that is not
@@ -365,7 +295,7 @@ class RegistryClient:
                 error = unreachable(self.registry, failed_url, exc, what, attempt)
                 if retry_is_useless(error, attempt) or attempt >= self.retry.attempts:
                     raise error from None
-                waited = self._backoff(attempt, what)
+                waited = self.backoff(attempt, what)
                 continue
             self._record_rate_limit(response)
             if response.status_code == 401:
@@ -412,7 +342,7 @@ class RegistryClient:
                             f"{self.registry}: {what} still rate limited (HTTP 429{self._reason(response)}) after "
                             f"{attempt} attempts{later}; left for the next cycle")
                     raise TransferError(f"{self.registry}: {what} still failing with HTTP {response.status_code} after {attempt} attempts")
-                waited = self._backoff(attempt, what, response.status_code, response.headers.get("retry-after"))
+                waited = self.backoff(attempt, what, response.status_code, response.headers.get("retry-after"))
                 continue
             return response
 
@@ -429,7 +359,7 @@ class RegistryClient:
                 if retry_is_useless(exc, attempt) or attempt >= self.retry.attempts:
                     raise
                 busy = exc if isinstance(exc, TokenServiceBusyError) else None
-                self._backoff(attempt, f"the token for {what}", busy.status if busy else None,
+                self.backoff(attempt, f"the token for {what}", busy.status if busy else None,
                               busy.retry_after if busy else None)
 
     def _record_rate_limit(self, response: httpx.Response) -> None:
@@ -448,7 +378,7 @@ class RegistryClient:
         text = error_detail(response, limit=200)
         return f" {text}" if text else ""
 
-    def _fail(self, response: httpx.Response, what: str, repository: str = "") -> ReconcilerError:
+    def fail(self, response: httpx.Response, what: str, repository: str = "") -> ReconcilerError:
         """The specific error for a final answer that is not a success (see refusals.py)."""
         return refusal(self.registry, response, what, repository=repository,
                        on_registry=self._on_registry(str(response.url)))
@@ -462,14 +392,17 @@ class RegistryClient:
         from some mirrors and CDNs), so the caller falls back to GET. A HEAD
         does not count against Docker Hub's pull limit.
         """
+        # A HEAD answered 404 means what a GET would say; any other failure (403 from
+        # mirrors and CDNs, 405, 400) is asked again with GET, as docker does. (A 401
+        # never comes back: it is answered, or raised, on the way.)
         url = f"{self.base_url}/v2/{repository}/manifests/{reference}"
         what = f"HEAD {repository}:{reference}"
-        with self._slots:
+        with self.slots:
             response = self._request("HEAD", url, self._scopes(repository), headers={"Accept": MANIFEST_ACCEPT}, what=what)
         self.stats.add(manifest_heads=1)
         if response.status_code != 200:
             if response.status_code == 404:
-                raise self._fail(response, what, repository)
+                raise self.fail(response, what, repository)
             log.info("%s: %s answered HTTP %d; asking with GET instead", self.registry, what, response.status_code)
             return None
         digest = response.headers.get("docker-content-digest")
@@ -511,13 +444,13 @@ class RegistryClient:
     def _get_manifest_body(self, repository: str, reference: str, what: str) -> Tuple[httpx.Response, bytes]:
         """One manifest GET: the (closed) response and its body, at most MAX_MANIFEST_BYTES."""
         url = f"{self.base_url}/v2/{repository}/manifests/{reference}"
-        with self._slots:
+        with self.slots:
             response = self._request("GET", url, self._scopes(repository), headers={"Accept": MANIFEST_ACCEPT},
                                      stream=True, what=what)
             try:
                 if response.status_code != 200:
                     response.read()
-                    raise self._fail(response, what, repository)
+                    raise self.fail(response, what, repository)
                 body = bytearray()
                 try:
                     for chunk in response.iter_bytes():
@@ -531,198 +464,27 @@ class RegistryClient:
         self.stats.add(manifest_gets=1)
         return response, bytes(body)
 
-    # -- tags --------------------------------------------------------------
+    # -- tags and blobs ----------------------------------------------------
 
     def list_tags(self, repository: str, *, page_size: int = 100, max_pages: int = 1000) -> List[str]:
-        """Every tag of `repository`, following `Link` pagination.
+        """Every tag of `repository`, following `Link` pagination (tags.TagPager).
 
-        Registries page in their own ways, all of which work here: `n`/`last`
-        with a `Link` (distribution), an opaque token in the `Link` (Quay's
-        `next_page`, GHCR, ECR), everything in one page whatever `n` says
-        (Docker Hub, GCR), pages capped below `n`, and `n` refused above a
-        limit (ECR and distribution >= 3.1 above 1000; the spec's
-        `OCI-Tag-Limit`): `n` is never above MAX_TAG_PAGE, and a first page
-        refusing it is asked again with the registry's limit, or without `n`.
-        A `Link` is followed as given, never rebuilt.
-
-        Links must stay on the same scheme and host; a repeated page or more
-        than `max_pages` pages is an error. Any failure raises
-        IncompleteListingError (or, on the first page, the specific error:
-        not found, unauthorized, rate limited, unreachable): a partial list is
-        never returned.
+        `n` is never above MAX_TAG_PAGE, and a first page refusing it is asked
+        again with the registry's limit, or without `n`. A `Link` is followed
+        as given, never rebuilt. Links must stay on the same scheme and host;
+        a repeated page or more than `max_pages` pages is an error. Any
+        failure raises IncompleteListingError (or, on the first page, the
+        specific error: not found, unauthorized, rate limited, unreachable):
+        a partial list is never returned.
         """
-        base = f"{self.base_url}/v2/{repository}/tags/list"
-        size: Optional[int] = max(1, min(page_size, MAX_TAG_PAGE))
-        url: Optional[str] = f"{base}?{urlencode({'n': size})}"
-        origin = urlsplit(base)[:2]
-        seen: set = set()
-        tags: List[str] = []
-        known: set = set()
-        pages = 0
-        size_refused = False
-        while url:
-            if url in seen:
-                raise IncompleteListingError(f"{self.registry}: tag listing of {repository} loops back to a page already read")
-            if pages >= max_pages:
-                raise IncompleteListingError(f"{self.registry}: tag listing of {repository} exceeds {max_pages} pages")
-            seen.add(url)
-            what = f"tag list of {repository} (page {pages + 1})"
-            try:
-                with self._slots:
-                    response = self._request("GET", url, self._scopes(repository), what=what)
-            except (RegistryError, IntegrityError) as exc:
-                if pages == 0 and isinstance(exc, (NotFoundError, AuthenticationError, RateLimitedError,
-                                                   RegistryUnreachableError)):
-                    raise
-                raise IncompleteListingError(f"{self.registry}: {what} failed, listing incomplete: {exc}") from None
-            pages += 1
-            self.stats.add(tag_pages=1)
-            if response.status_code != 200:
-                if pages == 1 and not size_refused and self._refuses_page_size(response):
-                    # Ask the first page again, as the registry allows; the page it
-                    # refused proves nothing about the tags.
-                    size_refused, pages = True, 0
-                    size = _tag_limit(response, size)
-                    log.info("%s: %s refused n=%s (HTTP %d); asking with %s", self.registry, what,
-                             urlsplit(url).query, response.status_code, f"n={size}" if size else "no n")
-                    url = f"{base}?{urlencode({'n': size})}" if size else base
-                    continue
-                error = self._fail(response, what, repository)
-                if pages == 1 and isinstance(error, (NotFoundError, AuthenticationError)):
-                    raise error
-                raise IncompleteListingError(f"{error}; listing incomplete") from None
-            try:
-                body = response.json()
-                page = body.get("tags") or []
-                if not isinstance(page, list) or not all(isinstance(t, str) for t in page):
-                    raise ValueError("tags is not a list of strings")
-            except (ValueError, AttributeError) as exc:
-                raise IncompleteListingError(f"{self.registry}: {what} is not a tag list: {exc}") from None
-            new_tags = [t for t in page if t not in known]
-            known.update(new_tags)
-            tags.extend(new_tags)
-            target = next_link(response.headers.get_list("link"))
-            if target:
-                # Relative to the URL that answered, which a redirect (registry.k8s.io)
-                # may have moved to another host; the link may stay there or come back.
-                answered = str(response.url)
-                url = urljoin(answered, target)
-                if urlsplit(url)[:2] not in (urlsplit(answered)[:2], origin):
-                    raise IncompleteListingError(
-                        f"{self.registry}: tag listing of {repository} links to another host ({urlsplit(url).netloc}); refused"
-                    )
-            elif size and new_tags and len(page) == size:
-                # No Link but exactly a full page: there may be more; continue after the
-                # last tag. (A registry that ignores n, as distribution 2.8 and Docker Hub
-                # do, returns more than n and needs no second request; one that ignores
-                # `last` too answers a page already seen, which ends the listing.)
-                url = f"{base}?{urlencode({'n': size, 'last': page[-1]})}"
-            else:
-                url = None
-        return tags
-
-    @staticmethod
-    def _refuses_page_size(response: httpx.Response) -> bool:
-        """A 400/413 that refuses the `n` we asked for (not the repository)."""
-        if response.status_code not in (400, 413):
-            return False
-        if response.status_code == 413 or response.headers.get("oci-tag-limit"):
-            return True
-        return any(code.upper() in _PAGE_SIZE_REFUSALS for code, _ in error_codes(response))
-
-    # -- blobs -------------------------------------------------------------
+        return TagPager(self, repository, page_size, max_pages).run()
 
     def fetch_blob(self, repository: str, descriptor: Descriptor, sink: BinaryIO,
                    progress: Optional[Callable[[int], None]] = None) -> None:
         """Stream a blob into `sink` (a writable, seekable file), verifying its
         size and sha256 as it arrives. A broken transfer resumes with `Range`
         (a 206 with a matching `Content-Range`, else it restarts from zero).
-        Raises IntegrityError when the bytes are not the promised ones.
-
-        The bytes verified and stored are the bytes as sent, whatever
-        `Content-Encoding` says: a blob's digest is over what the registry
-        stores, and servers label gzip layers `gzip` or `x-gzip` (Apache's
-        mime magic, S3 object metadata) without having compressed anything.
-        httpx would decode `gzip` (not `x-gzip`) if we read decoded bytes.
-        A server that really compresses on the fly, though asked for
-        identity, sends bytes that do not match: that is a clear error."""
-        url = f"{self.base_url}/v2/{repository}/blobs/{descriptor.digest}"
-        what = f"blob {descriptor.digest[:19]} of {repository}"
-        hasher = hashlib.sha256()
-        written = 0
-        breaks = 0
-        encodings: List[str] = []  # Content-Encoding labels seen on the bytes we kept
-        with self._slots:
-            while True:
-                # identity: a CDN compressing on the fly would change the byte
-                # counts that Range resume relies on.
-                headers = {"Accept-Encoding": "identity"}
-                if written:
-                    headers["Range"] = f"bytes={written}-"
-                response = self._request("GET", url, self._scopes(repository), headers=headers, stream=True, what=what)
-                try:
-                    if response.status_code == 206 and written:
-                        match = _CONTENT_RANGE.match(response.headers.get("content-range", ""))
-                        if not match or int(match.group(1)) != written:
-                            raise TransferError(f"{self.registry}: {what}: resume answered with a mismatched Content-Range")
-                    elif response.status_code == 200:
-                        if written:
-                            log.info("%s: registry ignored Range; restarting %s from zero", self.registry, what)
-                            sink.seek(0)
-                            sink.truncate()
-                            hasher, written, encodings = hashlib.sha256(), 0, []
-                    else:
-                        response.read()
-                        raise self._fail(response, what, repository)
-                    self.stats.add(blob_gets=1)
-                    encoding = _content_coding(response)
-                    if encoding and encoding not in encodings:
-                        encodings.append(encoding)
-                    try:
-                        # Raw chunks as they arrive (never decoded, no re-chunking): bytes
-                        # received before a connection breaks are kept, so the resume
-                        # starts after them.
-                        for chunk in response.iter_raw():
-                            written += len(chunk)
-                            if written > descriptor.size:
-                                raise IntegrityError(f"{self.registry}: {what} is longer than its declared "
-                                                     f"{descriptor.size} bytes{self._encoding_note(response, encodings)}")
-                            hasher.update(chunk)
-                            sink.write(chunk)
-                            self.stats.add(blob_bytes=len(chunk))
-                            if progress:
-                                progress(len(chunk))
-                        if written < descriptor.size:
-                            if encoding:
-                                # Not a broken transfer: a body of another length, as a
-                                # server compressing on the fly sends. Resuming it would
-                                # splice two encodings.
-                                raise IntegrityError(
-                                    f"{self.registry}: {what}: the body ended at {written} of {descriptor.size} "
-                                    f"bytes{self._encoding_note(response, encodings)}")
-                            raise _ShortBody()
-                    except (httpx.TransportError, _ShortBody) as exc:
-                        breaks += 1
-                        if breaks >= self.retry.attempts:
-                            raise TransferError(
-                                f"{self.registry}: {what} broke off {breaks} times (at {written} of {descriptor.size} bytes)"
-                            ) from None
-                        log.info("%s: %s broke off at %d of %d bytes (%s); resuming", self.registry, what, written,
-                                 descriptor.size, type(exc).__name__)
-                        self._backoff(breaks, what)
-                        continue
-                finally:
-                    response.close()
-                break
-        actual = "sha256:" + hasher.hexdigest()
-        if actual != descriptor.digest:
-            raise IntegrityError(f"{self.registry}: {what} hashes to {actual}, not "
-                                 f"{descriptor.digest}{self._encoding_note(None, encodings)}; discarded")
-
-    def _encoding_note(self, response: Optional[httpx.Response], encodings: List[str]) -> str:
-        """Why the bytes may be wrong when a server labelled them with a Content-Encoding."""
-        if not encodings:
-            return ""
-        host = f"{response.url.host} " if response is not None else ""
-        return (f" ({host}sent them with Content-Encoding: {', '.join(encodings)} although identity was asked: a "
-                "server compressing blobs on the fly changes their bytes; have it serve blobs unmodified)")
+        Raises IntegrityError when the bytes are not the promised ones; the
+        bytes verified are the bytes as sent, whatever `Content-Encoding`
+        says (blobs.py)."""
+        BlobFetch(self, repository, descriptor, sink, progress).run()
