@@ -21,13 +21,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import random
-import re
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import BinaryIO, Callable, Dict, Iterable, List, Optional, Tuple
-from urllib.parse import urljoin, urlsplit
 
 import httpx
 
@@ -35,7 +32,6 @@ from ..errors import (
     AuthenticationError,
     IntegrityError,
     NotFoundError,
-    RateLimitedError,
     ReconcilerError,
     RegistryError,
     RegistryUnreachableError,
@@ -43,60 +39,28 @@ from ..errors import (
     TransferError,
 )
 from . import USER_AGENT
-from .addresses import HostRule, host_port, pin_connections
+from .addresses import HostRule, pin_connections
 from .auth import Authenticator, AuthState, TokenCache, TokenServiceBusyError
+from .blobs import BlobFetch
 from .credentials import Credentials
 from .manifest import MANIFEST_ACCEPT, MAX_MANIFEST_BYTES, Descriptor, Manifest, parse_manifest
+from .redirects import RedirectingSender
 from .reference import DOCKER_HUB, DOCKER_HUB_API_HOST, is_valid_digest
-from .blobs import BlobFetch
-from .refusals import error_detail, refusal, retry_at_text, retry_is_useless, unreachable
-from .retry import RetryPolicy, parse_retry_after
-from .session import TransferStats
+from .refusals import error_detail, refusal, retry_is_useless
+from .retry import Backoff, RetryPolicy, parse_retry_after
+from .stats import TransferStats
 from .tags import MAX_TAG_PAGE, TagPager
 from .throttle import HostThrottle
+from .transport import RetryBudget, RetryingTransport, read_small
 
 __all__ = ["MAX_TAG_PAGE", "FetchedManifest", "ManifestHead", "RegistryClient", "RetryPolicy", "TransferStats",
            "parse_retry_after"]
 
 log = logging.getLogger(__name__)
 
-_RETRY_STATUSES = {408, 429, 500, 502, 503, 504}
-_REDIRECT_STATUSES = {301, 302, 303, 307, 308}
-_MAX_REDIRECTS = 10
 # At most this many 401s answered within one request (Harbor: a rejected
 # token, then a bare retry, then a fresh token).
 _MAX_AUTH_ROUNDS = 2
-
-
-def _parse_rate_limit(value: Optional[str]) -> Optional[int]:
-    """`20;w=21600` -> 20."""
-    if not value:
-        return None
-    head = value.split(";", 1)[0].strip()
-    return int(head) if head.isdigit() else None
-
-
-def _window(value: Optional[str]) -> str:
-    """`100;w=21600` -> ` per 21600 s window`: how long a spent quota may take to refill."""
-    match = re.search(r";\s*w=(\d+)", value or "")
-    return f" per {match.group(1)} s window: it refills within that time" if match else ""
-
-
-def _read_small(response: httpx.Response) -> None:
-    """Read an error body for its message; a broken one is left unread (the
-    message then goes without the registry's reason)."""
-    try:
-        response.read()
-    except httpx.HTTPError:
-        pass
-
-
-def _failed_url(exc: httpx.TransportError, default: str) -> str:
-    """The URL of the request that failed (httpx raises RuntimeError when it has none)."""
-    try:
-        return str(exc.request.url)
-    except RuntimeError:
-        return default
 
 
 @dataclass(frozen=True)
@@ -146,7 +110,6 @@ class RegistryClient:
         self.retry = retry
         self._owns_http = http is None
         self._http = http or httpx.Client(timeout=httpx.Timeout(retry.timeout, connect=15.0), follow_redirects=False)
-        self._origin = urlsplit(self.base_url)[:2]
         self._hosts = HostRule(host, private_realms)
         if self._owns_http:
             pin_connections(self._http, self._hosts)
@@ -158,12 +121,22 @@ class RegistryClient:
         # token serve them all.
         self._first_contact = threading.Lock()
         self._contacted = False
-        self._sleep = sleep
         self._clock = clock
         self._throttle = HostThrottle(clock, sleep)
         self.stats = TransferStats()
-        self.rate_limit_remaining: Optional[int] = None
-        self.rate_limit_limit: Optional[int] = None
+        self._backoff = Backoff(registry, retry, self._throttle, self.stats, clock, sleep)
+        self._sender = RedirectingSender(registry, self.base_url, self._http, self._hosts)
+        self._transport = RetryingTransport(registry, self._sender, retry, self._throttle, self._backoff, clock)
+
+    @property
+    def rate_limit_remaining(self) -> Optional[int]:
+        """The registry's last `RateLimit-Remaining`, if it sends one (Docker Hub)."""
+        return self._transport.rate_limit.remaining
+
+    @property
+    def rate_limit_limit(self) -> Optional[int]:
+        """The registry's last `RateLimit-Limit`, if it sends one."""
+        return self._transport.rate_limit.limit
 
     def close(self) -> None:
         """Close the HTTP connections this client opened."""
@@ -183,68 +156,9 @@ class RegistryClient:
 
     # -- transport ---------------------------------------------------------
 
-    def backoff(self, attempt: int, what: str, status: Optional[int] = None, retry_after: Optional[str] = None) -> bool:
-        """Sleep before retry `attempt + 1`. Returns True when the wait was the
-        registry's `Retry-After`, which then holds every request to this host."""
-        delay = min(self.retry.max_delay, self.retry.base_delay * (2 ** (attempt - 1)))
-        delay *= random.uniform(0.75, 1.25)
-        asked = parse_retry_after(retry_after, self._clock())
-        if asked is not None:
-            if asked > self.retry.max_retry_after:
-                raise RateLimitedError(
-                    f"{self.registry} asks to wait {asked:.0f}s before {what} (HTTP {status}): retry after "
-                    f"{retry_at_text(asked, self._clock())}; left for the next cycle"
-                )
-            delay = max(asked, 0.0)
-            self._throttle.hold(delay)
-        self.stats.add(retries=1)
-        log.info("retrying %s on %s in %.1fs (attempt %d of %d)", what, self.registry, delay, attempt + 1, self.retry.attempts)
-        self._sleep(delay)
-        return asked is not None
-
-    def _on_registry(self, url: str) -> bool:
-        """Whether `url` is on the registry's own origin (the only one that gets credentials)."""
-        return urlsplit(url)[:2] == self._origin
-
-    def _judge_redirect(self, url: str, target: str) -> None:
-        """Refuse a redirect off the registry's origin to an internal address
-        (in any spelling, or a name resolving to one) that is not the
-        registry's own nor allowed in `token_realms`, unless the registry is
-        itself on an internal address: a registry on the internet must not
-        lead the service to its own network (127.0.0.1, 169.254.169.254).
-        The rule of token realms (addresses.HostRule), judged by what the
-        target resolves to now; no credentials follow a redirect either way."""
-        inside = self._hosts.foreign_internal(target, inward_ok=True)
-        if inside:
-            path = ascii(urlsplit(url).path)[1:-1]  # a redirect's path is the registry's text
-            raise RegistryError(
-                f"{self.registry}: refusing the redirect of {path} to {host_port(target)}: a private "
-                f"address ({', '.join(str(ip) for ip in inside)}), and the registry is on a public one; if that host "
-                f'serves this registry\'s storage, allow it in the watchlist: token_realms = ["{host_port(target)}"] '
-                f'under [registries."{self.registry}"]'
-            )
-
-    def _send_once(self, method: str, url: str, headers: Dict[str, str], stream: bool) -> httpx.Response:
-        """One request, following redirects: never to http from https, never
-        to another host's internal address (`_judge_redirect`), and never
-        carrying Authorization off the registry's origin (S3, GCS and Azure
-        SAS URLs reject it, and it is not theirs to see). The response's
-        `url` is the one that answered."""
-        for _ in range(_MAX_REDIRECTS + 1):
-            request = self._http.build_request(method, url, headers=headers)
-            response = self._http.send(request, stream=stream, follow_redirects=False)
-            location = response.headers.get("location")
-            if response.status_code not in _REDIRECT_STATUSES or not location:
-                return response
-            response.close()
-            target = urljoin(url, location)
-            if urlsplit(url).scheme == "https" and urlsplit(target).scheme != "https":
-                raise RegistryError(f"{self.registry}: refusing redirect from https to {urlsplit(target).scheme} ({urlsplit(target).netloc})")
-            if not self._on_registry(target):
-                headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
-                self._judge_redirect(url, target)
-            url = target
-        raise RegistryError(f"{self.registry}: more than {_MAX_REDIRECTS} redirects for {urlsplit(url).path}")
+    def backoff(self, attempt: int, what: str) -> bool:
+        """Sleep before retry `attempt + 1` (retry.Backoff)."""
+        return self._backoff.wait(attempt, what)
 
     @property
     def slots(self) -> threading.BoundedSemaphore:
@@ -271,80 +185,42 @@ class RegistryClient:
 
     def _send(self, method: str, url: str, scopes: Iterable[str], *, headers: Optional[Dict[str, str]],
               stream: bool, what: str) -> httpx.Response:
+        """One logical request: auth rounds here, retries in the transport."""
         scopes = tuple(scopes)
         self._throttle.wait()
-        on_registry = self._on_registry(url)
+        on_registry = self._sender.on_registry(url)
         auth = self._authorized(lambda: self._auth.authorize(scopes), what) if on_registry else AuthState()
         fresh = False  # `auth` was obtained in answer to a 401 of this very request
         rounds = 0
-        attempt = 0
-        waited = True
+        budget = RetryBudget()
         while True:
-            if not waited:
-                self._throttle.wait()  # another request may have been asked to hold off
-            waited = False
             sent = {"User-Agent": USER_AGENT, **(headers or {})}
             if auth.header:
                 sent["Authorization"] = auth.header
-            try:
-                response = self._send_once(method, url, sent, stream)
-            except httpx.TransportError as exc:
-                attempt += 1
-                # The host that failed may be a storage host a redirect led to.
-                failed_url = _failed_url(exc, url)
-                error = unreachable(self.registry, failed_url, exc, what, attempt)
-                if retry_is_useless(error, attempt) or attempt >= self.retry.attempts:
-                    raise error from None
-                waited = self.backoff(attempt, what)
-                continue
-            self._record_rate_limit(response)
-            if response.status_code == 401:
-                _read_small(response)  # the registry's reason, for the message
-                response.close()
-                if not self._on_registry(str(response.url)):
-                    # A storage host (a signed URL that expired or was refused): its
-                    # challenge is not the registry's to answer.
-                    raise TransferError(
-                        f"{self.registry}: {what}: {response.url.host}, where the registry redirected us, answered "
-                        "HTTP 401 (an expired or refused signed URL?); registry credentials are never sent there, "
-                        "so the download failed"
-                    )
-                if fresh or rounds >= _MAX_AUTH_ROUNDS:
-                    detail = error_detail(response)
-                    raise AuthenticationError(
-                        f"{self.registry} refused {self._auth.who} for {what} (HTTP 401 after a fresh login"
-                        f"{': ' + detail if detail else ''}): the repository does not exist, or the credentials "
-                        "may not pull it (Docker Hub answers both alike); check the repository name and the credentials"
-                    )
-                rejected = auth
-                auth = self._authorized(lambda: self._auth.handle_unauthorized(response, scopes, rejected), what)
-                rounds += 1
-                fresh = auth.new_login
-                continue
-            if response.status_code in _RETRY_STATUSES:
-                if response.status_code == 429:
-                    _read_small(response)  # a small JSON body with the registry's reason
-                response.close()
-                if response.status_code == 429 and not response.headers.get("retry-after") and \
-                        _parse_rate_limit(response.headers.get("ratelimit-remaining")) == 0:
-                    # A spent quota (Docker Hub's pull limit) does not come back within a cycle.
-                    raise RateLimitedError(
-                        f"{self.registry}: {what}: rate limit reached (HTTP 429{self._reason(response)}, "
-                        f"RateLimit-Remaining 0 of {_parse_rate_limit(response.headers.get('ratelimit-limit')) or '?'}"
-                        f"{_window(response.headers.get('ratelimit-limit'))}); left for the next cycle"
-                    )
-                attempt += 1
-                if attempt >= self.retry.attempts:
-                    if response.status_code == 429:
-                        asked = parse_retry_after(response.headers.get("retry-after"), self._clock())
-                        later = f"; retry after {retry_at_text(asked, self._clock())}" if asked is not None else ""
-                        raise RateLimitedError(
-                            f"{self.registry}: {what} still rate limited (HTTP 429{self._reason(response)}) after "
-                            f"{attempt} attempts{later}; left for the next cycle")
-                    raise TransferError(f"{self.registry}: {what} still failing with HTTP {response.status_code} after {attempt} attempts")
-                waited = self.backoff(attempt, what, response.status_code, response.headers.get("retry-after"))
-                continue
-            return response
+            response = self._transport.send(method, url, sent, stream=stream, what=what, budget=budget)
+            if response.status_code != 401:
+                return response
+            read_small(response)  # the registry's reason, for the message
+            response.close()
+            if not self._sender.on_registry(str(response.url)):
+                # A storage host (a signed URL that expired or was refused): its
+                # challenge is not the registry's to answer.
+                raise TransferError(
+                    f"{self.registry}: {what}: {response.url.host}, where the registry redirected us, answered "
+                    "HTTP 401 (an expired or refused signed URL?); registry credentials are never sent there, "
+                    "so the download failed"
+                )
+            if fresh or rounds >= _MAX_AUTH_ROUNDS:
+                detail = error_detail(response)
+                raise AuthenticationError(
+                    f"{self.registry} refused {self._auth.who} for {what} (HTTP 401 after a fresh login"
+                    f"{': ' + detail if detail else ''}): the repository does not exist, or the credentials "
+                    "may not pull it (Docker Hub answers both alike); check the repository name and the credentials"
+                )
+            rejected = auth
+            auth = self._authorized(lambda: self._auth.handle_unauthorized(response, scopes, rejected), what)
+            rounds += 1
+            fresh = auth.new_login
 
     def _authorized(self, get: Callable[[], AuthState], what: str) -> AuthState:
         """An Authorization header, retrying a token service that is down,
@@ -359,29 +235,17 @@ class RegistryClient:
                 if retry_is_useless(exc, attempt) or attempt >= self.retry.attempts:
                     raise
                 busy = exc if isinstance(exc, TokenServiceBusyError) else None
-                self.backoff(attempt, f"the token for {what}", busy.status if busy else None,
+                self._backoff.wait(attempt, f"the token for {what}", busy.status if busy else None,
                               busy.retry_after if busy else None)
-
-    def _record_rate_limit(self, response: httpx.Response) -> None:
-        remaining = _parse_rate_limit(response.headers.get("ratelimit-remaining"))
-        if remaining is not None:
-            self.rate_limit_remaining = remaining
-            self.rate_limit_limit = _parse_rate_limit(response.headers.get("ratelimit-limit"))
 
     @staticmethod
     def _scopes(repository: str) -> Tuple[str]:
         return (f"repository:{repository}:pull",)
 
-    @staticmethod
-    def _reason(response: httpx.Response) -> str:
-        """` TOOMANYREQUESTS: …`: the registry's own words, for messages."""
-        text = error_detail(response, limit=200)
-        return f" {text}" if text else ""
-
     def fail(self, response: httpx.Response, what: str, repository: str = "") -> ReconcilerError:
         """The specific error for a final answer that is not a success (see refusals.py)."""
         return refusal(self.registry, response, what, repository=repository,
-                       on_registry=self._on_registry(str(response.url)))
+                       on_registry=self._sender.on_registry(str(response.url)))
 
     # -- manifests ---------------------------------------------------------
 
