@@ -29,38 +29,39 @@ from typing import BinaryIO, Callable, Dict, Iterable, List, Optional, Tuple
 import httpx
 
 from ..errors import (
-    AuthenticationError,
     IntegrityError,
     NotFoundError,
     ReconcilerError,
     RegistryError,
-    RegistryUnreachableError,
-    TokenServiceUnavailableError,
     TransferError,
 )
 from . import USER_AGENT
 from .addresses import HostRule, pin_connections
-from .auth import Authenticator, AuthState, TokenCache, TokenServiceBusyError
+from .auth import Authenticator, TokenCache
+from .bearer import RegistryAuth, request_headers
 from .blobs import BlobFetch
 from .credentials import Credentials
-from .manifest import MANIFEST_ACCEPT, MAX_MANIFEST_BYTES, Descriptor, Manifest, parse_manifest
+from .manifest import (
+    MANIFEST_ACCEPT,
+    MAX_MANIFEST_BYTES,
+    Descriptor,
+    Manifest,
+    parse_manifest,
+)
 from .redirects import RedirectingSender
 from .reference import DOCKER_HUB, DOCKER_HUB_API_HOST, is_valid_digest
-from .refusals import error_detail, refusal, retry_is_useless
+from .refusals import refusal
 from .retry import Backoff, RetryPolicy, parse_retry_after
 from .stats import TransferStats
 from .tags import MAX_TAG_PAGE, TagPager
 from .throttle import HostThrottle
-from .transport import RetryBudget, RetryingTransport, read_small
+from .transport import RetryBudget, RetryingTransport
 
 __all__ = ["MAX_TAG_PAGE", "FetchedManifest", "ManifestHead", "RegistryClient", "RetryPolicy", "TransferStats",
            "parse_retry_after"]
 
 log = logging.getLogger(__name__)
 
-# At most this many 401s answered within one request (Harbor: a rejected
-# token, then a bare retry, then a fresh token).
-_MAX_AUTH_ROUNDS = 2
 
 
 @dataclass(frozen=True)
@@ -185,58 +186,20 @@ class RegistryClient:
 
     def _send(self, method: str, url: str, scopes: Iterable[str], *, headers: Optional[Dict[str, str]],
               stream: bool, what: str) -> httpx.Response:
-        """One logical request: auth rounds here, retries in the transport."""
-        scopes = tuple(scopes)
+        """One logical request: the auth flow (bearer.RegistryAuth) answers 401s,
+        the transport below it retries, on one budget of attempts."""
         self._throttle.wait()
-        on_registry = self._sender.on_registry(url)
-        auth = self._authorized(lambda: self._auth.authorize(scopes), what) if on_registry else AuthState()
-        fresh = False  # `auth` was obtained in answer to a 401 of this very request
-        rounds = 0
+        auth = RegistryAuth(self._auth, tuple(scopes), what, self._sender.on_registry, self.retry, self._backoff)
+        flow = auth.sync_auth_flow(httpx.Request(method, url, headers={"User-Agent": USER_AGENT, **(headers or {})}))
+        request = next(flow)
         budget = RetryBudget()
         while True:
-            sent = {"User-Agent": USER_AGENT, **(headers or {})}
-            if auth.header:
-                sent["Authorization"] = auth.header
-            response = self._transport.send(method, url, sent, stream=stream, what=what, budget=budget)
-            if response.status_code != 401:
-                return response
-            read_small(response)  # the registry's reason, for the message
-            response.close()
-            if not self._sender.on_registry(str(response.url)):
-                # A storage host (a signed URL that expired or was refused): its
-                # challenge is not the registry's to answer.
-                raise TransferError(
-                    f"{self.registry}: {what}: {response.url.host}, where the registry redirected us, answered "
-                    "HTTP 401 (an expired or refused signed URL?); registry credentials are never sent there, "
-                    "so the download failed"
-                )
-            if fresh or rounds >= _MAX_AUTH_ROUNDS:
-                detail = error_detail(response)
-                raise AuthenticationError(
-                    f"{self.registry} refused {self._auth.who} for {what} (HTTP 401 after a fresh login"
-                    f"{': ' + detail if detail else ''}): the repository does not exist, or the credentials "
-                    "may not pull it (Docker Hub answers both alike); check the repository name and the credentials"
-                )
-            rejected = auth
-            auth = self._authorized(lambda: self._auth.handle_unauthorized(response, scopes, rejected), what)
-            rounds += 1
-            fresh = auth.new_login
-
-    def _authorized(self, get: Callable[[], AuthState], what: str) -> AuthState:
-        """An Authorization header, retrying a token service that is down,
-        overloaded (honouring its `Retry-After`) or unreachable (but not one
-        whose TLS certificate cannot be verified)."""
-        attempt = 0
-        while True:
+            response = self._transport.send(method, url, request_headers(request), stream=stream, what=what,
+                                            budget=budget)
             try:
-                return get()
-            except (TokenServiceUnavailableError, RegistryUnreachableError) as exc:
-                attempt += 1
-                if retry_is_useless(exc, attempt) or attempt >= self.retry.attempts:
-                    raise
-                busy = exc if isinstance(exc, TokenServiceBusyError) else None
-                self._backoff.wait(attempt, f"the token for {what}", busy.status if busy else None,
-                              busy.retry_after if busy else None)
+                request = flow.send(response)
+            except StopIteration:
+                return response
 
     @staticmethod
     def _scopes(repository: str) -> Tuple[str]:
