@@ -47,6 +47,7 @@ from .addresses import HostRule, host_port
 from .challenge import Challenge, MalformedChallengeError, parse_challenges, pick_challenge
 from .credentials import Credentials
 from .refusals import unreachable
+from .transport import TokenHttp
 
 log = logging.getLogger(__name__)
 
@@ -246,7 +247,7 @@ class Authenticator:
     into a header for the single retry, or raises AuthenticationError.
     """
 
-    def __init__(self, registry: str, base_url: str, http: httpx.Client, credentials: Optional[Credentials],
+    def __init__(self, registry: str, base_url: str, http: TokenHttp, credentials: Optional[Credentials],
                  cache: TokenCache, clock: Callable[[], float] = time.time,
                  private_realms: Iterable[str] = (), hosts: Optional[HostRule] = None) -> None:
         self.registry = registry

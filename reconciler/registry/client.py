@@ -55,7 +55,7 @@ from .retry import Backoff, RetryPolicy, parse_retry_after
 from .stats import TransferStats
 from .tags import MAX_TAG_PAGE, TagPager
 from .throttle import HostThrottle
-from .transport import RetryBudget, RetryingTransport
+from .transport import RetryBudget, RetryingTransport, TokenHttp
 
 __all__ = ["MAX_TAG_PAGE", "FetchedManifest", "ManifestHead", "RegistryClient", "RetryPolicy", "TransferStats",
            "parse_retry_after"]
@@ -114,20 +114,22 @@ class RegistryClient:
         self._hosts = HostRule(host, private_realms)
         if self._owns_http:
             pin_connections(self._http, self._hosts)
-        self._auth = Authenticator(registry, self.base_url, self._http, credentials, token_cache or TokenCache(clock), clock,
-                                   private_realms, hosts=self._hosts)
+        self.stats = TransferStats()
+        # The layers, outermost first: auth (bearer.RegistryAuth, per request,
+        # over the shared Authenticator), retries, redirects; token requests
+        # share the host's throttle and backoff.
+        self._throttle = HostThrottle(clock, sleep)
+        self._backoff = Backoff(registry, retry, self._throttle, self.stats, clock, sleep)
+        self._auth = Authenticator(registry, self.base_url, TokenHttp(self._http, self._throttle), credentials,
+                                   token_cache or TokenCache(clock), clock, private_realms, hosts=self._hosts)
+        self._sender = RedirectingSender(registry, self.base_url, self._http, self._hosts)
+        self._transport = RetryingTransport(registry, self._sender, retry, self._throttle, self._backoff, clock)
         self._slots = threading.BoundedSemaphore(max(1, max_concurrency))
         # Until one request has had its answer, others wait: they would all be
         # refused (401) and each ask for a token, where one challenge and one
         # token serve them all.
         self._first_contact = threading.Lock()
         self._contacted = False
-        self._clock = clock
-        self._throttle = HostThrottle(clock, sleep)
-        self.stats = TransferStats()
-        self._backoff = Backoff(registry, retry, self._throttle, self.stats, clock, sleep)
-        self._sender = RedirectingSender(registry, self.base_url, self._http, self._hosts)
-        self._transport = RetryingTransport(registry, self._sender, retry, self._throttle, self._backoff, clock)
 
     @property
     def rate_limit_remaining(self) -> Optional[int]:

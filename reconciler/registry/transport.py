@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Tuple
 
 import httpx
+from httpx._types import QueryParamTypes  # httpx's own alias for `params` (not re-exported publicly)
 
 from ..errors import RateLimitedError, TransferError
 from .redirects import RedirectingSender
@@ -148,3 +149,27 @@ class RetryingTransport:
                 f"{self._registry}: {what} still rate limited (HTTP 429{_reason(response)}) after "
                 f"{budget.attempt} attempts{later}; left for the next cycle")
         raise TransferError(f"{self._registry}: {what} still failing with HTTP {status} after {budget.attempt} attempts")
+
+
+class TokenHttp:
+    """Token-service requests, through the host's throttle: a token service
+    that asked to wait (`Retry-After`, bearer.RegistryAuth) is not asked
+    again sooner by another thread. Its answers, a redirect or an error
+    included, go back to auth.py as they are: not followed, not retried here."""
+
+    def __init__(self, http: httpx.Client, throttle: HostThrottle) -> None:
+        self._http = http
+        self._throttle = throttle
+
+    def get(self, url: str, *, params: QueryParamTypes, headers: Dict[str, str],
+            auth: Optional[Tuple[str, str]] = None) -> httpx.Response:
+        """GET `url` once the host is free."""
+        self._throttle.wait()
+        if auth is None:
+            return self._http.get(url, params=params, headers=headers)
+        return self._http.get(url, params=params, headers=headers, auth=auth)
+
+    def post(self, url: str, *, headers: Dict[str, str], data: Dict[str, str]) -> httpx.Response:
+        """POST a form to `url` once the host is free."""
+        self._throttle.wait()
+        return self._http.post(url, headers=headers, data=data)
