@@ -36,7 +36,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, FrozenSet, Iterable, Optional, Tuple
+from typing import Callable, Dict, FrozenSet, Iterable, List, Optional, Set, Tuple
 from urllib.parse import urljoin, urlsplit
 
 import httpx
@@ -166,7 +166,7 @@ def granted_scopes(token: str, asked: Iterable[str]) -> Optional[FrozenSet[str]]
     access = payload.get("access") if isinstance(payload, dict) else None
     if not isinstance(access, list):
         return None
-    allowed: Dict[Tuple[str, str], set] = {}
+    allowed: Dict[Tuple[str, str], Set[str]] = {}
     for claim in access:
         if isinstance(claim, dict) and isinstance(claim.get("actions"), list):
             allowed.setdefault((str(claim.get("type")), str(claim.get("name"))), set()).update(
@@ -471,35 +471,7 @@ class Authenticator:
         """Ask the realm for a token for the key's scopes; cache it as covering
         `needed` and those of the others it was granted."""
         realm, service, scopes, _ = key
-        creds = self._credentials
-        params = [("client_id", CLIENT_ID)]
-        headers = {"User-Agent": USER_AGENT}
-        if service:
-            params.append(("service", service))
-        params.extend(("scope", s) for s in scopes)
-        try:
-            if creds is not None and creds.identity_token:
-                response = self._http.post(realm, headers=headers, data={
-                    "grant_type": "refresh_token", "refresh_token": creds.identity_token,
-                    "service": service, "scope": " ".join(scopes), "client_id": CLIENT_ID,
-                })
-                if response.status_code in (404, 405):
-                    response = self._http.get(realm, params=params, headers=headers,
-                                              auth=(creds.username or "<token>", creds.identity_token))
-            elif creds is not None:
-                params.append(("account", creds.username))
-                response = self._http.get(realm, params=params, headers=headers, auth=(creds.username, creds.password))
-            else:
-                response = self._http.get(realm, params=params, headers=headers)
-        except httpx.TransportError as exc:
-            # DNS, refused, TLS: named for the token host (auth.docker.io is not the registry).
-            error = unreachable(self.registry, realm, exc, f"token service {realm}")
-            if isinstance(error, RegistryUnreachableError):
-                raise error from None
-            raise TokenServiceUnavailableError(str(error)) from None  # a timeout: worth retrying
-        except httpx.HTTPError as exc:
-            raise TokenServiceUnavailableError(
-                f"{self.registry}: token service {realm} unreachable: {type(exc).__name__}") from None
+        response = self._ask_realm(realm, service, scopes)
         received = self._clock()
         who = self.who
         if response.status_code in (401, 403):
@@ -530,3 +502,38 @@ class Authenticator:
         self._cache.put(key, token, _parse_issued_at(body.get("issued_at"), received), expires_in, covers)
         log.debug("obtained token for %s scopes=%s (%s)", self.registry, " ".join(scopes), who)
         return token
+
+    def _ask_realm(self, realm: str, service: str, scopes: Tuple[str, ...]) -> httpx.Response:
+        """The token service's answer: an OAuth2 POST for an identity token
+        (GET with Basic where POST is not served), else a GET, with Basic
+        credentials when we have them. A failure to reach it raises."""
+        creds = self._credentials
+        params: List[Tuple[str, str]] = [("client_id", CLIENT_ID)]
+        headers = {"User-Agent": USER_AGENT}
+        if service:
+            params.append(("service", service))
+        params.extend(("scope", s) for s in scopes)
+        try:
+            if creds is not None and creds.identity_token:
+                response = self._http.post(realm, headers=headers, data={
+                    "grant_type": "refresh_token", "refresh_token": creds.identity_token,
+                    "service": service, "scope": " ".join(scopes), "client_id": CLIENT_ID,
+                })
+                if response.status_code in (404, 405):
+                    response = self._http.get(realm, params=params, headers=headers,
+                                              auth=(creds.username or "<token>", creds.identity_token))
+            elif creds is not None:
+                params.append(("account", creds.username))
+                response = self._http.get(realm, params=params, headers=headers, auth=(creds.username, creds.password))
+            else:
+                response = self._http.get(realm, params=params, headers=headers)
+        except httpx.TransportError as exc:
+            # DNS, refused, TLS: named for the token host (auth.docker.io is not the registry).
+            error = unreachable(self.registry, realm, exc, f"token service {realm}")
+            if isinstance(error, RegistryUnreachableError):
+                raise error from None
+            raise TokenServiceUnavailableError(str(error)) from None  # a timeout: worth retrying
+        except httpx.HTTPError as exc:
+            raise TokenServiceUnavailableError(
+                f"{self.registry}: token service {realm} unreachable: {type(exc).__name__}") from None
+        return response

@@ -252,8 +252,9 @@ class RegistryClient:
         asked by tag, the body still checked against `expected_digest`."""
         what = f"manifest {repository}@{reference}" if reference.startswith("sha256:") else f"manifest {repository}:{reference}"
         by_digest = bool(expected_digest and is_valid_digest(expected_digest) and not reference.startswith("sha256:"))
+        asked = expected_digest if by_digest and expected_digest else reference
         try:
-            response, raw = self._get_manifest_body(repository, expected_digest if by_digest else reference, what)
+            response, raw = self._get_manifest_body(repository, asked, what)
         except NotFoundError:
             if not by_digest:
                 raise

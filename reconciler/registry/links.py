@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import FrozenSet, Iterable, List, Optional
+from typing import FrozenSet, Iterable, List, Optional, Set
 
 from .challenge import read_quoted
 
@@ -46,7 +46,7 @@ def parse_link_header(value: str) -> List[Link]:
         else:
             m = _UNBRACKETED.match(value, pos)
             target, pos = m.group(0).strip(), m.end()  # type: ignore[union-attr]
-        rels: set = set()
+        rels: Set[str] = set()
         while True:
             pos = _SPACES.match(value, pos).end()  # type: ignore[union-attr]
             if pos >= end or value[pos] != ";":

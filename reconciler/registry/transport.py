@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import httpx
-from httpx._types import QueryParamTypes  # httpx's own alias for `params` (not re-exported publicly)
 
 from ..errors import RateLimitedError, TransferError
 from .redirects import RedirectingSender
@@ -161,13 +160,13 @@ class TokenHttp:
         self._http = http
         self._throttle = throttle
 
-    def get(self, url: str, *, params: QueryParamTypes, headers: Dict[str, str],
+    def get(self, url: str, *, params: Sequence[Tuple[str, str]], headers: Dict[str, str],
             auth: Optional[Tuple[str, str]] = None) -> httpx.Response:
-        """GET `url` once the host is free."""
+        """GET `url` (with `params` in order, `scope` repeated) once the host is free."""
         self._throttle.wait()
         if auth is None:
-            return self._http.get(url, params=params, headers=headers)
-        return self._http.get(url, params=params, headers=headers, auth=auth)
+            return self._http.get(url, params=tuple(params), headers=headers)
+        return self._http.get(url, params=tuple(params), headers=headers, auth=auth)
 
     def post(self, url: str, *, headers: Dict[str, str], data: Dict[str, str]) -> httpx.Response:
         """POST a form to `url` once the host is free."""
