@@ -1,55 +1,46 @@
-"""An OCI distribution API client over httpx.
+"""An OCI distribution API client over httpx: the thin front of the registry layers.
 
 One `RegistryClient` per registry host, shared by every thread that talks to
-it. It answers auth challenges, retries transient failures with jittered
-exponential backoff (honouring `Retry-After`, and making every request to
-the host wait when one is asked to), follows redirects without leaking
-`Authorization` to other hosts, verifies every manifest and blob against its
-digest, and resumes broken blob transfers with `Range`.
+it. Its public methods are the distribution API (manifests.py, tags.py,
+blobs.py); every request goes down the same layers, in the manner of
+go-containerregistry's transport wrappers:
+
+- bearer.RegistryAuth (an `httpx.Auth`): challenges, tokens and 401 rounds,
+  over auth.Authenticator (the learned challenge, the shared token cache);
+- transport.RetryingTransport: 408, 429 and 5xx, transport failures,
+  `Retry-After` and the jittered backoff (retry.Backoff), holding the host's
+  throttle (throttle.HostThrottle), which token requests wait on too;
+- redirects.RedirectingSender: redirects that never leak `Authorization`
+  off the registry's origin nor lead to an internal address.
 
 Credentials go only to the registry's own origin: a 401 from anywhere else
 (a storage host a blob was redirected to) is a failed download, never a
-challenge to answer.
-
-Every refusal becomes one specific error (refusals.py): a missing
-repository, denied access, a rate limit with when to retry, a host DNS
-cannot resolve, a refused connection, a TLS failure. Blobs are verified
-over the bytes as sent, whatever `Content-Encoding` claims.
+challenge to answer. Every refusal becomes one specific error (refusals.py):
+a missing repository, denied access, a rate limit with when to retry, a
+host DNS cannot resolve, a refused connection, a TLS failure. Manifests and
+blobs are verified against their digests; blobs over the bytes as sent,
+whatever `Content-Encoding` claims.
 """
 
 from __future__ import annotations
 
-import hashlib
-import logging
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import BinaryIO, Callable, Dict, Iterable, List, Optional, Tuple
 
 import httpx
 
-from ..errors import (
-    IntegrityError,
-    NotFoundError,
-    ReconcilerError,
-    RegistryError,
-    TransferError,
-)
+from ..errors import ReconcilerError
 from . import USER_AGENT
 from .addresses import HostRule, pin_connections
 from .auth import Authenticator, TokenCache
 from .bearer import RegistryAuth, request_headers
 from .blobs import BlobFetch
 from .credentials import Credentials
-from .manifest import (
-    MANIFEST_ACCEPT,
-    MAX_MANIFEST_BYTES,
-    Descriptor,
-    Manifest,
-    parse_manifest,
-)
+from .manifest import Descriptor
+from .manifests import FetchedManifest, ManifestHead, get_manifest, head_manifest
 from .redirects import RedirectingSender
-from .reference import DOCKER_HUB, DOCKER_HUB_API_HOST, is_valid_digest
+from .reference import DOCKER_HUB, DOCKER_HUB_API_HOST
 from .refusals import refusal
 from .retry import Backoff, RetryPolicy, parse_retry_after
 from .stats import TransferStats
@@ -57,33 +48,9 @@ from .tags import MAX_TAG_PAGE, TagPager
 from .throttle import HostThrottle
 from .transport import RetryBudget, RetryingTransport, TokenHttp
 
+# Re-exported: callers and tests import these from here.
 __all__ = ["MAX_TAG_PAGE", "FetchedManifest", "ManifestHead", "RegistryClient", "RetryPolicy", "TransferStats",
            "parse_retry_after"]
-
-log = logging.getLogger(__name__)
-
-
-
-@dataclass(frozen=True)
-class ManifestHead:
-    """What a HEAD on a manifest told us."""
-
-    digest: Optional[str]
-    media_type: Optional[str]
-    size: Optional[int]
-
-
-@dataclass(frozen=True)
-class FetchedManifest:
-    """A manifest body, verified against its digest."""
-
-    digest: str
-    media_type: str
-    raw: bytes = field(repr=False)
-
-    def parse(self) -> Manifest:
-        """The parsed manifest or index."""
-        return parse_manifest(self.raw, self.media_type)
 
 
 class RegistryClient:
@@ -157,7 +124,7 @@ class RegistryClient:
         for several of them, where the token service grants that."""
         self._auth.expect(scope for repository in repositories for scope in self._scopes(repository))
 
-    # -- transport ---------------------------------------------------------
+    # -- the session the manifests, tags and blobs modules use (session.RegistrySession)
 
     def backoff(self, attempt: int, what: str) -> bool:
         """Sleep before retry `attempt + 1` (retry.Backoff)."""
@@ -170,13 +137,10 @@ class RegistryClient:
 
     def request(self, method: str, url: str, repository: str, *, headers: Optional[Dict[str, str]] = None,
                 stream: bool = False, what: str = "request") -> httpx.Response:
-        """A request needing pull access to `repository` (see `_request`)."""
-        return self._request(method, url, self._scopes(repository), headers=headers, stream=stream, what=what)
-
-    def _request(self, method: str, url: str, scopes: Iterable[str], *, headers: Optional[Dict[str, str]] = None,
-                 stream: bool = False, what: str = "request") -> httpx.Response:
-        """Send with auth and retries. Returns any final response that is not
-        401, 429 or 5xx; the caller interprets (and, if streaming, closes) it."""
+        """Send a request needing pull access to `repository`, with auth and
+        retries. Returns any final response that is not 401, 429 or 5xx; the
+        caller interprets (and, if streaming, closes) it."""
+        scopes = self._scopes(repository)
         if not self._contacted:
             with self._first_contact:
                 if not self._contacted:
@@ -215,84 +179,20 @@ class RegistryClient:
     # -- manifests ---------------------------------------------------------
 
     def head_manifest(self, repository: str, reference: str) -> Optional[ManifestHead]:
-        """HEAD a manifest: the digest the tag points at now.
+        """HEAD a manifest: the digest the tag points at now (manifests.head_manifest).
 
         Returns None when the HEAD fails other than with 404 (405, or 403
         from some mirrors and CDNs), so the caller falls back to GET. A HEAD
         does not count against Docker Hub's pull limit.
         """
-        # A HEAD answered 404 means what a GET would say; any other failure (403 from
-        # mirrors and CDNs, 405, 400) is asked again with GET, as docker does. (A 401
-        # never comes back: it is answered, or raised, on the way.)
-        url = f"{self.base_url}/v2/{repository}/manifests/{reference}"
-        what = f"HEAD {repository}:{reference}"
-        with self.slots:
-            response = self._request("HEAD", url, self._scopes(repository), headers={"Accept": MANIFEST_ACCEPT}, what=what)
-        self.stats.add(manifest_heads=1)
-        if response.status_code != 200:
-            if response.status_code == 404:
-                raise self.fail(response, what, repository)
-            log.info("%s: %s answered HTTP %d; asking with GET instead", self.registry, what, response.status_code)
-            return None
-        digest = response.headers.get("docker-content-digest")
-        if digest is not None and not is_valid_digest(digest):
-            digest = None
-        length = response.headers.get("content-length")
-        media_type = (response.headers.get("content-type") or "").split(";", 1)[0].strip() or None
-        return ManifestHead(digest, media_type, int(length) if length and length.isdigit() else None)
+        return head_manifest(self, repository, reference)
 
     def get_manifest(self, repository: str, reference: str, expected_digest: Optional[str] = None) -> FetchedManifest:
         """GET a manifest and verify its body: against the digest asked for, and
-        against `Docker-Content-Digest` when the registry sends it.
-
-        With `expected_digest` (what a HEAD said the tag points at) the
-        manifest is fetched by that digest, so a tag moving in between is not
-        an integrity error: the next cycle sees the move. A registry that
-        answers 404 by digest (pull-through caches that know only the tag) is
-        asked by tag, the body still checked against `expected_digest`."""
-        what = f"manifest {repository}@{reference}" if reference.startswith("sha256:") else f"manifest {repository}:{reference}"
-        by_digest = bool(expected_digest and is_valid_digest(expected_digest) and not reference.startswith("sha256:"))
-        asked = expected_digest if by_digest and expected_digest else reference
-        try:
-            response, raw = self._get_manifest_body(repository, asked, what)
-        except NotFoundError:
-            if not by_digest:
-                raise
-            log.info("%s: %s not found by digest %s; asking by tag", self.registry, what, expected_digest)
-            response, raw = self._get_manifest_body(repository, reference, what)
-        digest = "sha256:" + hashlib.sha256(raw).hexdigest()
-        for claimed, source in (
-            (reference if reference.startswith("sha256:") else None, "the requested digest"),
-            (expected_digest, "the digest the tag pointed at"),
-            (response.headers.get("docker-content-digest"), "Docker-Content-Digest"),
-        ):
-            if claimed and claimed.startswith("sha256:") and claimed != digest:
-                raise IntegrityError(f"{self.registry}: {what}: body hashes to {digest}, not {claimed} ({source})")
-        media_type = (response.headers.get("content-type") or "").split(";", 1)[0].strip()
-        return FetchedManifest(digest, media_type, raw)
-
-    def _get_manifest_body(self, repository: str, reference: str, what: str) -> Tuple[httpx.Response, bytes]:
-        """One manifest GET: the (closed) response and its body, at most MAX_MANIFEST_BYTES."""
-        url = f"{self.base_url}/v2/{repository}/manifests/{reference}"
-        with self.slots:
-            response = self._request("GET", url, self._scopes(repository), headers={"Accept": MANIFEST_ACCEPT},
-                                     stream=True, what=what)
-            try:
-                if response.status_code != 200:
-                    response.read()
-                    raise self.fail(response, what, repository)
-                body = bytearray()
-                try:
-                    for chunk in response.iter_bytes():
-                        body += chunk
-                        if len(body) > MAX_MANIFEST_BYTES:
-                            raise RegistryError(f"{self.registry}: {what} is larger than {MAX_MANIFEST_BYTES} bytes")
-                except httpx.TransportError as exc:
-                    raise TransferError(f"{self.registry}: {what}: transfer broken: {type(exc).__name__}") from None
-            finally:
-                response.close()
-        self.stats.add(manifest_gets=1)
-        return response, bytes(body)
+        against `Docker-Content-Digest` when the registry sends it
+        (manifests.get_manifest; by `expected_digest` when given, so a tag
+        moving in between is not an integrity error)."""
+        return get_manifest(self, repository, reference, expected_digest)
 
     # -- tags and blobs ----------------------------------------------------
 
