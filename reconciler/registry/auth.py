@@ -321,9 +321,10 @@ class Authenticator:
             schemes = ", ".join(c.scheme for c in challenges)
             raise AuthenticationError(f"{self.registry} asks for unsupported authentication scheme(s): {schemes}")
         wanted = set(scopes)
-        if chosen.scheme == "bearer" and chosen.get("scope"):
+        challenge_scope = chosen.get("scope")
+        if chosen.scheme == "bearer" and challenge_scope:
             # Only pull, whatever the challenge names (pull_scopes).
-            wanted.update(chosen.get("scope").split())  # type: ignore[union-attr]
+            wanted.update(challenge_scope.split())
         wanted = set(pull_scopes(wanted))
         share = True
         if sent.token_key is not None:
@@ -377,12 +378,13 @@ class Authenticator:
     def _answer(self, challenge: Challenge, scopes: Tuple[str, ...], request_url: Optional[str],
                 share: bool = True) -> AuthState:
         if challenge.scheme == "basic":
-            if not self._can_answer_basic():
+            creds = self._credentials
+            if creds is None or not self._can_answer_basic():
                 raise AuthenticationError(
                     f"{self.registry} requires a username and password; configure them for this registry "
                     "in the watchlist or in Docker's config.json"
                 )
-            return AuthState(header=self._credentials.basic_header(), new_login=True)  # type: ignore[union-attr]
+            return AuthState(header=creds.basic_header(), new_login=True)
         realm = challenge.get("realm")
         if not realm:
             raise AuthenticationError(f"{self.registry}: Bearer challenge without a realm")

@@ -69,7 +69,9 @@ class _Scanner:
         self.pos = 0
 
     def skip_ws(self) -> None:
-        self.pos = _SPACES.match(self.text, self.pos).end()  # type: ignore[union-attr]
+        match = _SPACES.match(self.text, self.pos)
+        if match:  # always: the pattern matches nothing too
+            self.pos = match.end()
 
     def at_end(self) -> bool:
         return self.pos >= len(self.text)
