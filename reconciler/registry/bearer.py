@@ -35,9 +35,13 @@ class RegistryAuth(httpx.Auth):
     scopes differ; the tokens and the learned challenge live in the shared
     Authenticator)."""
 
-    def __init__(self, authenticator: Authenticator, scopes: Tuple[str, ...], what: str,
+    def __init__(self, authenticator: Authenticator, scopes: Tuple[str, ...], what: str, *, to_registry: bool,
                  on_registry: Callable[[str], bool], policy: RetryPolicy, backoff: Backoff) -> None:
+        """`to_registry`: the request is for the registry's own origin (only
+        then does it start with credentials); `on_registry` judges where a 401
+        came from."""
         self._authenticator = authenticator
+        self._to_registry = to_registry
         self._registry = authenticator.registry
         self._scopes = scopes
         self._what = what
@@ -48,8 +52,7 @@ class RegistryAuth(httpx.Auth):
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         """Yield the request with the header to send; after a 401, again with the answer to it."""
         authenticator, scopes = self._authenticator, self._scopes
-        on_registry = self._on_registry(str(request.url))
-        state = self._authorized(lambda: authenticator.authorize(scopes)) if on_registry else AuthState()
+        state = self._authorized(lambda: authenticator.authorize(scopes)) if self._to_registry else AuthState()
         fresh = False  # `state` was obtained in answer to a 401 of this very request
         rounds = 0
         while True:

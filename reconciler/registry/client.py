@@ -155,7 +155,8 @@ class RegistryClient:
         """One logical request: the auth flow (bearer.RegistryAuth) answers 401s,
         the transport below it retries, on one budget of attempts."""
         self._throttle.wait()
-        auth = RegistryAuth(self._auth, tuple(scopes), what, self._sender.on_registry, self.retry, self._backoff)
+        auth = RegistryAuth(self._auth, tuple(scopes), what, to_registry=self._sender.on_registry(url),
+                            on_registry=self._sender.on_registry, policy=self.retry, backoff=self._backoff)
         flow = auth.sync_auth_flow(httpx.Request(method, url, headers={"User-Agent": USER_AGENT, **(headers or {})}))
         request = next(flow)
         budget = RetryBudget()
