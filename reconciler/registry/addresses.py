@@ -48,6 +48,10 @@ from typing import Callable, Dict, Iterable, List, Optional, Tuple, Union
 from urllib.parse import urlsplit
 
 import httpcore
+
+# What httpcore passes to setsockopt: its SOCKET_OPTION, spelled out (not
+# part of httpcore's documented API).
+_SocketOption = Union[Tuple[int, int, int], Tuple[int, int, Union[bytes, bytearray]], Tuple[int, int, None, int]]
 import httpx
 
 log = logging.getLogger(__name__)
@@ -283,7 +287,7 @@ class PinningBackend(httpcore.NetworkBackend):
         self._inner = inner
 
     def connect_tcp(self, host: str, port: int, timeout: Optional[float] = None,
-                    local_address: Optional[str] = None, socket_options: Optional[Iterable] = None
+                    local_address: Optional[str] = None, socket_options: Optional[Iterable[_SocketOption]] = None
                     ) -> httpcore.NetworkStream:
         pinned = self._rule.pinned(host)
         if pinned is None:
@@ -307,7 +311,7 @@ class PinningBackend(httpcore.NetworkBackend):
         raise error
 
     def connect_unix_socket(self, path: str, timeout: Optional[float] = None,
-                            socket_options: Optional[Iterable] = None) -> httpcore.NetworkStream:
+                            socket_options: Optional[Iterable[_SocketOption]] = None) -> httpcore.NetworkStream:
         return self._inner.connect_unix_socket(path, timeout, socket_options)
 
     def sleep(self, seconds: float) -> None:

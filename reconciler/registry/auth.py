@@ -1,5 +1,9 @@
 """Registry authentication: Basic, and Bearer tokens from the registry's token service.
 
+This module keeps the learned challenge and the rules of sharing tokens
+(`Authenticator`); tokens.py caches the tokens, token_service.py asks the
+realm for them, and bearer.py answers each request's 401s with this.
+
 The flow is the one of distribution's token spec: a request gets 401 with a
 `WWW-Authenticate` challenge; for `Bearer` we ask the challenge's realm for a
 token for the scopes we need (with Basic credentials, or an OAuth2 POST for
@@ -27,31 +31,30 @@ it again (a realm can move; Harbor answers a rejected token with `Basic`).
 
 from __future__ import annotations
 
-import base64
-import binascii
-import datetime as _dt
-import json
 import logging
 import re
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Dict, FrozenSet, Iterable, Optional, Tuple
 from urllib.parse import urljoin, urlsplit
 
 import httpx
 
 from ..errors import AuthenticationError, RegistryError, RegistryUnreachableError, TokenServiceUnavailableError
-from . import USER_AGENT
-from .addresses import HostRule, host_port
+from .addresses import HostRule
 from .challenge import Challenge, MalformedChallengeError, parse_challenges, pick_challenge
 from .credentials import Credentials
-from .refusals import unreachable
+from .token_service import TokenRefusedError, TokenService, TokenServiceBusyError, credentials_who
+from .tokens import TokenCache, TokenKey, granted_scopes
+from .transport import TokenHttp
+
+# Re-exported: the token cache and the errors of token requests live in
+# tokens.py and token_service.py; callers and tests import them from here.
+__all__ = ["MAX_SCOPES_PER_TOKEN", "AuthState", "Authenticator", "TokenCache", "TokenKey", "TokenRefusedError",
+           "TokenServiceBusyError", "granted_scopes", "pull_scopes"]
 
 log = logging.getLogger(__name__)
-
-MIN_TOKEN_LIFETIME_S = 60.0
-CLIENT_ID = "reconciler"
 
 # At most this many scopes asked in one token request: each granted repository
 # is a claim in the token (Docker Hub's carry ~130 bytes each), and the token
@@ -62,143 +65,10 @@ MAX_SCOPES_PER_TOKEN = 20
 # registry's tokens are no longer shared.
 SHARED_REFUSALS_BEFORE_GIVING_UP = 3
 
-TokenKey = Tuple[str, str, Tuple[str, ...], str]
 # A repository name in the distribution spec's grammar (no `:`, so a scope we
 # ask for always reads as type:name:actions).
 _NAME_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _REPOSITORY_NAME = re.compile(rf"^{_NAME_COMPONENT}(?:/{_NAME_COMPONENT})*$")
-
-
-class TokenRefusedError(AuthenticationError):
-    """The token service answered 401 (credentials refused) or 403."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class TokenServiceBusyError(TokenServiceUnavailableError):
-    """The token service answered 429 or 5xx; `retry_after` is its `Retry-After` header, if any."""
-
-    def __init__(self, message: str, status: int, retry_after: Optional[str]) -> None:
-        super().__init__(message)
-        self.status = status
-        self.retry_after = retry_after
-
-
-@dataclass
-class _CachedToken:
-    value: str = field(repr=False)
-    expires_at: float
-    refresh_at: float
-    covers: FrozenSet[str]  # the scopes it may be sent for
-
-
-class TokenCache:
-    """Bearer tokens keyed by (realm, service, scopes asked, credential
-    identity), each usable for the scopes it covers. Thread-safe."""
-
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
-        self._clock = clock
-        self._tokens: Dict[TokenKey, _CachedToken] = {}
-        self._lock = threading.Lock()
-
-    def find(self, realm: str, service: str, identity: str, scopes: Iterable[str]) -> Optional[Tuple[TokenKey, str]]:
-        """A valid token of this realm, service and identity covering all of
-        `scopes` (the one asked for exactly these first), with its key."""
-        wanted = tuple(sorted(set(scopes)))
-        exact: TokenKey = (realm, service, wanted, identity)
-        now = self._clock()
-        with self._lock:
-            cached = self._tokens.get(exact)
-            if cached is not None and now < cached.refresh_at and cached.covers.issuperset(wanted):
-                return exact, cached.value
-            for key, cached in self._tokens.items():
-                if key[0] == realm and key[1] == service and key[3] == identity and now < cached.refresh_at \
-                        and cached.covers.issuperset(wanted):
-                    return key, cached.value
-        return None
-
-    def put(self, key: TokenKey, value: str, issued_at: float, expires_in: float,
-            covers: Optional[Iterable[str]] = None) -> None:
-        """Store a token (covering `covers`, by default the scopes asked for);
-        its lifetime is never taken as less than 60 s."""
-        lifetime = max(expires_in, MIN_TOKEN_LIFETIME_S)
-        expires_at = issued_at + lifetime
-        # Renew a little early so a token does not expire between check and use.
-        refresh_at = expires_at - min(30.0, lifetime * 0.1)
-        with self._lock:
-            now = self._clock()
-            for stale in [k for k, t in self._tokens.items() if t.expires_at <= now]:
-                del self._tokens[stale]  # keys vary with what was asked together: do not let them pile up
-            self._tokens[key] = _CachedToken(value, expires_at, refresh_at,
-                                             frozenset(key[2] if covers is None else covers))
-
-    def uncover(self, key: TokenKey, scopes: Iterable[str], value: Optional[str] = None) -> None:
-        """The registry refused the token for `scopes`: keep it for the others
-        (only if it is still `value`, when given)."""
-        with self._lock:
-            cached = self._tokens.get(key)
-            if cached is not None and (value is None or cached.value == value):
-                cached.covers = cached.covers.difference(scopes)
-
-    def invalidate(self, key: TokenKey, value: Optional[str] = None) -> None:
-        """Forget the token for `key` (only if it is still `value`, when given)."""
-        with self._lock:
-            cached = self._tokens.get(key)
-            if cached is not None and (value is None or cached.value == value):
-                del self._tokens[key]
-
-
-def granted_scopes(token: str, asked: Iterable[str]) -> Optional[FrozenSet[str]]:
-    """Which of the `asked` repository scopes a token grants, read from its
-    `access` claim when it is a JWT as distribution's token server, Docker Hub
-    and Harbor issue (docs/spec/auth/jwt.md); None when the token is opaque.
-    Only a hint for sharing the token: the registry still decides."""
-    parts = token.split(".")
-    if len(parts) != 3:
-        return None
-    try:
-        payload = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
-    except (ValueError, binascii.Error):
-        return None
-    access = payload.get("access") if isinstance(payload, dict) else None
-    if not isinstance(access, list):
-        return None
-    allowed: Dict[Tuple[str, str], set] = {}
-    for claim in access:
-        if isinstance(claim, dict) and isinstance(claim.get("actions"), list):
-            allowed.setdefault((str(claim.get("type")), str(claim.get("name"))), set()).update(
-                str(a) for a in claim["actions"])
-    granted = set()
-    for scope in asked:
-        kind, _, rest = scope.partition(":")
-        name, _, actions = rest.rpartition(":")
-        have = allowed.get((kind, name), set())
-        if "*" in have or set(actions.split(",")) <= have:
-            granted.add(scope)
-    return frozenset(granted)
-
-
-def _parse_issued_at(text: object, received: float) -> float:
-    """`issued_at` as epoch seconds; the local time when absent, unparsable or skewed."""
-    if not isinstance(text, str) or not text:
-        return received
-    try:
-        value = _dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return received
-    # A clock in the future, or a token "issued" long ago: trust our own clock.
-    if value > received + 5 or value < received - 3600:
-        return received
-    return value
-
-
-def _scopes_text(scopes: Tuple[str, ...]) -> str:
-    """Scopes for a message: a shared token request names up to 20."""
-    if len(scopes) > 2:
-        return f"{scopes[0]} and {len(scopes) - 1} more scopes"
-    return " ".join(scopes) or "no scope"
 
 
 def pull_scopes(scopes: Iterable[str]) -> Tuple[str, ...]:
@@ -246,16 +116,13 @@ class Authenticator:
     into a header for the single retry, or raises AuthenticationError.
     """
 
-    def __init__(self, registry: str, base_url: str, http: httpx.Client, credentials: Optional[Credentials],
+    def __init__(self, registry: str, base_url: str, http: TokenHttp, credentials: Optional[Credentials],
                  cache: TokenCache, clock: Callable[[], float] = time.time,
                  private_realms: Iterable[str] = (), hosts: Optional[HostRule] = None) -> None:
         self.registry = registry
-        # Which realms may be asked (private_realms: host or host:port of token
-        # services on a private address that the operator allows, an
-        # on-premises auth service beside the registry).
-        self._hosts = hosts or HostRule(urlsplit(base_url).netloc, private_realms)
         self._base_url = base_url.rstrip("/") + "/v2/"
-        self._http = http
+        self._tokens = TokenService(registry, http, credentials, cache,
+                                    clock, hosts or HostRule(urlsplit(base_url).netloc, private_realms))
         self._credentials = credentials
         self._cache = cache
         self._clock = clock
@@ -277,9 +144,7 @@ class Authenticator:
     @property
     def who(self) -> str:
         """Who we authenticate as, for messages (never the secret)."""
-        if self._credentials and self._credentials.username:
-            return f"user {self._credentials.username!r}"
-        return "an identity token" if self._credentials else "anonymous access"
+        return credentials_who(self._credentials)
 
     def _can_answer_basic(self) -> bool:
         return self._credentials is not None and not self._credentials.identity_token
@@ -320,9 +185,10 @@ class Authenticator:
             schemes = ", ".join(c.scheme for c in challenges)
             raise AuthenticationError(f"{self.registry} asks for unsupported authentication scheme(s): {schemes}")
         wanted = set(scopes)
-        if chosen.scheme == "bearer" and chosen.get("scope"):
+        challenge_scope = chosen.get("scope")
+        if chosen.scheme == "bearer" and challenge_scope:
             # Only pull, whatever the challenge names (pull_scopes).
-            wanted.update(chosen.get("scope").split())  # type: ignore[union-attr]
+            wanted.update(challenge_scope.split())
         wanted = set(pull_scopes(wanted))
         share = True
         if sent.token_key is not None:
@@ -376,12 +242,13 @@ class Authenticator:
     def _answer(self, challenge: Challenge, scopes: Tuple[str, ...], request_url: Optional[str],
                 share: bool = True) -> AuthState:
         if challenge.scheme == "basic":
-            if not self._can_answer_basic():
+            creds = self._credentials
+            if creds is None or not self._can_answer_basic():
                 raise AuthenticationError(
                     f"{self.registry} requires a username and password; configure them for this registry "
                     "in the watchlist or in Docker's config.json"
                 )
-            return AuthState(header=self._credentials.basic_header(), new_login=True)  # type: ignore[union-attr]
+            return AuthState(header=creds.basic_header(), new_login=True)
         realm = challenge.get("realm")
         if not realm:
             raise AuthenticationError(f"{self.registry}: Bearer challenge without a realm")
@@ -411,11 +278,11 @@ class Authenticator:
 
     def _new_token(self, realm: str, service: str, scopes: Tuple[str, ...], share: bool) -> Tuple[TokenKey, str]:
         """A token for `scopes`, asked together with expected scopes no token covers yet."""
-        self._judge_realm(realm)
+        self._tokens.judge_realm(realm)
         asked = self._with_expected(realm, service, scopes) if share and self._share_tokens else scopes
         key: TokenKey = (realm, service, asked, self._identity)
         try:
-            return key, self._fetch_token(key, scopes)
+            return key, self._tokens.fetch(key, scopes)
         except (TokenServiceUnavailableError, RegistryUnreachableError):
             raise  # down or busy: retried as it is
         except RegistryError as exc:
@@ -428,7 +295,7 @@ class Authenticator:
                      self.registry, realm, len(asked), exc)
             self._share_tokens = False
             key = (realm, service, scopes, self._identity)
-            return key, self._fetch_token(key, scopes)
+            return key, self._tokens.fetch(key, scopes)
 
     def _with_expected(self, realm: str, service: str, scopes: Tuple[str, ...]) -> Tuple[str, ...]:
         with self._lock:
@@ -443,7 +310,7 @@ class Authenticator:
 
     def _check_realm(self, realm: str, request_url: Optional[str]) -> str:
         """The realm as an absolute URL, if its scheme may be used (the host is
-        judged before each token request: `_judge_realm`)."""
+        judged before each token request: TokenService.judge_realm)."""
         base = request_url or self._base_url
         resolved = urljoin(base, realm)
         parts, base_parts = urlsplit(resolved), urlsplit(base)
@@ -452,80 +319,3 @@ class Authenticator:
         if base_parts.scheme == "https" and parts.scheme == "http":
             raise AuthenticationError(f"{self.registry}: refusing plain-http token realm {resolved!r} for an https registry")
         return resolved
-
-    def _judge_realm(self, realm: str) -> None:
-        """Refuse a realm on an internal address other than the registry's own,
-        unless the operator allowed it (addresses.HostRule). Judged just before
-        each token request, by what the realm's host resolves to then."""
-        inside = self._hosts.foreign_internal(realm)
-        if inside:
-            raise AuthenticationError(
-                f"{self.registry}: token realm {realm!r} points at a private address other than the registry "
-                f"({', '.join(str(ip) for ip in inside)}); no credentials were sent. If that token service is yours, "
-                f"allow it for this registry in the watchlist: token_realms = [\"{host_port(realm)}\"] under "
-                f'[registries."{self.registry}"]'
-            )
-
-    def _fetch_token(self, key: TokenKey, needed: Iterable[str]) -> str:
-        """Ask the realm for a token for the key's scopes; cache it as covering
-        `needed` and those of the others it was granted."""
-        realm, service, scopes, _ = key
-        creds = self._credentials
-        params = [("client_id", CLIENT_ID)]
-        headers = {"User-Agent": USER_AGENT}
-        if service:
-            params.append(("service", service))
-        params.extend(("scope", s) for s in scopes)
-        try:
-            if creds is not None and creds.identity_token:
-                response = self._http.post(realm, headers=headers, data={
-                    "grant_type": "refresh_token", "refresh_token": creds.identity_token,
-                    "service": service, "scope": " ".join(scopes), "client_id": CLIENT_ID,
-                })
-                if response.status_code in (404, 405):
-                    response = self._http.get(realm, params=params, headers=headers,
-                                              auth=(creds.username or "<token>", creds.identity_token))
-            elif creds is not None:
-                params.append(("account", creds.username))
-                response = self._http.get(realm, params=params, headers=headers, auth=(creds.username, creds.password))
-            else:
-                response = self._http.get(realm, params=params, headers=headers)
-        except httpx.TransportError as exc:
-            # DNS, refused, TLS: named for the token host (auth.docker.io is not the registry).
-            error = unreachable(self.registry, realm, exc, f"token service {realm}")
-            if isinstance(error, RegistryUnreachableError):
-                raise error from None
-            raise TokenServiceUnavailableError(str(error)) from None  # a timeout: worth retrying
-        except httpx.HTTPError as exc:
-            raise TokenServiceUnavailableError(
-                f"{self.registry}: token service {realm} unreachable: {type(exc).__name__}") from None
-        received = self._clock()
-        who = self.who
-        if response.status_code in (401, 403):
-            raise TokenRefusedError(
-                response.status_code,
-                f"{self.registry}: token service {realm} refused {who} for {_scopes_text(scopes)} "
-                f"(HTTP {response.status_code}); check the credentials and that the repository exists",
-            )
-        if response.status_code == 429 or response.status_code >= 500:
-            raise TokenServiceBusyError(
-                f"{self.registry}: token service {realm} answered HTTP {response.status_code}",
-                response.status_code, response.headers.get("retry-after"))
-        if response.status_code != 200:
-            raise RegistryError(f"{self.registry}: token service {realm} answered HTTP {response.status_code}")
-        try:
-            body = response.json()
-        except ValueError:
-            raise RegistryError(f"{self.registry}: token service {realm} returned something other than JSON") from None
-        token = body.get("token") or body.get("access_token") if isinstance(body, dict) else None
-        if not isinstance(token, str) or not token:
-            raise RegistryError(f"{self.registry}: token service {realm} returned no token")
-        try:
-            expires_in = float(body.get("expires_in") or MIN_TOKEN_LIFETIME_S)
-        except (TypeError, ValueError):
-            expires_in = MIN_TOKEN_LIFETIME_S
-        granted = granted_scopes(token, scopes)
-        covers = set(needed) | (set(scopes) if granted is None else granted)
-        self._cache.put(key, token, _parse_issued_at(body.get("issued_at"), received), expires_in, covers)
-        log.debug("obtained token for %s scopes=%s (%s)", self.registry, " ".join(scopes), who)
-        return token

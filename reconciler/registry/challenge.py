@@ -69,7 +69,9 @@ class _Scanner:
         self.pos = 0
 
     def skip_ws(self) -> None:
-        self.pos = _SPACES.match(self.text, self.pos).end()  # type: ignore[union-attr]
+        match = _SPACES.match(self.text, self.pos)
+        if match:  # always: the pattern matches nothing too
+            self.pos = match.end()
 
     def at_end(self) -> bool:
         return self.pos >= len(self.text)
@@ -99,6 +101,54 @@ class _Scanner:
         return value
 
 
+def _challenge_params(s: _Scanner) -> Dict[str, str]:
+    """The parameters of the challenge whose scheme `s` has just read: a
+    token68 (under the key ""), or `name=value` pairs up to the next
+    challenge or the end."""
+    params: Dict[str, str] = {}
+    s.skip_ws()
+    # token68 form (`Negotiate abc==`): one token68 followed by the end or a comma
+    m = _TOKEN68.match(s.text, s.pos)
+    if m and re.match(r"[ \t]*(,|$)", s.text[m.end():]):
+        params[""] = m.group(0)
+        s.pos = m.end()
+        s.skip_ws()
+    while not s.at_end() and s.peek() != ",":
+        before = s.pos
+        name = s.token()
+        if name is None:
+            raise MalformedChallengeError(f"expected a parameter name at position {s.pos} of WWW-Authenticate")
+        s.skip_ws()
+        if s.peek() != "=":
+            # this token was the next challenge's scheme
+            s.pos = before
+            break
+        s.pos += 1
+        s.skip_ws()
+        if s.peek() == '"':
+            value = s.quoted()
+        else:
+            value = s.unquoted()
+            if not value:
+                raise MalformedChallengeError(
+                    f"parameter {name!r} has no value in WWW-Authenticate"
+                )
+        params[name.lower()] = value
+        s.skip_ws()
+        if s.peek() == ",":
+            s.pos += 1
+            s.skip_ws()
+            # next element: another param of this challenge, or a new challenge
+            save = s.pos
+            nxt = s.token()
+            s.skip_ws()
+            is_param = nxt is not None and s.peek() == "=" and not s.text.startswith("==", s.pos)
+            s.pos = save
+            if not is_param:
+                break
+    return params
+
+
 def parse_www_authenticate(header: str) -> List[Challenge]:
     """Parse a `WWW-Authenticate` header into its challenges, in order.
 
@@ -115,47 +165,7 @@ def parse_www_authenticate(header: str) -> List[Challenge]:
         scheme = s.token()
         if scheme is None:
             raise MalformedChallengeError(f"expected an auth scheme at position {s.pos} of WWW-Authenticate")
-        params: Dict[str, str] = {}
-        s.skip_ws()
-        # token68 form (`Negotiate abc==`): one token68 followed by the end or a comma
-        m = _TOKEN68.match(s.text, s.pos)
-        if m and re.match(r"[ \t]*(,|$)", s.text[m.end():]):
-            params[""] = m.group(0)
-            s.pos = m.end()
-            s.skip_ws()
-        while not s.at_end() and s.peek() != ",":
-            before = s.pos
-            name = s.token()
-            if name is None:
-                raise MalformedChallengeError(f"expected a parameter name at position {s.pos} of WWW-Authenticate")
-            s.skip_ws()
-            if s.peek() != "=":
-                # this token was the next challenge's scheme
-                s.pos = before
-                break
-            s.pos += 1
-            s.skip_ws()
-            if s.peek() == '"':
-                value = s.quoted()
-            else:
-                value = s.unquoted()
-                if not value:
-                    raise MalformedChallengeError(
-                        f"parameter {name!r} has no value in WWW-Authenticate"
-                    )
-            params[name.lower()] = value
-            s.skip_ws()
-            if s.peek() == ",":
-                s.pos += 1
-                s.skip_ws()
-                # next element: another param of this challenge, or a new challenge
-                save = s.pos
-                nxt = s.token()
-                s.skip_ws()
-                is_param = nxt is not None and s.peek() == "=" and not s.text.startswith("==", s.pos)
-                s.pos = save
-                if not is_param:
-                    break
+        params = _challenge_params(s)
         challenges.append(Challenge(scheme.lower(), params))
         s.skip_ws()
     if not challenges:

@@ -15,7 +15,7 @@ import re
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 from ..errors import CredentialError
 from .reference import DOCKER_HUB, DOCKER_HUB_CREDENTIAL_KEY, normalize_registry
@@ -46,7 +46,7 @@ class Credentials:
         return "Basic " + base64.b64encode(raw).decode("ascii")
 
 
-def _credential_keys(registry: str) -> list:
+def _credential_keys(registry: str) -> List[str]:
     """Keys under which config.json may hold a registry's credentials."""
     registry = normalize_registry(registry)
     if registry == DOCKER_HUB:
@@ -73,9 +73,9 @@ class DockerConfig:
             base = env.get("DOCKER_CONFIG")
             path = Path(base) / "config.json" if base else Path.home() / ".docker" / "config.json"
         self.path = path
-        self._data: Optional[dict] = None
+        self._data: Optional[Dict[str, Any]] = None
 
-    def _load(self) -> dict:
+    def _load(self) -> Dict[str, Any]:
         if self._data is None:
             try:
                 text = self.path.read_text(encoding="utf-8")
@@ -86,7 +86,7 @@ class DockerConfig:
                 raise CredentialError(f"{self.path}: cannot read Docker config: {exc.strerror}") from None
             try:
                 data = json.loads(text)
-            except ValueError as exc:
+            except json.JSONDecodeError as exc:
                 raise CredentialError(f"{self.path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
             if not isinstance(data, dict):
                 raise CredentialError(f"{self.path}: expected a JSON object")
@@ -115,7 +115,7 @@ class DockerConfig:
                     return creds
         return None
 
-    def _from_auth_entry(self, entry: dict, key: str) -> Optional[Credentials]:
+    def _from_auth_entry(self, entry: Dict[str, Any], key: str) -> Optional[Credentials]:
         identity = entry.get("identitytoken") or ""
         username = entry.get("username") or ""
         password = entry.get("password") or ""

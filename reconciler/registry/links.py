@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import FrozenSet, Iterable, List, Optional
+from typing import FrozenSet, Iterable, List, Optional, Set, Tuple
 
 from .challenge import read_quoted
 
@@ -18,6 +18,12 @@ _SPACES = re.compile(r"[ \t]*")
 _UNBRACKETED = re.compile(r"[^;,]*")
 _PARAM_NAME = re.compile(r"[^=;,\s]*")
 _PARAM_VALUE = re.compile(r"[^;,\s]*")
+
+
+def _span(pattern: re.Pattern[str], value: str, pos: int) -> Tuple[str, int]:
+    """What `pattern` (which may match nothing) matches at `pos`, and where it ends."""
+    m = pattern.match(value, pos)
+    return (m.group(0), m.end()) if m else ("", pos)
 
 
 @dataclass(frozen=True)
@@ -44,25 +50,24 @@ def parse_link_header(value: str) -> List[Link]:
                 break
             target, pos = value[pos + 1:close].strip(), close + 1
         else:
-            m = _UNBRACKETED.match(value, pos)
-            target, pos = m.group(0).strip(), m.end()  # type: ignore[union-attr]
-        rels: set = set()
+            target, pos = _span(_UNBRACKETED, value, pos)
+            target = target.strip()
+        rels: Set[str] = set()
         while True:
-            pos = _SPACES.match(value, pos).end()  # type: ignore[union-attr]
+            pos = _span(_SPACES, value, pos)[1]
             if pos >= end or value[pos] != ";":
                 break
-            pos = _SPACES.match(value, pos + 1).end()  # type: ignore[union-attr]
-            m = _PARAM_NAME.match(value, pos)
-            name, pos = m.group(0).lower(), m.end()  # type: ignore[union-attr]
-            pos = _SPACES.match(value, pos).end()  # type: ignore[union-attr]
+            pos = _span(_SPACES, value, pos + 1)[1]
+            name, pos = _span(_PARAM_NAME, value, pos)
+            name = name.lower()
+            pos = _span(_SPACES, value, pos)[1]
             param = ""
             if pos < end and value[pos] == "=":
-                pos = _SPACES.match(value, pos + 1).end()  # type: ignore[union-attr]
+                pos = _span(_SPACES, value, pos + 1)[1]
                 if pos < end and value[pos] == '"':
                     param, pos, _ = read_quoted(value, pos)  # unterminated: taken as it is
                 else:
-                    m = _PARAM_VALUE.match(value, pos)
-                    param, pos = m.group(0), m.end()  # type: ignore[union-attr]
+                    param, pos = _span(_PARAM_VALUE, value, pos)
             if name == "rel":
                 rels.update(r.lower() for r in param.split())
         if target:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Tuple, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 from ..errors import PlatformNotFoundError, RegistryError, UnsupportedManifestError
 from .reference import is_valid_digest
@@ -152,7 +152,7 @@ class ImageIndex:
 Manifest = Union[ImageManifest, ImageIndex]
 
 
-def _load_json(raw: bytes, what: str) -> dict:
+def _load_json(raw: bytes, what: str) -> Dict[str, Any]:
     if len(raw) > MAX_MANIFEST_BYTES:
         raise InvalidManifestError(f"{what} is {len(raw)} bytes, over the {MAX_MANIFEST_BYTES} byte limit")
     try:

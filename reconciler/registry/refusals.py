@@ -17,7 +17,7 @@ import datetime as _dt
 import json
 import socket
 import ssl
-from typing import Iterator, List, Optional, Tuple
+from typing import Iterator, List, Optional, Set, Tuple
 from urllib.parse import urlsplit
 
 import httpx
@@ -112,11 +112,13 @@ def refusal(registry: str, response: httpx.Response, what: str, *, repository: s
 
 
 def _causes(exc: BaseException) -> Iterator[BaseException]:
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        yield exc
-        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    """`exc` and its causes (or, without one, its context), each once."""
+    seen: Set[int] = set()
+    current: Optional[BaseException] = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
 
 
 def unreachable(registry: str, url: str, exc: httpx.TransportError, what: str,
