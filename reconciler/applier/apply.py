@@ -211,6 +211,10 @@ def _members(tf: tarfile.TarFile, guard: _HeaderGuard) -> Iterator[tarfile.TarIn
     getmember() and hardlink lookups through tarfile, which the applier never
     uses): a million entries would hold hundreds of MB.
     """
+    if tf.firstmember is None and tf.offset == 0:
+        # No member at all (tarfile.open found the end): Python 3.9's next()
+        # would seek back to offset -1 to look again (later ones return None).
+        return
     while True:
         guard.start_member()
         try:
