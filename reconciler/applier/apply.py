@@ -189,13 +189,19 @@ class _TarInfo(tarfile.TarInfo):
 
     @classmethod
     def fromtarfile(cls, tf):  # type: ignore[override]
-        if isinstance(tf.fileobj, _HeaderGuard):
-            tf.fileobj.note_header()
         buf = tf.fileobj.read(tarfile.BLOCKSIZE)
         tf.last_header_block = buf
         obj = cls.frombuf(buf, tf.encoding, tf.errors)
         obj.offset = tf.fileobj.tell() - tarfile.BLOCKSIZE
         return obj._proc_member(tf)
+
+    def _proc_member(self, tf):  # type: ignore[override]
+        # Counted here, once per header block: tarfiles with the CVE-2025-13462
+        # fix (3.9.2-1+deb11u7, newer 3.x) read a chain's later headers with
+        # _fromtarfile, past fromtarfile.
+        if isinstance(tf.fileobj, _HeaderGuard):
+            tf.fileobj.note_header()
+        return super()._proc_member(tf)
 
     def _proc_pax(self, tf):  # type: ignore[override]
         if self.type == tarfile.XGLTYPE:
