@@ -109,7 +109,7 @@ rootfs_adapt_sources() {
 # Removed on exit (an EXIT trap).
 rootfs_copy() {
   local suite="$1" f key
-  ROOTFS_WORK="$(mktemp -d "/var/tmp/reconciler-$ROOTFS_TAG-$suite.XXXXXX")"
+  ROOTFS_WORK="$(mktemp -d "/var/tmp/reconciler-${ROOTFS_TAG%% *}-$suite.XXXXXX")"
   trap 'rm -rf "$ROOTFS_WORK"' EXIT
   ROOTFS_ROOT="$ROOTFS_WORK/root"
   cp -a "$ROOTFS_BASE" "$ROOTFS_ROOT"
