@@ -7,7 +7,8 @@
 # reference registry and umoci, pip installs the package with its test extras
 # into .venv, and pytest runs the tests that need neither CernVM-FS nor
 # chromium (the applier against umoci, the registry client against the
-# reference registry, the unit tests).
+# reference registry, the unit tests); then again in a second venv with every
+# dependency at the lower bound pyproject.toml gives (tests/pyversions/lowest.py).
 #
 #   bash tests/pyversions/run-in-rootfs.sh SUITE [PYTEST ARGS...]
 #        # SUITE: bullseye or trixie (bookworm works too); as root
@@ -59,6 +60,14 @@ python3 -m venv .venv
 mapfile -t tests </root/pyversions-tests
 echo "+ python -m pytest -q ${tests[*]}"
 .venv/bin/python -m pytest -q -p no:cacheprovider "${tests[@]}"
+# Then with every dependency at its lower bound in pyproject.toml: pip picks
+# the newest, so bounds that no longer hold would go unnoticed.
+echo "+ the same with the lowest versions pyproject.toml admits (tests/pyversions/lowest.py)"
+python3 tests/pyversions/lowest.py >/root/lowest.txt
+python3 -m venv /root/lowest-venv
+/root/lowest-venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+/root/lowest-venv/bin/python -m pip install -q -c /root/lowest.txt -e '.[test]'
+/root/lowest-venv/bin/python -m pytest -q -p no:cacheprovider "${tests[@]}"
 EOF
 
 say "in the rootfs: apt, venv, pip install -e '.[test]', pytest"
