@@ -210,11 +210,11 @@ def test_exception_mid_image_leaves_nothing_visible(backend, fixture_registry, m
     wl = backend.watchlist(host, [img(host, "basic", '["v1"]', "good"), img(host, "edges", '["latest"]', "bad")])
     real = BuildStage.apply_layers
 
-    def failing(self, image, build):
+    def failing(self, image, build, **kw):
         if "edges" in str(image.reference):
             (build.path / "partial-file").write_text("half an image")
             raise LayerError("injected failure in the middle of an image")
-        return real(self, image, build)
+        return real(self, image, build, **kw)
 
     monkeypatch.setattr(BuildStage, "apply_layers", failing)
     report = run(wl)
