@@ -45,7 +45,7 @@ class BlobStore:
         self.max_bytes = max_bytes
         self._tmp = self.root / "tmp"
         self._lock = threading.Lock()
-        self._inflight: Dict[str, Future] = {}
+        self._inflight: Dict[str, "Future[None]"] = {}
         self._pinned: Dict[str, int] = {}
         if not create:
             return
@@ -117,12 +117,12 @@ class BlobStore:
         """Run `work` for `digest` unless another thread already is: then wait for
         it (re-raising its failure). True when this call did the work."""
         with self._lock:
-            future = self._inflight.get(digest)
-            owner = future is None
-            if owner:
-                future = self._inflight[digest] = Future()
-        if not owner:
-            future.result()
+            waited = self._inflight.get(digest)
+            if waited is None:
+                future: "Future[None]" = Future()
+                self._inflight[digest] = future
+        if waited is not None:
+            waited.result()
             return False
         try:
             work()

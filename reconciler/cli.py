@@ -19,14 +19,14 @@ import sys
 import textwrap
 import time
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from . import __version__
 from .errors import BusyError, ConfigError, ReconcilerError, StartError
 from .progress import ProgressAwareHandler, TerminalProgress
 from .reconcile import Reconciler
 from .safetext import inert, inert_lines
-from .watchlist import load_watchlist, parse_listen
+from .watchlist import Watchlist, load_watchlist, parse_listen
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_START, EXIT_BUSY, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 DESCRIPTION = """\
@@ -167,12 +167,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         return EXIT_INTERRUPTED
 
 
-def _start(args: argparse.Namespace, progress: Optional[TerminalProgress]):
+def _start(args: argparse.Namespace, progress: Optional[TerminalProgress]
+           ) -> Tuple[Watchlist, Dict[str, str], Optional[socket.socket], str, Reconciler]:
     """Read the configuration, bind the listener (service), take the locks and
     recover: everything that can refuse the start, before any work."""
     watchlist = load_watchlist(args.watchlist)
     service = not (args.once or args.dry_run)
-    secrets, listener, listen = {}, None, args.listen or watchlist.listen
+    secrets: Dict[str, str] = {}
+    listener: Optional[socket.socket] = None
+    listen: str = args.listen or watchlist.listen or ""
     if service:
         from .server import load_hook_secrets  # the service's modules: not loaded for --once
 

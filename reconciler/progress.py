@@ -198,7 +198,7 @@ class TerminalProgress:
         self.clear()
 
 
-class ProgressAwareHandler(logging.StreamHandler):
+class ProgressAwareHandler(logging.StreamHandler):  # type: ignore[type-arg]  # [TextIO] fails at run time < 3.11
     """A stream handler that clears the progress line before each record."""
 
     def __init__(self, stream: TextIO, progress: TerminalProgress) -> None:

@@ -30,7 +30,7 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Mapping, Optional, Set, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Set, Tuple
 
 from .errors import ReconcilerError
 from .registry.reference import normalize_registry
@@ -219,7 +219,7 @@ def verify_headers(provider: str, secret: str, headers: Mapping[str, str], *,
 
 # --- stage 2: body ------------------------------------------------------------
 
-def _json(body: bytes) -> dict:
+def _json(body: bytes) -> Dict[str, Any]:
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError):
@@ -239,7 +239,7 @@ def _str_at(data: object, *path: str) -> Optional[str]:
     return data if isinstance(data, str) and data else None
 
 
-def _distribution_events(data: dict) -> List[RepositoryHint]:
+def _distribution_events(data: Dict[str, Any]) -> List[RepositoryHint]:
     events = data.get("events")
     if not isinstance(events, list):
         raise HookRejected(400, "expected a notification envelope with an events list")
@@ -257,14 +257,14 @@ def _distribution_events(data: dict) -> List[RepositoryHint]:
     return hints
 
 
-def _dockerhub_hints(data: dict) -> List[RepositoryHint]:
+def _dockerhub_hints(data: Dict[str, Any]) -> List[RepositoryHint]:
     name = _str_at(data, "repository", "repo_name")
     if not name:
         raise HookRejected(400, "expected repository.repo_name")
     return [RepositoryHint(name if "/" in name else f"library/{name}", "docker.io")]
 
 
-def _quay_hints(data: dict) -> List[RepositoryHint]:
+def _quay_hints(data: Dict[str, Any]) -> List[RepositoryHint]:
     name = _str_at(data, "repository")
     if not name:
         raise HookRejected(400, "expected repository")
@@ -272,7 +272,7 @@ def _quay_hints(data: dict) -> List[RepositoryHint]:
     return [RepositoryHint(name, normalize_registry(url.split("/", 1)[0]) if "/" in url else None)]
 
 
-def _gitlab_hints(data: dict) -> List[RepositoryHint]:
+def _gitlab_hints(data: Dict[str, Any]) -> List[RepositoryHint]:
     if "events" in data:
         return _distribution_events(data)
     path = _str_at(data, "project", "path_with_namespace")
@@ -281,7 +281,7 @@ def _gitlab_hints(data: dict) -> List[RepositoryHint]:
     return [RepositoryHint(path.lower())]
 
 
-def _harbor_hints(data: dict) -> List[RepositoryHint]:
+def _harbor_hints(data: Dict[str, Any]) -> List[RepositoryHint]:
     name = _str_at(data, "event_data", "repository", "repo_full_name") or \
         _str_at(data, "data", "repository", "repo_full_name")
     if not name:
@@ -289,7 +289,7 @@ def _harbor_hints(data: dict) -> List[RepositoryHint]:
     return [RepositoryHint(name)]
 
 
-def _github_hints(data: dict) -> List[RepositoryHint]:
+def _github_hints(data: Dict[str, Any]) -> List[RepositoryHint]:
     package = data.get("package") or data.get("registry_package")
     if not isinstance(package, dict):
         return []  # another event type (ping, push): nothing to poll
@@ -300,7 +300,7 @@ def _github_hints(data: dict) -> List[RepositoryHint]:
     return [RepositoryHint(f"{owner}/{name}".lower(), "ghcr.io")]
 
 
-def _generic_hints(data: dict) -> List[RepositoryHint]:
+def _generic_hints(data: Dict[str, Any]) -> List[RepositoryHint]:
     image = _str_at(data, "image")
     if image:
         host, _, repo = image.partition("/")
@@ -311,7 +311,7 @@ def _generic_hints(data: dict) -> List[RepositoryHint]:
     return [RepositoryHint(name)]
 
 
-_PARSERS: Dict[str, Callable[[dict], List[RepositoryHint]]] = {
+_PARSERS: Dict[str, Callable[[Dict[str, Any]], List[RepositoryHint]]] = {
     "distribution": _distribution_events,
     "dockerhub": _dockerhub_hints,
     "quay": _quay_hints,

@@ -20,7 +20,7 @@ BACKOFF_BASE_S = 60.0
 
 def retry_delay(failures: int, interval: float, base: float = BACKOFF_BASE_S) -> float:
     """Seconds until the next attempt after `failures` failures in a row."""
-    return min(interval, base * 2 ** (max(failures, 1) - 1))
+    return float(min(interval, base * 2.0 ** (max(failures, 1) - 1)))
 
 
 class PublishedTree(Protocol):
