@@ -174,7 +174,7 @@ def _start(args: argparse.Namespace, progress: Optional[TerminalProgress]):
     service = not (args.once or args.dry_run)
     secrets, listener, listen = {}, None, args.listen or watchlist.listen
     if service:
-        from .server import load_hook_secrets  # the service's modules: not loaded for --once
+        from .service.hook_secrets import load_hook_secrets  # the service's modules: not loaded for --once
 
         secrets = load_hook_secrets(watchlist.webhooks, watchlist.path.name)
         if listen:
@@ -202,7 +202,7 @@ def _main(args: argparse.Namespace, progress: Optional[TerminalProgress]) -> int
         print(f"reconcile: cannot start: {inert(str(exc))}", file=sys.stderr)
         return EXIT_START
     if not (args.once or args.dry_run):
-        from .serve import serve
+        from .service.run import serve
 
         serve(watchlist, reconciler, secrets, listener, listen or "")  # closes the reconciler
         return EXIT_OK
