@@ -5,12 +5,11 @@ the cycle in progress. Every time is ISO 8601 UTC to the second."""
 from __future__ import annotations
 
 import datetime as dt
-import os
 import time
 from dataclasses import asdict
-from pathlib import Path
 from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Union
 
+from ..publish import Publisher
 from ..publish.layout import tag_relpath
 from ..state import EntryFailure, TagState
 from ..watchlist import ImageEntry
@@ -44,8 +43,8 @@ def service_status(service: Service) -> Dict[str, object]:
     entry_errors = state.entry_failures()
     for row in state.all():
         rows_by_dest.setdefault(row.dest, []).append(row)
-    root = service.reconciler.publisher.root
-    images = [_image_status(entry, jobs, rows_by_dest.get(entry.dest, []), entry_errors, root)
+    publisher = service.reconciler.publisher
+    images = [_image_status(entry, jobs, rows_by_dest.get(entry.dest, []), entry_errors, publisher)
               for entry in service.watchlist.images]
     cycle = service.cycle
     return {
@@ -61,12 +60,12 @@ def service_status(service: Service) -> Dict[str, object]:
 
 
 def _image_status(entry: ImageEntry, jobs: Mapping[str, Optional[dt.datetime]], rows: List[TagState],
-                  entry_errors: Mapping[str, EntryFailure], root: Path) -> Dict[str, object]:
+                  entry_errors: Mapping[str, EntryFailure], publisher: Publisher) -> Dict[str, object]:
     """One watchlist entry for /status: its next poll, its error, its tags."""
     upcoming = [jobs.get(f"{kind}-{entry.index}") for kind in _JOB_KINDS]
     nxt = min((t for t in upcoming if t is not None), default=None)
     # Rows are keyed by dest: entries that share a source never show each other's tags.
-    tags = [_tag_status(r, root) for r in rows]
+    tags = [_tag_status(r, publisher) for r in rows]
     seen = {(t["tag"], t["platform"]) for t in tags}
     # Exact tags get a row before their first poll: the page lists everything watched.
     tags += [{"tag": tag, "platform": str(platform), "state": "waiting",
@@ -86,15 +85,10 @@ def _image_status(entry: ImageEntry, jobs: Mapping[str, Optional[dt.datetime]], 
     }
 
 
-def _tag_status(row: TagState, root: Path) -> Dict[str, object]:
+def _tag_status(row: TagState, publisher: Publisher) -> Dict[str, object]:
     """One watched (dest, tag, platform) for /status."""
     failing = (row.last_failure or 0) > (row.last_success or 0)
-    try:
-        # The tag link is replaced (never rewritten) when its digest changes, so its
-        # own mtime says when the tag last changed, across restarts too.
-        changed: Optional[float] = os.lstat(root / row.tag_path).st_mtime
-    except OSError:
-        changed = None
+    changed = publisher.tag_changed_at(row.tag_path)
     return {"tag": row.tag, "platform": row.platform,
             "state": "failing" if failing else "published" if row.published_digest else "waiting",
             "path": row.tag_path, "digest": row.manifest_digest, "published": row.published_digest,
