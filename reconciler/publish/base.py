@@ -311,10 +311,6 @@ class Publisher(ABC):
     def check_ready(self) -> None:
         """Raise StartError when publishing cannot work at all (checked once at start)."""
 
-    def drops_xattrs(self) -> bool:
-        """True when what is published loses extended attributes (file capabilities)."""
-        return False
-
     # -- the backend's policy for what is applied into it (as containerd's WithFilter) --
 
     def apply_options(self, options: ApplyOptions) -> ApplyOptions:
