@@ -114,7 +114,7 @@ class TransactionIntent:
     builds: Mapping[str, Sequence[str]] = field(default_factory=dict)
 
 
-def read_record(root: Path, digest: str) -> Optional[dict]:
+def read_record(root: Path, digest: str) -> Optional[Dict[str, object]]:
     """The completion record of an image, or None (absent, unreadable, a symlink)."""
     try:
         fd = os.open(root / layout.completion_relpath(digest), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)

@@ -44,7 +44,7 @@ import secrets
 import subprocess
 import time
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..applier.undo import UndoRecorder
 from ..confined import ConfinedTree
@@ -163,7 +163,7 @@ def mark_catalog(directory: Path, observer: Optional[UndoRecorder] = None) -> No
 _NOISE = ("CernVM-FS: ", "Failed to set requested number of open files")
 
 
-def _tail(done: subprocess.CompletedProcess) -> str:
+def _tail(done: subprocess.CompletedProcess[str]) -> str:
     """The end of what a failed command said: `publish` reports on stdout, the
     others on stderr, and both print remount chatter first."""
     lines = [line.strip() for text in (done.stdout, done.stderr) for line in (text or "").splitlines()]
@@ -193,7 +193,7 @@ class CvmfsPublisher(Publisher):
         """The repository `[publish] repository` mounted at `root`, through `lease_path` if set."""
         return cls(config.repository or "", config.root, state_dir, config.lease_path or None)
 
-    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """Run `cvmfs_server` (stdin closed: it must never wait for an answer)."""
         try:
             done = subprocess.run([self.command, *args], stdin=subprocess.DEVNULL, capture_output=True, text=True,
@@ -230,7 +230,7 @@ class CvmfsPublisher(Publisher):
                                "repository owner; reconciler aborts it at its next start")
         self.clear_marker()
 
-    def _read_marker(self) -> Optional[dict]:
+    def _read_marker(self) -> Optional[Dict[str, Any]]:  # JSON: each field checked where used
         try:
             data = json.loads(self.marker.read_text())
         except FileNotFoundError:
