@@ -177,7 +177,7 @@ def _start(args: argparse.Namespace, progress: Optional[TerminalProgress]
     listener: Optional[socket.socket] = None
     listen: str = args.listen or watchlist.listen or ""
     if service:
-        from .server import load_hook_secrets  # the service's modules: not loaded for --once
+        from .service.hook_secrets import load_hook_secrets  # the service's modules: not loaded for --once
 
         secrets = load_hook_secrets(watchlist.webhooks, watchlist.path.name)
         if listen:
@@ -205,7 +205,7 @@ def _main(args: argparse.Namespace, progress: Optional[TerminalProgress]) -> int
         print(f"reconcile: cannot start: {inert(str(exc))}", file=sys.stderr)
         return EXIT_START
     if not (args.once or args.dry_run):
-        from .serve import serve
+        from .service.run import serve
 
         serve(watchlist, reconciler, secrets, listener, listen or "")  # closes the reconciler
         return EXIT_OK

@@ -54,9 +54,7 @@ class Reconciler:
                  backoff_base: float = BACKOFF_BASE_S) -> None:
         self.watchlist = watchlist
         self.read_only = read_only
-        pub = watchlist.publish
-        self.publisher = publisher or make_publisher(pub.backend, pub.root, state_dir=watchlist.state_dir,
-                                                     repository=pub.repository or "", lease_path=pub.lease_path or "")
+        self.publisher = publisher or make_publisher(watchlist.publish, state_dir=watchlist.state_dir)
         self.apply_options = apply_options or ApplyOptions()
         self.workers = workers
         self.retry = retry

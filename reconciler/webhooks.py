@@ -54,7 +54,7 @@ _DELIVERY = re.compile(r"[0-9A-Za-z-]{1,64}")
 
 class HookRejected(ReconcilerError):
     """A webhook that is refused; `status` is the HTTP answer (401, 400, 404 or 413;
-    408 and 503 when the listener's limits end the read, see server.py)."""
+    408 and 503 when the listener's limits end the read, see service/bodies.py)."""
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)

@@ -12,7 +12,7 @@ from typing import Iterator
 import pytest
 
 from reconciler.reconcile import Reconciler
-from reconciler.service import Service
+from reconciler.service.scheduler import Service
 from reconciler.watchlist import load_watchlist
 from tests.garbage_registry import GarbageRegistry
 

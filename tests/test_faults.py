@@ -441,7 +441,7 @@ def quiet_logs():
 
 
 def start_service(path: Path, retry: RetryPolicy = FAST, backoff_base: float = 0.05):
-    from reconciler.service import Service
+    from reconciler.service.scheduler import Service
 
     watchlist = load_watchlist(path)
     service = Service(watchlist, Reconciler(watchlist, retry=retry, backoff_base=backoff_base), debounce=0.01)

@@ -31,10 +31,11 @@ import pytest
 from fixtures.push import FixturePusher
 from reconciler.progress import ProgressSnapshot, TerminalProgress
 from reconciler.reconcile import Reconciler
-from reconciler.server import build_app
-from reconciler.service import Service, iso_utc
+from reconciler.service.app import build_app
+from reconciler.service.page import PAGE_HEADERS, relative, render_page, short_digest, size
+from reconciler.service.scheduler import Service
+from reconciler.service.status import iso_utc
 from reconciler.state import TagKey
-from reconciler.status_page import PAGE_HEADERS, relative, render_page, short_digest, size
 from reconciler.watchlist import load_watchlist
 from tests.registry_server import free_port, wait_until
 from tests.service_watchlist import write_service_watchlist
@@ -188,7 +189,7 @@ dest = "other"
 
 class _FakeService:
     def __init__(self, watchlist) -> None:
-        from reconciler.service import Metrics
+        from reconciler.service.metrics import Metrics
         self.watchlist, self.metrics, self.healthy = watchlist, Metrics(), True
 
     def status(self) -> Dict[str, Any]:

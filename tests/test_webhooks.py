@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import hmac
 import json
 import time
 
-import asyncio
-
 import httpx
 import pytest
 
 from reconciler.errors import ConfigError
-from reconciler.server import build_app, load_hook_secrets
-from reconciler.service import Metrics
+from reconciler.service.app import build_app
+from reconciler.service.hook_secrets import load_hook_secrets
+from reconciler.service.metrics import Metrics
 from reconciler.watchlist import WebhookConfig, load_watchlist
 
 SECRET = "s3cret-s3cret-s3cret"
@@ -350,8 +350,8 @@ def test_signed_cases_are_signed_when_they_run(client, monkeypatch):
 
 # --- the listener's limits (issue 19: "nothing from outside can stop the service") ---
 
-from reconciler.server import ListenerLimits  # noqa: E402  (kept beside the tests that use it)
 from reconciler.registry.credentials import read_secret  # noqa: E402
+from reconciler.service.limits import ListenerLimits  # noqa: E402  (kept beside the tests that use it)
 
 
 def app_for(client, **limits):
@@ -490,7 +490,7 @@ def listening(app, limits):
 
     import uvicorn
 
-    from reconciler.serve import _protocol_class
+    from reconciler.service.listener import _protocol_class
     from tests.registry_server import wait_until
 
     listener = socket.create_server(("127.0.0.1", 0))

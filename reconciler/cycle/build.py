@@ -9,10 +9,8 @@ A failing image fails alone; a failing transaction fails all its changes
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import logging
-import os
 from typing import TYPE_CHECKING, Dict, List, Optional, Sequence
 
 from ..applier import ApplyOptions, apply_layer
@@ -52,11 +50,8 @@ class BuildStage:
                  progress: Optional["TerminalProgress"] = None) -> None:
         self.publisher = publisher
         self.store = store
-        options = apply_options or ApplyOptions()
-        if publisher.expands_variant_symlinks:
-            # Readers would each resolve a `$(VAR)` target their own way: not the image.
-            options = dataclasses.replace(options, forbid_variant_symlinks=True)
-        self.apply_options = options
+        # The backend adds its own filters (e.g. CernVM-FS refuses variant symlinks).
+        self.apply_options = publisher.apply_options(apply_options or ApplyOptions())
         self.bind_points = bind_points
         self.gc_grace = gc_grace  # only said in messages: the plan chose what to collect
         self.progress = progress
@@ -92,8 +87,7 @@ class BuildStage:
             if self.publisher.all_or_nothing:
                 report.removed, report.collected = [], []
             else:
-                report.removed = [r for r in report.removed
-                                  if not os.path.lexists(self.publisher.root / r.tag_path)]
+                report.removed = [r for r in report.removed if not self.publisher.has_tag_link(r.tag_path)]
 
     def _apply(self, txn: PublishTransaction, changes: List[ImageOutcome], chains: Dict[str, List[str]]) -> None:
         """Build each change's image once (`chains`: the ChainIDs of each), then set its tags."""
@@ -152,10 +146,8 @@ class BuildStage:
             except (LayerError, IntegrityError) as exc:
                 raise type(exc)(f"layer {i + 1} of {len(layers)} ({layer.digest[:19]}): {exc}") from None
             capabilities += stats.capabilities
-        if capabilities and self.publisher.drops_xattrs():
-            log.warning("%s: %d files carry file capabilities (security.capability), which %s drops: they will "
-                        "not work for users; set CVMFS_INCLUDE_XATTRS=true in the repository's server.conf",
-                        image.reference, capabilities, self.publisher.target_name)
+        for hint in self.publisher.build_hints(str(image.reference), capabilities):
+            log.warning("%s", hint)
         if self.progress is not None:
             self.progress.finished(progress_key)
         config = image.config

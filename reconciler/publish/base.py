@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
 import stat
 import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from .. import __version__
+from ..applier import ApplyOptions
 from ..applier.undo import UndoRecorder
 from ..confined import ConfinedTree
 from ..errors import PublishError
 from ..treecopy import remove_at
+from ..watchlist import PublishConfig
 from . import layout
 
 log = logging.getLogger(__name__)
@@ -86,7 +89,32 @@ class Build:
     undo_layers: int = 0
 
 
-def read_record(root: Path, digest: str) -> Optional[dict]:
+@dataclass
+class BuildSite:
+    """Where a transaction builds one image: `path` (a staging directory, a
+    directory beside `final`, or `final` itself), the undo log being written,
+    the published image it starts from, and (local directory) an unfinished
+    directory set aside from `final` until the new one is complete."""
+
+    final: Path
+    path: Path
+    undo: Path
+    base: Optional[BaseImage] = None
+    set_aside: Optional[Path] = None
+
+
+@dataclass(frozen=True)
+class TransactionIntent:
+    """What a transaction is opened for: the message it is published with and
+    the images it may build (digest -> the ChainIDs of their layers). Every
+    backend gets the same; each takes what it needs (CernVM-FS opens its
+    transaction as a clone of the published image that saves most layers)."""
+
+    message: str
+    builds: Mapping[str, Sequence[str]] = field(default_factory=dict)
+
+
+def read_record(root: Path, digest: str) -> Optional[Dict[str, object]]:
     """The completion record of an image, or None (absent, unreadable, a symlink)."""
     try:
         fd = os.open(root / layout.completion_relpath(digest), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -142,12 +170,62 @@ class PublishTransaction(ABC):
         with ConfinedTree(self.root) as tree:
             tree.unlink(layout.completion_relpath(digest))
 
-    @abstractmethod
-    def build_image(self, digest: str, chain: Sequence[str]) -> "contextlib.AbstractContextManager[Build]":
+    @contextlib.contextmanager
+    def build_image(self, digest: str, chain: Sequence[str]) -> Iterator[Build]:
         """Where to build the image whose layers have the ChainIDs `chain`
         (maybe seeded from a published image sharing its first layers). On
         normal exit the image is complete; on an exception its partial content
-        is removed."""
+        is removed. The lifecycle of every backend; each says where (`_build_site`),
+        how the tree is finished (`_finish_tree`) and moved into place (`_place_tree`,
+        `_place_undo`), and what it keeps of a build (`_built`, `_release_site`)."""
+        site = self._build_site(digest, chain)
+        build: Optional[Build] = None
+        placed = False  # the complete new tree stands at `site.final`
+        try:
+            build = Build(site.path, UndoRecorder(site.undo), site.base)
+            yield build
+            self._finish_tree(build)
+            build.recorder.close()
+            if not self._place_tree(digest, site):
+                return  # the same image was completed meanwhile: this build was dropped
+            placed = True
+            self._place_undo(digest, site)
+            self.mark_complete(digest, chain, build.undo_layers)
+            self.changed = True
+            self._built(digest, chain, build, site)
+        except BaseException:
+            if build is not None:
+                build.recorder.close()
+            if not placed:  # else a tree without its record: rebuilt next cycle, never half
+                remove_tree(site.path)
+            remove_tree(site.undo)
+            raise
+        finally:
+            self._release_site(site)
+
+    @abstractmethod
+    def _build_site(self, digest: str, chain: Sequence[str]) -> BuildSite:
+        """Prepare where the image is built (its directory exists on return,
+        empty or a clone of `base`); on failure, leave nothing of it."""
+
+    def _finish_tree(self, build: Build) -> None:
+        """Last changes to a built tree, before its undo log is closed."""
+
+    @abstractmethod
+    def _place_tree(self, digest: str, site: BuildSite) -> bool:
+        """Move the complete tree to `site.final`; False when it was dropped
+        instead (its path and undo log removed)."""
+
+    def _place_undo(self, digest: str, site: BuildSite) -> None:
+        """Move the undo log of the image now at `site.final` beside it."""
+        remove_tree(self.root / layout.undo_relpath(digest))
+        os.rename(site.undo, self.root / layout.undo_relpath(digest))
+
+    def _built(self, digest: str, chain: Sequence[str], build: Build, site: BuildSite) -> None:
+        """After the image is complete (its record written)."""
+
+    def _release_site(self, site: BuildSite) -> None:
+        """After the build, complete or not: forget the site."""
 
     def _sync_dir(self, path: Path) -> None:
         """Make a directory's entries durable (where the backend needs it)."""
@@ -208,14 +286,18 @@ class Publisher(ABC):
         # Set when a transaction could not be closed: recover() before the next plan.
         self.needs_recovery = False
 
+    @classmethod
+    @abstractmethod
+    def from_config(cls, config: PublishConfig, state_dir: Path) -> Publisher:
+        """The publisher a watchlist's `[publish]` section describes."""
+
     @abstractmethod
     def recover(self) -> None:
         """Clean up after a crashed run (at start, and before a cycle when `needs_recovery`)."""
 
     @abstractmethod
-    def begin(self, message: str, builds: Optional[Dict[str, Sequence[str]]] = None) -> PublishTransaction:
-        """Open a transaction; `message` says what it publishes, `builds` which
-        images it may build (digest -> the ChainIDs of its layers)."""
+    def begin(self, intent: TransactionIntent) -> PublishTransaction:
+        """Open a transaction for `intent`: its message and the images it may build."""
 
     def lock_path(self) -> Path:
         """The lock file that makes this process the only one publishing to this target."""
@@ -229,16 +311,44 @@ class Publisher(ABC):
     def check_ready(self) -> None:
         """Raise StartError when publishing cannot work at all (checked once at start)."""
 
-    def drops_xattrs(self) -> bool:
-        """True when what is published loses extended attributes (file capabilities)."""
-        return False
+    # -- the backend's policy for what is applied into it (as containerd's WithFilter) --
+
+    def apply_options(self, options: ApplyOptions) -> ApplyOptions:
+        """The options layers are applied with into this backend: `options`,
+        with what the backend's readers need on top."""
+        if self.expands_variant_symlinks:
+            # Readers would each resolve a `$(VAR)` target their own way: not the image.
+            return dataclasses.replace(options, forbid_variant_symlinks=True)
+        return options
+
+    def build_hints(self, reference: str, capabilities: int) -> List[str]:
+        """Warnings for an admin about an image just built: what of it this
+        backend will not serve as the image has it, and how to fix that.
+        `capabilities`: how many of its files carry file capabilities."""
+        return []
+
+    # -- the tag-link view --------------------------------------------------
+
+    def has_tag_link(self, tag_path: str) -> bool:
+        """True when anything stands at `<root>/<tag_path>` (a link, even dangling)."""
+        return os.path.lexists(self.root / tag_path)
+
+    def tag_changed_at(self, tag_path: str) -> Optional[float]:
+        """When the tag link `<root>/<tag_path>` last changed (epoch seconds), or
+        None when absent. A tag link is replaced (never rewritten) when its digest
+        changes, so its own mtime says when, across restarts too."""
+        try:
+            return os.lstat(self.root / tag_path).st_mtime
+        except OSError:
+            return None
 
     @contextlib.contextmanager
-    def transaction(self, message: str, builds: Optional[Dict[str, Sequence[str]]] = None
+    def transaction(self, message: str, builds: Optional[Mapping[str, Sequence[str]]] = None
                     ) -> Iterator[PublishTransaction]:
         """`begin()`, then commit on success or abort on any exception (a failing
-        commit aborts by itself)."""
-        txn = self.begin(message, builds)
+        commit aborts by itself). `builds`: the images it may build (digest ->
+        the ChainIDs of their layers)."""
+        txn = self.begin(TransactionIntent(message, dict(builds or {})))
         try:
             yield txn
         except BaseException as exc:

@@ -36,7 +36,6 @@ of one repository through a gateway.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import logging
@@ -45,14 +44,24 @@ import secrets
 import subprocess
 import time
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from ..applier.undo import UndoRecorder
 from ..confined import ConfinedTree
 from ..errors import PublishError, StartError
 from ..locking import process_alive, process_start_time
+from ..watchlist import PublishConfig
 from . import layout
-from ..applier.undo import UndoRecorder
-from .base import BaseImage, Build, Publisher, PublishTransaction, remove_legacy_chains, remove_tree
+from .base import (
+    BaseImage,
+    Build,
+    BuildSite,
+    Publisher,
+    PublishTransaction,
+    TransactionIntent,
+    remove_legacy_chains,
+    remove_tree,
+)
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +88,9 @@ class CvmfsTransaction(PublishTransaction):
     def has_image(self, digest: str) -> bool:
         return self.root / layout.image_relpath(digest) not in self._templated and super().has_image(digest)
 
-    @contextlib.contextmanager
-    def build_image(self, digest: str, chain: Sequence[str]) -> Iterator[Build]:
+    def _build_site(self, digest: str, chain: Sequence[str]) -> BuildSite:
+        """The image directory itself (empty, or cloned by the template), or a new
+        one beside an unfinished directory standing there."""
         final = self.root / layout.image_relpath(digest)
         base = self._templated.get(final)
         path = final
@@ -92,31 +102,21 @@ class CvmfsTransaction(PublishTransaction):
             path = final.with_name(f".{final.name}.rebuild-{secrets.token_hex(4)}")
         path.mkdir(parents=True, exist_ok=True)
         undo = final.with_name(f".{final.name}.undo-{secrets.token_hex(4)}")
-        in_place = False  # the complete new tree stands at `final`
-        build: Optional[Build] = None
-        try:
-            build = Build(path, UndoRecorder(undo), base)
-            yield build
-            # A nested catalog per image keeps every catalog small.
-            mark_catalog(path, build.recorder)
-            build.recorder.close()
-            if path != final:
-                remove_tree(final)
-                os.rename(path, final)
-            in_place = True
-            remove_tree(self.root / layout.undo_relpath(digest))
-            os.rename(undo, self.root / layout.undo_relpath(digest))
-            self.mark_complete(digest, chain, build.undo_layers)
-            self.changed = True
-        except BaseException:
-            if build is not None:
-                build.recorder.close()
-            if not in_place:  # else a tree without its record: rebuilt next cycle, never half
-                remove_tree(path)
-            remove_tree(undo)
-            raise
-        finally:
-            self._templated.pop(final, None)
+        return BuildSite(final, path, undo, base)
+
+    def _finish_tree(self, build: Build) -> None:
+        """A nested catalog per image keeps every catalog small."""
+        mark_catalog(build.path, build.recorder)
+
+    def _place_tree(self, digest: str, site: BuildSite) -> bool:
+        """A tree built beside an unfinished directory replaces it."""
+        if site.path != site.final:
+            remove_tree(site.final)
+            os.rename(site.path, site.final)
+        return True
+
+    def _release_site(self, site: BuildSite) -> None:
+        self._templated.pop(site.final, None)
 
     def commit(self) -> None:
         """Publish, or close the transaction when nothing changed. Any failure on
@@ -163,7 +163,7 @@ def mark_catalog(directory: Path, observer: Optional[UndoRecorder] = None) -> No
 _NOISE = ("CernVM-FS: ", "Failed to set requested number of open files")
 
 
-def _tail(done: subprocess.CompletedProcess) -> str:
+def _tail(done: subprocess.CompletedProcess[str]) -> str:
     """The end of what a failed command said: `publish` reports on stdout, the
     others on stderr, and both print remount chatter first."""
     lines = [line.strip() for text in (done.stdout, done.stderr) for line in (text or "").splitlines()]
@@ -188,7 +188,12 @@ class CvmfsPublisher(Publisher):
         self.command = command
         self.marker = state_dir / "cvmfs-transaction.json"
 
-    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    @classmethod
+    def from_config(cls, config: PublishConfig, state_dir: Path) -> CvmfsPublisher:
+        """The repository `[publish] repository` mounted at `root`, through `lease_path` if set."""
+        return cls(config.repository or "", config.root, state_dir, config.lease_path or None)
+
+    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """Run `cvmfs_server` (stdin closed: it must never wait for an answer)."""
         try:
             done = subprocess.run([self.command, *args], stdin=subprocess.DEVNULL, capture_output=True, text=True,
@@ -225,7 +230,7 @@ class CvmfsPublisher(Publisher):
                                "repository owner; reconciler aborts it at its next start")
         self.clear_marker()
 
-    def _read_marker(self) -> Optional[dict]:
+    def _read_marker(self) -> Optional[Dict[str, Any]]:  # JSON: each field checked where used
         try:
             data = json.loads(self.marker.read_text())
         except FileNotFoundError:
@@ -294,7 +299,15 @@ class CvmfsPublisher(Publisher):
                         and not line.lstrip().startswith("#"))
         return settings.get("CVMFS_INCLUDE_XATTRS", "false").strip().strip('"').lower() not in ("true", "yes", "1")
 
-    def _template(self, builds: Dict[str, Sequence[str]]) -> Optional[Tuple[BaseImage, Path]]:
+    def build_hints(self, reference: str, capabilities: int) -> List[str]:
+        """File capabilities are lost unless the repository keeps extended attributes."""
+        if not capabilities or not self.drops_xattrs():
+            return []
+        return [f"{reference}: {capabilities} files carry file capabilities (security.capability), which "
+                f"{self.target_name} drops: they will not work for users; set CVMFS_INCLUDE_XATTRS=true in the "
+                "repository's server.conf"]
+
+    def _template(self, builds: Mapping[str, Sequence[str]]) -> Optional[Tuple[BaseImage, Path]]:
         """The published image that saves the most layers for one of `builds`,
         and the image directory to clone it into (read only: the repository is
         not writable before the transaction)."""
@@ -336,8 +349,10 @@ class CvmfsPublisher(Publisher):
         self.marker.write_text(json.dumps({"target": self.target, "pid": os.getpid(),
                                            "start_time": process_start_time(os.getpid()), "opened": time.time()}))
 
-    def begin(self, message: str, builds: Optional[Dict[str, Sequence[str]]] = None) -> CvmfsTransaction:
-        template = self._template(builds or {})
+    def begin(self, intent: TransactionIntent) -> CvmfsTransaction:
+        """`cvmfs_server transaction`: as a clone of the published image that saves
+        the most layers of one of `intent.builds` when there is one (`-T`)."""
+        template = self._template(intent.builds)
         templated: Dict[Path, BaseImage] = {}
         done = None
         if template is not None:
@@ -366,4 +381,4 @@ class CvmfsPublisher(Publisher):
             # Without the marker a crash would leave a transaction nobody recovers: do not go on.
             self.close_transaction()
             raise PublishError(f"cannot write the transaction marker {self.marker}: {exc.strerror}") from None
-        return CvmfsTransaction(self, message, templated)
+        return CvmfsTransaction(self, intent.message, templated)

@@ -10,18 +10,26 @@ process that holds the publish root's lock.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import secrets
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 from ..errors import StartError
-from . import layout
-from ..applier.undo import UndoRecorder
 from ..treecopy import clone_tree
-from .base import Build, Publisher, PublishedChain, PublishTransaction, remove_legacy_chains, remove_tree
+from ..watchlist import PublishConfig
+from . import layout
+from .base import (
+    Build,
+    BuildSite,
+    PublishedChain,
+    Publisher,
+    PublishTransaction,
+    TransactionIntent,
+    remove_legacy_chains,
+    remove_tree,
+)
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +53,9 @@ class LocalTransaction(PublishTransaction):
         # What builds may start from: read once, then each image built in this transaction added.
         self._published: Optional[List[PublishedChain]] = None
 
-    @contextlib.contextmanager
-    def build_image(self, digest: str, chain: Sequence[str]) -> Iterator[Build]:
+    def _build_site(self, digest: str, chain: Sequence[str]) -> BuildSite:
+        """A new staging directory: a clone of the published image sharing the
+        most layers with `chain` (hardlinks), or empty."""
         final = self.root / layout.image_relpath(digest)
         staging = self.root / STAGING_DIR / f"{digest.split(':', 1)[1]}.{secrets.token_hex(4)}"
         undo = staging.with_name(staging.name + layout.UNDO_SUFFIX)
@@ -66,43 +75,51 @@ class LocalTransaction(PublishTransaction):
                     base = None
             if base is None:
                 staging.mkdir()
-            build = Build(staging, UndoRecorder(undo), base)
-            try:
-                yield build
-            finally:
-                build.recorder.close()
-            # Everything written must be on disk before the image can become visible.
-            os.sync()
-            final.parent.mkdir(parents=True, exist_ok=True)
-            if self.has_image(digest):
-                log.info("image %s already present; dropping the duplicate build", digest)
-                remove_tree(staging)
-                remove_tree(undo)
-                return
-            # An unfinished directory (no completion record) may still be what a tag
-            # serves (an image of 0.1): set aside only now, so its tags dangle for
-            # two renames at most, and deleted once the new tree is complete.
-            unfinished = self._set_aside(final, f"unfinished-{digest.split(':', 1)[1]}")
-            if unfinished is not None:
-                log.warning("replacing the unfinished image directory %s (it has no completion record)", final)
-            self._discard(self.root / layout.undo_relpath(digest), f"undo-{digest.split(':', 1)[1]}")
-            # The image first: an undo log never stands without its image (GC finds images).
-            os.rename(staging, final)
-            os.rename(undo, self.root / layout.undo_relpath(digest))
-            _fsync_dir(final.parent)
-            self.mark_complete(digest, chain, build.undo_layers)
-            if build.undo_layers:
-                self._published.append(PublishedChain(digest, tuple(chain), build.undo_layers))
-            self.changed = True
-            if unfinished is not None:
-                remove_tree(unfinished)
         except BaseException:
             remove_tree(staging)
             remove_tree(undo)
+            self._release_site(BuildSite(final, staging, undo))
             raise
-        finally:
-            self._staged.remove(staging)
-            self._staged.remove(undo)
+        return BuildSite(final, staging, undo, base)
+
+    def _place_tree(self, digest: str, site: BuildSite) -> bool:
+        """Rename the staged tree into `.images/`, once on disk; an unfinished
+        directory there is set aside until the new one is complete."""
+        # Everything written must be on disk before the image can become visible.
+        os.sync()
+        site.final.parent.mkdir(parents=True, exist_ok=True)
+        if self.has_image(digest):
+            log.info("image %s already present; dropping the duplicate build", digest)
+            remove_tree(site.path)
+            remove_tree(site.undo)
+            return False
+        # An unfinished directory (no completion record) may still be what a tag
+        # serves (an image of 0.1): set aside only now, so its tags dangle for
+        # two renames at most, and deleted once the new tree is complete.
+        site.set_aside = self._set_aside(site.final, f"unfinished-{digest.split(':', 1)[1]}")
+        if site.set_aside is not None:
+            log.warning("replacing the unfinished image directory %s (it has no completion record)", site.final)
+        self._discard(self.root / layout.undo_relpath(digest), f"undo-{digest.split(':', 1)[1]}")
+        # The image first: an undo log never stands without its image (GC finds images).
+        os.rename(site.path, site.final)
+        return True
+
+    def _place_undo(self, digest: str, site: BuildSite) -> None:
+        """The old undo log was discarded with the old tree: rename, then sync both."""
+        os.rename(site.undo, self.root / layout.undo_relpath(digest))
+        _fsync_dir(site.final.parent)
+
+    def _built(self, digest: str, chain: Sequence[str], build: Build, site: BuildSite) -> None:
+        """Later builds of this transaction may start from this image; the unfinished one goes."""
+        if build.undo_layers:
+            assert self._published is not None  # read by _build_site
+            self._published.append(PublishedChain(digest, tuple(chain), build.undo_layers))
+        if site.set_aside is not None:
+            remove_tree(site.set_aside)
+
+    def _release_site(self, site: BuildSite) -> None:
+        self._staged.remove(site.path)
+        self._staged.remove(site.undo)
 
     def _sync_dir(self, path: Path) -> None:
         _fsync_dir(path)
@@ -142,6 +159,11 @@ class LocalTransaction(PublishTransaction):
 class LocalPublisher(Publisher):
     """Publishes into a plain directory."""
 
+    @classmethod
+    def from_config(cls, config: PublishConfig, state_dir: Path) -> LocalPublisher:
+        """A directory publisher at `[publish] root` (it keeps no state elsewhere)."""
+        return cls(config.root)
+
     def check_ready(self) -> None:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
@@ -170,6 +192,7 @@ class LocalPublisher(Publisher):
         for leftover in (self.root / layout.IMAGES_DIR).glob("*/.*.tmp-*"):
             leftover.unlink()  # a completion record that was being written
 
-    def begin(self, message: str, builds: Optional[Dict[str, Sequence[str]]] = None) -> LocalTransaction:
+    def begin(self, intent: TransactionIntent) -> LocalTransaction:
+        """A transaction on the directory (nothing to open: builds are staged)."""
         self.root.mkdir(parents=True, exist_ok=True)
-        return LocalTransaction(self, message)
+        return LocalTransaction(self, intent.message)

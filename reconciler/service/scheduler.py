@@ -12,37 +12,24 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
 import threading
 import time
-from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Set, Tuple, Union
+from dataclasses import dataclass
+from typing import Dict, Iterable, List, Optional, Set, Tuple
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from .cycle.outcome import CycleReport, Status, describe_failure
-from .progress import TerminalProgress
-from .publish.layout import tag_relpath
-from .reconcile import Reconciler
-from .state import TagState
-from .watchlist import ImageEntry, Watchlist
+from ..cycle.outcome import describe_failure
+from ..progress import TerminalProgress
+from ..reconcile import Reconciler
+from ..watchlist import ImageEntry, Watchlist
+from .metrics import Metrics
+from .status import iso_utc, service_status
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("reconciler.service")  # its name before the package split
 
 JITTER = 0.1  # polls spread over ±10 % of the interval
-
-
-def iso_utc(when: Union[None, float, dt.datetime]) -> Optional[str]:
-    """An epoch time or a datetime as ISO 8601 UTC to the second
-    (`2024-05-01T12:00:00Z`), the one time format of /status; None stays None."""
-    if when is None:
-        return None
-    if not isinstance(when, dt.datetime):
-        when = dt.datetime.fromtimestamp(when, dt.timezone.utc)
-    return when.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass(frozen=True)
@@ -53,42 +40,6 @@ class CycleInfo:
     entries: Tuple[str, ...]
 
 
-class Metrics:
-    """The Prometheus metrics of one service (its own registry: no global state)."""
-
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.polls = Counter("reconciler_polls", "Tags polled (HEAD requests) per image", ["image"],
-                             registry=self.registry)
-        self.publishes = Counter("reconciler_publishes", "Tags published with a new digest", ["image"],
-                                 registry=self.registry)
-        self.failures = Counter("reconciler_failures", "Failed tags or entries per image", ["image"],
-                                registry=self.registry)
-        self.bytes = Counter("reconciler_downloaded_bytes", "Blob bytes downloaded", registry=self.registry)
-        self.cycles = Counter("reconciler_cycles", "Reconcile cycles run", registry=self.registry)
-        self.hooks = Counter("reconciler_webhooks", "Webhooks received, by provider and outcome",
-                             ["provider", "outcome"], registry=self.registry)
-        self.duration = Histogram("reconciler_cycle_duration_seconds", "Duration of reconcile cycles",
-                                  buckets=(0.5, 1, 5, 15, 60, 300, 900, 3600), registry=self.registry)
-        self.rate_limit = Gauge("reconciler_registry_ratelimit_remaining",
-                                "RateLimit-Remaining last seen per registry", ["registry"], registry=self.registry)
-
-    def record(self, report: CycleReport, seconds: float, reconciler: Reconciler) -> None:
-        self.cycles.inc()
-        self.duration.observe(seconds)
-        for o in report.outcomes:
-            image = o.entry.source.name
-            self.polls.labels(image).inc()
-            if o.status is Status.PUBLISHED:
-                self.publishes.labels(image).inc()
-            elif o.status is Status.FAILED:
-                self.failures.labels(image).inc()
-            self.bytes.inc(o.downloaded)
-        for entry, _ in report.entry_failures:
-            self.failures.labels(entry.source.name).inc()
-        for host, client in reconciler.registry_clients().items():
-            if client.rate_limit_remaining is not None:
-                self.rate_limit.labels(host).set(client.rate_limit_remaining)
 
 
 class Service:
@@ -127,9 +78,9 @@ class Service:
             if first > now:
                 log.info("%s: still backing off from failures before the restart; first poll at %s", entry.label,
                          iso_utc(first))
-            self.scheduler.add_job(self.request, IntervalTrigger(seconds=entry.interval, jitter=entry.interval * JITTER),
-                                   args=[[entry.index], "interval"], id=f"poll-{entry.index}", next_run_time=first,
-                                   max_instances=1, coalesce=True)
+            trigger = IntervalTrigger(seconds=entry.interval, jitter=entry.interval * JITTER)
+            self.scheduler.add_job(self.request, trigger, args=[[entry.index], "interval"], id=f"poll-{entry.index}",
+                                   next_run_time=first, max_instances=1, coalesce=True)
         self.scheduler.start()
         self._runner.start()
 
@@ -184,6 +135,7 @@ class Service:
 
     @property
     def cycle_running(self) -> bool:
+        """True while a cycle runs."""
         return self.cycle is not None
 
     @property
@@ -234,68 +186,9 @@ class Service:
     # -- status ----------------------------------------------------------
 
     def status(self) -> Dict[str, object]:
-        """The JSON of /status (and all the status page shows): per entry its next
-        poll and the error of its last cycle, per watched (dest, tag, platform) the
-        digests, last success, last change and last error; the cycle in progress.
-        Every time is ISO 8601 UTC."""
-        jobs = {job.id: job.next_run_time for job in self.scheduler.get_jobs()} if self.scheduler.running else {}
-        rows_by_dest: Dict[str, List[TagState]] = {}
-        entry_errors = self.reconciler.state.entry_failures()
-        for row in self.reconciler.state.all():
-            rows_by_dest.setdefault(row.dest, []).append(row)
-        root = self.reconciler.publisher.root
-        images: List[Dict[str, object]] = []
-        for entry in self.watchlist.images:
-            upcoming = [jobs.get(f"{kind}-{entry.index}") for kind in ("nudge", "retry", "poll")]
-            nxt = min((t for t in upcoming if t is not None), default=None)
-            # Rows are keyed by dest: entries that share a source never show each other's tags.
-            tags = [_tag_status(r, root) for r in rows_by_dest.get(entry.dest, [])]
-            seen = {(t["tag"], t["platform"]) for t in tags}
-            # Exact tags get a row before their first poll: the page lists everything watched.
-            tags += [{"tag": tag, "platform": str(platform), "state": "waiting",
-                      "path": tag_relpath(entry.dest, tag, platform, first=i == 0), "digest": None,
-                      "published": None, "last_success": None, "last_changed": None, "last_failure": None,
-                      "last_error": None, "failures": 0}
-                     for tag in entry.tags for i, platform in enumerate(entry.platforms)
-                     if (tag, str(platform)) not in seen]
-            tags.sort(key=lambda t: str(t["tag"]))  # stable: platforms keep their order
-            failing = entry_errors.get(entry.dest)
-            error = (failing.last_failure, failing.failure_reason) if failing else None
-            images.append({
-                "entry": entry.label, "source": entry.source.name, "dest": entry.dest,
-                "interval_seconds": entry.interval, "next_poll": iso_utc(nxt),
-                "error": {"at": iso_utc(error[0]), "reason": error[1]} if error else None,
-                "tags": tags,
-            })
-        cycle = self.cycle
-        return {
-            "now": iso_utc(time.time()),
-            "cycle": {"running": cycle is not None,
-                      "started": iso_utc(cycle.started) if cycle else None,
-                      "entries": list(cycle.entries) if cycle else [],
-                      "images": [asdict(p) for p in self.progress.snapshot()] if cycle else []},
-            "last_cycle": iso_utc(self.last_cycle),
-            "cycles_done": self.cycles_done,
-            "images": images,
-        }
+        """The JSON of /status (and all the status page shows): see status.service_status."""
+        return service_status(self)
 
 
 def _utc(epoch: float) -> dt.datetime:
     return dt.datetime.fromtimestamp(epoch, dt.timezone.utc)
-
-
-def _tag_status(row: TagState, root: Path) -> Dict[str, object]:
-    """One watched (dest, tag, platform) for /status."""
-    failing = (row.last_failure or 0) > (row.last_success or 0)
-    try:
-        # The tag link is replaced (never rewritten) when its digest changes, so its
-        # own mtime says when the tag last changed, across restarts too.
-        changed: Optional[float] = os.lstat(root / row.tag_path).st_mtime
-    except OSError:
-        changed = None
-    return {"tag": row.tag, "platform": row.platform,
-            "state": "failing" if failing else "published" if row.published_digest else "waiting",
-            "path": row.tag_path, "digest": row.manifest_digest, "published": row.published_digest,
-            "last_success": iso_utc(row.last_success), "last_changed": iso_utc(changed),
-            "last_failure": iso_utc(row.last_failure), "last_error": row.failure_reason if failing else None,
-            "failures": row.failures}

@@ -1,0 +1,47 @@
+"""The service's Prometheus metrics (`GET /metrics`), one registry per service."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from ..cycle.outcome import CycleReport, Status
+from ..reconcile import Reconciler
+
+
+class Metrics:
+    """The Prometheus metrics of one service (its own registry: no global state)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.polls = Counter("reconciler_polls", "Tags polled (HEAD requests) per image", ["image"],
+                             registry=self.registry)
+        self.publishes = Counter("reconciler_publishes", "Tags published with a new digest", ["image"],
+                                 registry=self.registry)
+        self.failures = Counter("reconciler_failures", "Failed tags or entries per image", ["image"],
+                                registry=self.registry)
+        self.bytes = Counter("reconciler_downloaded_bytes", "Blob bytes downloaded", registry=self.registry)
+        self.cycles = Counter("reconciler_cycles", "Reconcile cycles run", registry=self.registry)
+        self.hooks = Counter("reconciler_webhooks", "Webhooks received, by provider and outcome",
+                             ["provider", "outcome"], registry=self.registry)
+        self.duration = Histogram("reconciler_cycle_duration_seconds", "Duration of reconcile cycles",
+                                  buckets=(0.5, 1, 5, 15, 60, 300, 900, 3600), registry=self.registry)
+        self.rate_limit = Gauge("reconciler_registry_ratelimit_remaining",
+                                "RateLimit-Remaining last seen per registry", ["registry"], registry=self.registry)
+
+    def record(self, report: CycleReport, seconds: float, reconciler: Reconciler) -> None:
+        """Count one finished cycle: its tags, bytes, failures, and the registries' rate limits."""
+        self.cycles.inc()
+        self.duration.observe(seconds)
+        for o in report.outcomes:
+            image = o.entry.source.name
+            self.polls.labels(image).inc()
+            if o.status is Status.PUBLISHED:
+                self.publishes.labels(image).inc()
+            elif o.status is Status.FAILED:
+                self.failures.labels(image).inc()
+            self.bytes.inc(o.downloaded)
+        for entry, _ in report.entry_failures:
+            self.failures.labels(entry.source.name).inc()
+        for host, client in reconciler.registry_clients().items():
+            if client.rate_limit_remaining is not None:
+                self.rate_limit.labels(host).set(client.rate_limit_remaining)

@@ -1,0 +1,97 @@
+"""The data of `/status` (and of the status page): per entry its next poll
+and last error, per watched (dest, tag, platform) its digests and times, and
+the cycle in progress. Every time is ISO 8601 UTC to the second."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Union
+
+from ..publish import Publisher
+from ..publish.layout import tag_relpath
+from ..state import EntryFailure, TagState
+from ..watchlist import ImageEntry
+
+if TYPE_CHECKING:  # only for annotations: the scheduler imports this module
+    from .scheduler import Service
+
+# The scheduler's job kinds, in the order a tie between their times is broken.
+_JOB_KINDS = ("nudge", "retry", "poll")
+
+
+def iso_utc(when: Union[None, float, dt.datetime]) -> Optional[str]:
+    """An epoch time or a datetime as ISO 8601 UTC to the second
+    (`2024-05-01T12:00:00Z`), the one time format of /status; None stays None."""
+    if when is None:
+        return None
+    if not isinstance(when, dt.datetime):
+        when = dt.datetime.fromtimestamp(when, dt.timezone.utc)
+    return when.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def service_status(service: Service) -> Dict[str, object]:
+    """The JSON of /status (and all the status page shows): per entry its next
+    poll and the error of its last cycle, per watched (dest, tag, platform) the
+    digests, last success, last change and last error; the cycle in progress.
+    Every time is ISO 8601 UTC."""
+    scheduler = service.scheduler
+    jobs = {job.id: job.next_run_time for job in scheduler.get_jobs()} if scheduler.running else {}
+    state = service.reconciler.state
+    rows_by_dest: Dict[str, List[TagState]] = {}
+    entry_errors = state.entry_failures()
+    for row in state.all():
+        rows_by_dest.setdefault(row.dest, []).append(row)
+    publisher = service.reconciler.publisher
+    images = [_image_status(entry, jobs, rows_by_dest.get(entry.dest, []), entry_errors, publisher)
+              for entry in service.watchlist.images]
+    cycle = service.cycle
+    return {
+        "now": iso_utc(time.time()),
+        "cycle": {"running": cycle is not None,
+                  "started": iso_utc(cycle.started) if cycle else None,
+                  "entries": list(cycle.entries) if cycle else [],
+                  "images": [asdict(p) for p in service.progress.snapshot()] if cycle else []},
+        "last_cycle": iso_utc(service.last_cycle),
+        "cycles_done": service.cycles_done,
+        "images": images,
+    }
+
+
+def _image_status(entry: ImageEntry, jobs: Mapping[str, Optional[dt.datetime]], rows: List[TagState],
+                  entry_errors: Mapping[str, EntryFailure], publisher: Publisher) -> Dict[str, object]:
+    """One watchlist entry for /status: its next poll, its error, its tags."""
+    upcoming = [jobs.get(f"{kind}-{entry.index}") for kind in _JOB_KINDS]
+    nxt = min((t for t in upcoming if t is not None), default=None)
+    # Rows are keyed by dest: entries that share a source never show each other's tags.
+    tags = [_tag_status(r, publisher) for r in rows]
+    seen = {(t["tag"], t["platform"]) for t in tags}
+    # Exact tags get a row before their first poll: the page lists everything watched.
+    tags += [{"tag": tag, "platform": str(platform), "state": "waiting",
+              "path": tag_relpath(entry.dest, tag, platform, first=i == 0), "digest": None,
+              "published": None, "last_success": None, "last_changed": None, "last_failure": None,
+              "last_error": None, "failures": 0}
+             for tag in entry.tags for i, platform in enumerate(entry.platforms)
+             if (tag, str(platform)) not in seen]
+    tags.sort(key=lambda t: str(t["tag"]))  # stable: platforms keep their order
+    failing = entry_errors.get(entry.dest)
+    error = (failing.last_failure, failing.failure_reason) if failing else None
+    return {
+        "entry": entry.label, "source": entry.source.name, "dest": entry.dest,
+        "interval_seconds": entry.interval, "next_poll": iso_utc(nxt),
+        "error": {"at": iso_utc(error[0]), "reason": error[1]} if error else None,
+        "tags": tags,
+    }
+
+
+def _tag_status(row: TagState, publisher: Publisher) -> Dict[str, object]:
+    """One watched (dest, tag, platform) for /status."""
+    failing = (row.last_failure or 0) > (row.last_success or 0)
+    changed = publisher.tag_changed_at(row.tag_path)
+    return {"tag": row.tag, "platform": row.platform,
+            "state": "failing" if failing else "published" if row.published_digest else "waiting",
+            "path": row.tag_path, "digest": row.manifest_digest, "published": row.published_digest,
+            "last_success": iso_utc(row.last_success), "last_changed": iso_utc(changed),
+            "last_failure": iso_utc(row.last_failure), "last_error": row.failure_reason if failing else None,
+            "failures": row.failures}
