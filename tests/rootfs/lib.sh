@@ -128,6 +128,10 @@ rootfs_copy() {
     [ -f "$f" ] && grep -q 'Acquire::' "$f" && cp "$f" "$ROOTFS_ROOT$f"
   done
   cp -L /etc/resolv.conf "$ROOTFS_ROOT/etc/resolv.conf"
+  # debootstrap writes no /etc/hosts, which every installed Debian has (the
+  # installer writes it): without it `localhost` does not resolve.
+  [ -s "$ROOTFS_ROOT/etc/hosts" ] ||
+    printf '127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost ip6-loopback\n' >"$ROOTFS_ROOT/etc/hosts"
   if compgen -G '/usr/local/share/ca-certificates/*' >/dev/null; then
     mkdir -p "$ROOTFS_ROOT/usr/local/share/ca-certificates"
     cp -r /usr/local/share/ca-certificates/. "$ROOTFS_ROOT/usr/local/share/ca-certificates/"
