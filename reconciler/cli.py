@@ -59,7 +59,8 @@ EXIT_CODES: Tuple[Tuple[int, str], ...] = (
     (EXIT_INTERRUPTED, "interrupted (Ctrl-C during --once); nothing is half-published"),
 )
 EXIT_CODES_HELP = "exit codes:\n" + "\n".join(
-    textwrap.fill(meaning, 80, initial_indent=f"  {code:<5}", subsequent_indent=" " * 7) for code, meaning in EXIT_CODES)
+    textwrap.fill(meaning, 80, initial_indent=f"  {code:<5}", subsequent_indent=" " * 7)
+    for code, meaning in EXIT_CODES)
 
 
 class _JsonFormatter(logging.Formatter):
@@ -95,7 +96,8 @@ def setup_logging(log_format: str, verbose: bool) -> Optional[TerminalProgress]:
     """Plain lines or JSON lines on stderr; with plain lines on a terminal, also a
     progress line (returned, not yet started)."""
     progress = TerminalProgress(sys.stderr) if log_format == "plain" and sys.stderr.isatty() else None
-    handler: logging.Handler = ProgressAwareHandler(sys.stderr, progress) if progress else logging.StreamHandler(sys.stderr)
+    handler: logging.Handler = (ProgressAwareHandler(sys.stderr, progress) if progress
+                                else logging.StreamHandler(sys.stderr))
     if log_format == "json":
         handler.setFormatter(_JsonFormatter())
     else:

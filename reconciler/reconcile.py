@@ -28,7 +28,7 @@ from .errors import PublishError, StartError
 from .locking import ProcessLock
 from .publish import Publisher, make_publisher
 from .registry.client import RegistryClient, RetryPolicy
-from .registry.credentials import CredentialStore, Credentials, DockerConfig, read_secret
+from .registry.credentials import Credentials, CredentialStore, DockerConfig, read_secret
 from .state import StateDB
 from .watchlist import ImageEntry, Watchlist
 

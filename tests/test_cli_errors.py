@@ -21,8 +21,11 @@ from reconciler import cli
 from reconciler.locking import ProcessLock
 from tests.as_nobody import run_as_nobody
 from tests.test_one_writer import PausedRun, reconcile
-from tests.test_publishers import Backend, img
-from tests.test_publishers import backend  # noqa: F401  (the fixture, both backends)
+from tests.test_publishers import (
+    Backend,
+    backend,  # noqa: F401  (the fixture, both backends)
+    img,
+)
 
 
 def one_line(done: subprocess.CompletedProcess) -> str:

@@ -22,7 +22,7 @@ def layer_digests(image) -> list:
 def blob_bytes(image) -> int:
     """What the image needs in the blob store: its config and its layers."""
     manifest = json.loads(image.top.data)
-    return manifest["config"]["size"] + sum({l["digest"]: l["size"] for l in manifest["layers"]}.values())
+    return manifest["config"]["size"] + sum({layer["digest"]: layer["size"] for layer in manifest["layers"]}.values())
 
 
 def test_unexpected_errors_fail_their_image_only(tmp_path, monkeypatch, fixture_registry, fixture_images):

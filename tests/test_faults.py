@@ -560,7 +560,7 @@ def test_soak_the_service_under_random_faults(tmp_path, fixture_images, quiet_lo
                 proxy.add(**fault)
             done = service.cycles_done
             service.request([0, 1], "soak")
-            wait_until(lambda: service.cycles_done > done, timeout=60, what=f"soak cycle {i}")
+            wait_until(lambda: service.cycles_done > done, timeout=60, what=f"soak cycle {i}")  # noqa: B023  (waited on at once)
             if i in (warmup, cycles):
                 gc.collect()
                 fds[i] = _open_fds()

@@ -16,14 +16,17 @@ import sys
 from pathlib import Path
 from typing import Dict, Tuple
 
-import pytest
-
 from reconciler.publish import layout
 from reconciler.reconcile import Reconciler
 from reconciler.watchlist import load_watchlist
 from tests.registry_server import wait_until
-from tests.test_publishers import Backend, assert_matches_full_apply, img, run
-from tests.test_publishers import backend  # noqa: F401  (the fixture, both backends)
+from tests.test_publishers import (
+    Backend,
+    assert_matches_full_apply,
+    backend,  # noqa: F401  (the fixture, both backends)
+    img,
+    run,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 

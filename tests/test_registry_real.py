@@ -36,7 +36,7 @@ def pull(client: RegistryClient, store: BlobStore, image: str, platform: Platfor
 def test_every_fixture_pulls_and_a_second_pull_downloads_nothing(any_registry, fixture_images, tmp_path: Path):
     store = BlobStore(tmp_path / "blobs")
     with client_for(any_registry) as client:
-        for name, built in fixture_images.items():
+        for built in fixture_images.values():
             resolved = pull(client, store, f"{built.repository}:{built.tags[0]}")
             assert resolved.tag_digest == built.top.digest
             for layer in resolved.layers:

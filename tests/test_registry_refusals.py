@@ -384,11 +384,12 @@ def test_connection_refused_names_host_and_port(clock):
 
 
 def _self_signed(tmp_path: Path) -> ssl.SSLContext:
+    import ipaddress
+
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
-    import ipaddress
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "registry.internal")])

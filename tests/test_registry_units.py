@@ -11,7 +11,7 @@ import pytest
 
 from reconciler.errors import CredentialError, InvalidReferenceError
 from reconciler.registry.challenge import MalformedChallengeError, parse_www_authenticate
-from reconciler.registry.credentials import CredentialStore, Credentials, DockerConfig, read_secret
+from reconciler.registry.credentials import Credentials, CredentialStore, DockerConfig, read_secret
 from reconciler.registry.reference import parse_reference
 
 

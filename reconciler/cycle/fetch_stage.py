@@ -114,7 +114,7 @@ class FetchStage:
             assert outcome.resolved is not None
             progress, name = self.progress, outcome.name
             if progress is not None:
-                progress.expect(name, sum(l.size for l in outcome.resolved.layers if not self.store.has(l.digest)))
+                progress.expect(name, sum(d.size for d in outcome.resolved.layers if not self.store.has(d.digest)))
 
             def on_bytes(n: int) -> None:
                 if self.cancel.is_set():

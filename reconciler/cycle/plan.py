@@ -120,8 +120,9 @@ def valid_tags(entry: ImageEntry, listed: Sequence[str]) -> List[str]:
     valid = [t for t in listed if isinstance(t, str) and is_valid_tag(t)]
     if len(valid) < len(listed):
         bad = [t for t in listed if not (isinstance(t, str) and is_valid_tag(t))]
+        shown = ", ".join(repr(t)[:80] for t in bad[:3]) + (" …" if len(bad) > 3 else "")
         log.warning("%s: skipped %d invalid tag name%s in the registry's tag list (%s)", entry.label, len(bad),
-                    "" if len(bad) == 1 else "s", ", ".join(repr(t)[:80] for t in bad[:3]) + (" …" if len(bad) > 3 else ""))
+                    "" if len(bad) == 1 else "s", shown)
     return valid
 
 

@@ -48,11 +48,11 @@ from typing import Callable, Dict, Iterable, List, Optional, Tuple, Union
 from urllib.parse import urlsplit
 
 import httpcore
+import httpx
 
 # What httpcore passes to setsockopt: its SOCKET_OPTION, spelled out (not
 # part of httpcore's documented API).
 _SocketOption = Union[Tuple[int, int, int], Tuple[int, int, Union[bytes, bytearray]], Tuple[int, int, None, int]]
-import httpx
 
 log = logging.getLogger(__name__)
 

@@ -317,5 +317,6 @@ class Authenticator:
         if parts.scheme not in ("http", "https"):
             raise AuthenticationError(f"{self.registry}: token realm {resolved!r} is not an http(s) URL")
         if base_parts.scheme == "https" and parts.scheme == "http":
-            raise AuthenticationError(f"{self.registry}: refusing plain-http token realm {resolved!r} for an https registry")
+            raise AuthenticationError(
+                f"{self.registry}: refusing plain-http token realm {resolved!r} for an https registry")
         return resolved

@@ -62,7 +62,9 @@ class RegistryAuth(httpx.Auth):
                 return
             self._check_unanswerable(response, fresh, rounds)
             rejected = state
-            state = self._authorized(lambda: authenticator.handle_unauthorized(response, scopes, rejected))
+            # Called at once, in this round: the loop's later values are never seen.
+            state = self._authorized(
+                lambda: authenticator.handle_unauthorized(response, scopes, rejected))  # noqa: B023
             rounds += 1
             fresh = state.new_login
 

@@ -143,7 +143,8 @@ class ImageIndex:
                 continue
             candidates.append(entry)
         if not candidates:
-            offered = ", ".join(sorted({str(e.platform) for e in self.manifests if e.platform and not e.is_attestation}))
+            offered = ", ".join(sorted({str(e.platform) for e in self.manifests
+                                        if e.platform and not e.is_attestation}))
             raise PlatformNotFoundError(f"no manifest for platform {platform} (the index offers: {offered or 'none'})")
         candidates.sort(key=lambda e: bool(e.platform and e.platform.normalized().variant))
         return candidates[0]
@@ -173,19 +174,22 @@ def parse_manifest(raw: bytes, content_type: Optional[str]) -> Manifest:
     content_type = (content_type or "").split(";", 1)[0].strip().lower()
     if content_type in DOCKER_SCHEMA1:
         raise UnsupportedManifestError(
-            "Docker schema 1 manifests are unsupported (deprecated since 2017); rebuild and push the image with a current client"
+            "Docker schema 1 manifests are unsupported (deprecated since 2017); rebuild and push the image with a "
+            "current client"
         )
     data = _load_json(raw, "manifest")
     if data.get("schemaVersion") == 1:
         raise UnsupportedManifestError(
-            "Docker schema 1 manifests are unsupported (deprecated since 2017); rebuild and push the image with a current client"
+            "Docker schema 1 manifests are unsupported (deprecated since 2017); rebuild and push the image with a "
+            "current client"
         )
     if data.get("schemaVersion") != 2:
         raise InvalidManifestError(f"manifest schemaVersion is {data.get('schemaVersion')!r}, expected 2")
     media_type = data.get("mediaType")
     if media_type is not None and not isinstance(media_type, str):
         raise InvalidManifestError("manifest mediaType is not a string")
-    if media_type and content_type and content_type not in ("application/json", "text/plain") and media_type != content_type:
+    generic = ("application/json", "text/plain")
+    if media_type and content_type and content_type not in generic and media_type != content_type:
         raise InvalidManifestError(f"manifest mediaType {media_type!r} disagrees with Content-Type {content_type!r}")
     kind = media_type or content_type
     if not kind or kind in ("application/json", "text/plain"):
@@ -201,7 +205,8 @@ def parse_manifest(raw: bytes, content_type: Optional[str]) -> Manifest:
         layers = data.get("layers")
         if not isinstance(layers, list):
             raise InvalidManifestError("manifest.layers: expected a list")
-        return ImageManifest(kind, config, tuple(Descriptor.from_json(l, f"manifest.layers[{i}]") for i, l in enumerate(layers)))
+        return ImageManifest(kind, config, tuple(Descriptor.from_json(layer, f"manifest.layers[{i}]")
+                                                 for i, layer in enumerate(layers)))
     raise UnsupportedManifestError(f"unsupported manifest media type {kind!r}")
 
 

@@ -81,7 +81,8 @@ def get_manifest(session: RegistrySession, repository: str, reference: str,
     an integrity error: the next cycle sees the move. A registry that
     answers 404 by digest (pull-through caches that know only the tag) is
     asked by tag, the body still checked against `expected_digest`."""
-    what = f"manifest {repository}@{reference}" if reference.startswith("sha256:") else f"manifest {repository}:{reference}"
+    separator = "@" if reference.startswith("sha256:") else ":"
+    what = f"manifest {repository}{separator}{reference}"
     by_digest = bool(expected_digest and is_valid_digest(expected_digest) and not reference.startswith("sha256:"))
     asked = expected_digest if by_digest and expected_digest else reference
     try:

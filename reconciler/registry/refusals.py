@@ -92,7 +92,8 @@ def refusal(registry: str, response: httpx.Response, what: str, *, repository: s
     if status == 404:
         if "NAME_UNKNOWN" in names:
             return RepositoryNotFoundError(
-                f"{head}: the registry has no repository {repository or '(this one)'!r}; check the source in the watchlist")
+                f"{head}: the registry has no repository {repository or '(this one)'!r}; "
+                "check the source in the watchlist")
         if "MANIFEST_UNKNOWN" in names:
             return ManifestNotFoundError(f"{head}: {repository or 'the repository'} has no such tag or manifest")
         if "BLOB_UNKNOWN" in names:

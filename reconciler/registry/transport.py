@@ -147,7 +147,8 @@ class RetryingTransport:
             raise RateLimitedError(
                 f"{self._registry}: {what} still rate limited (HTTP 429{_reason(response)}) after "
                 f"{budget.attempt} attempts{later}; left for the next cycle")
-        raise TransferError(f"{self._registry}: {what} still failing with HTTP {status} after {budget.attempt} attempts")
+        raise TransferError(
+            f"{self._registry}: {what} still failing with HTTP {status} after {budget.attempt} attempts")
 
 
 class TokenHttp:

@@ -200,8 +200,8 @@ def main() -> int:
     images = build_images(work / "cache")
     v1 = images["v1"]
     results: Dict[str, object] = {"image": {
-        "layers_gzip_bytes": sum(l.size for l in v1.layer_files),
-        "layers_tar_bytes": sum(l.tar.stat().st_size for l in v1.layer_files)}}
+        "layers_gzip_bytes": sum(f.size for f in v1.layer_files),
+        "layers_tar_bytes": sum(f.tar.stat().st_size for f in v1.layer_files)}}
     registry = start_registry(fresh(work / "registry"))
     try:
         push(registry.host, images)

@@ -132,12 +132,12 @@ def build_images(cache: Path) -> Dict[str, BuiltImage]:
         config = json.dumps({"architecture": "amd64", "os": "linux",
                              "config": {"Env": ["PATH=/usr/local/bin:/usr/bin:/bin",
                                                 f"PYTHONPATH=/{SITE}"], "Cmd": ["/bin/bash"]},
-                             "rootfs": {"type": "layers", "diff_ids": [l.diff_id for l in layers]}}).encode()
+                             "rootfs": {"type": "layers", "diff_ids": [layer.diff_id for layer in layers]}}).encode()
         config_blob = Blob("application/vnd.oci.image.config.v1+json", config)
         manifest = Blob("application/vnd.oci.image.manifest.v1+json", json.dumps({
             "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
             "config": config_blob.descriptor(),
-            "layers": [{"mediaType": GZ, "digest": l.digest, "size": l.size} for l in layers]}).encode())
+            "layers": [{"mediaType": GZ, "digest": layer.digest, "size": layer.size} for layer in layers]}).encode())
         image = BuiltImage(f"v{version}", "bench/app", [config_blob], [manifest], [f"v{version}"], [])
         image.layer_files = layers  # type: ignore[attr-defined]
         images[f"v{version}"] = image

@@ -144,6 +144,6 @@ def test_link_header_round_trip(links, sep: str, quote_rel: bool) -> None:
             text += f"; rel={quote(rel_text)}" if quote_rel or len(rels) > 1 else f"; rel={rel_text}"
         rendered.append(text)
     parsed = parse_link_header(sep.join(rendered))
-    assert [(l.target, l.rels) for l in parsed] == [(t, frozenset(r)) for t, r, _ in links]
+    assert [(link.target, link.rels) for link in parsed] == [(t, frozenset(r)) for t, r, _ in links]
     expected_next = next((t for t, r, _ in links if "next" in r), None)
     assert next_link([sep.join(rendered)]) == expected_next

@@ -13,8 +13,8 @@ from reconciler.errors import PlatformNotFoundError, RegistryError
 from reconciler.registry.manifest import (
     CONFIG_TYPES,
     DOCKER_SCHEMA1,
-    INDEX_TYPES,
     IMAGE_MANIFEST_TYPES,
+    INDEX_TYPES,
     ImageIndex,
     ImageManifest,
     Platform,

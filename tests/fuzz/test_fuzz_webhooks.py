@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from hypothesis import example, given
 from hypothesis import strategies as st
@@ -17,8 +17,8 @@ from reconciler.webhooks import (
     PROVIDERS,
     CheckedHeaders,
     HookRejected,
-    RepositoryHint,
     ReplayGuard,
+    RepositoryHint,
     matching_entries,
     verify_body,
     verify_headers,
