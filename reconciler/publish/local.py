@@ -20,20 +20,13 @@ from typing import Dict, Iterator, List, Optional, Sequence
 from ..errors import StartError
 from . import layout
 from ..applier.undo import UndoRecorder
+from ..dirfd import fsync_dir
 from ..treecopy import clone_tree
 from .base import Build, Publisher, PublishedChain, PublishTransaction, remove_legacy_chains, remove_tree
 
 log = logging.getLogger(__name__)
 
 STAGING_DIR = ".staging"
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class LocalTransaction(PublishTransaction):
@@ -89,7 +82,7 @@ class LocalTransaction(PublishTransaction):
             # The image first: an undo log never stands without its image (GC finds images).
             os.rename(staging, final)
             os.rename(undo, self.root / layout.undo_relpath(digest))
-            _fsync_dir(final.parent)
+            fsync_dir(final.parent)
             self.mark_complete(digest, chain, build.undo_layers)
             if build.undo_layers:
                 self._published.append(PublishedChain(digest, tuple(chain), build.undo_layers))
@@ -105,7 +98,7 @@ class LocalTransaction(PublishTransaction):
             self._staged.remove(undo)
 
     def _sync_dir(self, path: Path) -> None:
-        _fsync_dir(path)
+        fsync_dir(path)
 
     def remove_image(self, digest: str) -> None:
         self.unmark_complete(digest)
@@ -121,7 +114,7 @@ class LocalTransaction(PublishTransaction):
         aside = self.root / STAGING_DIR / f"{label}.{secrets.token_hex(4)}"
         aside.parent.mkdir(parents=True, exist_ok=True)
         os.rename(path, aside)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
         return aside
 
     def _discard(self, path: Path, label: str) -> None:
