@@ -82,26 +82,27 @@ class _TarInfo(tarfile.TarInfo):
     counted (through HeaderGuard, when that is the stream)."""
 
     @classmethod
-    def fromtarfile(cls, tf):  # type: ignore[no-untyped-def,override]  # tarfile's private protocol, untyped
-        buf = tf.fileobj.read(tarfile.BLOCKSIZE)
-        tf.last_header_block = buf
+    def fromtarfile(cls, tf: tarfile.TarFile) -> _TarInfo:
+        stream = cast(HeaderGuard, tf.fileobj)
+        buf = stream.read(tarfile.BLOCKSIZE)
+        tf.last_header_block = buf  # type: ignore[attr-defined]  # ours, read by check_end_of_archive
         obj = cls.frombuf(buf, tf.encoding, tf.errors)
-        obj.offset = tf.fileobj.tell() - tarfile.BLOCKSIZE
-        return obj._proc_member(tf)
+        obj.offset = stream.tell() - tarfile.BLOCKSIZE
+        return cast(_TarInfo, obj._proc_member(tf))  # the members of a chain are all of this class
 
-    def _proc_member(self, tf):  # type: ignore[no-untyped-def,override]  # tarfile's private protocol, untyped
+    def _proc_member(self, tf: tarfile.TarFile) -> tarfile.TarInfo:
         # Counted here, once per header block: tarfiles with the CVE-2025-13462
         # fix (3.9.2-1+deb11u7, newer 3.x) read a chain's later headers with
         # _fromtarfile, past fromtarfile.
         if isinstance(tf.fileobj, HeaderGuard):
             tf.fileobj.note_header()
-        return super()._proc_member(tf)
+        return super()._proc_member(tf)  # type: ignore[misc,no-any-return]  # tarfile private, not in typeshed
 
-    def _proc_pax(self, tf):  # type: ignore[no-untyped-def,override]  # tarfile's private protocol, untyped
+    def _proc_pax(self, tf: tarfile.TarFile) -> tarfile.TarInfo:
         if self.type == tarfile.XGLTYPE:
-            tf.fileobj.read(self._block(self.size))
+            cast(HeaderGuard, tf.fileobj).read(self._block(self.size))  # type: ignore[attr-defined]  # tarfile private
             return self.fromtarfile(tf)
-        return super()._proc_pax(tf)
+        return super()._proc_pax(tf)  # type: ignore[misc,no-any-return]  # tarfile private, not in typeshed
 
 
 def open_tar(guard: HeaderGuard) -> Optional[tarfile.TarFile]:
@@ -125,7 +126,7 @@ def members(tf: tarfile.TarFile, guard: HeaderGuard) -> Iterator[tarfile.TarInfo
     getmember() and hardlink lookups through tarfile, which the applier never
     uses): a million entries would hold hundreds of MB.
     """
-    if tf.firstmember is None and tf.offset == 0:
+    if tf.firstmember is None and tf.offset == 0:  # type: ignore[attr-defined]  # tarfile private, not in typeshed
         # No member at all (tarfile.open found the end): Python 3.9's next()
         # would seek back to offset -1 to look again (later ones return None).
         return
@@ -137,7 +138,7 @@ def members(tf: tarfile.TarFile, guard: HeaderGuard) -> Iterator[tarfile.TarInfo
             raise LayerError(f"corrupt tar header at offset {guard.member_offset}: {exc}") from None
         finally:
             guard.end_member()
-        tf.members.clear()
+        tf.members.clear()  # type: ignore[attr-defined]  # tarfile's list behind getmembers(), not in typeshed
         if member is None:
             return
         yield member
@@ -152,7 +153,7 @@ def check_end_of_archive(tf: tarfile.TarFile) -> None:
     if 0 < len(last) < tarfile.BLOCKSIZE:
         raise LayerError("tar stream is truncated inside a header")
     if len(last) == tarfile.BLOCKSIZE:
-        following = tf.fileobj.read(tarfile.BLOCKSIZE)
+        following = cast(HeaderGuard, tf.fileobj).read(tarfile.BLOCKSIZE)
         if following and following.count(0) != len(following):
             raise HostileLayerError("tar stream has a single zero block followed by more headers "
                                     "(parsers disagree on such archives)")
@@ -160,5 +161,5 @@ def check_end_of_archive(tf: tarfile.TarFile) -> None:
 
 def drain(tf: tarfile.TarFile) -> None:
     """Read the rest of the stream through tarfile's own buffer: the DiffID covers every byte."""
-    while tf.fileobj.read(_DRAIN_CHUNK):
+    while cast(HeaderGuard, tf.fileobj).read(_DRAIN_CHUNK):
         pass

@@ -27,7 +27,7 @@ import os
 import stat
 import struct
 from pathlib import Path
-from typing import BinaryIO, Iterable, Iterator, List, Optional
+from typing import Any, BinaryIO, Dict, Iterable, Iterator, List, Optional
 
 from ..confined import ConfinedTree
 from ..dirfd import DIR_FLAGS, acting_as_root
@@ -35,6 +35,8 @@ from ..errors import LayerError
 from ..treecopy import clone_entry, remove_at
 from .dirtimes import TimesLog
 from .pathset import PathKey, PathSet
+# One journal record, as JSON decodes it (checked where it is used: a malformed one is UndoError).
+_Record = Dict[str, Any]
 JOURNAL = "journal"
 SAVED = "saved"
 
@@ -94,7 +96,7 @@ class UndoRecorder:
         once the ancestor was replaced by a file or a link)."""
         return any(path[:i] in self._content for i in range(len(path), 0, -1))
 
-    def _write(self, record: dict) -> None:
+    def _write(self, record: _Record) -> None:
         assert self._journal is not None, "the undo log is closed"
         self._journal.write(json.dumps(record).encode() + b"\n")
 
@@ -170,7 +172,7 @@ class UndoRecorder:
 _JOURNAL_CHUNK = 1 << 16
 
 
-def _journal_backwards(undo_fd: int, undo_dir: Path) -> Iterator[dict]:
+def _journal_backwards(undo_fd: int, undo_dir: Path) -> Iterator[_Record]:
     """The journal's records, newest first, read from its end in chunks: memory
     stays at a chunk and the longest record, however long the journal is."""
     try:
@@ -193,7 +195,7 @@ def _journal_backwards(undo_fd: int, undo_dir: Path) -> Iterator[dict]:
             yield _record(tail, undo_dir)
 
 
-def _record(line: bytes, undo_dir: Path) -> dict:
+def _record(line: bytes, undo_dir: Path) -> _Record:
     try:
         record = json.loads(line)
     except ValueError as exc:
@@ -212,7 +214,7 @@ def _open_dir(tree: ConfinedTree, path: PathKey, undo_dir: Path) -> int:
     return fd
 
 
-def _restore_metadata(fd: int, record: dict, privileged: bool) -> None:
+def _restore_metadata(fd: int, record: _Record, privileged: bool) -> None:
     if privileged:
         os.fchown(fd, record["uid"], record["gid"])
     for name in os.listxattr(fd):
@@ -261,7 +263,7 @@ def undo_changes(tree: Path, undo_dir: Path, privileged: Optional[bool] = None) 
     return count
 
 
-def _replay(records: Iterable[dict], tree: ConfinedTree, saved_fd: int, undo_dir: Path, times: TimesLog,
+def _replay(records: Iterable[_Record], tree: ConfinedTree, saved_fd: int, undo_dir: Path, times: TimesLog,
             privileged: bool) -> int:
     """Undo the records (newest first); directory times are added to `times`.
     Returns how many records there were."""
