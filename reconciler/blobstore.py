@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable, Dict, Iterable, Optional, Set
 
+from .dirfd import fsync_dir
 from .errors import BlobStoreError, IntegrityError
 from .registry.reference import is_valid_digest
 
@@ -146,11 +147,7 @@ class BlobStore:
                 os.fsync(sink.fileno())
             path.parent.mkdir(exist_ok=True)
             os.replace(tmpname, path)
-            dirfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(dirfd)
-            finally:
-                os.close(dirfd)
+            fsync_dir(path.parent)
         except BaseException:
             try:
                 os.unlink(tmpname)

@@ -22,10 +22,10 @@ import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, List, Optional, Sequence, Tuple, Union
 
+from .dirfd import DIR_FLAGS
+
 if TYPE_CHECKING:
     from .applier.apply import ChangeObserver
-
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class NotConfinedError(OSError):
@@ -39,7 +39,7 @@ def _open_subdir(dir_fd: int, name: str) -> Union[int, str, None]:
     """An fd on the real directory `name` in `dir_fd`; `_MISSING` when there is
     nothing there; None for a symlink (ELOOP under O_NOFOLLOW) or a non-directory."""
     try:
-        return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+        return os.open(name, DIR_FLAGS, dir_fd=dir_fd)
     except FileNotFoundError:
         return _MISSING
     except OSError as exc:
@@ -86,7 +86,7 @@ class ConfinedTree:
 
     def __init__(self, root: Union[str, Path], observer: Optional["ChangeObserver"] = None) -> None:
         self.root = Path(root)
-        self._root_fd = os.open(self.root, _DIR_FLAGS)
+        self._root_fd = os.open(self.root, DIR_FLAGS)
         # Told of every change to what was there (an undo log), as the applier tells it.
         self.observer = observer
 
@@ -264,14 +264,3 @@ class ConfinedTree:
             return False
         finally:
             os.close(fd)
-
-    def sync_dir(self, relpath: str) -> None:
-        """fsync a directory, so renames and new entries in it are durable."""
-        fd = self.open_dir(relpath)
-        if fd is None:
-            raise NotConfinedError(f"{self.root / relpath} is not a directory")
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-

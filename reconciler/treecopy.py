@@ -13,15 +13,15 @@ import errno
 import os
 import stat
 from pathlib import Path
-from typing import List, Tuple, Union
+from typing import List, Optional, Tuple, Union
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+from .dirfd import DIR_FLAGS, acting_as_root
 
 
-def copy_dir_metadata(src_fd: int, dst_fd: int) -> None:
-    """Owner (as root), xattrs, mode and times of one directory onto another."""
+def copy_dir_metadata(src_fd: int, dst_fd: int, privileged: Optional[bool] = None) -> None:
+    """Owner (when `privileged`; None: when we are root), xattrs, mode and times of one directory onto another."""
     st = os.fstat(src_fd)
-    if os.geteuid() == 0:
+    if acting_as_root(privileged):
         os.fchown(dst_fd, st.st_uid, st.st_gid)
     for name in os.listxattr(src_fd):
         os.setxattr(dst_fd, name, os.getxattr(src_fd, name))
@@ -29,10 +29,11 @@ def copy_dir_metadata(src_fd: int, dst_fd: int) -> None:
     os.utime(dst_fd, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
-def clone_into(src_fd: int, dst_fd: int) -> int:
+def clone_into(src_fd: int, dst_fd: int, privileged: Optional[bool] = None) -> int:
     """Clone the content of directory `src_fd` into the empty directory `dst_fd`
     (metadata of the directories inside included, not of `dst_fd` itself).
     Returns the number of entries. Iterative, like remove_at."""
+    as_root = acting_as_root(privileged)
     count = 0
     # (source fd, destination fd, entries still to clone, fds ours to close) per directory
     stack: List[Tuple[int, int, List[Tuple[str, bool]], bool]] = [(src_fd, dst_fd, _entries(src_fd), False)]
@@ -43,7 +44,7 @@ def clone_into(src_fd: int, dst_fd: int) -> int:
                 stack.pop()
                 if owned:
                     try:
-                        copy_dir_metadata(src, dst)  # last: its children changed its times
+                        copy_dir_metadata(src, dst, as_root)  # last: its children changed its times
                     finally:
                         os.close(src)
                         os.close(dst)
@@ -68,9 +69,9 @@ def _make_and_open(src_dir_fd: int, src_name: str, dst_dir_fd: int, dst_name: st
     """Make directory `dst_name` (u+rwx only until its metadata is copied) and
     open it and its source, never through a symlink."""
     os.mkdir(dst_name, 0o700, dir_fd=dst_dir_fd)
-    src = os.open(src_name, _DIR_FLAGS, dir_fd=src_dir_fd)
+    src = os.open(src_name, DIR_FLAGS, dir_fd=src_dir_fd)
     try:
-        return src, os.open(dst_name, _DIR_FLAGS, dir_fd=dst_dir_fd)
+        return src, os.open(dst_name, DIR_FLAGS, dir_fd=dst_dir_fd)
     except BaseException:
         os.close(src)
         raise
@@ -82,25 +83,29 @@ def _entries(dir_fd: int) -> List[Tuple[str, bool]]:
         return [(e.name, e.is_dir(follow_symlinks=False)) for e in it]
 
 
-def clone_entry(src_dir_fd: int, src_name: str, dst_dir_fd: int, dst_name: str) -> int:
+def clone_entry(src_dir_fd: int, src_name: str, dst_dir_fd: int, dst_name: str,
+                privileged: Optional[bool] = None) -> int:
     """Clone one entry (a whole directory, or a hardlink of anything else).
-    Returns the number of entries cloned below it."""
+    Returns the number of entries cloned below it. `privileged`: owners are
+    copied (None: when we are root)."""
     st = os.stat(src_name, dir_fd=src_dir_fd, follow_symlinks=False)
     if not stat.S_ISDIR(st.st_mode):
         os.link(src_name, dst_name, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd, follow_symlinks=False)
         return 0
     src, dst = _make_and_open(src_dir_fd, src_name, dst_dir_fd, dst_name)
     try:
-        count = clone_into(src, dst)
-        copy_dir_metadata(src, dst)
+        as_root = acting_as_root(privileged)
+        count = clone_into(src, dst, as_root)
+        copy_dir_metadata(src, dst, as_root)
     finally:
         os.close(dst)
         os.close(src)
     return count
 
 
-def clone_tree(src: Union[str, Path], dst: Union[str, Path]) -> int:
-    """Recreate the directory `src` at `dst` (which must not exist). Returns the number of entries."""
+def clone_tree(src: Union[str, Path], dst: Union[str, Path], privileged: Optional[bool] = None) -> int:
+    """Recreate the directory `src` at `dst` (which must not exist). Returns the
+    number of entries. `privileged`: owners are copied (None: when we are root)."""
     src, dst = Path(src), Path(dst)
     parent_flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC  # as os.mkdir(dst) would, parents are followed
     src_parent = os.open(src.parent, parent_flags)
@@ -109,17 +114,17 @@ def clone_tree(src: Union[str, Path], dst: Union[str, Path]) -> int:
             raise NotADirectoryError(errno.ENOTDIR, "not a directory (or a symlink to one)", str(src))
         dst_parent = os.open(dst.parent, parent_flags)
         try:
-            return clone_entry(src_parent, src.name, dst_parent, dst.name)
+            return clone_entry(src_parent, src.name, dst_parent, dst.name, privileged)
         finally:
             os.close(dst_parent)
     finally:
         os.close(src_parent)
 
 
-def remove_at(parent_fd: int, name: str) -> bool:
+def remove_at(parent_fd: int, name: str, privileged: Optional[bool] = None) -> bool:
     """Remove the entry `name` of `parent_fd`, a whole subtree if it is a
-    directory (made writable on the way, as an unprivileged run may need),
-    never following a symlink. False when nothing is there.
+    directory (made writable on the way unless `privileged`, None: when we are
+    not root), never following a symlink. False when nothing is there.
 
     Iterative, one open directory per level: an image may be 1024 directories
     deep (the applier's limit), deeper than Python's recursion limit."""
@@ -130,8 +135,9 @@ def remove_at(parent_fd: int, name: str) -> bool:
     if not stat.S_ISDIR(st.st_mode):
         os.unlink(name, dir_fd=parent_fd)
         return True
+    as_root = acting_as_root(privileged)
     # (parent fd, name, fd, entries still to remove) per directory being emptied
-    stack: List[Tuple[int, str, int, List[str]]] = [(parent_fd, name, *_open_to_clear(parent_fd, name, st))]
+    stack: List[Tuple[int, str, int, List[str]]] = [(parent_fd, name, *_open_to_clear(parent_fd, name, st, as_root))]
     try:
         while stack:
             parent, dirname, fd, entries = stack[-1]
@@ -146,7 +152,7 @@ def remove_at(parent_fd: int, name: str) -> bool:
             except FileNotFoundError:
                 continue
             if stat.S_ISDIR(entry_st.st_mode):
-                stack.append((fd, entry, *_open_to_clear(fd, entry, entry_st)))
+                stack.append((fd, entry, *_open_to_clear(fd, entry, entry_st, as_root)))
             else:
                 os.unlink(entry, dir_fd=fd)
     finally:
@@ -155,11 +161,11 @@ def remove_at(parent_fd: int, name: str) -> bool:
     return True
 
 
-def _open_to_clear(parent_fd: int, name: str, st: os.stat_result) -> Tuple[int, List[str]]:
-    """An fd on the directory `name` (made u+rwx when not root) and its entries."""
-    fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+def _open_to_clear(parent_fd: int, name: str, st: os.stat_result, as_root: bool) -> Tuple[int, List[str]]:
+    """An fd on the directory `name` (made u+rwx when not `as_root`) and its entries."""
+    fd = os.open(name, DIR_FLAGS, dir_fd=parent_fd)
     try:
-        if os.geteuid() != 0:
+        if not as_root:
             os.fchmod(fd, stat.S_IMODE(st.st_mode) | 0o700)
         with os.scandir(fd) as it:
             return fd, [e.name for e in it]

@@ -27,15 +27,16 @@ import os
 import stat
 import struct
 from pathlib import Path
-from typing import BinaryIO, Iterable, Iterator, List, Optional
+from typing import Any, BinaryIO, Dict, Iterable, Iterator, List, Optional
 
 from ..confined import ConfinedTree
+from ..dirfd import DIR_FLAGS, acting_as_root
 from ..errors import LayerError
 from ..treecopy import clone_entry, remove_at
-from .apply import _TimesLog
+from .dirtimes import TimesLog
 from .pathset import PathKey, PathSet
-
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# One journal record, as JSON decodes it (checked where it is used: a malformed one is UndoError).
+_Record = Dict[str, Any]
 JOURNAL = "journal"
 SAVED = "saved"
 
@@ -70,14 +71,16 @@ def _xattrs(fd: int) -> List[List[str]]:
 
 class UndoRecorder:
     """Writes an undo log into `undo_dir` (created here; it must not exist).
-    A ChangeObserver for the applier and for ConfinedTree writes."""
+    A ChangeObserver for the applier and for ConfinedTree writes. `privileged`:
+    owners of what is cloned into the log are kept (None: when we are root)."""
 
-    def __init__(self, undo_dir: Path) -> None:
+    def __init__(self, undo_dir: Path, privileged: Optional[bool] = None) -> None:
         self.undo_dir = undo_dir
+        self._privileged = acting_as_root(privileged)
         os.mkdir(undo_dir, 0o700)
-        self._dir_fd = os.open(undo_dir, _DIR_FLAGS)
+        self._dir_fd = os.open(undo_dir, DIR_FLAGS)
         os.mkdir(SAVED, 0o700, dir_fd=self._dir_fd)
-        self._saved_fd = os.open(SAVED, _DIR_FLAGS, dir_fd=self._dir_fd)
+        self._saved_fd = os.open(SAVED, DIR_FLAGS, dir_fd=self._dir_fd)
         fd = os.open(JOURNAL, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
                      dir_fd=self._dir_fd)
         self._journal: Optional[BinaryIO] = os.fdopen(fd, "wb")
@@ -93,7 +96,7 @@ class UndoRecorder:
         once the ancestor was replaced by a file or a link)."""
         return any(path[:i] in self._content for i in range(len(path), 0, -1))
 
-    def _write(self, record: dict) -> None:
+    def _write(self, record: _Record) -> None:
         assert self._journal is not None, "the undo log is closed"
         self._journal.write(json.dumps(record).encode() + b"\n")
 
@@ -120,7 +123,7 @@ class UndoRecorder:
         except OSError as exc:
             if exc.errno != errno.EXDEV:
                 raise
-            clone_entry(parent_fd, os.fsdecode(path[-1]), self._saved_fd, saved)
+            clone_entry(parent_fd, os.fsdecode(path[-1]), self._saved_fd, saved, self._privileged)
             taken = False
         self._write({"op": "saved", "path": _text(path), "id": saved})
         return taken
@@ -130,7 +133,7 @@ class UndoRecorder:
         if self._covered(path) or path in self._meta:
             return
         self._meta.add(path)
-        fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+        fd = os.open(name, DIR_FLAGS, dir_fd=parent_fd)
         try:
             st = os.fstat(fd)
             self._write({"op": "meta", "path": _text(path), "uid": st.st_uid, "gid": st.st_gid,
@@ -169,7 +172,7 @@ class UndoRecorder:
 _JOURNAL_CHUNK = 1 << 16
 
 
-def _journal_backwards(undo_fd: int, undo_dir: Path) -> Iterator[dict]:
+def _journal_backwards(undo_fd: int, undo_dir: Path) -> Iterator[_Record]:
     """The journal's records, newest first, read from its end in chunks: memory
     stays at a chunk and the longest record, however long the journal is."""
     try:
@@ -192,7 +195,7 @@ def _journal_backwards(undo_fd: int, undo_dir: Path) -> Iterator[dict]:
             yield _record(tail, undo_dir)
 
 
-def _record(line: bytes, undo_dir: Path) -> dict:
+def _record(line: bytes, undo_dir: Path) -> _Record:
     try:
         record = json.loads(line)
     except ValueError as exc:
@@ -211,8 +214,8 @@ def _open_dir(tree: ConfinedTree, path: PathKey, undo_dir: Path) -> int:
     return fd
 
 
-def _restore_metadata(fd: int, record: dict) -> None:
-    if os.geteuid() == 0:
+def _restore_metadata(fd: int, record: _Record, privileged: bool) -> None:
+    if privileged:
         os.fchown(fd, record["uid"], record["gid"])
     for name in os.listxattr(fd):
         if not name.startswith(_HOST_XATTRS):
@@ -222,24 +225,27 @@ def _restore_metadata(fd: int, record: dict) -> None:
     os.fchmod(fd, record["mode"])
 
 
-def undo_changes(tree: Path, undo_dir: Path) -> int:
+def undo_changes(tree: Path, undo_dir: Path, privileged: Optional[bool] = None) -> int:
     """Replay the undo log in `undo_dir` on `tree` (a clone of the tree it was
     written for), newest change first. The log is only read: it can be
     replayed again on another clone. Returns the number of changes undone.
-    Raises UndoError where the tree does not match the log."""
+    Raises UndoError where the tree does not match the log. `privileged`:
+    owners are restored (None: when we are root)."""
+    as_root = acting_as_root(privileged)
     try:
-        undo_fd = os.open(undo_dir, _DIR_FLAGS)
+        undo_fd = os.open(undo_dir, DIR_FLAGS)
     except OSError as exc:
         raise UndoError(f"cannot open the undo log {undo_dir}: {exc.strerror}") from None
     # Directory times, in the order met (newest change first): set at the end,
     # in that order, so the oldest record of a path wins. Spooled to a file past a few MiB.
-    times = _TimesLog()
+    times = TimesLog()
     try:
         with ConfinedTree(tree) as confined:
-            saved_fd = os.open(SAVED, _DIR_FLAGS, dir_fd=undo_fd)
+            saved_fd = os.open(SAVED, DIR_FLAGS, dir_fd=undo_fd)
             try:
                 try:
-                    count = _replay(_journal_backwards(undo_fd, undo_dir), confined, saved_fd, undo_dir, times)
+                    count = _replay(_journal_backwards(undo_fd, undo_dir), confined, saved_fd, undo_dir, times,
+                                    as_root)
                 except (KeyError, TypeError, ValueError, struct.error) as exc:
                     raise UndoError(f"the undo log in {undo_dir} is corrupt: {type(exc).__name__} {exc}") from None
             finally:
@@ -257,7 +263,8 @@ def undo_changes(tree: Path, undo_dir: Path) -> int:
     return count
 
 
-def _replay(records: Iterable[dict], tree: ConfinedTree, saved_fd: int, undo_dir: Path, times: _TimesLog) -> int:
+def _replay(records: Iterable[_Record], tree: ConfinedTree, saved_fd: int, undo_dir: Path, times: TimesLog,
+            privileged: bool) -> int:
     """Undo the records (newest first); directory times are added to `times`.
     Returns how many records there were."""
     count = 0
@@ -270,7 +277,7 @@ def _replay(records: Iterable[dict], tree: ConfinedTree, saved_fd: int, undo_dir
             if op == "meta":
                 fd = _open_dir(tree, path, undo_dir)
                 try:
-                    _restore_metadata(fd, record)
+                    _restore_metadata(fd, record, privileged)
                 finally:
                     os.close(fd)
             continue
@@ -281,9 +288,9 @@ def _replay(records: Iterable[dict], tree: ConfinedTree, saved_fd: int, undo_dir
         parent = _open_dir(tree, path[:-1], undo_dir)
         try:
             name = os.fsdecode(path[-1])
-            remove_at(parent, name)
+            remove_at(parent, name, privileged)
             if op == "saved":
-                clone_entry(saved_fd, record["id"], parent, name)
+                clone_entry(saved_fd, record["id"], parent, name, privileged)
         finally:
             os.close(parent)
     return count

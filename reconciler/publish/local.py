@@ -16,6 +16,7 @@ import secrets
 from pathlib import Path
 from typing import List, Optional, Sequence
 
+from ..dirfd import fsync_dir
 from ..errors import StartError
 from ..treecopy import clone_tree
 from ..watchlist import PublishConfig
@@ -34,14 +35,6 @@ from .base import (
 log = logging.getLogger(__name__)
 
 STAGING_DIR = ".staging"
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class LocalTransaction(PublishTransaction):
@@ -107,7 +100,7 @@ class LocalTransaction(PublishTransaction):
     def _place_undo(self, digest: str, site: BuildSite) -> None:
         """The old undo log was discarded with the old tree: rename, then sync both."""
         os.rename(site.undo, self.root / layout.undo_relpath(digest))
-        _fsync_dir(site.final.parent)
+        fsync_dir(site.final.parent)
 
     def _built(self, digest: str, chain: Sequence[str], build: Build, site: BuildSite) -> None:
         """Later builds of this transaction may start from this image; the unfinished one goes."""
@@ -122,7 +115,7 @@ class LocalTransaction(PublishTransaction):
         self._staged.remove(site.undo)
 
     def _sync_dir(self, path: Path) -> None:
-        _fsync_dir(path)
+        fsync_dir(path)
 
     def remove_image(self, digest: str) -> None:
         self.unmark_complete(digest)
@@ -138,7 +131,7 @@ class LocalTransaction(PublishTransaction):
         aside = self.root / STAGING_DIR / f"{label}.{secrets.token_hex(4)}"
         aside.parent.mkdir(parents=True, exist_ok=True)
         os.rename(path, aside)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
         return aside
 
     def _discard(self, path: Path, label: str) -> None:
