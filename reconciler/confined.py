@@ -107,7 +107,7 @@ class ConfinedTree:
     def open_dir(self, relpath: Union[str, Sequence[str]], *, create: bool = False, mode: int = 0o755) -> Optional[int]:
         """An fd on the directory `relpath` (the caller closes it), or None when
         a component is missing (and not `create`), a symlink or not a directory."""
-        fd: Optional[int] = os.dup(self._root_fd)
+        fd = os.dup(self._root_fd)  # -1 once closed, so the error path closes nothing twice
         walked: List[str] = []
         try:
             for name in _parts(relpath):
@@ -120,13 +120,13 @@ class ConfinedTree:
                         pass  # made meanwhile: opened (or refused) below like any other entry
                     new = _open_subdir(fd, name)
                 os.close(fd)
-                fd = None
+                fd = -1
                 if not isinstance(new, int):
                     return None
                 fd = new
                 walked.append(name)
         except BaseException:
-            if fd is not None:
+            if fd >= 0:
                 os.close(fd)
             raise
         return fd
@@ -150,7 +150,7 @@ class ConfinedTree:
         something still stands there (to be swapped out by rename). The
         observer hears of the change first (and may take the old entry away)."""
         existing = _existing_entry(dir_fd, name, replace)
-        if existing is _REFUSED:
+        if isinstance(existing, str):  # _REFUSED
             return _REFUSED
         if existing is None:
             self._creating(dir_fd, parent, name)

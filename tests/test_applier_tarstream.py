@@ -17,8 +17,15 @@ from typing import List, Tuple
 import pytest
 
 from reconciler.applier.decompress import DigestingReader
-from reconciler.applier.tarstream import (MAX_HEADER_BYTES, MAX_HEADERS, HeaderGuard, check_end_of_archive, drain,
-                                          members, open_tar)
+from reconciler.applier.tarstream import (
+    MAX_HEADER_BYTES,
+    MAX_HEADERS,
+    HeaderGuard,
+    check_end_of_archive,
+    drain,
+    members,
+    open_tar,
+)
 from reconciler.errors import HostileLayerError, LayerError
 
 TAR = "application/vnd.oci.image.layer.v1.tar"

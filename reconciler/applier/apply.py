@@ -32,8 +32,17 @@ from typing import BinaryIO, Callable, Optional, Union
 from ..dirfd import PATH_FLAGS, acting_as_root
 from ..errors import HostileLayerError, IntegrityError, LayerError
 from .decompress import DigestingReader
-from .entries import (HardlinkTarget, find_hardlink_target, hardlink_in_place, make_directory, make_hardlink,
-                      make_special, make_symlink, set_dir_metadata, write_regular)
+from .entries import (
+    HardlinkTarget,
+    find_hardlink_target,
+    hardlink_in_place,
+    make_directory,
+    make_hardlink,
+    make_special,
+    make_symlink,
+    set_dir_metadata,
+    write_regular,
+)
 from .layer import LayerState
 from .names import encode, show, split_name
 from .options import ApplyOptions, ChangeObserver, LayerLimits, LayerStats

@@ -8,18 +8,22 @@ import logging
 import queue
 import threading
 import zlib
-from typing import BinaryIO, Iterator, Optional, Union
+from typing import Any, BinaryIO, Iterator, Optional, Tuple, Type, Union, cast
 
 import zstandard
 
+from ..errors import LayerError
+
+_inflate: Any
 try:  # ISA-L inflates about twice as fast as zlib, with the same API and checks
     from isal import isal_zlib as _inflate
 except ImportError:  # pragma: no cover - platforms without isal wheels
-    _inflate = zlib  # type: ignore[misc]
-
-from ..errors import LayerError
+    _inflate = zlib
 
 log = logging.getLogger(__name__)
+
+# What a corrupt gzip member raises, with either inflater.
+_INFLATE_ERRORS: Tuple[Type[BaseException], ...] = (zlib.error, _inflate.error)
 
 GZIP_MAGIC = b"\x1f\x8b\x08"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -78,7 +82,7 @@ def _gunzip(raw: BinaryIO) -> Iterator[bytes]:
         while not d.eof:
             try:
                 out = d.decompress(pending, _OUT_CHUNK)
-            except (zlib.error, _inflate.error) as exc:
+            except _INFLATE_ERRORS as exc:
                 raise LayerError(f"corrupt gzip data in layer: {exc}") from None
             if out:
                 yield out
@@ -113,7 +117,9 @@ def _unzstd(raw: BinaryIO) -> Iterator[bytes]:
                 return out
             return raw.read(n)
 
-    reader = zstandard.ZstdDecompressor().stream_reader(_Prefixed(), read_across_frames=True, closefd=False)
+    # zstandard reads any object with read(n); its stub names only IO[bytes].
+    source = cast(BinaryIO, _Prefixed())
+    reader = zstandard.ZstdDecompressor().stream_reader(source, read_across_frames=True, closefd=False)
     try:
         while True:
             out = reader.read(_OUT_CHUNK)
@@ -193,7 +199,7 @@ class DigestingReader:
         if isinstance(item, BaseException):
             self._done = True
             raise item
-        return item  # type: ignore[return-value]
+        return item  # type: ignore[return-value]  # the queue holds bytes, _EOF or an exception: both others handled above
 
     def read(self, n: int = -1) -> bytes:
         if n is None or n < 0:

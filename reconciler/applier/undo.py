@@ -35,6 +35,7 @@ from ..errors import LayerError
 from ..treecopy import clone_entry, remove_at
 from .dirtimes import TimesLog
 from .pathset import PathKey, PathSet
+
 # One journal record, as JSON decodes it (checked where it is used: a malformed one is UndoError).
 _Record = Dict[str, Any]
 JOURNAL = "journal"

@@ -44,7 +44,7 @@ def _protocol_class(limits: ListenerLimits) -> type:
     class DeadlineProtocol(H11Protocol):
         _head_deadline: Optional[asyncio.TimerHandle] = None
 
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # h11 types it BaseTransport
             super().connection_made(transport)
             if len(self.connections) > limits.connections:
                 transport.abort()
@@ -114,7 +114,8 @@ def listening_server(service: Service, secrets: Dict[str, str], limits: Listener
     drain = Drain()
     config = uvicorn.Config(build_app(service, secrets, limits, drain), log_level="warning", lifespan="off",
                             access_log=False, http=_protocol_class(limits),
-                            timeout_keep_alive=limits.keep_alive_s,  # type: ignore[arg-type]
-                            timeout_graceful_shutdown=limits.shutdown_grace_s + SHUTDOWN_BACKSTOP_S,  # type: ignore[arg-type]
+                            # uvicorn types both as int, and takes any number of seconds.
+                            timeout_keep_alive=limits.keep_alive_s,  # type: ignore[arg-type]  # float seconds
+                            timeout_graceful_shutdown=limits.shutdown_grace_s + SHUTDOWN_BACKSTOP_S,  # type: ignore[arg-type]  # float
                             h11_max_incomplete_event_size=MAX_HEAD_BYTES, backlog=LISTEN_BACKLOG)
     return ListeningServer(config, drain, limits.shutdown_grace_s)
