@@ -126,6 +126,59 @@ def valid_tags(entry: ImageEntry, listed: Sequence[str]) -> List[str]:
     return valid
 
 
+@dataclass
+class _TagResolver:
+    """Resolves one watched (tag, platform) against the registry, the state
+    and the tree: from its HEAD alone when nothing moved, else in full."""
+
+    registries: Registries
+    reader: BlobStore  # read-only: what it downloads stays in memory
+    published: PublishedTags
+    recorded: Dict[Tuple[str, str, str], TagState]
+
+    def watched_tags(self, entry: ImageEntry) -> List[str]:
+        """The entry's exact tags, or its selection from the registry's list."""
+        if not entry.lists_tags:
+            return list(entry.tags)
+        listed = self.registries.client(entry.source.registry).list_tags(entry.source.repository)
+        return select_tags(entry, valid_tags(entry, listed))
+
+    def resolve(self, outcome: ImageOutcome) -> None:
+        """Set the outcome's resolved image, or mark it unchanged or failed."""
+        host = outcome.entry.source.registry
+        client = self.registries.client(host)
+        try:
+            ref = outcome.entry.source.with_tag(outcome.tag)
+            seen = current_digest(client, ref)
+            current = self.published.current_tag(outcome.tag_path)
+            row = self.recorded.get((outcome.entry.dest, outcome.tag, str(outcome.platform)))
+            if seen and row and row.seen_digest == seen and row.manifest_digest and current == row.manifest_digest:
+                # The tag did not move and its image is published: nothing to read.
+                outcome.unchanged_at = (seen, row.manifest_digest)
+                outcome.unchanged()
+                return
+            outcome.resolved = resolve_image(client, self.reader, ref, outcome.platform, known_digest=seen,
+                                             mirror=self.registries.mirror(host))
+            for layer in outcome.resolved.layers:
+                compression_for(layer.media_type)  # refuse unknown layer types before any download
+        except Exception as exc:  # one image's failure is never the cycle's
+            outcome.fail(exc)
+            return
+        if current == outcome.resolved.manifest_digest:
+            outcome.unchanged()
+
+
+def _expect_repositories(registries: Registries, planned: Sequence[ImageEntry]) -> None:
+    """Tell each registry's client the repositories of the cycle: one token
+    request may then serve many of them."""
+    repositories: Dict[str, List[str]] = {}
+    for entry in planned:
+        registries.mirror(entry.source.registry)
+        repositories.setdefault(entry.source.registry, []).append(entry.source.repository)
+    for host, names in repositories.items():
+        registries.client(host).expect_repositories(names)
+
+
 def plan(watchlist: Watchlist, registries: Registries, store: BlobStore, published: PublishedTags,
          state: StateReader, *, now: float, entries: Optional[Sequence[ImageEntry]] = None) -> Plan:
     """Resolve every watched tag of `entries` (default: all of the watchlist's)
@@ -138,47 +191,11 @@ def plan(watchlist: Watchlist, registries: Registries, store: BlobStore, publish
     planned = list(entries or watchlist.images)
     out = Plan(entries=planned)
     reader = store.read_only()  # reads the store; what it downloads stays in memory
-    repositories: Dict[str, List[str]] = {}
-    for entry in planned:
-        registries.mirror(entry.source.registry)
-        repositories.setdefault(entry.source.registry, []).append(entry.source.repository)
-    for host, names in repositories.items():  # one token request may then serve many of them
-        registries.client(host).expect_repositories(names)
-
-    def watched_tags(entry: ImageEntry) -> List[str]:
-        if not entry.lists_tags:
-            return list(entry.tags)
-        listed = registries.client(entry.source.registry).list_tags(entry.source.repository)
-        return select_tags(entry, valid_tags(entry, listed))
-
+    _expect_repositories(registries, planned)
     rows = state.all()
-    recorded = {(row.dest, row.tag, row.platform): row for row in rows}
-
-    def resolve(outcome: ImageOutcome) -> None:
-        host = outcome.entry.source.registry
-        client = registries.client(host)
-        try:
-            ref = outcome.entry.source.with_tag(outcome.tag)
-            seen = current_digest(client, ref)
-            current = published.current_tag(outcome.tag_path)
-            row = recorded.get((outcome.entry.dest, outcome.tag, str(outcome.platform)))
-            if seen and row and row.seen_digest == seen and row.manifest_digest and current == row.manifest_digest:
-                # The tag did not move and its image is published: nothing to read.
-                outcome.unchanged_at = (seen, row.manifest_digest)
-                outcome.unchanged()
-                return
-            outcome.resolved = resolve_image(client, reader, ref, outcome.platform, known_digest=seen,
-                                             mirror=registries.mirror(host))
-            for layer in outcome.resolved.layers:
-                compression_for(layer.media_type)  # refuse unknown layer types before any download
-        except Exception as exc:  # one image's failure is never the cycle's
-            outcome.fail(exc)
-            return
-        if current == outcome.resolved.manifest_digest:
-            outcome.unchanged()
-
+    resolver = _TagResolver(registries, reader, published, {(r.dest, r.tag, r.platform): r for r in rows})
     with ThreadPoolExecutor(max_workers=PLAN_WORKERS) as pool:
-        listings = [pool.submit(watched_tags, entry) for entry in planned]
+        listings = [pool.submit(resolver.watched_tags, entry) for entry in planned]
         resolutions = []
         for entry, listing in zip(planned, listings):
             try:
@@ -194,7 +211,7 @@ def plan(watchlist: Watchlist, registries: Registries, store: BlobStore, publish
                 for i, platform in enumerate(entry.platforms):
                     outcome = ImageOutcome(entry, tag, platform, tag_relpath(entry.dest, tag, platform, i == 0))
                     out.outcomes.append(outcome)
-                    resolutions.append(pool.submit(resolve, outcome))
+                    resolutions.append(pool.submit(resolver.resolve, outcome))
         for done in resolutions:
             done.result()
     out.fetched = reader.fetched()
