@@ -14,7 +14,7 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, ClassVar, Dict, List, Optional, Tuple, Type, Union
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -31,7 +31,8 @@ from .registry.manifest import Platform
 from .registry.reference import ImageReference, is_valid_tag, normalize_registry, parse_reference
 from .webhooks import PROVIDERS
 
-__all__ = ["BACKENDS", "MAX_DURATION_S", "MIN_INTERVAL_S", "ImageEntry", "PublishConfig", "RegistryConfig",
+__all__ = ["BACKENDS", "MAX_DURATION_S", "MIN_INTERVAL_S", "CvmfsTarget", "ImageEntry", "LocalTarget",
+           "PublishConfig", "PublishTarget", "RegistryConfig",
            "Watchlist", "WebhookConfig", "load_watchlist", "parse_duration", "parse_listen", "parse_size"]
 
 # Defaults the records share with the loader, from the declarations.
@@ -40,16 +41,46 @@ _DEFAULT_PLATFORMS = tuple(Platform.parse(p) for p in DEFAULTS.default_strings("
 
 
 @dataclass(frozen=True)
-class PublishConfig:
-    """The `[publish]` table. Defaults come from its declaration (config/watchlist_keys.py)."""
+class LocalTarget:
+    """`backend = "local"`: a plain directory, the publish root itself."""
 
-    backend: str = PUBLISH.default_text("backend")
-    root: Path = Path(PUBLISH.default_text("root"))
-    repository: Optional[str] = None
+    kind: ClassVar[str] = "local"
+
+
+@dataclass(frozen=True)
+class CvmfsTarget:
+    """`backend = "cvmfs"`: a CernVM-FS repository, published whole or
+    through a gateway lease on `lease_path`."""
+
+    repository: str
     lease_path: Optional[str] = None
+    kind: ClassVar[str] = "cvmfs"
+
+
+# What a `[publish]` table publishes to: the backend's own settings, one type a
+# backend, so that code picks a publisher by type, never by comparing names.
+PublishTarget = Union[LocalTarget, CvmfsTarget]
+TARGETS: Tuple[Type[Any], ...] = (LocalTarget, CvmfsTarget)
+if tuple(t.kind for t in TARGETS) != BACKENDS:  # pragma: no cover - a declaration out of step
+    raise RuntimeError("config/watchlist_keys.BACKENDS must name the publish targets in order")
+
+
+@dataclass(frozen=True)
+class PublishConfig:
+    """The `[publish]` table: its target (a tagged union, one type a backend)
+    and what every backend shares. Defaults come from its declaration
+    (config/watchlist_keys.py)."""
+
+    target: PublishTarget = LocalTarget()
+    root: Path = Path(PUBLISH.default_text("root"))
     bind_points: Tuple[str, ...] = PUBLISH.default_strings("bind_points")
     gc_grace: float = parse_duration(PUBLISH.default_text("gc_grace"))
     gc_max_per_cycle: int = PUBLISH.default_whole("gc_max_per_cycle")
+
+    @property
+    def backend(self) -> str:
+        """The target's name in `[publish] backend`."""
+        return self.target.kind
 
 
 @dataclass(frozen=True)
@@ -230,22 +261,7 @@ def _publish(pub: Section, base: Path) -> PublishConfig:
     backend = pub.text("backend")
     if backend not in BACKENDS:
         raise pub.error("backend", f"expected one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
-    repository = pub.text("repository")
-    lease_path = pub.text("lease_path")
-    root_text: Optional[str] = pub.get("root")  # the file's own: cvmfs has another default
-    if backend == "cvmfs":
-        if not repository:
-            raise pub.error("repository", "required for backend \"cvmfs\" (the repository name, "
-                                          "e.g. containers.example.org)")
-        root = pub.path("root", base) if root_text else Path("/cvmfs") / repository
-    else:
-        if repository or lease_path:
-            raise pub.error("repository" if repository else "lease_path", "only meaningful with backend = \"cvmfs\"")
-        root = pub.path("root", base, PUBLISH.default_text("root"))
-    assert root is not None
-    if lease_path is not None and (lease_path.startswith("/") or ".." in lease_path.split("/")
-                                   or not lease_path.strip("/")):
-        raise pub.error("lease_path", "expected a relative sub-path of the repository, such as \"ligo\"")
+    target, root = _publish_target(pub, base, backend)
     bind_points = pub.strings("bind_points")
     assert bind_points is not None  # declared with a default
     for point in bind_points:
@@ -256,8 +272,30 @@ def _publish(pub: Section, base: Path) -> PublishConfig:
     gc_max = _declared_whole(pub, "gc_max_per_cycle")
     if gc_max < 0:
         raise pub.error("gc_max_per_cycle", "expected 0 (never collect) or more")
-    return PublishConfig(backend, root, repository, lease_path.strip("/") if lease_path else None,
-                         tuple(p.strip("/") for p in bind_points), gc_grace, gc_max)
+    return PublishConfig(target, root, tuple(p.strip("/") for p in bind_points), gc_grace, gc_max)
+
+
+def _publish_target(pub: Section, base: Path, backend: str) -> Tuple[PublishTarget, Path]:
+    """The one place a backend's name becomes its type; with the publish root
+    (a CVMFS repository's is /cvmfs/<repository> unless the file says)."""
+    repository = pub.text("repository")
+    lease_path = pub.text("lease_path")
+    if backend != CvmfsTarget.kind:
+        if repository or lease_path:
+            raise pub.error("repository" if repository else "lease_path", "only meaningful with backend = \"cvmfs\"")
+        root = pub.path("root", base, PUBLISH.default_text("root"))
+        assert root is not None
+        return LocalTarget(), root
+    if not repository:
+        raise pub.error("repository", "required for backend \"cvmfs\" (the repository name, "
+                                      "e.g. containers.example.org)")
+    if lease_path is not None and (lease_path.startswith("/") or ".." in lease_path.split("/")
+                                   or not lease_path.strip("/")):
+        raise pub.error("lease_path", "expected a relative sub-path of the repository, such as \"ligo\"")
+    root_text: Optional[str] = pub.get("root")  # the file's own: cvmfs has another default
+    root = pub.path("root", base) if root_text else Path("/cvmfs") / repository
+    assert root is not None
+    return CvmfsTarget(repository, lease_path.strip("/") if lease_path else None), root
 
 
 def _registries(file: str, top: Section, base: Path) -> Dict[str, RegistryConfig]:

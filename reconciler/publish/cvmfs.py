@@ -50,7 +50,7 @@ from ..applier.undo import UndoRecorder
 from ..confined import ConfinedTree
 from ..errors import PublishError, StartError
 from ..locking import process_alive, process_start_time
-from ..watchlist import PublishConfig
+from ..watchlist import CvmfsTarget, PublishConfig
 from . import layout
 from .base import (
     BaseImage,
@@ -191,7 +191,10 @@ class CvmfsPublisher(Publisher):
     @classmethod
     def from_config(cls, config: PublishConfig, state_dir: Path) -> CvmfsPublisher:
         """The repository `[publish] repository` mounted at `root`, through `lease_path` if set."""
-        return cls(config.repository or "", config.root, state_dir, config.lease_path or None)
+        target = config.target
+        if not isinstance(target, CvmfsTarget):
+            raise TypeError(f"a CVMFS publisher needs a CVMFS target, not {target!r}")
+        return cls(target.repository, config.root, state_dir, target.lease_path)
 
     def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """Run `cvmfs_server` (stdin closed: it must never wait for an answer)."""
