@@ -24,6 +24,7 @@ from .cycle.fetch_stage import FetchStage
 from .cycle.outcome import CycleReport, describe_failure
 from .cycle.plan import Plan, plan
 from .cycle.record import BACKOFF_BASE_S, record, record_cycle_failure
+from .cycle.results import cycle_report
 from .errors import PublishError, StartError
 from .locking import ProcessLock
 from .publish import Publisher, make_publisher
@@ -160,15 +161,16 @@ class Reconciler:
         if self.publisher.needs_recovery and not self.read_only:
             self.publisher.recover()  # e.g. close a transaction the last cycle could not abort
         planned = self._plan(entries)
-        report = planned.report()
         if self.read_only:
-            return report
+            return planned.report()
         fetch = FetchStage(self.store, self, cancel=threading.Event(), workers=self.workers, progress=self.progress,
                            cache_bound=self.watchlist.blob_cache_max, config_name=self.watchlist.path.name)
         # Every blob of this cycle stays in the store until the cycle is over.
         with fetch.pinned(planned):
-            fetch.fetch(planned)
-            self._builder().publish(report, planned.gc_candidates)
+            fetched = fetch.fetch(planned)
+            built = self._builder().publish(fetched.remaining(planned.changes), planned.removals,
+                                            planned.gc_candidates)
+            report = cycle_report(planned, fetched, built)
             record(self.state, self.publisher, report, clock=self.clock, backoff_base=self.backoff_base)
         return report
 

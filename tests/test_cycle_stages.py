@@ -16,6 +16,7 @@ import pytest
 from reconciler.blobstore import BlobStore
 from reconciler.cycle.fetch_stage import FetchStage
 from reconciler.cycle.plan import Plan, plan
+from reconciler.cycle.results import BuildResult, cycle_report
 from reconciler.registry.client import RegistryClient, RetryPolicy
 from reconciler.registry.manifest import OCI_MANIFEST, Platform
 from reconciler.state import StateDB, TagKey
@@ -217,7 +218,8 @@ def test_fetch_stores_what_the_plan_downloaded_and_the_layers_of_its_changes(tmp
     changed = out.changes[0]
     fetch = FetchStage(store, FakeRegistries(registry), cancel=threading.Event())
     with fetch.pinned(out):
-        fetch.fetch(out)
+        fetched = fetch.fetch(out)
+    cycle_report(out, fetched, BuildResult())  # the stage returns what it did: the report applies it
     assert changed.status == "planned" and changed.downloaded == changed.resolved.layers[0].size
     assert all(store.has(d) for d in (v2[0], v2[2], changed.resolved.layers[0].digest))
     # Only the changed image's layer is downloaded: the unchanged one needs none.

@@ -5,6 +5,8 @@ remove the tags no longer watched and collect unreferenced images.
 
 A failing image fails alone; a failing transaction fails all its changes
 (all-or-nothing publishers) or those not done yet (the local directory).
+The stage returns what it did (a `BuildResult`); the outcomes it was given
+stay as they were.
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ from ..errors import IntegrityError, LayerError, PublishError, ReconcilerError
 from ..fetch import ResolvedImage
 from ..publish import Publisher, PublishTransaction
 from ..publish.base import Build, remove_tree
-from .outcome import CycleReport, ImageOutcome, Status, describe_failure
+from ..state import TagState
+from .outcome import ImageOutcome, describe_failure, report_failure
+from .results import BuildResult
 
 if TYPE_CHECKING:
     from ..progress import TerminalProgress
@@ -56,40 +60,47 @@ class BuildStage:
         self.gc_grace = gc_grace  # only said in messages: the plan chose what to collect
         self.progress = progress
 
-    def publish(self, report: CycleReport, doomed: Sequence[str]) -> None:
-        """One transaction for the report's planned outcomes, its removals and the
-        images in `doomed` (each checked again against the links as they are
-        then); none when there is nothing to do. Updates the report."""
-        changes = report.changes
-        if not (changes or report.removed or doomed):
-            return
+    def publish(self, changes: List[ImageOutcome], removals: Sequence[TagState], doomed: Sequence[str]) -> BuildResult:
+        """One transaction for `changes` (planned outcomes), the tag `removals` and
+        the images in `doomed` (each checked again against the links as they are
+        then); none when there is nothing to do. Returns what it did."""
+        result = BuildResult(removed=list(removals))
+        if not (changes or removals or doomed):
+            return result
         names = sorted({o.name for o in changes})
         message = "reconciler: " + (", ".join(names[:20]) + (" …" if len(names) > 20 else "") or "tag removals")
-        report.transactions += 1
+        result.transactions += 1
         try:
             builds = {o.resolved.manifest_digest: chain_ids(o.resolved.config.diff_ids)
                       for o in changes if o.resolved is not None}
             with self.publisher.transaction(message, builds) as txn:
-                self._apply(txn, changes, builds)
-                for row in report.removed:
+                self._apply(txn, changes, builds, result)
+                for row in removals:
                     txn.remove_tag(row.tag_path)
                     log.info("removed tag %s (no longer watched)", row.tag_path)
-                self._collect(txn, doomed, report)
+                self._collect(txn, doomed, result)
         except Exception as exc:  # the transaction failed: contained to its changes
-            reason = describe_failure(exc, self.publisher.root)
-            log.debug("transaction failed", exc_info=True)
-            # All or nothing (CVMFS): nothing of it is visible, every change failed.
-            # Local: what was done before the failure stands.
-            failed = (Status.PLANNED, Status.PUBLISHED) if self.publisher.all_or_nothing else (Status.PLANNED,)
-            for outcome in changes:
-                if outcome.status in failed:
-                    outcome.fail(PublishError(f"not published: {reason}"))
-            if self.publisher.all_or_nothing:
-                report.removed, report.collected = [], []
-            else:
-                report.removed = [r for r in report.removed if not self.publisher.has_tag_link(r.tag_path)]
+            self._transaction_failed(exc, changes, result)
+        return result
 
-    def _apply(self, txn: PublishTransaction, changes: List[ImageOutcome], chains: Dict[str, List[str]]) -> None:
+    def _transaction_failed(self, exc: Exception, changes: List[ImageOutcome], result: BuildResult) -> None:
+        """Fail the changes the failed transaction took with it, and keep only the removals that stood."""
+        reason = describe_failure(exc, self.publisher.root)
+        log.debug("transaction failed", exc_info=True)
+        # All or nothing (CVMFS): nothing of it is visible, every change failed.
+        # Local: what was done before the failure stands.
+        published = set(result.published)
+        for outcome in changes:
+            key = outcome.key
+            if key not in result.failures and (self.publisher.all_or_nothing or key not in published):
+                result.failures[key] = report_failure(outcome.name, PublishError(f"not published: {reason}"))
+        if self.publisher.all_or_nothing:
+            result.published, result.removed, result.collected = [], [], []
+        else:
+            result.removed = [r for r in result.removed if not self.publisher.has_tag_link(r.tag_path)]
+
+    def _apply(self, txn: PublishTransaction, changes: List[ImageOutcome], chains: Dict[str, List[str]],
+               result: BuildResult) -> None:
         """Build each change's image once (`chains`: the ChainIDs of each), then set its tags."""
         built: Dict[str, Optional[str]] = {}  # digest -> failure reason (None when built)
         for outcome in changes:
@@ -109,14 +120,14 @@ class BuildStage:
                 self.progress.finished(outcome.name)
             failure = built[digest]
             if failure is not None:
-                outcome.fail(ReconcilerError(failure))
+                result.failures[outcome.key] = report_failure(outcome.name, ReconcilerError(failure))
                 continue
             try:
                 txn.set_tag(outcome.tag_path, digest)
             except Exception as exc:
-                outcome.fail(exc)
+                result.failures[outcome.key] = report_failure(outcome.name, exc)
                 continue
-            outcome.published()
+            result.published.append(outcome.key)
             log.info("%s: published as %s (%s)", outcome.name, outcome.tag_path, digest[:19])
 
     def apply_layers(self, image: ResolvedImage, build: Build, progress_key: str) -> None:
@@ -176,7 +187,7 @@ class BuildStage:
         log.debug("%s: %d paths set back to how the lower layers had them", image.reference, undone)
         return base.layers
 
-    def _collect(self, txn: PublishTransaction, doomed: Sequence[str], report: CycleReport) -> None:
+    def _collect(self, txn: PublishTransaction, doomed: Sequence[str], result: BuildResult) -> None:
         """Remove unreferenced images, checking the links as they are now, in this transaction."""
         if not doomed:
             return
@@ -191,6 +202,6 @@ class BuildStage:
                 log.error("cannot remove the unused image %s: %s; trying again next cycle", digest[:19],
                           describe_failure(exc, self.publisher.root))
                 continue
-            report.collected.append(digest)
+            result.collected.append(digest)
             log.info("removed the image %s: no tag has used it for over %s ([publish] gc_grace)", digest[:19],
                      _duration(self.gc_grace))

@@ -3,7 +3,8 @@ pinned there for the rest of the cycle.
 
 It stores the manifests and configs the plan downloaded (and marks those it
 read as recently used), then downloads the layers of each planned change,
-concurrently. A failure is confined to its image.
+concurrently. A failure is confined to its image. It returns what happened
+to each outcome (a `FetchResult`) and leaves the outcomes as the plan made them.
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ import contextlib
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Iterator, List, Optional, Set
+from typing import TYPE_CHECKING, Iterator, List, Optional, Set, Tuple
 
 from ..blobstore import BlobStore
 from ..errors import ConfigError
 from ..fetch import fetch_layers
-from .outcome import ImageOutcome, Registries, describe_failure, still_planned
+from .outcome import ImageOutcome, Registries, describe_failure, report_failure
 from .plan import Plan
+from .results import FetchResult
 
 if TYPE_CHECKING:
     from ..progress import TerminalProgress
@@ -59,15 +61,17 @@ class FetchStage:
             self.store.unpin(pins)
             self.store.evict()
 
-    def fetch(self, plan: Plan) -> None:
+    def fetch(self, plan: Plan) -> FetchResult:
         """Store what the plan downloaded, then download the layers of its changes.
-        An image that fails is marked failed; the others go on."""
-        self._keep(plan)
-        changes = plan.changes
-        self._check_cache_bound(changes)
-        self._download(still_planned(changes))
+        An image that fails is reported failed in the result; the others go on."""
+        result = FetchResult()
+        self._keep(plan, result)
+        changes = result.remaining(plan.changes)
+        self._check_cache_bound(changes, result)
+        self._download(result.remaining(changes), result)
+        return result
 
-    def _keep(self, plan: Plan) -> None:
+    def _keep(self, plan: Plan, result: FetchResult) -> None:
         """Manifests and configs the plan used: stored when it downloaded them,
         else marked recently used (the plan itself writes nothing, not even that)."""
         touched: Set[str] = set()
@@ -85,7 +89,7 @@ class FetchStage:
                         self.store.touch(digest)
                         touched.add(digest)
             except Exception as exc:  # one image's failure is never the cycle's
-                outcome.fail(exc, where=self.store.root)
+                result.failures[outcome.key] = report_failure(outcome.name, exc, where=self.store.root)
         # Also what images that failed to resolve downloaded: not fetched again next cycle.
         for digest, data in plan.fetched.items():
             if not self.store.has(digest):
@@ -95,7 +99,7 @@ class FetchStage:
                     log.warning("cannot keep %s in the blob store: %s", digest[:19],
                                 describe_failure(exc, self.store.root))
 
-    def _check_cache_bound(self, changes: List[ImageOutcome]) -> None:
+    def _check_cache_bound(self, changes: List[ImageOutcome], result: FetchResult) -> None:
         """An image whose blobs alone exceed `blob_cache_max` can never be applied:
         say so, instead of evicting its layers and failing forever."""
         bound = self.cache_bound
@@ -104,13 +108,16 @@ class FetchStage:
         for outcome in changes:
             needed = sum({d.digest: d.size for d in outcome.blobs}.values())
             if needed > bound:
-                outcome.fail(ConfigError(
+                result.failures[outcome.key] = report_failure(outcome.name, ConfigError(
                     f"the image needs {needed} bytes of blobs (config and layers) in the blob store, more than "
                     f"[state] blob_cache_max ({bound} bytes) in {self.config_name}; raise blob_cache_max above "
                     "the largest image"))
 
-    def _download(self, changes: List[ImageOutcome]) -> None:
-        def one(outcome: ImageOutcome) -> None:
+    def _download(self, changes: List[ImageOutcome], result: FetchResult) -> None:
+        """Download the layers of `changes` concurrently; note in `result` each
+        one's bytes downloaded, or its failure."""
+        def one(outcome: ImageOutcome) -> Tuple[int, Optional[str]]:
+            """(bytes downloaded, None), or (0, the reason it failed)."""
             assert outcome.resolved is not None
             progress, name = self.progress, outcome.name
             if progress is not None:
@@ -124,16 +131,22 @@ class FetchStage:
 
             host = outcome.entry.source.registry
             try:
-                outcome.downloaded = fetch_layers(self.registries.client(host), self.store, outcome.resolved,
-                                                  progress=on_bytes, mirror=self.registries.mirror(host))
-                log.info("%s: layers ready (%d bytes downloaded)", outcome.name, outcome.downloaded)
+                downloaded = fetch_layers(self.registries.client(host), self.store, outcome.resolved,
+                                          progress=on_bytes, mirror=self.registries.mirror(host))
+                log.info("%s: layers ready (%d bytes downloaded)", outcome.name, downloaded)
+                return downloaded, None
             except Exception as exc:  # one image's failure is never the cycle's
-                outcome.fail(exc, where=self.store.root)
+                return 0, report_failure(outcome.name, exc, where=self.store.root)
 
         if changes:
             pool = ThreadPoolExecutor(max_workers=self.workers)
             try:
-                list(pool.map(one, changes))
+                # Collected here, in this thread: the workers share nothing they write.
+                for outcome, (downloaded, failure) in zip(changes, pool.map(one, changes)):
+                    if failure is None:
+                        result.downloaded[outcome.key] = downloaded
+                    else:
+                        result.failures[outcome.key] = failure
             except BaseException:
                 self.cancel.set()  # Ctrl-C: the running downloads stop at their next chunk
                 raise

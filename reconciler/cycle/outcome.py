@@ -1,9 +1,11 @@
 """The records the stages of a cycle pass along, and how a failure is told.
 
 An `ImageOutcome` is one watched (entry, tag, platform): the plan creates it
-and sets its resolved image and first status, later stages move its status on
-(`Status`: `planned` -> `published` or `failed`, through its methods only). A `CycleReport` collects them with the
-cycle's removals, collections and entry failures.
+and sets its resolved image and first status. The fetch and build stages only
+return what happened to it (`results.py`), and `results.cycle_report` moves its
+status on (`Status`: `planned` -> `published` or `failed`, through its methods
+only). A `CycleReport` collects them with the cycle's removals, collections and
+entry failures.
 """
 
 from __future__ import annotations
@@ -39,8 +41,8 @@ class Registries(Protocol):
 class Status(str, Enum):
     """Where an outcome stands. The plan leaves it `planned` (to build and
     publish), `unchanged` or `failed`; the fetch and build stages move a
-    planned one on to `published` or `failed`; a publish that fails as a
-    whole (all or nothing) turns `published` into `failed`. Nothing else:
+    planned one on to `published` or `failed` (in their results, applied by
+    `results.cycle_report`). Nothing else:
     `ImageOutcome` refuses any other move (a bug, not an operator's error)."""
 
     PLANNED = "planned"
@@ -57,7 +59,7 @@ class Status(str, Enum):
 
 _MOVES: Dict[Status, FrozenSet[Status]] = {
     Status.PLANNED: frozenset({Status.UNCHANGED, Status.PUBLISHED, Status.FAILED}),
-    Status.PUBLISHED: frozenset({Status.FAILED}),
+    Status.PUBLISHED: frozenset(),  # a transaction that failed as a whole is settled in the build result first
     Status.UNCHANGED: frozenset(),
     Status.FAILED: frozenset(),
 }
@@ -121,8 +123,12 @@ class ImageOutcome:
     def fail(self, exc: BaseException, where: Optional[Path] = None) -> None:
         """Mark it failed with a one-line reason, and log that."""
         self._move(Status.FAILED)
-        self.reason = describe_failure(exc, where)
-        log.error("%s: %s", self.name, self.reason, exc_info=traceback_for(exc))
+        self.reason = report_failure(self.name, exc, where)
+
+    def failed(self, reason: str) -> None:
+        """Mark it failed with a reason already logged (by the stage it failed in)."""
+        self._move(Status.FAILED)
+        self.reason = reason
 
 
 @dataclass
@@ -176,6 +182,13 @@ def traceback_for(exc: BaseException) -> bool:
     """Log a traceback only for what no operator caused: an unexpected exception
     type (a bug), never a ReconcilerError or an OSError (they say what to do)."""
     return not isinstance(exc, (ReconcilerError, OSError)) and log.isEnabledFor(logging.DEBUG)
+
+
+def report_failure(name: str, exc: BaseException, where: Optional[Path] = None) -> str:
+    """Log the failure of the outcome called `name` and return its one-line reason."""
+    reason = describe_failure(exc, where)
+    log.error("%s: %s", name, reason, exc_info=traceback_for(exc))
+    return reason
 
 
 def describe_failure(exc: BaseException, where: Optional[Path] = None) -> str:

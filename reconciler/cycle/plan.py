@@ -80,7 +80,7 @@ class Plan:
         return still_planned(self.outcomes)
 
     def report(self) -> CycleReport:
-        """A report of this plan, sharing its outcomes (later stages update them)."""
+        """A report of this plan, sharing its outcomes (`results.cycle_report` moves them on)."""
         return CycleReport(outcomes=self.outcomes, entry_failures=self.entry_failures, removed=list(self.removals),
                            entries=list(self.entries))
 
