@@ -98,3 +98,28 @@ def test_a_cache_bound_below_one_image_is_a_clear_error_and_the_largest_image_is
     assert not report.failed, [o.reason for o in report.outcomes]
     store = tmp_path / "state-bounded.toml" / "blobs"
     assert sum(p.stat().st_size for p in store.rglob("*") if p.is_file()) <= largest
+
+
+def test_a_blob_store_that_cannot_keep_an_unchanged_tags_manifests_fails_that_tag_only(
+        tmp_path, monkeypatch, fixture_registry):
+    """A second cycle finds both tags unchanged; the store refuses to touch one's
+    manifests (a full disk): that tag fails, the other stays unchanged, the
+    cycle ends normally (issue #19: one odd outcome never stops a run)."""
+    backend = Backend("local", tmp_path, monkeypatch)
+    host = fixture_registry.host
+    wl = backend.watchlist(host, [img(host, "basic", '["v1"]', "basic"), img(host, "edges", '["latest"]', "edges")])
+    assert not run(wl).failed
+    first = run(wl)
+    edges_digests = {d for o in first.outcomes if o.entry.dest == "edges" for d in (o.digests or ())}
+    real_touch = BlobStore.touch
+
+    def touch(self, digest, *a, **kw):
+        if digest in edges_digests:
+            raise OSError(errno.ENOSPC, "No space left on device", str(self.root))
+        return real_touch(self, digest, *a, **kw)
+
+    monkeypatch.setattr(BlobStore, "touch", touch)
+    report = run(wl)
+    by_dest = {o.entry.dest: o for o in report.outcomes}
+    assert by_dest["basic"].status == "unchanged"
+    assert by_dest["edges"].status == "failed" and "No space left on device" in by_dest["edges"].reason

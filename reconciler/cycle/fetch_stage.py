@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Iterator, List, Optional, Set, Tuple
 from ..blobstore import BlobStore
 from ..errors import ConfigError
 from ..fetch import fetch_layers
-from .outcome import ImageOutcome, Registries, describe_failure, report_failure
+from .outcome import ImageOutcome, Registries, Status, describe_failure, report_failure
 from .plan import Plan
 from .results import FetchResult
 
@@ -76,6 +76,8 @@ class FetchStage:
         else marked recently used (the plan itself writes nothing, not even that)."""
         touched: Set[str] = set()
         for outcome in plan.outcomes:
+            if outcome.status is Status.FAILED:  # the plan's failure stands; its downloads are kept below
+                continue
             image = outcome.resolved
             # A tag known unchanged from its HEAD: its manifests stay (a Docker Hub
             # manifest GET counts as a pull, should its index change later).

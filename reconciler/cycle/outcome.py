@@ -60,7 +60,8 @@ class Status(str, Enum):
 _MOVES: Dict[Status, FrozenSet[Status]] = {
     Status.PLANNED: frozenset({Status.UNCHANGED, Status.PUBLISHED, Status.FAILED}),
     Status.PUBLISHED: frozenset(),  # a transaction that failed as a whole is settled in the build result first
-    Status.UNCHANGED: frozenset(),
+    # An unchanged tag whose manifests the blob store could not keep fails, as any other.
+    Status.UNCHANGED: frozenset({Status.FAILED}),
     Status.FAILED: frozenset(),
 }
 
