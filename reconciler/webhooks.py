@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import math
 import re
 import threading
@@ -32,6 +31,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Set, Tuple
 
+from . import boundedjson
 from .errors import ReconcilerError
 from .registry.reference import normalize_registry
 
@@ -221,7 +221,7 @@ def verify_headers(provider: str, secret: str, headers: Mapping[str, str], *,
 
 def _json(body: bytes) -> Dict[str, Any]:
     try:
-        data = json.loads(body)
+        data = boundedjson.loads(body)
     except (ValueError, UnicodeDecodeError):
         raise HookRejected(400, "body is not JSON") from None
     except RecursionError:  # "[[[[…" nested deeper than Python's recursion limit

@@ -7,10 +7,10 @@ so later stages can rely on what they get.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple, Union
 
+from .. import boundedjson
 from ..errors import PlatformNotFoundError, RegistryError, UnsupportedManifestError
 from .reference import is_valid_digest
 
@@ -157,7 +157,7 @@ def _load_json(raw: bytes, what: str) -> Dict[str, Any]:
     if len(raw) > MAX_MANIFEST_BYTES:
         raise InvalidManifestError(f"{what} is {len(raw)} bytes, over the {MAX_MANIFEST_BYTES} byte limit")
     try:
-        data = json.loads(raw)
+        data = boundedjson.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidManifestError(f"{what} is not valid JSON: {exc}") from None
     except RecursionError:

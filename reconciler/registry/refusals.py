@@ -14,7 +14,6 @@ spec's `errors` body), never a credential: no request header is ever quoted.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import socket
 import ssl
 from typing import Iterator, List, Optional, Set, Tuple
@@ -22,6 +21,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from .. import boundedjson
 from ..errors import (
     AccessDeniedError,
     HostNotFoundError,
@@ -48,7 +48,7 @@ def error_codes(response: httpx.Response) -> List[Tuple[str, str]]:
     """The (code, message) pairs of a distribution-spec error body; [] when the
     body is not one (HTML from a proxy, empty, not read yet)."""
     try:
-        body = json.loads(response.content)
+        body = boundedjson.loads(response.content)
     except (ValueError, httpx.ResponseNotRead, UnicodeDecodeError):
         return []
     errors = body.get("errors") if isinstance(body, dict) else None

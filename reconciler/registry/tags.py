@@ -16,6 +16,7 @@ from urllib.parse import urlencode, urljoin, urlsplit
 
 import httpx
 
+from .. import boundedjson
 from ..errors import (
     AuthenticationError,
     IncompleteListingError,
@@ -63,7 +64,7 @@ def refuses_page_size(response: httpx.Response) -> bool:
 def _page_tags(response: httpx.Response, registry: str, what: str) -> List[str]:
     """The `tags` of one page's body, or IncompleteListingError."""
     try:
-        body = response.json()
+        body = boundedjson.loads(response.content)
         page = body.get("tags") or []
         if not isinstance(page, list) or not all(isinstance(t, str) for t in page):
             raise ValueError("tags is not a list of strings")

@@ -13,6 +13,7 @@ from typing import Callable, Iterable, List, Optional, Tuple
 
 import httpx
 
+from .. import boundedjson
 from ..errors import AuthenticationError, RegistryError, RegistryUnreachableError, TokenServiceUnavailableError
 from . import USER_AGENT
 from .addresses import HostRule, host_port
@@ -110,7 +111,7 @@ class TokenService:
         if response.status_code != 200:
             raise RegistryError(f"{self.registry}: token service {realm} answered HTTP {response.status_code}")
         try:
-            body = response.json()
+            body = boundedjson.loads(response.content)
         except ValueError:
             raise RegistryError(f"{self.registry}: token service {realm} returned something other than JSON") from None
         token = body.get("token") or body.get("access_token") if isinstance(body, dict) else None

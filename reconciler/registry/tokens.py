@@ -10,11 +10,12 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as _dt
-import json
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, FrozenSet, Iterable, Optional, Set, Tuple
+
+from .. import boundedjson
 
 MIN_TOKEN_LIFETIME_S = 60.0
 
@@ -95,7 +96,7 @@ def granted_scopes(token: str, asked: Iterable[str]) -> Optional[FrozenSet[str]]
     if len(parts) != 3:
         return None
     try:
-        payload = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+        payload = boundedjson.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
     except (ValueError, binascii.Error):
         return None
     access = payload.get("access") if isinstance(payload, dict) else None
