@@ -21,38 +21,53 @@ from typing import Any, Union
 # levels; far below the recursion limit, with room for the caller's frames.
 MAX_DEPTH = 64
 
-# A JSON string literal: brackets inside it do not nest.
-_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
-_BRACKETS = b"[]{}"
-_NOT_BRACKETS = bytes(b for b in range(256) if b not in _BRACKETS)
+# A JSON string literal: brackets inside it do not nest. One that never
+# closes runs to the end of the text, so every position is scanned once
+# (a hostile `"\"\"\"…` costs a linear pass, not a quadratic one).
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*(?:"|\\?\Z)', re.DOTALL)
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
 
 
 class JSONTooDeepError(ValueError):
     """A document nested deeper than its reader allows."""
 
 
-def _brackets(data: Union[bytes, str]) -> bytes:
-    """The brackets of `data` in order, those inside string literals left out."""
-    raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else bytes(data)
-    return _STRING.sub(b"", raw).translate(None, _NOT_BRACKETS)
+def _text(data: Union[bytes, str]) -> str:
+    """`data` as the JSON decoder reads it: bytes in UTF-8, -16 or -32, as it
+    detects (measured in another encoding than the decoder's, UTF-16's NUL
+    bytes would put the string scan out of step)."""
+    if isinstance(data, str):
+        return data
+    raw = bytes(data)
+    return raw.decode(json.detect_encoding(raw), "surrogatepass")
 
 
-def _depth(brackets: bytes) -> int:
-    return max(accumulate(1 if b in b"[{" else -1 for b in brackets), default=0)
+def _brackets(text: str) -> str:
+    """The brackets of `text` in order, those inside string literals left out."""
+    return _NOT_BRACKET.sub("", _STRING.sub("", text))
+
+
+def _depth(brackets: str) -> int:
+    return max(accumulate(1 if b in "[{" else -1 for b in brackets), default=0)
 
 
 def nesting_depth(data: Union[bytes, str]) -> int:
     """How deeply `data`'s arrays and objects nest (for invalid JSON, an upper bound)."""
-    return _depth(_brackets(data))
+    return _depth(_brackets(_text(data)))
 
 
 def loads(data: Union[bytes, str], *, max_depth: int = MAX_DEPTH) -> Any:
-    """`json.loads(data)`, refusing (JSONTooDeepError) a document nested deeper than `max_depth`."""
-    brackets = _brackets(data)
+    """`json.loads(data)`, refusing (JSONTooDeepError) a document nested deeper
+    than `max_depth`. Undecodable bytes raise UnicodeDecodeError, a ValueError."""
+    text = _text(data)
+    brackets = _brackets(text)
     # Fewer openers than the bound cannot nest past it: the exact count (a loop
     # in Python) is only paid for documents that might.
-    if brackets.count(b"[") + brackets.count(b"{") > max_depth:
+    if brackets.count("[") + brackets.count("{") > max_depth:
         depth = _depth(brackets)
         if depth > max_depth:
             raise JSONTooDeepError(f"JSON nested {depth} levels deep, more than the {max_depth} allowed")
-    return json.loads(data)
+    try:
+        return json.loads(text)
+    except RecursionError:  # not reachable past the check above; kept a ValueError all the same
+        raise JSONTooDeepError("JSON nested deeper than the decoder can follow") from None

@@ -258,13 +258,16 @@ class StateDB:
             self._conn.execute("DELETE FROM entry_state WHERE dest=?", (dest,))
 
     def retry_due(self) -> Dict[str, float]:
-        """Per dest with anything failing (the entry as a whole, or any of its
-        tags), the earliest time it is due again: what the scheduler waits for."""
+        """Per dest with anything failing, when it is due again: what the
+        scheduler waits for. An entry failing as a whole has its own time (its
+        tags' rows were not tried, so their times are stale); otherwise the
+        earliest of its failing tags'."""
         with self._lock:
             rows = self._conn.execute(
-                """SELECT dest, MIN(next_due) FROM (
-                       SELECT dest, next_due FROM tag_state WHERE failures > 0 AND next_due IS NOT NULL
-                       UNION ALL SELECT dest, next_due FROM entry_state)
+                """SELECT dest, next_due FROM entry_state
+                   UNION ALL
+                   SELECT dest, MIN(next_due) FROM tag_state
+                   WHERE failures > 0 AND next_due IS NOT NULL AND dest NOT IN (SELECT dest FROM entry_state)
                    GROUP BY dest""").fetchall()
         return {dest: float(due) for dest, due in rows}
 

@@ -87,3 +87,21 @@ def test_a_restarted_service_keeps_backing_off_a_failing_entry(tmp_path, garbage
     # The entry's error is the state's, so the page shows it after a restart too.
     assert status["bad"]["error"] and "cannot list tags" in status["bad"]["error"]["reason"]
     assert status["good"]["error"] is None
+
+
+def test_an_entry_failing_as_a_whole_waits_for_its_own_time_not_its_stale_tag_rows(tmp_path):
+    """Its tags failed earlier (due again long ago); now its listing fails: the
+    tags were not tried, so only the entry's own backoff counts. Taking the
+    earliest of all would retry at once, again and again."""
+    from reconciler.state import StateDB, TagKey
+
+    state = StateDB(tmp_path / "state.db")
+    try:
+        state.record_failure(TagKey("app", "v1", "linux/amd64", "reg/app", "app:v1"), "HTTP 429", next_due=1060.0,
+                             now=1000.0)
+        state.record_failure(TagKey("other", "v1", "linux/amd64", "reg/o", "other:v1"), "HTTP 429", next_due=1070.0,
+                             now=1000.0)
+        state.record_entry_failure("app", "reg/app", "cannot list tags: HTTP 429", next_due=1300.0, now=1120.0)
+        assert state.retry_due() == {"app": 1300.0, "other": 1070.0}
+    finally:
+        state.close()

@@ -73,3 +73,22 @@ def test_a_deep_document_read_from_deep_in_the_stack_does_not_abort_the_process(
 
 def test_registry_error_type_is_kept():
     assert issubclass(InvalidManifestError, RegistryError)
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-16-le", "utf-16-be", "utf-32"])
+def test_the_depth_is_measured_in_the_encoding_the_decoder_reads(encoding):
+    """UTF-16 puts a NUL after every ASCII byte: measured as UTF-8, a quote
+    and a backslash fell out of step and the brackets hid inside a 'string'."""
+    document = '["a\\"b", ' + "[" * 5000 + "]" * 5000 + ', "x"]'
+    with pytest.raises(boundedjson.JSONTooDeepError, match="5001 levels"):
+        boundedjson.loads(document.encode(encoding))
+
+
+def test_an_unterminated_string_is_scanned_once():
+    """`"\\"\\"\\"…` never closes: each position is scanned once. With a regex
+    that needed the closing quote every quote restarted the scan (quadratic:
+    hours for a 4 MiB manifest); here 4 MiB must still be refused as malformed."""
+    raw = b'"' + b'\\"' * (2 << 20)
+    assert boundedjson.nesting_depth(raw) == 0
+    with pytest.raises(ValueError):
+        boundedjson.loads(raw)

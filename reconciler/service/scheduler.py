@@ -169,8 +169,12 @@ class Service:
                 self.progress.reset()
                 self.last_cycle = time.time()
                 self.cycles_done += 1
-            self._schedule_retries(entries)
-            self.metrics.record(report, time.monotonic() - started, self.reconciler)
+            try:
+                self._schedule_retries(entries)
+                self.metrics.record(report, time.monotonic() - started, self.reconciler)
+            except Exception:  # the runner must outlive a state database that cannot be read once
+                log.exception("after the cycle of %s: cannot schedule retries or record metrics; they are polled "
+                              "again at their intervals", ", ".join(e.label for e in entries))
             log.info("cycle done in %.1fs: %s", time.monotonic() - started, report.summary().splitlines()[0])
 
     def _record_cycle_failure(self, entries: List[ImageEntry], reason: str) -> None:
