@@ -78,6 +78,7 @@ class Reconciler:
             self._lock(ProcessLock(self.publisher.lock_path(), self.publisher.target_name))
             self.store = BlobStore(blobs, max_bytes=watchlist.blob_cache_max)
             self.state = StateDB(watchlist.state_dir / "state.db")
+            self.state.forget_entry_failures_except({entry.dest for entry in watchlist.images})
         except (OSError, sqlite3.Error) as exc:
             self._release_locks()
             raise StartError(f"cannot open the state directory {watchlist.state_dir}: {describe_failure(exc)}; "

@@ -257,6 +257,14 @@ class StateDB:
         with self._lock:
             self._conn.execute("DELETE FROM entry_state WHERE dest=?", (dest,))
 
+    def forget_entry_failures_except(self, dests: Set[str]) -> None:
+        """Drop the failures of entries no longer in the watchlist: a later entry
+        with the same dest starts afresh (no inherited error, no delayed poll)."""
+        with self._lock:
+            for (dest,) in self._conn.execute("SELECT dest FROM entry_state").fetchall():
+                if dest not in dests:
+                    self._conn.execute("DELETE FROM entry_state WHERE dest=?", (dest,))
+
     def retry_due(self) -> Dict[str, float]:
         """Per dest with anything failing, when it is due again: what the
         scheduler waits for. An entry failing as a whole has its own time (its

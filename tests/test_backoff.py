@@ -105,3 +105,16 @@ def test_an_entry_failing_as_a_whole_waits_for_its_own_time_not_its_stale_tag_ro
         assert state.retry_due() == {"app": 1300.0, "other": 1070.0}
     finally:
         state.close()
+
+
+def test_the_failure_of_an_entry_no_longer_watched_is_forgotten_at_start(tmp_path, garbage, fixture_registry):
+    """Its dest taken by a new entry later, that entry starts afresh: no
+    inherited error on the page, no delayed first poll."""
+    path = _watchlist(tmp_path, garbage, fixture_registry.host)
+    _run_once(path, now=1000.0)
+    path.write_text(path.read_text().split("[[image]]")[0] + "[[image]]" + path.read_text().split("[[image]]")[2])
+    reconciler = Reconciler(load_watchlist(path))
+    try:
+        assert reconciler.state.entry_failure("bad") is None and "bad" not in reconciler.state.retry_due()
+    finally:
+        reconciler.close()

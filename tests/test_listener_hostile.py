@@ -9,13 +9,14 @@ deadline.
 
 from __future__ import annotations
 
+import socket
 import time
 
 import httpx
 import pytest
 
-from tests.registry_server import REGISTRY_BINARY, start_registry
-from tests.stalled_clients import Stallers, fd_count, rss_kib, start_service
+from tests.registry_server import REGISTRY_BINARY, start_registry, wait_until
+from tests.stalled_clients import TOKEN, Stallers, _head, fd_count, rss_kib, start_service
 
 # Short enough for a test, and the same order as the defaults (head < body < grace).
 LIMITS = {"head_timeout_s": 1.0, "body_timeout_s": 2.0, "shutdown_grace_s": 1.0}
@@ -99,3 +100,21 @@ def test_sigterm_with_stalled_connections_exits_promptly_and_starts_no_cycle(tmp
     # No cycle started after the signal: the nudged one never ran.
     assert sum(m.startswith("cycle done") for m in messages) == cycles_before, messages
     assert messages[-1] == f"stopped after {cycles_before} cycle{'' if cycles_before == 1 else 's'}", messages[-5:]
+
+
+def test_a_client_that_hangs_up_mid_body_is_a_plain_refusal(tmp_path, registry):
+    """A token-authenticated hook whose sender closes the connection halfway
+    through its body: refused like any bad hook, no traceback in the log."""
+    service = start_service(tmp_path, registry, LIMITS)
+    try:
+        for _ in range(3):
+            with socket.create_connection(("127.0.0.1", service.port), timeout=5) as sock:
+                sock.sendall(_head("/hooks/distribution", service.port, f"Authorization: Bearer {TOKEN}\r\n", 1000)
+                             + b'{"events": [')
+        wait_until(lambda: sum("went away before its body was complete" in m for m in service.messages()) == 3,
+                   timeout=15, what="the three refusals in the log")
+        assert service.valid_hook() == 202 and service.healthy()
+    finally:
+        code = service.terminate(timeout=20)
+    assert code == 0
+    assert "Traceback" not in service.log_path.read_text()

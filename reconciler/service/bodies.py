@@ -9,7 +9,7 @@ import contextlib
 import re
 from typing import Iterator, Set
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from ..webhooks import MAX_BODY_BYTES, HookRejected
 from .limits import ListenerLimits
@@ -77,11 +77,14 @@ async def read_capped(request: Request, hold: BodyHold) -> bytes:
     if declared and re.fullmatch(r"[0-9]+", declared) and int(declared) > MAX_BODY_BYTES:
         raise HookRejected(413, f"body larger than {MAX_BODY_BYTES} bytes")
     body = bytearray()
-    async for chunk in request.stream():
-        if len(body) + len(chunk) > MAX_BODY_BYTES:
-            raise HookRejected(413, f"body larger than {MAX_BODY_BYTES} bytes")
-        hold.take(len(chunk))
-        body += chunk
+    try:
+        async for chunk in request.stream():
+            if len(body) + len(chunk) > MAX_BODY_BYTES:
+                raise HookRejected(413, f"body larger than {MAX_BODY_BYTES} bytes")
+            hold.take(len(chunk))
+            body += chunk
+    except ClientDisconnect:  # a client that hangs up mid-body: a refusal like any other, no traceback
+        raise HookRejected(400, "the client went away before its body was complete") from None
     return bytes(body)
 
 
