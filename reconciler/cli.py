@@ -25,7 +25,7 @@ from . import __version__
 from .errors import BusyError, ConfigError, ReconcilerError, StartError
 from .progress import ProgressAwareHandler, TerminalProgress
 from .reconcile import Reconciler
-from .safetext import inert, inert_lines
+from .safetext import inert
 from .watchlist import Watchlist, load_watchlist, parse_listen
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_START, EXIT_BUSY, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
@@ -86,10 +86,15 @@ class PlainFormatter(logging.Formatter):
         return super().formatMessage(record)
 
     def formatException(self, ei) -> str:  # type: ignore[no-untyped-def]  # logging's own signature
-        return "\n".join("    " + line for line in inert_lines(super().formatException(ei)).split("\n"))
+        return _indented_inert(super().formatException(ei))
 
     def formatStack(self, stack_info: str) -> str:
-        return "\n".join("    " + line for line in inert_lines(stack_info).split("\n"))
+        return _indented_inert(stack_info)
+
+
+def _indented_inert(text: str) -> str:
+    """A traceback's lines, each made inert and indented: none passes for a record."""
+    return "\n".join("    " + inert(line) for line in text.split("\n"))
 
 
 def setup_logging(log_format: str, verbose: bool) -> Optional[TerminalProgress]:

@@ -30,9 +30,3 @@ def inert(text: str) -> str:
     """`text` with every control character (newlines too) and bidirectional
     override escaped: safe to print on one line of a terminal or a log."""
     return _UNSAFE.sub(_escape, text)
-
-
-def inert_lines(text: str) -> str:
-    """`text` made inert line by line: its own line breaks are kept (a traceback
-    is several lines), everything else is escaped as `inert` does."""
-    return "\n".join(inert(line) for line in text.split("\n"))

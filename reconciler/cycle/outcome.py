@@ -144,11 +144,6 @@ class CycleReport:
     transactions: int = 0
 
     @property
-    def changes(self) -> List[ImageOutcome]:
-        """The outcomes still to build and publish."""
-        return still_planned(self.outcomes)
-
-    @property
     def failed(self) -> bool:
         return bool(self.entry_failures) or any(o.status is Status.FAILED for o in self.outcomes)
 
@@ -172,11 +167,6 @@ class CycleReport:
             if o.status is Status.FAILED:
                 lines.append(f"  FAILED    {o.name}: {o.reason}")
         return "\n".join(inert(line) for line in lines)
-
-
-def still_planned(outcomes: List[ImageOutcome]) -> List[ImageOutcome]:
-    """Those of `outcomes` still to build and publish: planned, not failed on the way."""
-    return [o for o in outcomes if o.status is Status.PLANNED]
 
 
 def traceback_for(exc: BaseException) -> bool:

@@ -27,7 +27,7 @@ from ..publish.layout import tag_relpath
 from ..registry.reference import is_valid_tag
 from ..state import TagState
 from ..watchlist import ImageEntry, Watchlist
-from .outcome import CycleReport, ImageOutcome, Registries, describe_failure, still_planned, traceback_for
+from .outcome import CycleReport, ImageOutcome, Registries, Status, describe_failure, traceback_for
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ class Plan:
     @property
     def changes(self) -> List[ImageOutcome]:
         """The outcomes still to build and publish."""
-        return still_planned(self.outcomes)
+        return [o for o in self.outcomes if o.status is Status.PLANNED]
 
     def report(self) -> CycleReport:
         """A report of this plan, sharing its outcomes (`results.cycle_report` moves them on)."""
