@@ -58,10 +58,4 @@ echo "QUICKSTART OK"
 EOF
 
 say "in the rootfs: bash fixtures/demo.sh, then .ci/setup on a half-made .venv"
-rc=0
-rootfs_enter /root/quickstart-check.sh || rc=$?
-if [ "$rc" -ne 0 ]; then
-  say "FAILED (exit $rc): the quick start in a fresh minimal $name"
-  exit 1
-fi
-say "passed: the quick start in a fresh minimal $name"
+rootfs_run_check /root/quickstart-check.sh "the quick start in a fresh minimal $name"

@@ -170,3 +170,15 @@ rootfs_enter() {
       /bin/bash "$script"
   ' "$ROOTFS_TAG" "$ROOTFS_ROOT" "$ROOTFS_CACHE/apt-archives/$ROOTFS_SUITE" "$ROOTFS_CACHE/pip" "$1"
 }
+
+# Run SCRIPT in the copy (rootfs_enter) and say how it went, naming WHAT was
+# checked; exits 1 when it failed.
+rootfs_run_check() {  # SCRIPT WHAT
+  local rc=0
+  rootfs_enter "$1" || rc=$?
+  if [ "$rc" -ne 0 ]; then
+    say "FAILED (exit $rc): $2"
+    exit 1
+  fi
+  say "passed: $2"
+}
