@@ -109,16 +109,21 @@ class BlobStore:
         if path.is_file():
             self.touch(digest)
             return StoredBlob(digest, path.stat().st_size, path, downloaded=False)
-        if not self._once(digest, lambda: self._fill(digest, size, path, fill)):
+        if not self._once(digest, lambda: self._fill(digest, size, path, fill), done=path.is_file):
             return StoredBlob(digest, path.stat().st_size, path, downloaded=False)
         self.evict(keep=(digest,))
         return StoredBlob(digest, size, path, downloaded=True)
 
-    def _once(self, digest: str, work: Callable[[], None]) -> bool:
+    def _once(self, digest: str, work: Callable[[], None], done: Callable[[], bool]) -> bool:
         """Run `work` for `digest` unless another thread already is: then wait for
-        it (re-raising its failure). True when this call did the work."""
+        it (re-raising its failure), or unless `done()` says it was done since the
+        caller looked (an owner leaves the in-flight table only once its work is
+        in place, so under the lock one of the two shows). True when this call
+        did the work."""
         with self._lock:
             waited = self._inflight.get(digest)
+            if waited is None and done():
+                return False
             if waited is None:
                 future: "Future[None]" = Future()
                 self._inflight[digest] = future
@@ -244,7 +249,7 @@ class ReadOnlyBlobStore(BlobStore):
                 self._memory[digest] = sink.getvalue()
 
         # As in the store on disk: concurrent callers for one digest share one download.
-        downloaded = self._once(digest, fetch)
+        downloaded = self._once(digest, fetch, done=lambda: digest in self._memory)
         return StoredBlob(digest, size, path, downloaded=downloaded)
 
     def fetched(self) -> Dict[str, bytes]:

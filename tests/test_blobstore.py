@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+from typing import List
 
 import pytest
 
@@ -91,3 +92,23 @@ def test_lru_eviction_keeps_recent_and_pinned(tmp_path):
     assert store.has(digest(blobs[0]))  # pinned, though oldest
     assert not store.has(digest(blobs[1]))
     assert store.has(digest(blobs[2]))
+
+
+def test_a_caller_that_looked_before_the_fill_ended_does_not_fill_again(tmp_path, monkeypatch):
+    """It saw no file, then came to the in-flight table after the owner had
+    left it: the blob is there now, so it is not downloaded a second time."""
+    from pathlib import Path
+
+    store = BlobStore(tmp_path)
+    store.ensure(digest(b"shared"), 6, lambda sink: sink.write(b"shared"))
+    real_is_file = Path.is_file
+    looks: List[int] = []
+
+    def is_file(self: Path) -> bool:
+        looks.append(1)
+        return False if len(looks) == 1 else real_is_file(self)  # the first look came too early
+
+    monkeypatch.setattr(Path, "is_file", is_file)
+    calls: List[int] = []
+    stored = store.ensure(digest(b"shared"), 6, lambda sink: calls.append(1) or sink.write(b"shared"))
+    assert calls == [] and not stored.downloaded
