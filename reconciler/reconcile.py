@@ -147,7 +147,8 @@ class Reconciler:
                 config = self.watchlist.registry(host)
                 creds = self._secrets.get(host) or self._credentials.lookup(host)
                 self._clients[host] = RegistryClient(host, insecure=config.insecure, credentials=creds,
-                                                     max_concurrency=config.max_concurrency, retry=self.retry,
+                                                     max_concurrency=config.max_concurrency,
+                                                     max_lookups=config.max_lookups, retry=self.retry,
                                                      private_realms=config.token_realms)
             return self._clients[host]
 

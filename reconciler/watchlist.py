@@ -93,7 +93,8 @@ class RegistryConfig:
     password_file: Optional[str] = None
     password_env: Optional[str] = None
     mirror: Optional[str] = None
-    max_concurrency: int = REGISTRY.default_whole("max_concurrency")
+    max_concurrency: int = REGISTRY.default_whole("max_concurrency")  # blob downloads at once
+    max_lookups: int = REGISTRY.default_whole("max_lookups")  # manifest and tag-list requests at once
     # Token services this registry may name on a private address (host or host:port).
     token_realms: Tuple[str, ...] = REGISTRY.default_strings("token_realms")
 
@@ -327,6 +328,7 @@ def _registry(reg: Section, host: str, base: Path) -> RegistryConfig:
         password_env=reg.text("password_env"),
         mirror=reg.text("mirror"),
         max_concurrency=_declared_whole(reg, "max_concurrency"),
+        max_lookups=_declared_whole(reg, "max_lookups"),
         token_realms=tuple(reg.strings("token_realms") or ()),
     )
     for realm in config.token_realms:
@@ -340,6 +342,8 @@ def _registry(reg: Section, host: str, base: Path) -> RegistryConfig:
         raise reg.error("username", "required when a password is configured")
     if config.max_concurrency < 1:
         raise reg.error("max_concurrency", "expected at least 1")
+    if config.max_lookups < 1:
+        raise reg.error("max_lookups", "expected at least 1")
     if config.mirror and not re.match(r"^https?://[^/]+", config.mirror):
         raise reg.error("mirror", "expected a URL such as \"http://mirror:5000\"")
     return config

@@ -56,7 +56,9 @@ REGISTRY = Table('registries."<host>"', (
     Key("password_env", TEXT, "an environment variable holding the password", default_doc="none"),
     Key("mirror", TEXT, "blobs (verified as always) come from here first, the origin if it fails; tags are "
                         "always resolved at the origin", default_doc="none"),
-    Key("max_concurrency", WHOLE, "requests at once to this registry", default=4),
+    Key("max_concurrency", WHOLE, "blob downloads at once from this registry", default=4),
+    Key("max_lookups", WHOLE, "tag lookups at once to this registry: manifest HEADs and GETs, tag list pages "
+                              "(small; a HEAD is not counted by Docker Hub's pull limit)", default=16),
     Key("token_realms", STRINGS, "token services or storage hosts it may name on a private address",
         default=()),
 ))

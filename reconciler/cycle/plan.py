@@ -31,8 +31,9 @@ from .outcome import CycleReport, ImageOutcome, Registries, Status, describe_fai
 
 log = logging.getLogger(__name__)
 
-# Requests in flight while planning (each registry client also bounds its own).
-PLAN_WORKERS = 16
+# Threads resolving tags while planning: enough to keep every registry's
+# `max_lookups` busy, at most this many (each registry client bounds its own).
+MAX_PLAN_WORKERS = 64
 
 
 class PublishedTags(Protocol):
@@ -194,7 +195,9 @@ def plan(watchlist: Watchlist, registries: Registries, store: BlobStore, publish
     _expect_repositories(registries, planned)
     rows = state.all()
     resolver = _TagResolver(registries, reader, published, {(r.dest, r.tag, r.platform): r for r in rows})
-    with ThreadPoolExecutor(max_workers=PLAN_WORKERS) as pool:
+    hosts = {entry.source.registry for entry in planned}
+    workers = min(MAX_PLAN_WORKERS, max(1, sum(watchlist.registry(host).max_lookups for host in hosts)))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
         listings = [pool.submit(resolver.watched_tags, entry) for entry in planned]
         resolutions = []
         for entry, listing in zip(planned, listings):

@@ -71,7 +71,7 @@ class BlobFetch:
     def run(self) -> None:
         """Download, resuming broken transfers; raises IntegrityError when the bytes are not the promised ones."""
         breaks = 0
-        with self._session.slots:
+        with self._session.download_slots:
             while True:
                 try:
                     self._transfer()

@@ -64,13 +64,17 @@ class RegistryClient:
         credentials: Optional[Credentials] = None,
         http: Optional[httpx.Client] = None,
         max_concurrency: int = 4,
+        max_lookups: int = 16,
         retry: RetryPolicy = RetryPolicy(),
         token_cache: Optional[TokenCache] = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.time,
         private_realms: Iterable[str] = (),
     ) -> None:
-        """`private_realms`: host or host:port of token services on a private
+        """`max_concurrency`: blob transfers at once; `max_lookups`: manifest and
+        tag-list requests at once (small, and many: one HEAD per watched tag each
+        cycle, so far away they need more in flight than downloads do).
+        `private_realms`: host or host:port of token services on a private
         address (other than the registry's) that may be asked for tokens."""
         self.registry = registry
         host = DOCKER_HUB_API_HOST if registry == DOCKER_HUB else registry
@@ -91,7 +95,8 @@ class RegistryClient:
                                    token_cache or TokenCache(clock), clock, private_realms, hosts=self._hosts)
         self._sender = RedirectingSender(registry, self.base_url, self._http, self._hosts)
         self._transport = RetryingTransport(registry, self._sender, retry, self._throttle, self._backoff, clock)
-        self._slots = threading.BoundedSemaphore(max(1, max_concurrency))
+        self._slots = threading.BoundedSemaphore(max(1, max_lookups))
+        self._download_slots = threading.BoundedSemaphore(max(1, max_concurrency))
         # Until one request has had its answer, others wait: they would all be
         # refused (401) and each ask for a token, where one challenge and one
         # token serve them all.
@@ -132,8 +137,13 @@ class RegistryClient:
 
     @property
     def slots(self) -> threading.BoundedSemaphore:
-        """Held while a request (or a whole blob transfer) is in flight: `max_concurrency` per host."""
+        """Held while a manifest or tag-list request is in flight: `max_lookups` per host."""
         return self._slots
+
+    @property
+    def download_slots(self) -> threading.BoundedSemaphore:
+        """Held while a whole blob transfer is in flight: `max_concurrency` per host."""
+        return self._download_slots
 
     def request(self, method: str, url: str, repository: str, *, headers: Optional[Dict[str, str]] = None,
                 stream: bool = False, what: str = "request") -> httpx.Response:

@@ -26,7 +26,11 @@ class RegistrySession(Protocol):
 
     @property
     def slots(self) -> threading.BoundedSemaphore:
-        """Held while a request (or a whole blob transfer) is in flight: the host's concurrency limit."""
+        """Held while a manifest or tag-list request is in flight: the host's lookup limit."""
+
+    @property
+    def download_slots(self) -> threading.BoundedSemaphore:
+        """Held while a whole blob transfer is in flight: the host's download limit."""
 
     def request(self, method: str, url: str, repository: str, *, headers: Optional[Dict[str, str]] = None,
                 stream: bool = False, what: str = "request") -> httpx.Response:
