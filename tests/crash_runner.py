@@ -3,6 +3,7 @@
 CRASH_AT picks the moment:
 - `download`: once the first blob bytes have arrived;
 - `apply` (the default): after 3 entries of layer CRASH_AFTER_LAYERS + 1;
+- `flush`: every image built, none flushed yet (the local backend flushes once, before the first tag);
 - `set-tag`: after the first tag of the cycle was moved (the local backend publishes tag by tag);
 - `commit`: after everything was applied, before the transaction is committed.
 Killing during `cvmfs_server publish` is the test double's own switch
@@ -68,6 +69,8 @@ elif AT == "apply":
     build_stage.apply_layer = dying_apply
 elif AT == "set-tag":
     PublishTransaction.set_tag = after(1, PublishTransaction.set_tag)  # type: ignore[method-assign]
+elif AT == "flush":
+    LocalTransaction._before_links = after(0, LocalTransaction._before_links)  # type: ignore[method-assign]
 elif AT == "commit":
     LocalTransaction.commit = after(0, LocalTransaction.commit)  # type: ignore[method-assign]
     CvmfsTransaction.commit = after(0, CvmfsTransaction.commit)  # type: ignore[method-assign]

@@ -389,7 +389,7 @@ def test_a_really_full_filesystem(tmp_path, fixture_images):
 # -- the process dies ------------------------------------------------------------
 
 
-CRASHES = [("local", "download"), ("local", "apply"), ("local", "set-tag"), ("local", "commit"),
+CRASHES = [("local", "download"), ("local", "apply"), ("local", "flush"), ("local", "set-tag"), ("local", "commit"),
            ("cvmfs", "download"), ("cvmfs", "apply"), ("cvmfs", "set-tag"), ("cvmfs", "commit"),
            ("cvmfs", "publish")]
 

@@ -101,7 +101,9 @@ class BuildStage:
 
     def _apply(self, txn: PublishTransaction, changes: List[ImageOutcome], chains: Dict[str, List[str]],
                result: BuildResult) -> None:
-        """Build each change's image once (`chains`: the ChainIDs of each), then set its tags."""
+        """Build each change's image once (`chains`: the ChainIDs of each), then
+        set the tags: every build before the first tag, so that a backend making
+        its trees durable before a link moves (the local directory) does it once."""
         built: Dict[str, Optional[str]] = {}  # digest -> failure reason (None when built)
         for outcome in changes:
             image = outcome.resolved
@@ -118,6 +120,9 @@ class BuildStage:
                         built[digest] = describe_failure(exc, self.publisher.root)
             if self.progress is not None:  # built by this outcome, by an earlier one sharing it, or failed
                 self.progress.finished(outcome.name)
+        for outcome in changes:
+            assert outcome.resolved is not None
+            digest = outcome.resolved.manifest_digest
             failure = built[digest]
             if failure is not None:
                 result.failures[outcome.key] = report_failure(outcome.name, ReconcilerError(failure))

@@ -190,7 +190,7 @@ class PublishTransaction(ABC):
                 return  # the same image was completed meanwhile: this build was dropped
             placed = True
             self._place_undo(digest, site)
-            self.mark_complete(digest, chain, build.undo_layers)
+            self._complete(digest, chain, build.undo_layers)
             self.changed = True
             self._built(digest, chain, build, site)
         except BaseException:
@@ -221,8 +221,13 @@ class PublishTransaction(ABC):
         remove_tree(self.root / layout.undo_relpath(digest))
         os.rename(site.undo, self.root / layout.undo_relpath(digest))
 
+    def _complete(self, digest: str, chain: Sequence[str], undo_layers: int) -> None:
+        """The tree and undo log are in place: write the completion record now
+        (a backend may defer it until the tree is durable; see `_before_links`)."""
+        self.mark_complete(digest, chain, undo_layers)
+
     def _built(self, digest: str, chain: Sequence[str], build: Build, site: BuildSite) -> None:
-        """After the image is complete (its record written)."""
+        """After the image is complete (its record written, or deferred by `_complete`)."""
 
     def _release_site(self, site: BuildSite) -> None:
         """After the build, complete or not: forget the site."""
@@ -230,9 +235,13 @@ class PublishTransaction(ABC):
     def _sync_dir(self, path: Path) -> None:
         """Make a directory's entries durable (where the backend needs it)."""
 
+    def _before_links(self) -> None:
+        """Before a tag link moves: make what the link may point at durable (where the backend needs it)."""
+
     def set_tag(self, tag_path: str, digest: str) -> None:
         """Point `<root>/<tag_path>` at the image `digest`, atomically (a new
         link renamed over the old one)."""
+        self._before_links()
         if not self.has_image(digest):
             raise PublishError(f"cannot point {tag_path} at {digest}: the image is not complete")
         with ConfinedTree(self.root) as tree:

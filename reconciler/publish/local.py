@@ -2,10 +2,13 @@
 
 An image is built in `<root>/.staging/` and renamed into `.images/` only when
 complete, then its completion record is written; a tag moves by an atomic
-symlink swap (a new link, then rename over the old one). Data is synced before
-each rename, so a crash at any moment leaves every tag pointing at a complete
-image. Leftovers in `.staging` are removed at the next start, by the one
-process that holds the publish root's lock.
+symlink swap (a new link, then rename over the old one). The images of a
+transaction are built first; before the first tag link moves, the publish
+root's filesystem is flushed once (syncfs) and only then are their completion
+records written: a crash at any moment leaves every tag pointing at a complete
+image on disk, and a cycle of many images pays one flush, not one each.
+Leftovers in `.staging` are removed at the next start, by the one process that
+holds the publish root's lock.
 """
 
 from __future__ import annotations
@@ -14,10 +17,10 @@ import logging
 import os
 import secrets
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 from ..dirfd import fsync_dir
-from ..errors import StartError
+from ..errors import PublishError, StartError
 from ..treecopy import clone_tree
 from ..watchlist import PublishConfig
 from . import layout
@@ -31,6 +34,7 @@ from .base import (
     remove_legacy_chains,
     remove_tree,
 )
+from .flush import Flush, open_root, sync_filesystem
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +49,16 @@ class LocalTransaction(PublishTransaction):
         self._staged: List[Path] = []
         # What builds may start from: read once, then each image built in this transaction added.
         self._published: Optional[List[PublishedChain]] = None
+        # Images in place but not yet flushed: (digest, chain, undo_layers) of their completion records.
+        self._unflushed: List[Tuple[str, Tuple[str, ...], int]] = []
+        # Opened before anything is written: syncfs reports write-back errors since then.
+        self._root_fd: Optional[int] = open_root(self.root)
+        # A failed flush, said again to every later tag: a second syncfs would not report it.
+        self._flush_error: Optional[PublishError] = None
+
+    def has_image(self, digest: str) -> bool:
+        """Complete, or built in this transaction and waiting for the flush."""
+        return any(d == digest for d, _, _ in self._unflushed) or super().has_image(digest)
 
     def _build_site(self, digest: str, chain: Sequence[str]) -> BuildSite:
         """A new staging directory: a clone of the published image sharing the
@@ -77,9 +91,8 @@ class LocalTransaction(PublishTransaction):
 
     def _place_tree(self, digest: str, site: BuildSite) -> bool:
         """Rename the staged tree into `.images/`, once on disk; an unfinished
-        directory there is set aside until the new one is complete."""
-        # Everything written must be on disk before the image can become visible.
-        os.sync()
+        directory there is set aside until the new one is complete.
+        Not yet durable: its completion record waits for the flush (`_before_links`)."""
         site.final.parent.mkdir(parents=True, exist_ok=True)
         if self.has_image(digest):
             log.info("image %s already present; dropping the duplicate build", digest)
@@ -101,6 +114,33 @@ class LocalTransaction(PublishTransaction):
         """The old undo log was discarded with the old tree: rename, then sync both."""
         os.rename(site.undo, self.root / layout.undo_relpath(digest))
         fsync_dir(site.final.parent)
+
+    def _complete(self, digest: str, chain: Sequence[str], undo_layers: int) -> None:
+        """The record waits for the one flush of this transaction: written earlier,
+        it could reach the disk before the tree does and a crash leave a complete-looking
+        image with lost data."""
+        self._unflushed.append((digest, tuple(chain), undo_layers))
+
+    def _before_links(self) -> None:
+        """Flush the publish root's filesystem once for every image built so far,
+        then write their completion records: no tag moves to a tree not on disk."""
+        if not self._unflushed:
+            return
+        if self._flush_error is None:
+            assert self._root_fd is not None  # closed only by commit and abort
+            try:
+                self.publisher.flush(self._root_fd)
+            except OSError as exc:
+                self._flush_error = PublishError(
+                    f"cannot flush the filesystem of the publish root {self.root} to disk: "
+                    f"{exc.strerror or exc}; no tag was moved to the images built in this cycle; "
+                    "check the disk (the kernel log says more); the next cycle builds them again")
+        if self._flush_error is not None:
+            raise self._flush_error
+        while self._unflushed:
+            digest, chain, undo_layers = self._unflushed[0]
+            self.mark_complete(digest, chain, undo_layers)
+            self._unflushed.pop(0)
 
     def _built(self, digest: str, chain: Sequence[str], build: Build, site: BuildSite) -> None:
         """Later builds of this transaction may start from this image; the unfinished one goes."""
@@ -142,15 +182,38 @@ class LocalTransaction(PublishTransaction):
             remove_tree(aside)
 
     def commit(self) -> None:
+        # Images built whose tags all failed are complete too (a later cycle only links them).
+        try:
+            self._before_links()
+        except BaseException:
+            self.abort()  # a failing commit aborts by itself (Publisher.transaction)
+            raise
+        self._close_root()
         log.debug("local publish complete: %s", self.message)
+
+    def _close_root(self) -> None:
+        if self._root_fd is not None:
+            os.close(self._root_fd)
+            self._root_fd = None
 
     def abort(self) -> None:
         for staging in list(self._staged):
             remove_tree(staging)
+        # Built but never flushed: no tag links them; they go, as they may not be on disk.
+        for digest, _, _ in self._unflushed:
+            self._discard(self.root / layout.image_relpath(digest), f"abort-{digest.split(':', 1)[1]}")
+            self._discard(self.root / layout.undo_relpath(digest), f"abort-undo-{digest.split(':', 1)[1]}")
+        self._unflushed.clear()
+        self._close_root()
 
 
 class LocalPublisher(Publisher):
-    """Publishes into a plain directory."""
+    """Publishes into a plain directory. `flush` makes everything written on the
+    root's filesystem durable, given an fd on the root (syncfs; a seam for tests)."""
+
+    def __init__(self, root: Path, flush: Flush = sync_filesystem) -> None:
+        super().__init__(root)
+        self.flush = flush
 
     @classmethod
     def from_config(cls, config: PublishConfig, state_dir: Path) -> LocalPublisher:
