@@ -76,6 +76,9 @@ class PublishConfig:
     bind_points: Tuple[str, ...] = PUBLISH.default_strings("bind_points")
     gc_grace: float = parse_duration(PUBLISH.default_text("gc_grace"))
     gc_max_per_cycle: int = PUBLISH.default_whole("gc_max_per_cycle")
+    # Stratum 1s to follow (cvmfs), and when one that has not caught up is lagging.
+    replicas: Tuple[str, ...] = PUBLISH.default_strings("replicas")
+    replica_lag_max: float = parse_duration(PUBLISH.default_text("replica_lag_max"))
 
     @property
     def backend(self) -> str:
@@ -273,7 +276,21 @@ def _publish(pub: Section, base: Path) -> PublishConfig:
     gc_max = _declared_whole(pub, "gc_max_per_cycle")
     if gc_max < 0:
         raise pub.error("gc_max_per_cycle", "expected 0 (never collect) or more")
-    return PublishConfig(target, root, tuple(p.strip("/") for p in bind_points), gc_grace, gc_max)
+    replicas, replica_lag_max = _replicas(pub, target)
+    return PublishConfig(target, root, tuple(p.strip("/") for p in bind_points), gc_grace, gc_max,
+                         replicas=replicas, replica_lag_max=replica_lag_max)
+
+
+def _replicas(pub: Section, target: PublishTarget) -> Tuple[Tuple[str, ...], float]:
+    """`replicas` (stratum 1 URLs, cvmfs only) and `replica_lag_max`."""
+    replicas = tuple(url.rstrip("/") for url in pub.strings("replicas") or ())
+    if replicas and not isinstance(target, CvmfsTarget):
+        raise pub.error("replicas", "only meaningful with backend = \"cvmfs\" (stratum 1s of its repository)")
+    for url in replicas:
+        if not re.match(r"^https?://[^/\s]+/\S*$", url + "/"):
+            raise pub.error("replicas", f'expected URLs such as "http://stratum1.example.org/cvmfs/<repository>", '
+                                        f"got {url!r}")
+    return replicas, pub.duration("replica_lag_max")
 
 
 def _publish_target(pub: Section, base: Path, backend: str) -> Tuple[PublishTarget, Path]:

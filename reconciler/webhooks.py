@@ -21,6 +21,7 @@ Every secret comparison is constant-time.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import hmac
 import math
@@ -67,6 +68,9 @@ class RepositoryHint:
 
     repository: str
     registry: Optional[str] = None
+    # When the registry says the push happened (unix seconds) and of which tag, where the provider sends them.
+    pushed_at: Optional[float] = None
+    tag: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -239,6 +243,37 @@ def _str_at(data: object, *path: str) -> Optional[str]:
     return data if isinstance(data, str) and data else None
 
 
+def _at(data: object, *path: str) -> object:
+    for key in path:
+        if not isinstance(data, dict):
+            return None
+        data = data.get(key)
+    return data
+
+
+def _epoch_time(value: object) -> Optional[float]:
+    """A push time given as unix seconds (Docker Hub, Harbor), or None when it is not one."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1e11:
+        return None
+    return float(value)
+
+
+def _iso_time(value: object) -> Optional[float]:
+    """A push time given as RFC 3339 (the distribution registry's events, with
+    up to nanoseconds), or None when it is not one."""
+    if not isinstance(value, str):
+        return None
+    match = re.fullmatch(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)", value.strip())
+    if match is None:
+        return None
+    zone = "+00:00" if match.group(3) == "Z" else match.group(3)
+    try:
+        when = dt.datetime.fromisoformat(match.group(1) + zone)
+    except ValueError:
+        return None
+    return when.timestamp() + float("0" + (match.group(2) or ".0"))
+
+
 def _distribution_events(data: Dict[str, Any]) -> List[RepositoryHint]:
     events = data.get("events")
     if not isinstance(events, list):
@@ -253,7 +288,8 @@ def _distribution_events(data: Dict[str, Any]) -> List[RepositoryHint]:
         if repository and ("manifest" in media or "index" in media or _str_at(event, "target", "tag")):
             # No registry: the endpoint is configured per registry, and request.host is
             # whatever name the pusher used (a proxy's, say).
-            hints.append(RepositoryHint(repository))
+            hints.append(RepositoryHint(repository, pushed_at=_iso_time(event.get("timestamp")),
+                                        tag=_str_at(event, "target", "tag")))
     return hints
 
 
@@ -261,7 +297,9 @@ def _dockerhub_hints(data: Dict[str, Any]) -> List[RepositoryHint]:
     name = _str_at(data, "repository", "repo_name")
     if not name:
         raise HookRejected(400, "expected repository.repo_name")
-    return [RepositoryHint(name if "/" in name else f"library/{name}", "docker.io")]
+    return [RepositoryHint(name if "/" in name else f"library/{name}", "docker.io",
+                           pushed_at=_epoch_time(_at(data, "push_data", "pushed_at")),
+                           tag=_str_at(data, "push_data", "tag"))]
 
 
 def _quay_hints(data: Dict[str, Any]) -> List[RepositoryHint]:
@@ -286,7 +324,7 @@ def _harbor_hints(data: Dict[str, Any]) -> List[RepositoryHint]:
         _str_at(data, "data", "repository", "repo_full_name")
     if not name:
         raise HookRejected(400, "expected event_data.repository.repo_full_name")
-    return [RepositoryHint(name)]
+    return [RepositoryHint(name, pushed_at=_epoch_time(data.get("occur_at")))]
 
 
 def _github_hints(data: Dict[str, Any]) -> List[RepositoryHint]:

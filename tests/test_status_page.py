@@ -189,8 +189,10 @@ dest = "other"
 
 class _FakeService:
     def __init__(self, watchlist) -> None:
+        from reconciler.service.delivery import DeliveryTracker
         from reconciler.service.metrics import Metrics
         self.watchlist, self.metrics, self.healthy = watchlist, Metrics(), True
+        self.delivery = DeliveryTracker(watchlist, self.metrics.registry)
 
     def status(self) -> Dict[str, Any]:
         return _status()

@@ -14,6 +14,7 @@ import pytest
 
 from reconciler.errors import ConfigError
 from reconciler.service.app import build_app
+from reconciler.service.delivery import DeliveryTracker
 from reconciler.service.hook_secrets import load_hook_secrets
 from reconciler.service.metrics import Metrics
 from reconciler.watchlist import WebhookConfig, load_watchlist
@@ -46,6 +47,7 @@ class FakeService:
     def __init__(self, watchlist) -> None:
         self.watchlist = watchlist
         self.metrics = Metrics()
+        self.delivery = DeliveryTracker(watchlist, self.metrics.registry)
         self.nudged = []
         self.healthy = True
 

@@ -34,6 +34,11 @@ PUBLISH = Table("publish", (
         default=DEFAULT_BIND_POINTS),
     Key("gc_grace", DURATION, "an image no tag references is removed after this long", default="2d"),
     Key("gc_max_per_cycle", WHOLE, "at most this many image removals per cycle (0: never collect)", default=50),
+    Key("replicas", STRINGS, "cvmfs: stratum 1 URLs of the repository (http://host/cvmfs/<repository>); the "
+                             "service reads their .cvmfspublished to tell when each serves a published image",
+        default=()),
+    Key("replica_lag_max", DURATION, "cvmfs: a stratum 1 not serving a published revision after this long is "
+                                     "shown as lagging", default="30m"),
 ))
 
 STATE = Table("state", (

@@ -80,6 +80,7 @@ def _hook_endpoint(service: Service, secrets: Dict[str, str], limits: ListenerLi
             return _refused(request, provider, exc)
         matched = matching_entries(hints, entries)
         service.metrics.hooks.labels(provider, "accepted").inc()
+        service.delivery.hook(hints, now)
         if matched:
             log.info("webhook %s: polling %s soon", provider,
                      ", ".join(e.label for e in service.watchlist.images if e.index in matched))

@@ -19,6 +19,8 @@ import hashlib
 from html import escape
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
+from .delivery_page import delivery_section
+
 REFRESH_SECONDS = 3
 
 _SCRIPT = """
@@ -275,6 +277,7 @@ def render_page(status: Mapping[str, Any]) -> str:
 <header><h1>reconciler</h1><p>{summary}</p></header>
 {_cycle_section(status, now)}
 <section id="images"><h2>Watched tags</h2>{table}</section>
+{delivery_section(status.get("delivery"))}
 </main>
 <footer class="muted">Refreshes every {REFRESH_SECONDS} s. The same data as JSON: <a href="status">/status</a>.</footer>
 <script>{_SCRIPT}</script>

@@ -24,6 +24,7 @@ from ..cycle.outcome import describe_failure
 from ..progress import TerminalProgress
 from ..reconcile import Reconciler
 from ..watchlist import ImageEntry, Watchlist
+from .delivery import REPLICA_POLL_S, DeliveryTracker
 from .metrics import Metrics
 from .status import iso_utc, service_status
 
@@ -50,6 +51,8 @@ class Service:
         self.reconciler = reconciler
         self.debounce = debounce
         self.metrics = Metrics()
+        # Push to stratum 1 per published image: its own module, its own histograms.
+        self.delivery = DeliveryTracker(watchlist, self.metrics.registry)
         self.scheduler = BackgroundScheduler(timezone=dt.timezone.utc)
         self._due: Set[int] = set()
         self._cond = threading.Condition()
@@ -81,8 +84,18 @@ class Service:
             trigger = IntervalTrigger(seconds=entry.interval, jitter=entry.interval * JITTER)
             self.scheduler.add_job(self.request, trigger, args=[[entry.index], "interval"], id=f"poll-{entry.index}",
                                    next_run_time=first, max_instances=1, coalesce=True)
+        if self.watchlist.publish.replicas:
+            self.scheduler.add_job(self._poll_replicas, IntervalTrigger(seconds=REPLICA_POLL_S), id="replicas",
+                                   max_instances=1, coalesce=True)
         self.scheduler.start()
         self._runner.start()
+
+    def _poll_replicas(self) -> None:
+        try:
+            self.delivery.poll_replicas()
+        except Exception:  # a scheduler job must never die of one bad answer
+            log.exception("cannot ask the stratum 1s which revision they serve; trying again in %.0fs",
+                          REPLICA_POLL_S)
 
     def request(self, indexes: Iterable[int], reason: str = "") -> None:
         """Make entries due now."""
@@ -132,6 +145,7 @@ class Service:
             self._cond.notify()
         if self._runner.is_alive():
             self._runner.join(timeout)
+        self.delivery.close()
 
     @property
     def cycle_running(self) -> bool:
@@ -154,6 +168,7 @@ class Service:
                 due, self._due = self._due, set()
             entries = [e for e in self.watchlist.images if e.index in due]
             started = time.monotonic()
+            started_at = time.time()
             self.progress.reset()
             self.cycle = CycleInfo(time.time(), tuple(e.label for e in entries))
             try:
@@ -172,6 +187,7 @@ class Service:
             try:
                 self._schedule_retries(entries)
                 self.metrics.record(report, time.monotonic() - started, self.reconciler)
+                self.delivery.cycle_done(report, started_at, time.time())
             except Exception:  # the runner must outlive a state database that cannot be read once
                 log.exception("after the cycle of %s: cannot schedule retries or record metrics; they are polled "
                               "again at their intervals", ", ".join(e.label for e in entries))

@@ -56,6 +56,7 @@ def service_status(service: Service) -> Dict[str, object]:
         "last_cycle": iso_utc(service.last_cycle),
         "cycles_done": service.cycles_done,
         "images": images,
+        "delivery": service.delivery.status(),
     }
 
 

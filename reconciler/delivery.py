@@ -1,0 +1,137 @@
+"""The time from a registry push to the worker nodes, per published image.
+
+A delivery is one tag that moved to a new image: when the registry says it
+was pushed (from a webhook, where the provider sends a time), when a cycle
+saw its new digest, when the revision carrying it was published, and when
+each stratum 1 first served that revision or a later one. Kept in memory, the
+latest per tag and a bounded number in all (the figures are for the status
+page and the metrics, not a history); thread-safe, as the runner records
+and the HTTP thread reads.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
+from typing import Dict, List, Optional, Sequence, Tuple
+
+KEEP = 500  # deliveries kept (the newest); older ones are only in the metrics
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One tag's new image on its way: every time is unix seconds (None: not known, or not yet)."""
+
+    tag_path: str
+    image: str  # registry/repository:tag
+    digest: str
+    pushed: Optional[float]  # the registry's push time, from a webhook
+    seen: float  # the start of the cycle whose plan saw the new digest
+    published: float  # the end of that cycle: its revision (CVMFS) or its links (local) in place
+    revision: Optional[int]  # the CVMFS revision that carries it (None: local, or not readable)
+    replicas: Tuple[Tuple[str, Optional[float]], ...] = ()  # (stratum 1 URL, first seen serving it)
+
+    def replica_time(self, url: str) -> Optional[float]:
+        """When `url` was first seen serving this delivery's revision (or a later one)."""
+        return dict(self.replicas).get(url)
+
+
+@dataclass
+class ReplicaView:
+    """What one stratum 1 served when last asked."""
+
+    url: str
+    revision: Optional[int] = None
+    checked: Optional[float] = None
+    error: Optional[str] = None
+
+
+@dataclass
+class Caught:
+    """A delivery a stratum 1 caught up with: the figures the metrics observe."""
+
+    delivery: Delivery
+    url: str
+    at: float
+
+
+@dataclass
+class DeliveryLog:
+    """The recent deliveries and the replicas' last answers (see the module doc)."""
+
+    replica_urls: Sequence[str]
+    keep: int = KEEP
+    _deliveries: "OrderedDict[str, Delivery]" = field(default_factory=OrderedDict)
+    _pushes: Dict[Tuple[int, Optional[str]], float] = field(default_factory=dict)
+    _replicas: Dict[str, ReplicaView] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self._replicas = {url: ReplicaView(url) for url in self.replica_urls}
+
+    def pushed(self, entry: int, tag: Optional[str], at: float) -> None:
+        """A webhook said the entry's repository got a push at `at` (of `tag`,
+        None when the hook does not say which); the next delivery of it takes it."""
+        with self._lock:
+            key = (entry, tag)
+            self._pushes[key] = min(at, self._pushes.get(key, at))  # the first push not yet delivered
+
+    def published(self, entry: int, tag: str, tag_path: str, image: str, digest: str, *, seen: float,
+                  published: float, revision: Optional[int]) -> Delivery:
+        """Record a tag published with a new image; returns its delivery."""
+        with self._lock:
+            pushed = self._pushes.pop((entry, tag), None)
+            anytag = self._pushes.pop((entry, None), None)
+            pushed = pushed if pushed is not None else anytag
+            replicas = tuple((url, self._served_at(url, revision, published)) for url in self.replica_urls)
+            delivery = Delivery(tag_path, image, digest, pushed, seen, published, revision,
+                                replicas if revision is not None else ())
+            self._deliveries.pop(tag_path, None)
+            self._deliveries[tag_path] = delivery
+            while len(self._deliveries) > self.keep:
+                self._deliveries.popitem(last=False)
+            return delivery
+
+    def _served_at(self, url: str, revision: Optional[int], now: float) -> Optional[float]:
+        """`now` when the replica's last answer was already `revision` or later
+        (asked while the cycle was still recording), else None."""
+        view = self._replicas.get(url)
+        if revision is None or view is None or view.revision is None or view.revision < revision:
+            return None
+        return now
+
+    def served(self, url: str, revision: Optional[int], at: float, error: Optional[str] = None) -> List[Caught]:
+        """A stratum 1's answer at `at`: the revision it serves (None and
+        `error` when it could not be read). Returns the deliveries it newly caught up with."""
+        caught: List[Caught] = []
+        with self._lock:
+            view = self._replicas.setdefault(url, ReplicaView(url))
+            view.checked, view.error = at, error
+            if revision is None:
+                return caught
+            view.revision = revision
+            for path, delivery in self._deliveries.items():
+                if delivery.revision is None or delivery.revision > revision or delivery.replica_time(url) is not None:
+                    continue
+                if url not in dict(delivery.replicas):
+                    continue
+                updated = replace(delivery, replicas=tuple((u, at if u == url else t) for u, t in delivery.replicas))
+                self._deliveries[path] = updated
+                caught.append(Caught(updated, url, at))
+        return caught
+
+    def waiting(self) -> bool:
+        """True while a delivery waits for a stratum 1 (worth asking them again)."""
+        with self._lock:
+            return any(t is None for d in self._deliveries.values() for _, t in d.replicas)
+
+    def deliveries(self) -> List[Delivery]:
+        """The deliveries kept, newest last."""
+        with self._lock:
+            return list(self._deliveries.values())
+
+    def replicas(self) -> List[ReplicaView]:
+        """The stratum 1s' last answers (copies)."""
+        with self._lock:
+            return [replace(view) for view in self._replicas.values()]

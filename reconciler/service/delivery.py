@@ -1,0 +1,188 @@
+"""The service's side of delivery times (reconciler/delivery.py): webhook
+push times in, cycles recorded, the stratum 1s asked which revision they
+serve, and what `/status`, the status page and `/metrics` show of it.
+
+The stratum 0's revision is read after each cycle that published, from its
+own `.cvmfspublished` (the URL in the repository's server.conf on this
+publisher); the stratum 1s of `[publish] replicas` are asked right after
+such a cycle and then every REPLICA_POLL_S while a delivery waits for one of
+them (a scheduler job), so an idle service sends nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Callable, Dict, Iterable, List, Optional
+
+import httpx
+from prometheus_client import CollectorRegistry, Histogram
+
+from ..cycle.outcome import CycleReport, Status
+from ..delivery import Caught, Delivery, DeliveryLog
+from ..errors import PublishError
+from ..publish.replicas import ServedRevision, read_served, stratum0_url
+from ..watchlist import CvmfsTarget, Watchlist
+from ..webhooks import RepositoryHint, matching_entries
+from .status import iso_utc
+
+log = logging.getLogger("reconciler.service")
+
+REPLICA_POLL_S = 15.0  # how often the stratum 1s are asked while a delivery waits for them
+_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 21600, 86400)
+
+
+class DeliveryMetrics:
+    """The histograms of delivery times, on the service's registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.push_to_publish = Histogram(
+            "reconciler_push_to_publish_seconds", "From the registry's push (webhook) to the published revision",
+            buckets=_BUCKETS, registry=registry)
+        self.seen_to_publish = Histogram(
+            "reconciler_seen_to_publish_seconds", "From the cycle that saw a new digest to its published revision",
+            buckets=_BUCKETS, registry=registry)
+        self.publish_to_replica = Histogram(
+            "reconciler_publish_to_replica_seconds", "From the published revision to a stratum 1 serving it",
+            ["replica"], buckets=_BUCKETS, registry=registry)
+        self.push_to_replica = Histogram(
+            "reconciler_push_to_replica_seconds", "From the registry's push (webhook) to a stratum 1 serving it",
+            ["replica"], buckets=_BUCKETS, registry=registry)
+
+    def delivered(self, delivery: Delivery) -> None:
+        """A tag published with a new image."""
+        self.seen_to_publish.observe(max(0.0, delivery.published - delivery.seen))
+        if delivery.pushed is not None:
+            self.push_to_publish.observe(max(0.0, delivery.published - delivery.pushed))
+
+    def caught(self, caught: Caught) -> None:
+        """A stratum 1 serving a delivery's revision."""
+        self.publish_to_replica.labels(caught.url).observe(max(0.0, caught.at - caught.delivery.published))
+        if caught.delivery.pushed is not None:
+            self.push_to_replica.labels(caught.url).observe(max(0.0, caught.at - caught.delivery.pushed))
+
+
+class DeliveryTracker:
+    """Delivery times of one service (see the module doc)."""
+
+    def __init__(self, watchlist: Watchlist, registry: CollectorRegistry, *,
+                 http: Optional[httpx.Client] = None, clock: Callable[[], float] = time.time,
+                 stratum0: Optional[str] = None) -> None:
+        """`stratum0`: the URL to read published revisions from (default: the
+        repository's CVMFS_STRATUM0 on this publisher; none for the local backend)."""
+        publish = watchlist.publish
+        self.watchlist = watchlist
+        self.lag_max = publish.replica_lag_max
+        self.log = DeliveryLog(publish.replicas)
+        self.metrics = DeliveryMetrics(registry)
+        self.clock = clock
+        target = publish.target
+        if stratum0 is None and isinstance(target, CvmfsTarget):
+            stratum0 = stratum0_url(target.repository)
+        self.stratum0 = stratum0
+        self._owns_http = http is None
+        self._http = http or httpx.Client(timeout=httpx.Timeout(10.0), follow_redirects=True)
+        self._last_poll = 0.0
+        self._poll_lock = threading.Lock()
+
+    def close(self) -> None:
+        """Close the HTTP connections this tracker opened."""
+        if self._owns_http:
+            self._http.close()
+
+    # -- in: webhooks and cycles -------------------------------------------
+
+    def hook(self, hints: Iterable[RepositoryHint], received: float) -> None:
+        """Push times of a webhook's hints (where the provider sends one) for the entries they match."""
+        entries = [(e.index, e.source.registry, e.source.repository) for e in self.watchlist.images]
+        for hint in hints:
+            if hint.pushed_at is None:
+                continue
+            for index in matching_entries([hint], entries):
+                self.log.pushed(index, hint.tag, min(hint.pushed_at, received))
+
+    def cycle_done(self, report: CycleReport, started: float, ended: float) -> List[Delivery]:
+        """Record the tags a cycle published; the revision carrying them is read from the stratum 0."""
+        published = [o for o in report.outcomes if o.status is Status.PUBLISHED and o.digest]
+        if not published:
+            return []
+        revision = self._stratum0_revision()
+        out = []
+        for o in published:
+            assert o.digest is not None
+            delivery = self.log.published(o.entry.index, o.tag, o.tag_path, o.name, o.digest, seen=started,
+                                          published=ended, revision=revision)
+            self.metrics.delivered(delivery)
+            out.append(delivery)
+        self.poll_replicas(force=True)
+        return out
+
+    def _stratum0_revision(self) -> Optional[int]:
+        if self.stratum0 is None:
+            return None
+        try:
+            return read_served(self._http, self.stratum0).revision
+        except PublishError as exc:
+            log.warning("cannot read the revision just published from the stratum 0: %s; its delivery to the "
+                        "stratum 1s is not followed", exc)
+            return None
+
+    # -- the stratum 1s ------------------------------------------------------
+
+    def poll_replicas(self, *, force: bool = False) -> List[Caught]:
+        """Ask every stratum 1 which revision it serves, when a delivery waits
+        for one (and, unless `force`, at most every REPLICA_POLL_S)."""
+        if not self.log.replica_urls or not self.log.waiting():
+            return []
+        with self._poll_lock:
+            now = self.clock()
+            if not force and now - self._last_poll < REPLICA_POLL_S:
+                return []
+            self._last_poll = now
+            caught: List[Caught] = []
+            for url in self.log.replica_urls:
+                served: Optional[ServedRevision] = None
+                error: Optional[str] = None
+                try:
+                    served = read_served(self._http, url)
+                except PublishError as exc:
+                    error = str(exc)
+                caught += self.log.served(url, served.revision if served else None, self.clock(), error)
+            for c in caught:
+                self.metrics.caught(c)
+                log.info("%s: served by the stratum 1 %s %.0fs after its publish", c.delivery.image, c.url,
+                         c.at - c.delivery.published)
+            return caught
+
+    # -- out: /status ----------------------------------------------------------
+
+    def status(self) -> Dict[str, object]:
+        """The `delivery` part of /status: the stratum 1s and each recent delivery's times."""
+        now = self.clock()
+        deliveries = self.log.deliveries()
+        replicas = []
+        for view in self.log.replicas():
+            behind = [d.published for d in deliveries if d.revision is not None and d.replica_time(view.url) is None]
+            oldest = min(behind) if behind else None
+            replicas.append({"url": view.url, "revision": view.revision, "checked": iso_utc(view.checked),
+                             "error": view.error, "behind_since": iso_utc(oldest),
+                             "lagging": oldest is not None and now - oldest > self.lag_max})
+        return {"stratum0": self.stratum0, "lag_max_seconds": self.lag_max, "replicas": replicas,
+                "images": [self._delivery_status(d, now) for d in reversed(deliveries)]}
+
+    def _delivery_status(self, d: Delivery, now: float) -> Dict[str, object]:
+        def since(start: Optional[float], end: Optional[float]) -> Optional[float]:
+            return round(end - start, 3) if start is not None and end is not None else None
+
+        replicas: List[Dict[str, object]] = []
+        for url, served in d.replicas:
+            waited = (served if served is not None else now) - d.published
+            replicas.append({"url": url, "served": iso_utc(served), "after_publish_seconds": since(d.published, served),
+                             "after_push_seconds": since(d.pushed, served),
+                             "lagging": served is None and waited > self.lag_max})
+        return {"path": d.tag_path, "image": d.image, "digest": d.digest, "revision": d.revision,
+                "pushed": iso_utc(d.pushed), "seen": iso_utc(d.seen), "published": iso_utc(d.published),
+                "push_to_publish_seconds": since(d.pushed, d.published),
+                "seen_to_publish_seconds": since(d.seen, d.published), "replicas": replicas}
+

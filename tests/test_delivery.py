@@ -1,0 +1,164 @@
+"""Delivery times, push to stratum 1, without CernVM-FS: the `.cvmfspublished`
+reader, the push times webhooks carry, and the service's tracker against a
+stratum 0 and a stratum 1 played by a loopback HTTP server (what they serve is
+set by the test). The real thing is tests/test_replicas_real.py."""
+
+from __future__ import annotations
+
+import json
+import re
+from http.server import BaseHTTPRequestHandler
+from pathlib import Path
+from typing import Dict
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+from reconciler.cycle.outcome import CycleReport, ImageOutcome
+from reconciler.errors import ConfigError, PublishError
+from reconciler.publish.replicas import parse_manifest, stratum0_url
+from reconciler.registry.manifest import Platform
+from reconciler.service.delivery import DeliveryTracker
+from reconciler.service.page import render_page
+from reconciler.watchlist import load_watchlist
+from reconciler.webhooks import _PARSERS
+from tests.loopback_http import LoopbackServer
+
+SIGNED = b"--\n08ec80b0dbb11ca9f6619d51ed6e6f034f5e44ee\n\x8b\xc8\xd7v8\xd4\n\xae\x00S99\n"
+
+
+def manifest(revision: int, stamp: int = 1796206204) -> bytes:
+    """A `.cvmfspublished` as 2.11.5 writes it (fields, `--`, hash, binary signature)."""
+    return (f"C6684aa8100fc9e421dc29de4408e792685637de1\nB57344\nD240\nS{revision}\nGno\nAno\n"
+            f"Nreconciler.test.org\nT{stamp}\n").encode() + SIGNED
+
+
+def test_the_manifest_gives_revision_and_time_and_ignores_the_signature():
+    served = parse_manifest(manifest(64), "http://s1/cvmfs/r/.cvmfspublished")
+    assert (served.revision, served.published, served.repository) == (64, 1796206204.0, "reconciler.test.org")
+    with pytest.raises(PublishError, match=r"http://s1/x/.cvmfspublished is not a CernVM-FS manifest .*S<number>"):
+        parse_manifest(b"<html>not found</html>\n", "http://s1/x/.cvmfspublished")
+    with pytest.raises(PublishError):
+        parse_manifest(b"Sabc\n--\nS12\n", "u")  # a revision only after the fields is the signature's bytes
+
+
+def test_stratum0_url_is_read_from_the_repository_server_conf(tmp_path):
+    (tmp_path / "r.org").mkdir()
+    (tmp_path / "r.org" / "server.conf").write_text("CVMFS_REPOSITORY_NAME=r.org\n"
+                                                    "CVMFS_STRATUM0=http://localhost/cvmfs/r.org\n")
+    assert stratum0_url("r.org", tmp_path) == "http://localhost/cvmfs/r.org"
+    assert stratum0_url("other.org", tmp_path) is None
+
+
+def test_webhooks_carry_the_registry_push_time_where_the_provider_sends_one():
+    distribution = {"events": [{"action": "push", "timestamp": "2026-12-02T10:00:05.123456789+01:00",
+                                "target": {"repository": "team/app", "tag": "v2",
+                                           "mediaType": "application/vnd.oci.image.manifest.v1+json"}}]}
+    (hint,) = _PARSERS["distribution"](distribution)
+    assert (hint.repository, hint.tag) == ("team/app", "v2")
+    assert hint.pushed_at == pytest.approx(1796202005.123456, abs=1e-5)  # 09:00:05.123 UTC
+    (hub,) = _PARSERS["dockerhub"]({"repository": {"repo_name": "alpine"},
+                                    "push_data": {"pushed_at": 1796202005, "tag": "3"}})
+    assert (hub.repository, hub.tag, hub.pushed_at) == ("library/alpine", "3", 1796202005.0)
+    (harbor,) = _PARSERS["harbor"]({"occur_at": 1796202006, "event_data": {"repository": {"repo_full_name": "p/a"}}})
+    assert harbor.pushed_at == 1796202006.0
+    bad = {"events": [{"action": "push", "timestamp": "yesterday", "target": {"repository": "a", "tag": "1"}}]}
+    assert _PARSERS["distribution"](bad)[0].pushed_at is None  # no time is no time, never a guess
+
+
+def test_replicas_are_only_for_cvmfs_and_must_be_urls(tmp_path):
+    path = tmp_path / "watchlist.toml"
+    path.write_text('[publish]\nreplicas = ["http://s1/cvmfs/r"]\n')
+    with pytest.raises(ConfigError, match=r'publish.replicas: only meaningful with backend = "cvmfs"'):
+        load_watchlist(path)
+    path.write_text('[publish]\nbackend = "cvmfs"\nrepository = "r.org"\nreplicas = ["s1.example.org"]\n')
+    with pytest.raises(ConfigError, match=r"publish.replicas: expected URLs such as"):
+        load_watchlist(path)
+
+
+class Servers:
+    """A stratum 0 and a stratum 1 on one loopback server: /s0/ and /s1/ serve the revisions set here."""
+
+    def __init__(self) -> None:
+        self.revisions: Dict[str, int] = {"s0": 7, "s1": 6}
+        self.asked: Dict[str, int] = {"s0": 0, "s1": 0}
+        self.server = LoopbackServer(self.handle)
+        self.base = f"http://{self.server.host}"
+
+    def handle(self, request: BaseHTTPRequestHandler, method: str) -> None:
+        match = re.fullmatch(r"/(s[01])/\.cvmfspublished", request.path)
+        body = manifest(self.revisions[match.group(1)]) if match else b"no"
+        if match:
+            self.asked[match.group(1)] += 1
+        request.send_response(200 if match else 404)
+        request.send_header("Content-Length", str(len(body)))
+        request.end_headers()
+        request.wfile.write(body)
+
+
+@pytest.fixture
+def servers():
+    s = Servers()
+    yield s
+    s.server.close()
+
+
+def tracker_for(tmp_path: Path, servers: Servers, lag: str, clock, registry: CollectorRegistry) -> DeliveryTracker:
+    path = tmp_path / "watchlist.toml"
+    path.write_text(f'[publish]\nbackend = "cvmfs"\nrepository = "r.org"\nreplicas = ["{servers.base}/s1"]\n'
+                    f'replica_lag_max = "{lag}"\n[[image]]\nsource = "reg.example.org/team/app"\ntags = ["v2"]\n'
+                    'dest = "app"\n')
+    return DeliveryTracker(load_watchlist(path), registry, clock=clock, stratum0=f"{servers.base}/s0")
+
+
+def published_report(tracker: DeliveryTracker) -> CycleReport:
+    entry = tracker.watchlist.images[0]
+    outcome = ImageOutcome(entry, "v2", Platform("linux", "amd64"), "app:v2")
+    outcome.unchanged_at = ("sha256:" + "a" * 64, "sha256:" + "b" * 64)
+    outcome.status = outcome.status.__class__("published")
+    return CycleReport(outcomes=[outcome], entries=[entry])
+
+
+def test_a_delivery_from_push_to_the_stratum_1_with_status_page_and_metrics(tmp_path, servers):
+    now = [1000.0]
+    registry = CollectorRegistry()
+    tracker = tracker_for(tmp_path, servers, "1m", lambda: now[0], registry)
+    try:
+        hints = _PARSERS["distribution"]({"events": [{
+            "action": "push", "timestamp": "1970-01-01T00:16:30Z",  # 990
+            "target": {"repository": "team/app", "tag": "v2", "mediaType": "application/vnd.oci.image.manifest.v1+json"}}]})
+        tracker.hook(hints, received=991.0)
+        assert servers.asked == {"s0": 0, "s1": 0}  # nothing asked before anything is published
+        (delivery,) = tracker.cycle_done(published_report(tracker), started=995.0, ended=1000.0)
+        assert (delivery.pushed, delivery.seen, delivery.published, delivery.revision) == (990.0, 995.0, 1000.0, 7)
+        assert delivery.replica_time(f"{servers.base}/s1") is None  # it serves 6: not yet
+        status = tracker.status()
+        (replica,) = status["replicas"]
+        assert (replica["revision"], replica["lagging"]) == (6, False)
+        (shown,) = status["images"]
+        assert (shown["push_to_publish_seconds"], shown["seen_to_publish_seconds"]) == (10.0, 5.0)
+
+        now[0] = 1100.0  # over a minute later, still revision 6: lagging, in red on the page
+        status = tracker.status()
+        assert status["replicas"][0]["lagging"] and status["images"][0]["replicas"][0]["lagging"]
+        page = render_page({"now": "1970-01-01T00:18:20Z", "images": [], "delivery": status})
+        assert re.search(r'<p class="replica lagging"[^>]*>.*<span class="bad">lagging', page)
+        assert '<td class="lagging"><span class="bad">not yet</span></td>' in page
+
+        assert tracker.poll_replicas() == []  # asked again (100 s after the last time): still 6
+        servers.revisions["s1"] = 8  # the stratum 1 caught up (past it: a later revision serves it too)
+        now[0] = 1130.0
+        (caught,) = tracker.poll_replicas()
+        assert (caught.at, caught.delivery.replica_time(f"{servers.base}/s1")) == (1130.0, 1130.0)
+        status = tracker.status()
+        assert not status["replicas"][0]["lagging"]
+        assert status["images"][0]["replicas"][0]["after_push_seconds"] == 140.0
+        asked = dict(servers.asked)
+        assert tracker.poll_replicas(force=True) == [] and servers.asked == asked  # nothing waits: nothing asked
+        metrics = generate_latest(registry).decode()
+        assert re.search(r'reconciler_push_to_replica_seconds_sum\{replica="[^"]+/s1"\} 140\.0', metrics)
+        assert "reconciler_push_to_publish_seconds_sum 10.0" in metrics
+        assert "reconciler_seen_to_publish_seconds_count 1.0" in metrics
+        assert json.dumps(status)  # /status is JSON
+    finally:
+        tracker.close()
