@@ -160,3 +160,19 @@ def read_calls(log: Path) -> List[List[str]]:
     if not log.exists():
         return []
     return [line.split("\x1f")[1:] for line in log.read_text().splitlines()]
+
+
+def replica(repo: str) -> str:
+    """A stratum 1 of `repo` on this machine (../shared/cvmfs/mkreplica.sh:
+    the same apache, alias s1.<repo>); returns its URL. Made once, kept."""
+    _take_session_lock()
+    script = SHARED / "mkreplica.sh"
+    done = subprocess.run(["bash", str(script), repo], capture_output=True, text=True, timeout=900)
+    if done.returncode != 0:
+        raise RuntimeError(f"{script} {repo} failed: {done.stdout[-2000:]}{done.stderr[-2000:]}")
+    return f"http://localhost/cvmfs/s1.{repo}"
+
+
+def snapshot(repo: str) -> None:
+    """Catch the stratum 1 of `repo` up with its stratum 0, as its cron would."""
+    _run("snapshot", f"s1.{repo}")
