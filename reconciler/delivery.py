@@ -63,27 +63,37 @@ class DeliveryLog:
     replica_urls: Sequence[str]
     keep: int = KEEP
     _deliveries: "OrderedDict[str, Delivery]" = field(default_factory=OrderedDict)
-    _pushes: Dict[Tuple[int, Optional[str]], float] = field(default_factory=dict)
+    # (entry index, tag or None) -> (the registry's push time, when the hook came)
+    _pushes: Dict[Tuple[int, Optional[str]], Tuple[float, float]] = field(default_factory=dict)
     _replicas: Dict[str, ReplicaView] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         self._replicas = {url: ReplicaView(url) for url in self.replica_urls}
 
-    def pushed(self, entry: int, tag: Optional[str], at: float) -> None:
-        """A webhook said the entry's repository got a push at `at` (of `tag`,
-        None when the hook does not say which); the next delivery of it takes it."""
+    def pushed(self, entry: int, tag: Optional[str], at: float, received: float) -> None:
+        """A webhook, received at `received`, said the entry's repository got a
+        push at `at` (of `tag`, None when the hook does not say which)."""
         with self._lock:
             key = (entry, tag)
-            self._pushes[key] = min(at, self._pushes.get(key, at))  # the first push not yet delivered
+            earlier = self._pushes.get(key)
+            if earlier is None or at < earlier[0]:  # the first push not yet delivered
+                self._pushes[key] = (at, received)
 
-    def published(self, entry: int, tag: str, tag_path: str, image: str, digest: str, *, seen: float,
+    def take_pushes(self, entries: Sequence[int], seen: float) -> Dict[Tuple[int, Optional[str]], float]:
+        """The push times of `entries` a cycle that started at `seen` may have
+        seen (hooks received before it), forgotten here: each push is told once."""
+        with self._lock:
+            taken = {key: at for key, (at, received) in self._pushes.items()
+                     if key[0] in entries and received <= seen}
+            for key in taken:
+                del self._pushes[key]
+            return taken
+
+    def published(self, tag_path: str, image: str, digest: str, *, pushed: Optional[float], seen: float,
                   published: float, revision: Optional[int]) -> Delivery:
         """Record a tag published with a new image; returns its delivery."""
         with self._lock:
-            pushed = self._pushes.pop((entry, tag), None)
-            anytag = self._pushes.pop((entry, None), None)
-            pushed = pushed if pushed is not None else anytag
             replicas = tuple((url, self._served_at(url, revision, published)) for url in self.replica_urls)
             delivery = Delivery(tag_path, image, digest, pushed, seen, published, revision,
                                 replicas if revision is not None else ())

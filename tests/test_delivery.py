@@ -162,3 +162,20 @@ def test_a_delivery_from_push_to_the_stratum_1_with_status_page_and_metrics(tmp_
         assert json.dumps(status)  # /status is JSON
     finally:
         tracker.close()
+
+
+def test_a_push_is_told_to_the_first_cycle_that_could_have_seen_it(tmp_path, servers):
+    tracker = tracker_for(tmp_path, servers, "1m", lambda: 2000.0, CollectorRegistry())
+    try:
+        hint = _PARSERS["dockerhub"]({"repository": {"repo_name": "team/app"},
+                                      "push_data": {"pushed_at": 1990, "tag": "v2"}})
+        hint = [h.__class__(h.repository, None, h.pushed_at, h.tag) for h in hint]  # the hook names no registry
+        tracker.hook(hint, received=1996.0)  # came while a cycle that started at 1995 was running
+        (during,) = tracker.cycle_done(published_report(tracker), started=1995.0, ended=2000.0)
+        assert during.pushed is None  # that cycle's HEAD came before the push: not its push
+        (after,) = tracker.cycle_done(published_report(tracker), started=2001.0, ended=2005.0)
+        assert after.pushed == 1990.0
+        (again,) = tracker.cycle_done(published_report(tracker), started=2010.0, ended=2012.0)
+        assert again.pushed is None  # told once
+    finally:
+        tracker.close()

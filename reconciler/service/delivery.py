@@ -100,7 +100,7 @@ class DeliveryTracker:
             if hint.pushed_at is None:
                 continue
             for index in matching_entries([hint], entries):
-                self.log.pushed(index, hint.tag, min(hint.pushed_at, received))
+                self.log.pushed(index, hint.tag, min(hint.pushed_at, received), received)
 
     def cycle_done(self, report: CycleReport, started: float, ended: float) -> List[Delivery]:
         """Record the tags a cycle published; the revision carrying them is read from the stratum 0."""
@@ -108,10 +108,13 @@ class DeliveryTracker:
         if not published:
             return []
         revision = self._stratum0_revision()
+        # A push is told to the tags this cycle published of its entry (a hook naming no tag: all of them).
+        pushes = self.log.take_pushes([o.entry.index for o in published], started)
         out = []
         for o in published:
             assert o.digest is not None
-            delivery = self.log.published(o.entry.index, o.tag, o.tag_path, o.name, o.digest, seen=started,
+            pushed = pushes.get((o.entry.index, o.tag), pushes.get((o.entry.index, None)))
+            delivery = self.log.published(o.tag_path, o.name, o.digest, pushed=pushed, seen=started,
                                           published=ended, revision=revision)
             self.metrics.delivered(delivery)
             out.append(delivery)
