@@ -122,3 +122,8 @@ class StartError(ReconcilerError):
 class BusyError(ReconcilerError):
     """Another reconciler holds the lock on the same state directory or
     publish target (exit code 4)."""
+
+
+class SignatureError(ReconcilerError):
+    """An image its entry's policy requires signed, without a valid signature
+    by a trusted key (retried at the next poll: CI often signs after pushing)."""

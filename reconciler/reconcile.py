@@ -25,6 +25,7 @@ from .cycle.outcome import CycleReport, describe_failure
 from .cycle.plan import Plan, plan
 from .cycle.record import BACKOFF_BASE_S, record, record_cycle_failure
 from .cycle.results import cycle_report
+from .cycle.signature_gate import check_signatures
 from .errors import PublishError, StartError
 from .locking import ProcessLock
 from .publish import Publisher, make_publisher
@@ -162,6 +163,7 @@ class Reconciler:
         if self.publisher.needs_recovery and not self.read_only:
             self.publisher.recover()  # e.g. close a transaction the last cycle could not abort
         planned = self._plan(entries)
+        check_signatures(planned, self)  # before any layer is downloaded; refusals fail alone
         if self.read_only:
             return planned.report()
         fetch = FetchStage(self.store, self, cancel=threading.Event(), workers=self.workers, progress=self.progress,

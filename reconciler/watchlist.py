@@ -10,6 +10,7 @@ directory.
 
 from __future__ import annotations
 
+import logging
 import re
 import sys
 from dataclasses import dataclass
@@ -23,12 +24,26 @@ else:  # pragma: no cover - exercised on Python < 3.11
 
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 
-from .config.section import Section, unknown_message
+from .config.section import Section, config_path, unknown_message
 from .config.values import MAX_DURATION_S, MIN_INTERVAL_S, parse_duration, parse_listen, parse_size
-from .config.watchlist_keys import BACKENDS, DEFAULTS, IMAGE, PUBLISH, REGISTRY, SERVICE, STATE, TOP, WEBHOOK
+from .config.watchlist_keys import (
+    BACKENDS,
+    DEFAULTS,
+    IMAGE,
+    PUBLISH,
+    REGISTRY,
+    SERVICE,
+    SIGNATURE,
+    SIGNATURE_NONE,
+    STATE,
+    TOP,
+    WEBHOOK,
+)
 from .errors import ConfigError, InvalidReferenceError
 from .registry.manifest import Platform
 from .registry.reference import ImageReference, is_valid_tag, normalize_registry, parse_reference
+from .signatures.keys import KeyFormatError, TrustedKey, load_public_key
+from .signatures.policy import IdentityRule, SignaturePolicy
 from .webhooks import PROVIDERS
 
 __all__ = ["BACKENDS", "MAX_DURATION_S", "MIN_INTERVAL_S", "CvmfsTarget", "ImageEntry", "LocalTarget",
@@ -38,6 +53,8 @@ __all__ = ["BACKENDS", "MAX_DURATION_S", "MIN_INTERVAL_S", "CvmfsTarget", "Image
 # Defaults the records share with the loader, from the declarations.
 _DEFAULT_INTERVAL = parse_duration(DEFAULTS.default_text("interval"))
 _DEFAULT_PLATFORMS = tuple(Platform.parse(p) for p in DEFAULTS.default_strings("platforms"))
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -120,6 +137,7 @@ class ImageEntry:
     dest: str = ""
     platforms: Tuple[Platform, ...] = ()
     interval: float = _DEFAULT_INTERVAL
+    signature: Optional[SignaturePolicy] = None  # None: published without a signature check
 
     @property
     def label(self) -> str:
@@ -181,6 +199,8 @@ def _check_known_keys(file: str, data: Any) -> None:
     for declared in _SIMPLE_TABLES:
         if isinstance(data.get(declared.title), dict):
             Section(file, declared.title, data[declared.title], declared)
+    if isinstance(data.get("defaults"), dict) and isinstance(data["defaults"].get("signature"), dict):
+        Section(file, "defaults.signature", data["defaults"]["signature"], SIGNATURE)
     registries = data.get("registries")
     if isinstance(registries, dict):
         for host, table in registries.items():
@@ -197,6 +217,8 @@ def _check_known_keys(file: str, data: Any) -> None:
         for index, table in enumerate(images, start=1):
             if isinstance(table, dict):
                 Section(file, _image_where(index, table), table, IMAGE)
+                if isinstance(table.get("signature"), dict):
+                    Section(file, f"{_image_where(index, table)}.signature", table["signature"], SIGNATURE)
 
 
 def _check_provider(file: str, provider: str) -> None:
@@ -241,6 +263,8 @@ def load_watchlist(path: Path) -> Watchlist:
     defaults = Section(name, "defaults", top.table("defaults"), DEFAULTS)
     interval = defaults.duration("interval", minimum=MIN_INTERVAL_S)
     platforms = defaults.platforms("platforms", _DEFAULT_PLATFORMS)
+    keys = _KeyFiles(base)
+    signature = _signature(defaults, keys, None)
 
     registries = _registries(name, top, base)
     service = Section(name, "service", top.table("service"), SERVICE)
@@ -251,7 +275,7 @@ def load_watchlist(path: Path) -> Watchlist:
         except ValueError as exc:
             raise service.error("listen", str(exc)) from None
     webhooks = _webhooks(name, top, base)
-    images = _images(name, top, interval, platforms)
+    images = _images(name, top, interval, platforms, signature, keys)
     return Watchlist(path, publish, state_dir, blob_cache_max, interval, platforms, registries, listen, webhooks,
                      images)
 
@@ -367,14 +391,17 @@ def _webhooks(file: str, top: Section, base: Path) -> Dict[str, WebhookConfig]:
     return webhooks
 
 
-def _images(file: str, top: Section, interval: float, platforms: Tuple[Platform, ...]) -> Tuple[ImageEntry, ...]:
-    """The [[image]] blocks, in file order; two with one dest are refused."""
+def _images(file: str, top: Section, interval: float, platforms: Tuple[Platform, ...],
+            signature: Optional[SignaturePolicy], keys: "_KeyFiles") -> Tuple[ImageEntry, ...]:
+    """The [[image]] blocks, in file order; two with one dest are refused.
+    `interval`, `platforms` and `signature` are the [defaults]."""
     raw = top.data.get("image", [])
     if isinstance(raw, dict):
         raise top.error("image", "expected a list of [[image]] tables: write [[image]], with double brackets, "
                                  "not [image]")
     entries = top.tables("image")
-    images = [_image_entry(file, i, table, interval, platforms) for i, table in enumerate(entries, start=1)]
+    images = [_image_entry(file, i, table, interval, platforms, signature, keys)
+              for i, table in enumerate(entries, start=1)]
     seen: Dict[str, int] = {}
     for entry in images:
         if entry.dest in seen:
@@ -384,8 +411,9 @@ def _images(file: str, top: Section, interval: float, platforms: Tuple[Platform,
     return tuple(images)
 
 
-def _image_entry(file: str, index: int, table: Any, interval: float, platforms: Tuple[Platform, ...]) -> ImageEntry:
-    """One [[image]] block; `interval` and `platforms` are the [defaults]."""
+def _image_entry(file: str, index: int, table: Any, interval: float, platforms: Tuple[Platform, ...],
+                 signature: Optional[SignaturePolicy], keys: "_KeyFiles") -> ImageEntry:
+    """One [[image]] block; `interval`, `platforms` and `signature` are the [defaults]."""
     sec = Section(file, _image_where(index, table), table, IMAGE)
     source_text = sec.text("source")
     if not source_text:
@@ -408,7 +436,62 @@ def _image_entry(file: str, index: int, table: Any, interval: float, platforms: 
         raise sec.error("dest", "expected a relative path of plain names (no '..', no leading dots, "
                                 f"no ':' or '@' in the last name), got {dest!r}")
     return ImageEntry(index, source, tuple(tags or ()), tag_pattern, semver, newest, dest,
-                      sec.platforms("platforms", platforms), sec.duration("interval", interval, MIN_INTERVAL_S))
+                      sec.platforms("platforms", platforms), sec.duration("interval", interval, MIN_INTERVAL_S),
+                      _signature(sec, keys, signature))
+
+
+class _KeyFiles:
+    """The signature keys of one watchlist, each file read and parsed once."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self._loaded: Dict[Path, TrustedKey] = {}
+
+    def load(self, sec: Section, text: str) -> TrustedKey:
+        """The key in file `text`; ConfigError naming the file, the table and the key otherwise."""
+        try:
+            path = config_path(self.base, text)
+        except ValueError as exc:
+            raise sec.error("signature.keys", str(exc)) from None
+        if path in self._loaded:
+            return self._loaded[path]
+        try:
+            pem = path.read_bytes()
+        except OSError as exc:
+            raise sec.error("signature.keys", f"cannot read the key {path}: {exc.strerror}") from None
+        try:
+            key = load_public_key(pem, str(path))
+        except KeyFormatError as exc:
+            raise sec.error("signature.keys", f"{path}: {exc}") from None
+        self._loaded[path] = key
+        return key
+
+
+def _signature(sec: Section, keys: _KeyFiles, inherited: Optional[SignaturePolicy]) -> Optional[SignaturePolicy]:
+    """The table's `signature`: its own policy, none ("none"), or `inherited` when absent."""
+    value = sec.get("signature")
+    if value is None:
+        return inherited
+    if value == SIGNATURE_NONE:
+        return None
+    if not isinstance(value, dict):
+        raise sec.error("signature", f'expected a table {{ keys = ["cosign.pub"] }} or "{SIGNATURE_NONE}", '
+                                     f"got {value!r}"[:200])
+    table = Section(sec.file, f"{sec.where}.signature", value, SIGNATURE)
+    paths = table.strings("keys")
+    if not paths:
+        raise table.error("keys", 'required: the cosign public keys that may sign, e.g. ["cosign.pub"]')
+    identity_text = table.text("identity")
+    assert identity_text is not None  # declared with a default
+    try:
+        identity = IdentityRule.parse(identity_text)
+    except ValueError as exc:
+        raise table.error("identity", str(exc)) from None
+    loaded = tuple(dict.fromkeys(keys.load(sec, p) for p in paths))
+    for key in loaded:
+        log.info("%s: %s.signature: key %s, SHA-256 fingerprint %s", sec.file, sec.where, key.source,
+                 key.fingerprint)
+    return SignaturePolicy(loaded, identity)
 
 
 def _check_selection(sec: Section, tags: Optional[List[str]], tag_pattern: Optional[str], semver: Optional[str],

@@ -8,9 +8,27 @@ from __future__ import annotations
 from typing import Tuple
 
 from ..apptainer import DEFAULT_BIND_POINTS
-from .schema import ADDRESS, DURATION, FLAG, PATH, PLATFORMS, SIZE, STRINGS, TEXT, WHOLE, Key, Table, table_kind
+from .schema import (
+    ADDRESS,
+    DURATION,
+    FLAG,
+    PATH,
+    PLATFORMS,
+    SIZE,
+    STRINGS,
+    TEXT,
+    WHOLE,
+    Key,
+    Kind,
+    Table,
+    table_kind,
+)
 
 BACKENDS = ("local", "cvmfs")
+
+# `signature` is a table, or the word "none" (no policy, where [defaults] has one).
+SIGNATURE_KIND = Kind(object, 'a table { keys = [...], identity = ... } or "none"', 'table, or "none"')
+SIGNATURE_NONE = "none"
 
 TOP = Table("", (
     Key("publish", table_kind("a [publish] table")),
@@ -46,6 +64,8 @@ DEFAULTS = Table("defaults", (
     Key("interval", DURATION, "how often each image's tags are checked (durations: 30s, 15m, 1h30m, 2d)",
         default="15m"),
     Key("platforms", PLATFORMS, "the platforms each image is published for", default=("linux/amd64",)),
+    Key("signature", SIGNATURE_KIND, "publish only images a listed cosign key signed (keys, identity below)",
+        default_doc="none: no check"),
 ))
 
 REGISTRY = Table('registries."<host>"', (
@@ -83,7 +103,16 @@ IMAGE = Table("image[n]", (
     Key("dest", TEXT, "where under root its tags are published", default_doc="`<registry>/<repository>`"),
     Key("platforms", PLATFORMS, "the platforms it is published for", default_doc="`[defaults]` platforms"),
     Key("interval", DURATION, "how often its tags are checked", default_doc="`[defaults]` interval"),
+    Key("signature", SIGNATURE_KIND, 'its signature policy; "none" for none where `[defaults]` has one',
+        default_doc="`[defaults]` signature"),
+))
+
+SIGNATURE = Table("image[n].signature", (
+    Key("keys", STRINGS, "cosign public keys (PEM, ECDSA P-256); any of them may sign. Relative paths are taken "
+                         "from the watchlist's directory", default_doc="required"),
+    Key("identity", TEXT, 'what the signed reference must name: "repository", "exact" (with the tag), "any", or '
+                          '"repository:<repo>" (a mirror\'s original)', default="repository"),
 ))
 
 # The tables the reference documents, in the order the README shows them.
-REFERENCE_TABLES: Tuple[Table, ...] = (PUBLISH, STATE, DEFAULTS, REGISTRY, SERVICE, WEBHOOK, IMAGE)
+REFERENCE_TABLES: Tuple[Table, ...] = (PUBLISH, STATE, DEFAULTS, REGISTRY, SERVICE, WEBHOOK, IMAGE, SIGNATURE)

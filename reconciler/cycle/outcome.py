@@ -80,6 +80,10 @@ class ImageOutcome:
     unchanged_at: Optional[Tuple[str, str]] = None
     reason: str = ""
     downloaded: int = 0
+    # Who signed it (the key's SHA-256 SPKI fingerprint) and where the
+    # signature was found, once the signature gate accepted it.
+    signed_by: Optional[str] = None
+    signed_where: Optional[str] = None
 
     @property
     def name(self) -> str:

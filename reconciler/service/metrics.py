@@ -6,6 +6,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from ..cycle.outcome import CycleReport, Status
 from ..reconcile import Reconciler
+from .status import published_signer
 
 
 class Metrics:
@@ -27,6 +28,10 @@ class Metrics:
                                   buckets=(0.5, 1, 5, 15, 60, 300, 900, 3600), registry=self.registry)
         self.rate_limit = Gauge("reconciler_registry_ratelimit_remaining",
                                 "RateLimit-Remaining last seen per registry", ["registry"], registry=self.registry)
+        self.signers = Gauge("reconciler_published_signer",
+                             "1 per published tag, labelled with who signed it: the key's SHA-256 fingerprint, "
+                             "'no policy' or 'unverified'", ["dest", "tag", "platform", "signed_by"],
+                             registry=self.registry)
 
     def record(self, report: CycleReport, seconds: float, reconciler: Reconciler) -> None:
         """Count one finished cycle: its tags, bytes, failures, and the registries' rate limits."""
@@ -42,6 +47,16 @@ class Metrics:
             self.bytes.inc(o.downloaded)
         for entry, _ in report.entry_failures:
             self.failures.labels(entry.source.name).inc()
+        self._record_signers(reconciler)
         for host, client in reconciler.registry_clients().items():
             if client.rate_limit_remaining is not None:
                 self.rate_limit.labels(host).set(client.rate_limit_remaining)
+
+    def _record_signers(self, reconciler: Reconciler) -> None:
+        """Who signed each published tag, from the state database (so also after a restart)."""
+        entries = {entry.dest: entry for entry in reconciler.watchlist.images}
+        self.signers.clear()  # tags no longer published drop out
+        for row in reconciler.state.all():
+            signer = published_signer(entries.get(row.dest), row)
+            if signer is not None:
+                self.signers.labels(row.dest, row.tag, row.platform, signer).set(1)
