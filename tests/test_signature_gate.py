@@ -245,3 +245,18 @@ def test_attachment_tags_are_never_selected_even_without_a_policy():
     available = ["v1", f"sha256-{hexes}.sig", f"sha256-{hexes}", f"sha256-{hexes}.att", f"sha256-{hexes}.sbom",
                  "sha256-abc.sig", f"sha256-{hexes}.sig2"]
     assert select_tags(entry, available) == sorted(["sha256-abc.sig", f"sha256-{hexes}.sig2", "v1"])
+
+
+def test_exact_identity_is_checked_per_tag_even_for_one_digest(site):
+    digest = site.push("basic", "v1")
+    site.push("basic", "v2")
+    site.attach(signed(site.key, digest, f"{site.name}:v1"), digest_tag(digest, "sig"))
+    report = site.run(site.watchlist(selection='tags = ["v1", "v2"]'))
+    assert statuses(report) == ["published", "published"]  # the default rule: the repository, any tag
+    path = site.watchlist(selection='tags = ["v1", "v2", "v3"]')
+    path.write_text(path.read_text() + 'identity = "exact"\n')
+    site.push("basic", "v3")
+    report = site.run(path)
+    by_tag = {o.tag: o for o in report.outcomes}
+    assert str(by_tag["v3"].status) == "failed"
+    assert f"signed identity '{site.name}:v1' ≠ '{site.name}:v3' (rule exact)" in by_tag["v3"].reason

@@ -37,7 +37,8 @@ log = logging.getLogger(__name__)
 # Verifications in flight (each registry client also bounds its own requests).
 GATE_WORKERS = 8
 
-# (source, digest, tag, policy): one verdict per cycle, shared by the platforms of a tag.
+# (source, digest, tag or "", policy): one verdict per cycle, shared by the
+# platforms of a tag and, unless the rule is `exact`, by tags of one digest.
 _Key = Tuple[str, str, str, SignaturePolicy]
 
 
@@ -61,7 +62,8 @@ def check_signatures(plan: Plan, registries: Registries) -> None:
 def _key(outcome: ImageOutcome, digest: str) -> _Key:
     policy = outcome.entry.signature
     assert policy is not None
-    return outcome.entry.source.name, digest, outcome.tag, policy
+    # Only the `exact` rule reads the tag: otherwise tags sharing a digest share its verdict.
+    return outcome.entry.source.name, digest, outcome.tag if policy.identity.kind == "exact" else "", policy
 
 
 def _tag_digests(outcome: ImageOutcome, verdicts: Dict[_Key, Verdict]) -> List[_Key]:

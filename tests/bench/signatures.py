@@ -6,8 +6,8 @@ Two measures, alternating:
   a cycle) for each place a signature can be: a cosign `.sig`, a v3 bundle in
   the `sha256-<hex>` fallback index, and none (an unsigned image); its HTTP
   requests (counted by the client) and milliseconds;
-- a whole `run_once` of N tags of one image, with and without a policy (each
-  tag is verified: the identity rule may name the tag), fresh state each time;
+- a whole `run_once` of N tags, each its own signed image (one manifest each
+  over the same layers), with and without a policy, fresh state each time;
   the difference per tag.
 
 Not a test: it prints one line per measure and writes .bench/signatures.json.
@@ -25,7 +25,7 @@ from typing import Dict, List
 
 import httpx
 
-from fixtures.build import build_all
+from fixtures.build import Blob, build_all
 from reconciler.cycle.signature_gate import _verdict
 from reconciler.reconcile import Reconciler
 from reconciler.registry.attachments import digest_tag
@@ -115,8 +115,12 @@ def main() -> int:
             for kind, digest in (("sig", sig_digest), ("bundle", bundle_digest), ("unsigned", unsigned)):
                 results[kind] = verification(site, digest, policy, args.rounds)
                 print(f"{kind:9} {results[kind]}")
-            for i in range(args.tags):
-                site.pusher.push_manifest(REPO, site.images["basic"].top, f"t{i}")
+            for i in range(args.tags):  # one image a tag: the same layers, a manifest of its own
+                manifest = json.loads(site.images["basic"].top.data)
+                manifest["annotations"] = {"bench": str(i)}
+                variant = Blob(site.images["basic"].top.media_type, json.dumps(manifest).encode())
+                site.pusher.push_manifest(REPO, variant, f"t{i}")
+                site.sign(variant.digest)
             on, off = [], []
             for _ in range(args.pairs):
                 off.append(cycle(site, args.tags, False, scratch))
