@@ -260,3 +260,16 @@ def test_exact_identity_is_checked_per_tag_even_for_one_digest(site):
     by_tag = {o.tag: o for o in report.outcomes}
     assert str(by_tag["v3"].status) == "failed"
     assert f"signed identity '{site.name}:v1' ≠ '{site.name}:v3' (rule exact)" in by_tag["v3"].reason
+
+
+def test_an_unexpected_error_while_checking_fails_that_image_alone(site, monkeypatch):
+    digest = site.push("basic", "v1")
+    site.sign(digest)
+
+    def broken(self, repository, tag):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(RegistryClient, "get_attachment", broken)
+    report = site.run()
+    assert statuses(report) == ["failed"] and site.published() is None
+    assert "cannot check its signatures: unexpected RuntimeError: a bug" in reasons(report)

@@ -29,7 +29,7 @@ from ..signatures.bundle import BUNDLE_TYPE
 from ..signatures.check import MAX_SIGNATURE_BLOB
 from ..signatures.policy import SignaturePolicy
 from ..signatures.verify import Accepted, Found, Rejected, Verdict, verify
-from .outcome import ImageOutcome, Registries, describe_failure
+from .outcome import ImageOutcome, Registries, describe_failure, traceback_for
 from .plan import Plan
 
 log = logging.getLogger(__name__)
@@ -120,6 +120,9 @@ def _verdict(registries: Registries, key: _Key) -> Verdict:
         return verify(digest, name, tag, Found(sig_where, sig_raw, listing, referrers), policy, fetch)
     except ReconcilerError as exc:
         return Rejected((f"cannot read its signatures from the registry: {describe_failure(exc)}",))
+    except Exception as exc:  # noqa: BLE001 - one image's failure is never the cycle's; fail closed
+        log.error("%s@%s: checking its signature failed", name, digest[:19], exc_info=traceback_for(exc))
+        return Rejected((f"cannot check its signatures: {describe_failure(exc)}",))
 
 
 def _referrers(client: RegistryClient, name: str, repository: str, digest: str) -> Tuple[str, List[Tuple[str, bytes]]]:
