@@ -17,8 +17,11 @@ Per tag link, once a signature policy applied: the fingerprint of the key
 that signed the published image and where that signature was found (NULL:
 published without a policy).
 
-Version 1 keyed tags by source; version 3 had no signature columns; opening
-either migrates it.
+Per source repository (`host/name`), what the last anonymous probe said:
+public, not public (and why) or unknown, and when it was asked.
+
+Version 1 keyed tags by source; versions up to 4 had no signature columns;
+opening such a database migrates it.
 `StateDB.read_only()` opens it for `--dry-run` without writing anything.
 """
 
@@ -32,7 +35,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Set, Tuple
 
-SCHEMA_VERSION = 4  # 3: entry_state (entries failing as a whole); 4: tag_state.signed_by, signed_where
+# 3: entry_state (entries failing as a whole); 4: visibility_state; 5: tag_state.signed_by, signed_where
+SCHEMA_VERSION = 5
 _TAG_COLUMNS = """
     source TEXT NOT NULL,
     tag TEXT NOT NULL,
@@ -47,7 +51,7 @@ _TAG_COLUMNS = """
     failure_reason TEXT,
     failures INTEGER NOT NULL DEFAULT 0,
     next_due REAL"""
-# Added in version 4: who signed the published image, and where the signature was.
+# Added in version 5: who signed the published image, and where the signature was.
 _SIGNATURE_COLUMNS = ("signed_by", "signed_where")
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS tag_state ({_TAG_COLUMNS},
@@ -62,6 +66,12 @@ CREATE TABLE IF NOT EXISTS entry_state (
     last_failure REAL NOT NULL,
     failure_reason TEXT NOT NULL,
     next_due REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS visibility_state (
+    repository TEXT PRIMARY KEY,
+    public INTEGER,
+    reason TEXT NOT NULL,
+    checked_at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS image_state (
     digest TEXT PRIMARY KEY,
@@ -134,6 +144,17 @@ class EntryFailure:
 _ENTRY_COLUMNS = ", ".join(f.name for f in fields(EntryFailure))
 
 
+@dataclass(frozen=True)
+class RepositoryVisibility:
+    """What the last anonymous probe of a source repository said: `public` is
+    None when it could not tell; `reason` says why not public (or unknown)."""
+
+    repository: str
+    public: Optional[bool]
+    reason: str
+    checked_at: float
+
+
 def _has_table(conn: sqlite3.Connection, name: str) -> bool:
     return conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,)).fetchone() is not None
 
@@ -142,8 +163,8 @@ def _tag_columns(conn: sqlite3.Connection) -> List[str]:
     return [row[1] for row in conn.execute("PRAGMA table_info(tag_state)")]
 
 
-def _migrate_to_4(conn: sqlite3.Connection) -> None:
-    """Add the signature columns to a version 3 (or migrated version 1) tag_state."""
+def _migrate_to_5(conn: sqlite3.Connection) -> None:
+    """Add the signature columns to the tag_state of an older version."""
     missing = [c for c in _SIGNATURE_COLUMNS if c not in _tag_columns(conn)]
     if missing:
         conn.executescript("BEGIN;" + "".join(f"ALTER TABLE tag_state ADD COLUMN {c} TEXT;" for c in missing)
@@ -165,7 +186,7 @@ class StateDB:
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.executescript(_SCHEMA)
-        _migrate_to_4(self._conn)
+        _migrate_to_5(self._conn)
         if _has_table(self._conn, "tags"):
             self._conn.executescript("BEGIN;" + _MIGRATE_FROM_1 + "COMMIT;")
         self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
@@ -317,6 +338,22 @@ class StateDB:
                    WHERE failures > 0 AND next_due IS NOT NULL AND dest NOT IN (SELECT dest FROM entry_state)
                    GROUP BY dest""").fetchall()
         return {dest: float(due) for dest, due in rows}
+
+    def record_visibility(self, seen: RepositoryVisibility) -> None:
+        """Keep the answer of an anonymous probe of a source repository."""
+        public = None if seen.public is None else int(seen.public)
+        with self._lock:
+            self._conn.execute(
+                """INSERT INTO visibility_state (repository, public, reason, checked_at) VALUES (?, ?, ?, ?)
+                   ON CONFLICT (repository) DO UPDATE SET public=excluded.public, reason=excluded.reason,
+                     checked_at=excluded.checked_at""", (seen.repository, public, seen.reason[:2000], seen.checked_at))
+
+    def visibilities(self) -> Dict[str, RepositoryVisibility]:
+        """The last probe's answer per source repository."""
+        with self._lock:
+            rows = self._conn.execute("SELECT repository, public, reason, checked_at FROM visibility_state").fetchall()
+        return {r[0]: RepositoryVisibility(r[0], None if r[1] is None else bool(r[1]), r[2], float(r[3]))
+                for r in rows}
 
     def mark_images(self, on_disk: Dict[str, Optional[str]], referenced: Set[str], now: float) -> None:
         """Record which published image directories no tag references, and since when.

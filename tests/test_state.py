@@ -38,7 +38,7 @@ def test_a_v1_database_is_migrated_with_its_rows_and_image_owners(tmp_path):
     finally:
         state.close()
     tables = {r[0] for r in sqlite3.connect(path).execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    assert tables == {"tag_state", "image_state", "entry_state"}
+    assert tables == {"tag_state", "image_state", "entry_state", "visibility_state"}
 
 
 V3_TAG_STATE = """
@@ -77,4 +77,4 @@ def test_a_v3_database_reads_read_only_and_gains_the_signature_columns_when_open
         assert state.get("app", "v1", "linux/amd64").signed_by is None
     finally:
         state.close()
-    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == 4
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == 5

@@ -151,6 +151,15 @@ class CycleReport:
     def failed(self) -> bool:
         return bool(self.entry_failures) or any(o.status is Status.FAILED for o in self.outcomes)
 
+    def merge(self, other: "CycleReport") -> None:
+        """Add another target's report of the same cycle to this one."""
+        self.outcomes.extend(other.outcomes)
+        self.entry_failures.extend(other.entry_failures)
+        self.removed.extend(other.removed)
+        self.entries.extend(other.entries)
+        self.collected.extend(other.collected)
+        self.transactions += other.transactions
+
     def summary(self) -> str:
         """A human-readable summary, one line per change or failure. Each line is
         made inert: reasons carry registry-supplied text."""

@@ -53,10 +53,11 @@ class Metrics:
                 self.rate_limit.labels(host).set(client.rate_limit_remaining)
 
     def _record_signers(self, reconciler: Reconciler) -> None:
-        """Who signed each published tag, from the state database (so also after a restart)."""
+        """Who signed each published tag, from every target's state database (so also after a restart)."""
         entries = {entry.dest: entry for entry in reconciler.watchlist.images}
         self.signers.clear()  # tags no longer published drop out
-        for row in reconciler.state.all():
-            signer = published_signer(entries.get(row.dest), row)
-            if signer is not None:
-                self.signers.labels(row.dest, row.tag, row.platform, signer).set(1)
+        for run in reconciler.targets:
+            for row in run.state.all():
+                signer = published_signer(entries.get(row.dest), row)
+                if signer is not None:
+                    self.signers.labels(row.dest, row.tag, row.platform, signer).set(1)
