@@ -273,3 +273,26 @@ def test_an_unexpected_error_while_checking_fails_that_image_alone(site, monkeyp
     report = site.run()
     assert statuses(report) == ["failed"] and site.published() is None
     assert "cannot check its signatures: unexpected RuntimeError: a bug" in reasons(report)
+
+
+def test_with_two_targets_each_entry_is_held_to_its_own_policy(site):
+    digest = site.push("basic", "v1")
+    site.sign(digest)
+    site.push("edges", "v2")
+    path = site.tmp_path / "watchlist.toml"
+    path.write_text(f'[publish.open]\nroot = "public"\nvisibility = "public"\n'
+                    f'[publish.members]\nroot = "restricted"\n[state]\ndir = "state"\n'
+                    f'[registries."{site.host}"]\ninsecure = true\n'
+                    f'[defaults]\nsignature = {{ keys = ["trusted.pub"] }}\n'
+                    f'[[image]]\nsource = "{site.name}"\ntags = ["v1"]\ndest = "signed"\npublish = "open"\n'
+                    f'[[image]]\nsource = "{site.name}"\ntags = ["v2"]\ndest = "unsigned"\npublish = "members"\n'
+                    f'[[image]]\nsource = "{site.name}"\ntags = ["v2"]\ndest = "exempt"\npublish = "members"\n'
+                    'signature = "none"\n')
+    report = site.run(path)
+    by_dest = {o.entry.dest: o for o in report.outcomes}
+    assert {d: str(o.status) for d, o in by_dest.items()} == {"signed": "published", "unsigned": "failed",
+                                                              "exempt": "published"}
+    assert "no valid signature" in by_dest["unsigned"].reason
+    assert os.path.islink(site.tmp_path / "public" / "signed:v1")
+    assert os.path.islink(site.tmp_path / "restricted" / "exempt:v2")
+    assert not os.path.lexists(site.tmp_path / "restricted" / "unsigned:v2")
