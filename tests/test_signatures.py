@@ -248,3 +248,26 @@ def test_other_referrers_are_skipped(signer):
     art.manifest = art.manifest.replace(b"application/vnd.dev.sigstore.bundle.v0.3+json", b"application/spdx+json")
     verdict = check_bundle(art, policy_of(signer))
     assert str(verdict) == f"no signature: {SIG} not found, no bundle among the referrers (the referrers API)"
+
+
+def test_a_sig_with_very_many_layers_is_read_only_so_far(signer):
+    from reconciler.signatures.simple import MAX_SIGNATURES
+    junk = payload(DIGEST, REPO + "/x")
+    good = payload(DIGEST, REPO)
+    layers = [(junk + b" " * i, b64(Signer().sign(junk)), SIMPLE_SIGNING) for i in range(MAX_SIGNATURES + 5)]
+    art = sig_manifest(layers + [(good, b64(signer.sign(good)), SIMPLE_SIGNING)])
+    read = []
+    verdict = verify(DIGEST, REPO, "v1", Found(SIG, art.manifest, "x"), policy_of(signer),
+                     lambda d, s: read.append(d) or art.fetch(d, s))
+    assert isinstance(verdict, Rejected) and len(read) == MAX_SIGNATURES
+    assert verdict.reasons[-1] == f"{SIG}: more than {MAX_SIGNATURES} signatures; the others were not read"
+
+
+def test_reading_stops_at_the_first_valid_signature(signer):
+    good = payload(DIGEST, REPO)
+    art = sig_manifest([(good, b64(signer.sign(good)), SIMPLE_SIGNING),
+                        (good + b" ", b64(signer.sign(good + b" ")), SIMPLE_SIGNING)])
+    read = []
+    verdict = verify(DIGEST, REPO, "v1", Found(SIG, art.manifest, "x"), policy_of(signer),
+                     lambda d, s: read.append(d) or art.fetch(d, s))
+    assert isinstance(verdict, Accepted) and len(read) == 1

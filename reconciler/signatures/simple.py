@@ -20,6 +20,9 @@ from .policy import SignaturePolicy
 SIMPLE_SIGNING = "application/vnd.dev.cosign.simplesigning.v1+json"
 SIGNATURE_ANNOTATION = "dev.cosignproject.cosign/signature"
 COSIGN_TYPE = "cosign container image signature"
+# Signatures read from one `.sig` (each costs a blob request); cosign appends
+# one per `cosign sign`, so a real one holds a few.
+MAX_SIGNATURES = 64
 
 
 def check_simple(raw: bytes, where: str, digest: str, repository: str, tag: str, policy: SignaturePolicy,
@@ -32,12 +35,19 @@ def check_simple(raw: bytes, where: str, digest: str, repository: str, tag: str,
         return [Check(where, reason=f"{where} is not a signature manifest: {exc}")]
     if not isinstance(manifest, ImageManifest) or manifest.media_type != OCI_MANIFEST:
         return [Check(where, reason=f"{where} is a {manifest.media_type}, not an OCI image manifest")]
-    checks = []
+    checks: List[Check] = []
     for i, layer in enumerate(manifest.layers):
         if layer.media_type != SIMPLE_SIGNING:
             continue  # another attachment (an SBOM, a text note): not a signature
-        checks.append(_check_layer(f"{where} layer {i}", layer.digest, layer.size, layer.annotations, digest,
-                                   repository, tag, policy, fetch))
+        if len(checks) == MAX_SIGNATURES:
+            checks.append(Check(where, reason=f"{where}: more than {MAX_SIGNATURES} signatures; the others were "
+                                              "not read"))
+            break
+        check = _check_layer(f"{where} layer {i}", layer.digest, layer.size, layer.annotations, digest,
+                             repository, tag, policy, fetch)
+        checks.append(check)
+        if check.accepted:
+            break  # one valid signature suffices: read no further
     return checks
 
 
