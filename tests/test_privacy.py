@@ -226,6 +226,9 @@ def test_a_restricted_target_probes_nothing(tmp_path, acl_registry):
      r"publish.root: \[publish\] holds named targets \(\[publish.other\]\) beside keys of its own"),
     ('[publish.a]\nroot = "x"\n[publish.b]\nroot = "x/y"\n[[image]]\nsource = "alpine"\ntags = ["1"]\npublish = "a"\n',
      r"\[publish.b\]: publishes to .*/x/y, which overlaps \[publish.a\]'s"),
+    ('[publish.a]\nbackend = "cvmfs"\nrepository = "r.org"\nlease_path = "a"\n'
+     '[publish.b]\nbackend = "cvmfs"\nrepository = "r.org"\nlease_path = "b"\n',
+     r"\[publish.b\]: the same CernVM-FS repository as \[publish.a\] \(r.org\); one node publishes"),
     ('[publish.a]\nroot = "x"\nvisibility = "secret"\n', r"publish.a.visibility: expected one of 'public', 'restricted'"),
     ('[publish."a b"]\nroot = "x"\n', r"publish.a b: expected a target name"),
     ('[publish.a]\nroot = "x"\nrooot = "y"\n', r'publish.a: unknown key "rooot" \(did you mean "root"\?\)'),
