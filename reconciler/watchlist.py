@@ -341,6 +341,15 @@ def _publish_targets(file: str, top: Section, base: Path) -> Tuple[PublishConfig
         if not _TARGET_NAME.fullmatch(target_name):
             raise sec.error("", "expected a target name of letters, digits, '-' and '_' (such as \"public\")")
         targets.append(_publish(sec, base, target_name))
+    repositories: Dict[str, PublishConfig] = {}
+    for target in targets:
+        if isinstance(target.target, CvmfsTarget):
+            other = repositories.setdefault(target.target.repository, target)
+            if other is not target:
+                # A publisher node holds one transaction per repository at a time.
+                raise ConfigError(f"{file}: {target.label}: the same CernVM-FS repository as {other.label} "
+                                  f"({target.target.repository}); one node publishes a repository through one "
+                                  "target: give them one lease_path covering both, or run another node")
     trees = [(t, _published_tree(t)) for t in targets]
     for i, (one, tree) in enumerate(trees):
         for other, other_tree in trees[:i]:

@@ -10,10 +10,14 @@ a test needs a public one; a restricted CernVM-FS repository is made with
 from __future__ import annotations
 
 import os
+import re
+import signal
 import subprocess
+import sys
 from pathlib import Path
 from typing import Dict, List
 
+import httpx
 import pytest
 
 from fixtures.push import FixturePusher
@@ -24,7 +28,7 @@ from reconciler.registry.client import RegistryClient, RetryPolicy
 from reconciler.watchlist import load_watchlist
 from tests import cvmfs_real
 from tests.conftest import USERS, needs_registry
-from tests.registry_server import RegistryServer, start_registry
+from tests.registry_server import RegistryServer, free_port, start_registry, wait_until
 
 pytestmark = needs_registry
 
@@ -222,6 +226,9 @@ def test_a_restricted_target_probes_nothing(tmp_path, acl_registry):
      r"publish.root: \[publish\] holds named targets \(\[publish.other\]\) beside keys of its own"),
     ('[publish.a]\nroot = "x"\n[publish.b]\nroot = "x/y"\n[[image]]\nsource = "alpine"\ntags = ["1"]\npublish = "a"\n',
      r"\[publish.b\]: publishes to .*/x/y, which overlaps \[publish.a\]'s"),
+    ('[publish.a]\nbackend = "cvmfs"\nrepository = "r.org"\nlease_path = "a"\n'
+     '[publish.b]\nbackend = "cvmfs"\nrepository = "r.org"\nlease_path = "b"\n',
+     r"\[publish.b\]: the same CernVM-FS repository as \[publish.a\] \(r.org\); one node publishes"),
     ('[publish.a]\nroot = "x"\nvisibility = "secret"\n', r"publish.a.visibility: expected one of 'public', 'restricted'"),
     ('[publish."a b"]\nroot = "x"\n', r"publish.a b: expected a target name"),
     ('[publish.a]\nroot = "x"\nrooot = "y"\n', r'publish.a: unknown key "rooot" \(did you mean "root"\?\)'),
@@ -274,3 +281,59 @@ def test_a_cvmfs_repository_called_restricted_without_a_membership_requirement_i
     assert "Traceback" not in err
     done = subprocess.run(["cvmfs_server", "list"], capture_output=True, text=True)
     assert "in transaction" not in done.stdout
+
+
+# -- what an admin sees ------------------------------------------------------------
+
+def test_status_metrics_and_page_show_the_refusal_and_the_targets(tmp_path, acl_registry):
+    port = free_port()
+    path = write(tmp_path, acl_registry, TWO_TARGETS + f'[service]\nlisten = "127.0.0.1:{port}"\n',
+                 ['fixtures/basic"\ntags = ["v1"]\ndest = "basic"\npublish = "open"',
+                  'fixtures/edges"\ntags = ["latest"]\ndest = "edges"\npublish = "open"',
+                  'fixtures/manytags"\ntags = ["t000"]\ndest = "many"\npublish = "members"'])
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    with (tmp_path / "service.log").open("wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "reconciler.cli", "--watchlist", str(path)], env=env,
+                                stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        def images() -> Dict[str, dict]:
+            try:
+                return {i["dest"]: i for i in httpx.get(f"{base}/status", timeout=2).json()["images"]}
+            except httpx.HTTPError:
+                return {}
+
+        def settled() -> bool:
+            got = images()
+            return len(got) == 3 and all(i["tags"] and i["tags"][0]["state"] != "waiting" for i in got.values())
+
+        wait_until(settled, timeout=60, what="/status to show the first cycle")
+        got = images()
+        assert [got[d]["target"].split(" ")[0] for d in ("basic", "edges", "many")] == [
+            "[publish.open]", "[publish.open]", "[publish.members]"]
+        assert got["basic"]["target_public"] and not got["many"]["target_public"]
+        assert got["basic"]["source_public"] is True and got["edges"]["source_public"] is False
+        assert got["many"]["source_public"] is None  # a restricted target probes nothing
+        edges = got["edges"]["tags"][0]
+        assert edges["state"] == "failing" and "needs credentials" in edges["last_error"]
+        assert got["many"]["tags"][0]["state"] == "published"
+        metrics = httpx.get(f"{base}/metrics").text
+        assert re.search(r'reconciler_refusals_total\{image="[^"]+/fixtures/edges",policy="private"\} 1\.0', metrics)
+        assert re.search(r'reconciler_source_public\{image="[^"]+/fixtures/basic"\} 1\.0', metrics)
+        page = httpx.get(f"{base}/").text
+        assert "private source" in page and "[publish.members]" in page
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=60)
+    assert code == 0, (tmp_path / "service.log").read_text()[-3000:]
+
+
+def test_an_entry_moved_to_another_target_leaves_the_old_one(tmp_path, acl_registry):
+    images = ['fixtures/basic"\ntags = ["v1"]\ndest = "basic"\npublish = "{}"']
+    path = write(tmp_path, acl_registry, TWO_TARGETS, [images[0].format("open")])
+    assert main(["--once", "--watchlist", str(path)]) == 0
+    assert (tmp_path / "public" / "basic:v1").is_dir()
+    write(tmp_path, acl_registry, TWO_TARGETS, [images[0].format("members")])
+    assert main(["--once", "--watchlist", str(path)]) == 0
+    assert (tmp_path / "restricted" / "basic:v1").is_dir()
+    assert not os.path.lexists(tmp_path / "public" / "basic:v1")

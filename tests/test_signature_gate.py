@@ -140,6 +140,7 @@ def test_an_image_signed_by_another_key_is_refused(site):
     report = site.run()
     assert statuses(report) == ["failed"]
     assert f"signed by an unknown key; trusted: {site.key.fingerprint[:16]}" in reasons(report)
+    assert report.outcomes[0].refusal == "signature"  # counted in reconciler_refusals_total{policy="signature"}
 
 
 def test_a_signature_for_another_digest_is_refused(site):

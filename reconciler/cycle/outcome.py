@@ -80,6 +80,7 @@ class ImageOutcome:
     unchanged_at: Optional[Tuple[str, str]] = None
     reason: str = ""
     downloaded: int = 0
+    refusal: str = ""  # when a policy of the target refused it: which ("private", "visibility-unknown", "signature")
     # Who signed it (the key's SHA-256 SPKI fingerprint) and where the
     # signature was found, once the signature gate accepted it.
     signed_by: Optional[str] = None
@@ -129,6 +130,11 @@ class ImageOutcome:
         """Mark it failed with a one-line reason, and log that."""
         self._move(Status.FAILED)
         self.reason = report_failure(self.name, exc, where)
+
+    def refuse(self, policy: str, exc: BaseException) -> None:
+        """Mark it failed because a policy of its target refuses it (`policy` names which)."""
+        self.fail(exc)
+        self.refusal = policy
 
     def failed(self, reason: str) -> None:
         """Mark it failed with a reason already logged (by the stage it failed in)."""

@@ -83,14 +83,14 @@ class PrivacyGate:
             if seen.public:
                 continue
             if seen.public is None:
-                outcome.fail(VisibilityUnknownError(
+                outcome.refuse("visibility-unknown", VisibilityUnknownError(
                     f"{seen.reason}; {self.audience.label} is public and takes only images known to be public: "
                     "checked again at the next poll"))
             elif outcome.entry.private_ok:
                 log.warning("%s: published to %s although it needs credentials at its registry (%s): its entry "
                             "sets private_ok = true", outcome.name, self.audience.label, seen.reason)
             else:
-                outcome.fail(PrivateImageError(
+                outcome.refuse("private", PrivateImageError(
                     f"{seen.reason}; not published to {self.audience.label}, which anyone can read (and every "
                     "stratum 1 replicates, beyond recall). Publish it to a restricted target instead "
                     "([publish.<name>] with visibility = \"restricted\", chosen by `publish` in its entry), make it "

@@ -94,7 +94,8 @@ def _settle(outcome: ImageOutcome, verdicts: Dict[_Key, Verdict]) -> None:
     reason = f"not published: no valid signature on {tag_digest}{index}: {on_tag}"
     if isinstance(on_platform, Rejected):
         reason += f"; nor on its {outcome.platform} manifest {manifest_digest}: {on_platform}"
-    outcome.fail(SignatureError(reason + "; the published revision stays, checked again at the next poll"))
+    outcome.refuse("signature", SignatureError(reason + "; the published revision stays, checked again at the "
+                                                        "next poll"))
 
 
 def _verdict(registries: Registries, key: _Key) -> Verdict:
