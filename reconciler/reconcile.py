@@ -26,6 +26,7 @@ from .cycle.plan import Plan, plan
 from .cycle.record import BACKOFF_BASE_S, record, record_cycle_failure
 from .cycle.results import cycle_report
 from .errors import PublishError, StartError
+from .lists.refresh import ListSources
 from .locking import ProcessLock
 from .publish import Publisher, make_publisher
 from .registry.client import RegistryClient, RetryPolicy
@@ -54,6 +55,10 @@ class Reconciler:
                  progress: Optional["TerminalProgress"] = None, read_only: bool = False,
                  backoff_base: float = BACKOFF_BASE_S) -> None:
         self.watchlist = watchlist
+        # The watchlist with its [[list]] files' entries, read again at each
+        # full cycle (`refresh`); an unreadable list stops the start here.
+        self._lists = ListSources(watchlist)
+        self.current = self._lists.merged()
         self.read_only = read_only
         self.publisher = publisher or make_publisher(watchlist.publish, state_dir=watchlist.state_dir)
         self.apply_options = apply_options or ApplyOptions()
@@ -78,7 +83,7 @@ class Reconciler:
             self._lock(ProcessLock(self.publisher.lock_path(), self.publisher.target_name))
             self.store = BlobStore(blobs, max_bytes=watchlist.blob_cache_max)
             self.state = StateDB(watchlist.state_dir / "state.db")
-            self.state.forget_entry_failures_except({entry.dest for entry in watchlist.images})
+            self.state.forget_entry_failures_except({entry.dest for entry in self.current.images})
         except (OSError, sqlite3.Error) as exc:
             self._release_locks()
             raise StartError(f"cannot open the state directory {watchlist.state_dir}: {describe_failure(exc)}; "
@@ -145,20 +150,34 @@ class Reconciler:
         with self._clients_lock:
             if host not in self._clients:
                 config = self.watchlist.registry(host)
-                creds = self._secrets.get(host) or self._credentials.lookup(host)
-                self._clients[host] = RegistryClient(host, insecure=config.insecure, credentials=creds,
+                # `address`: another host serves this registry; config.json's
+                # credentials are looked up for the host that receives them.
+                address = config.address or host
+                creds = self._secrets.get(host) or self._credentials.lookup(address)
+                self._clients[host] = RegistryClient(address, insecure=config.insecure, credentials=creds,
                                                      max_concurrency=config.max_concurrency, retry=self.retry,
                                                      private_realms=config.token_realms)
             return self._clients[host]
 
     # -- the cycle ---------------------------------------------------------
 
+    def refresh(self) -> Watchlist:
+        """Read the [[list]] files again (a list that cannot be read keeps its
+        last good entries); the watchlist with every entry, also `current`."""
+        self.current = self._lists.merged()
+        return self.current
+
     def _plan(self, entries: Optional[Sequence[ImageEntry]]) -> Plan:
-        return plan(self.watchlist, self, self.store, self.publisher, self.state, now=self.clock(), entries=entries)
+        # The whole current watchlist, also when planning a few entries: the
+        # plan removes the tags of dests no entry has, lists' entries included.
+        return plan(self.current, self, self.store, self.publisher, self.state, now=self.clock(), entries=entries)
 
     def run_once(self, *, entries: Optional[Sequence[ImageEntry]] = None) -> CycleReport:
         """Plan, fetch, apply and publish once; returns the report (a
-        `read_only` reconciler only plans: the report lists what it would do)."""
+        `read_only` reconciler only plans: the report lists what it would do).
+        Without `entries`: every entry, the lists read again first."""
+        if entries is None:
+            self.refresh()
         if self.publisher.needs_recovery and not self.read_only:
             self.publisher.recover()  # e.g. close a transaction the last cycle could not abort
         planned = self._plan(entries)
