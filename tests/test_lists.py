@@ -208,6 +208,7 @@ def test_the_wishlist_is_read_with_ducc_paths():
     }
     assert not problems
     expected = {
+        13: "plain http; the watchlist needs [registries.\"localhost:5000\"] insecure = true",
         14: "digest pins are not supported", 15: "no tag", 16: "scheme 'ftp'", 17: "expected <registry>/",
         18: "'notahost' is not a registry host", 19: "more than one ':'", 20: "not a valid pattern",
         21: "expected an image", 22: "unknown key 'unknown_key'",

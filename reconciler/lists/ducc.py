@@ -16,7 +16,9 @@ where to publish).
 Deliberate differences, each reported and skipped: a digest (`@sha256:…`:
 entries here follow tags), an input without a tag (DUCC asks the registry for
 an empty reference, which always fails), a scheme other than http(s).
-Unknown keys are reported; DUCC's YAML reader ignores them silently.
+Unknown keys are reported; DUCC's YAML reader ignores them silently. An
+`http://` input is read, with a reminder that the watchlist must say
+`insecure = true` for its registry.
 """
 
 from __future__ import annotations
@@ -111,6 +113,9 @@ def _parse_input(out: ListRead, line: int, text: str) -> Optional[ListedImage]:
     except InvalidReferenceError as exc:
         out.problem(line, str(exc))
         return None
+    if scheme == "http" and sep:
+        # Not skipped: the image is read, but only the watchlist can say "plain http".
+        out.problem(line, f"{shown}: plain http; the watchlist needs [registries.\"{host}\"] insecure = true")
     if "*" in tag:
         try:
             re.compile(star_regex(tag))

@@ -2,8 +2,9 @@
 images as `[[image]]` tables on stdout, the lines it skips on stderr (each
 `file:line: why`).
 
-Exit status: 0 every line was imported; 1 some lines were skipped (the others
-are printed); 2 the file cannot be read at all, or the command line is wrong.
+Exit status: 0 every line was imported; 1 some lines were skipped or need a
+watchlist setting (the others are printed); 2 the file cannot be read at
+all, or the command line is wrong.
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Print the images of another tool's list as [[image]] tables for watchlist.toml (stdout); "
                     "lines that cannot be imported are named on stderr as FILE:LINE. Or name the list in a "
                     "[[list]] table and the reconciler reads it at every cycle.",
-        epilog="exit codes: 0 every line imported; 1 some lines skipped (the rest is printed); "
-               "2 the file cannot be read, or a wrong option")
+        epilog="exit codes: 0 every line imported; 1 some lines skipped or needing a watchlist setting (the "
+               "rest is printed); 2 the file cannot be read, or a wrong option")
     parser.add_argument("--format", required=True, choices=LIST_FORMATS,
                         help="osg: cvmfs-singularity-sync's docker_images.txt; ducc: a DUCC wishlist (YAML)")
     parser.add_argument("--dest", metavar="TEMPLATE",
