@@ -226,6 +226,10 @@ def test_a_wishlist_that_is_not_yaml_or_has_no_input_cannot_be_read():
         parse_ducc("version: 1\n", "w.yaml")
     with pytest.raises(ConfigError, match="expected a YAML mapping"):
         parse_ducc("- a\n", "w.yaml")
+    with pytest.raises(ConfigError, match=r"w.yaml:3: .*character '\\x07' is not allowed in YAML"):
+        parse_ducc("version: 1\ninput:\n  - 'a\x07'\n", "w.yaml")
+    # `input:` with nothing is no image, as DUCC reads it
+    assert parse_ducc("version: 1\ninput:\n", "w.yaml").images == []
 
 
 # -- reconcile import -------------------------------------------------------

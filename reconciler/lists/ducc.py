@@ -46,6 +46,10 @@ def parse_ducc(text: str, file: str) -> ListRead:
     YAML mapping at all (nothing of it can be trusted then)."""
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.reader.ReaderError as exc:  # a character YAML refuses (control characters)
+        line = text[:exc.position].count("\n") + 1
+        raise ConfigError(f"{file}:{line}: not a DUCC wishlist: YAML syntax error: character "
+                          f"{chr(exc.character)!r} is not allowed in YAML") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{file}:{mark.line + 1}" if mark is not None else file
@@ -67,6 +71,8 @@ def parse_ducc(text: str, file: str) -> ListRead:
                                                    "its inputs are read as version 1's")
     if inputs is None:
         raise ConfigError(f"{file}: not a DUCC wishlist: no `input` list")
+    if isinstance(inputs, yaml.ScalarNode) and inputs.tag == "tag:yaml.org,2002:null":
+        return out  # `input:` with nothing: no images, as DUCC reads it
     if not isinstance(inputs, yaml.SequenceNode):
         raise ConfigError(f"{file}:{inputs.start_mark.line + 1}: `input` must be a list of images")
     for node in inputs.value:
