@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar, Dict, List, Optional, Tuple, Type, Union
 
@@ -36,6 +36,7 @@ from .config.watchlist_keys import (
     SERVICE,
     STATE,
     TOP,
+    VISIBILITIES,
     WEBHOOK,
 )
 from .errors import ConfigError, InvalidReferenceError
@@ -88,11 +89,18 @@ class PublishConfig:
     bind_points: Tuple[str, ...] = PUBLISH.default_strings("bind_points")
     gc_grace: float = parse_duration(PUBLISH.default_text("gc_grace"))
     gc_max_per_cycle: int = PUBLISH.default_whole("gc_max_per_cycle")
+    name: str = ""  # "" for the one [publish] table, else <name> of [publish.<name>]
+    visibility: Optional[str] = None  # "public" or "restricted" as the file says; None: the backend's default
 
     @property
     def backend(self) -> str:
         """The target's name in `[publish] backend`."""
         return self.target.kind
+
+    @property
+    def label(self) -> str:
+        """How messages name this target's table."""
+        return f"[publish.{self.name}]" if self.name else "[publish]"
 
 
 @dataclass(frozen=True)
@@ -134,6 +142,8 @@ class ImageEntry:
     dest: str = ""
     platforms: Tuple[Platform, ...] = ()
     interval: float = _DEFAULT_INTERVAL
+    publish: str = ""  # the name of its target ("" for the one [publish] table)
+    private_ok: bool = False  # it may go to a public target even if it needs credentials
     tag_glob: Tuple[str, ...] = ()  # shell wildcards, as fnmatch: a selection like tag_pattern
     origin: str = ""  # `file:line` of a [[list]]'s line; empty for an [[image]] block
 
@@ -159,6 +169,7 @@ class ListConfig:
     dest: str  # a template of $(registry) and $(repository)
     platforms: Tuple[Platform, ...]
     interval: float
+    publish: str = ""  # the target of its entries ("" for the one [publish] table)
 
     @property
     def label(self) -> str:
@@ -186,13 +197,34 @@ class Watchlist:
     listen: Optional[str]
     webhooks: Dict[str, WebhookConfig]
     images: Tuple[ImageEntry, ...]
+    # Every publish target in file order ([publish] alone, or the [publish.<name>]
+    # tables); `publish` is the first. Empty: `publish` is the only one.
+    targets: Tuple[PublishConfig, ...] = ()
     lists: Tuple[ListConfig, ...] = ()
 
     def registry(self, host: str) -> RegistryConfig:
         """The settings of `host`, or the defaults (https, no credentials)."""
         return self.registries.get(host) or RegistryConfig(host)
 
+    @property
+    def publish_targets(self) -> Tuple[PublishConfig, ...]:
+        """Every publish target, in file order."""
+        return self.targets or (self.publish,)
 
+    def for_target(self, target: PublishConfig) -> "Watchlist":
+        """This watchlist as one target's cycle sees it: that target as its
+        [publish] table, and only the entries published there."""
+        return replace(self, publish=target, targets=(target,),
+                       images=tuple(e for e in self.images if e.publish == target.name))
+
+    def target_state_dir(self, target: PublishConfig) -> Path:
+        """Where a target keeps its state database (and a CVMFS target its
+        transaction marker): the state directory itself for the one [publish]
+        table, `targets/<name>/` in it for a named one. The blob store is shared."""
+        return self.state_dir / "targets" / target.name if target.name else self.state_dir
+
+
+_TARGET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 _REGISTRY_HOST = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(:[0-9]{1,5})?")
 
 
@@ -211,7 +243,12 @@ def _image_where(index: int, table: Any) -> str:
 
 # The tables that hold keys directly (not one table per host or provider),
 # named in messages by their declared title.
-_SIMPLE_TABLES = (PUBLISH, STATE, DEFAULTS, SERVICE)
+_SIMPLE_TABLES = (STATE, DEFAULTS, SERVICE)
+
+
+def _named_targets(data: Dict[str, Any]) -> Dict[str, Any]:
+    """The [publish.<name>] tables of a [publish] table (none: it is the one target)."""
+    return {name: table for name, table in data.items() if isinstance(table, dict)}
 
 
 def _check_known_keys(file: str, data: Any) -> None:
@@ -219,6 +256,13 @@ def _check_known_keys(file: str, data: Any) -> None:
     before any value is checked. Values of the wrong type are skipped here;
     the second pass reports them."""
     Section(file, "", data, TOP)
+    publish = data.get("publish")
+    if isinstance(publish, dict):
+        named = _named_targets(publish)
+        for name, table in named.items():
+            Section(file, f"publish.{name}", table, PUBLISH)
+        if not named:
+            Section(file, "publish", publish, PUBLISH)
     for declared in _SIMPLE_TABLES:
         if isinstance(data.get(declared.title), dict):
             Section(file, declared.title, data[declared.title], declared)
@@ -274,7 +318,7 @@ def load_watchlist(path: Path) -> Watchlist:
     base = path.resolve().parent
     top = Section(name, "", data, TOP)
 
-    publish = _publish(Section(name, "publish", top.table("publish"), PUBLISH), base)
+    targets = _publish_targets(name, top, base)
     state = Section(name, "state", top.table("state"), STATE)
     state_dir = state.path("dir", base, STATE.default_text("dir"))
     assert state_dir is not None
@@ -287,6 +331,7 @@ def load_watchlist(path: Path) -> Watchlist:
     defaults = Section(name, "defaults", top.table("defaults"), DEFAULTS)
     interval = defaults.duration("interval", minimum=MIN_INTERVAL_S)
     platforms = defaults.platforms("platforms", _DEFAULT_PLATFORMS)
+    default_target = _default_target(defaults, targets)
 
     registries = _registries(name, top, base)
     service = Section(name, "service", top.table("service"), SERVICE)
@@ -297,13 +342,74 @@ def load_watchlist(path: Path) -> Watchlist:
         except ValueError as exc:
             raise service.error("listen", str(exc)) from None
     webhooks = _webhooks(name, top, base)
-    images = _images(name, top, interval, platforms)
-    lists = _lists(name, top, base, interval, platforms)
-    return Watchlist(path, publish, state_dir, blob_cache_max, interval, platforms, registries, listen, webhooks,
-                     images, lists)
+    images = _images(name, top, interval, platforms, default_target, targets)
+    lists = _lists(name, top, base, interval, platforms, default_target, targets)
+    return Watchlist(path, targets[0], state_dir, blob_cache_max, interval, platforms, registries, listen, webhooks,
+                     images, targets, lists)
 
 
-def _publish(pub: Section, base: Path) -> PublishConfig:
+def _publish_targets(file: str, top: Section, base: Path) -> Tuple[PublishConfig, ...]:
+    """The one [publish] table, or every [publish.<name>] table in file order;
+    no two of them may publish to the same tree or one inside the other."""
+    data = top.table("publish")
+    named = _named_targets(data)
+    if not named:
+        return (_publish(Section(file, "publish", data, PUBLISH), base),)
+    plain = [key for key in data if key not in named]
+    if plain:
+        raise ConfigError(f"{file}: publish.{plain[0]}: [publish] holds named targets ([publish.{next(iter(named))}]) "
+                          "beside keys of its own; put every target's keys in its own [publish.<name>] table")
+    targets: List[PublishConfig] = []
+    for target_name, table in named.items():
+        sec = Section(file, f"publish.{target_name}", table, PUBLISH)
+        if not _TARGET_NAME.fullmatch(target_name):
+            raise sec.error("", "expected a target name of letters, digits, '-' and '_' (such as \"public\")")
+        targets.append(_publish(sec, base, target_name))
+    repositories: Dict[str, PublishConfig] = {}
+    for target in targets:
+        if isinstance(target.target, CvmfsTarget):
+            other = repositories.setdefault(target.target.repository, target)
+            if other is not target:
+                # A publisher node holds one transaction per repository at a time.
+                raise ConfigError(f"{file}: {target.label}: the same CernVM-FS repository as {other.label} "
+                                  f"({target.target.repository}); one node publishes a repository through one "
+                                  "target: give them one lease_path covering both, or run another node")
+    trees = [(t, _published_tree(t)) for t in targets]
+    for i, (one, tree) in enumerate(trees):
+        for other, other_tree in trees[:i]:
+            if tree == other_tree or tree in other_tree.parents or other_tree in tree.parents:
+                raise ConfigError(f"{file}: {one.label}: publishes to {tree}, which overlaps {other.label}'s "
+                                  f"{other_tree}; give each target a tree of its own")
+    return tuple(targets)
+
+
+def _published_tree(target: PublishConfig) -> Path:
+    """The tree a target writes: its root, or a CVMFS lease's sub-tree of it."""
+    lease = getattr(target.target, "lease_path", None)
+    return target.root / lease if lease else target.root
+
+
+def _default_target(defaults: Section, targets: Tuple[PublishConfig, ...]) -> Optional[str]:
+    """The target of entries that name none: `[defaults] publish`, or the only
+    target; None when there are several and [defaults] names none."""
+    named = defaults.text("publish")
+    if named is not None:
+        _check_target_name(defaults, "publish", named, targets)
+        return named
+    return targets[0].name if len(targets) == 1 else None
+
+
+def _check_target_name(sec: Section, key: str, name: str, targets: Tuple[PublishConfig, ...]) -> None:
+    """ConfigError unless `name` is one of the [publish.<name>] targets."""
+    names = [t.name for t in targets if t.name]
+    if name not in names:
+        if not names:
+            raise sec.error(key, "names a target, but the watchlist has one [publish] table and no [publish.<name>] "
+                                 "ones: remove the key, or name the targets")
+        raise sec.error(key, unknown_message(name, names, "target"))
+
+
+def _publish(pub: Section, base: Path, name: str = "") -> PublishConfig:
     """The [publish] table: the backend and where it publishes."""
     backend = pub.text("backend")
     if backend not in BACKENDS:
@@ -319,7 +425,10 @@ def _publish(pub: Section, base: Path) -> PublishConfig:
     gc_max = _declared_whole(pub, "gc_max_per_cycle")
     if gc_max < 0:
         raise pub.error("gc_max_per_cycle", "expected 0 (never collect) or more")
-    return PublishConfig(target, root, tuple(p.strip("/") for p in bind_points), gc_grace, gc_max)
+    visibility = pub.text("visibility")
+    if visibility is not None and visibility not in VISIBILITIES:
+        raise pub.error("visibility", f"expected one of {', '.join(map(repr, VISIBILITIES))}, got {visibility!r}")
+    return PublishConfig(target, root, tuple(p.strip("/") for p in bind_points), gc_grace, gc_max, name, visibility)
 
 
 def _publish_target(pub: Section, base: Path, backend: str) -> Tuple[PublishTarget, Path]:
@@ -418,14 +527,16 @@ def _webhooks(file: str, top: Section, base: Path) -> Dict[str, WebhookConfig]:
     return webhooks
 
 
-def _images(file: str, top: Section, interval: float, platforms: Tuple[Platform, ...]) -> Tuple[ImageEntry, ...]:
+def _images(file: str, top: Section, interval: float, platforms: Tuple[Platform, ...],
+            default_target: Optional[str], targets: Tuple[PublishConfig, ...]) -> Tuple[ImageEntry, ...]:
     """The [[image]] blocks, in file order; two with one dest are refused."""
     raw = top.data.get("image", [])
     if isinstance(raw, dict):
         raise top.error("image", "expected a list of [[image]] tables: write [[image]], with double brackets, "
                                  "not [image]")
     entries = top.tables("image")
-    images = [_image_entry(file, i, table, interval, platforms) for i, table in enumerate(entries, start=1)]
+    images = [_image_entry(file, i, table, interval, platforms, default_target, targets)
+              for i, table in enumerate(entries, start=1)]
     seen: Dict[str, int] = {}
     for entry in images:
         if entry.dest in seen:
@@ -435,8 +546,9 @@ def _images(file: str, top: Section, interval: float, platforms: Tuple[Platform,
     return tuple(images)
 
 
-def _image_entry(file: str, index: int, table: Any, interval: float, platforms: Tuple[Platform, ...]) -> ImageEntry:
-    """One [[image]] block; `interval` and `platforms` are the [defaults]."""
+def _image_entry(file: str, index: int, table: Any, interval: float, platforms: Tuple[Platform, ...],
+                 default_target: Optional[str], targets: Tuple[PublishConfig, ...]) -> ImageEntry:
+    """One [[image]] block; `interval`, `platforms` and `default_target` are the [defaults]."""
     sec = Section(file, _image_where(index, table), table, IMAGE)
     source_text = sec.text("source")
     if not source_text:
@@ -456,9 +568,22 @@ def _image_entry(file: str, index: int, table: Any, interval: float, platforms: 
     problem = dest_problem(dest)
     if problem:
         raise sec.error("dest", problem)
+    target = _entry_target(sec, default_target, targets)
     return ImageEntry(index, source, tuple(tags or ()), tag_pattern, semver, newest, dest,
                       sec.platforms("platforms", platforms), sec.duration("interval", interval, MIN_INTERVAL_S),
-                      tuple(sec.strings("tag_glob") or ()))
+                      target, sec.flag("private_ok"), tuple(sec.strings("tag_glob") or ()))
+
+
+def _entry_target(sec: Section, default_target: Optional[str], targets: Tuple[PublishConfig, ...]) -> str:
+    """The target an [[image]] or [[list]] block names, or the default one."""
+    target = sec.text("publish")
+    if target is not None:
+        _check_target_name(sec, "publish", target, targets)
+        return target
+    if default_target is None:
+        raise sec.error("publish", "required with several targets: one of "
+                                   f"{', '.join(repr(t.name) for t in targets)} (or set [defaults] publish)")
+    return default_target
 
 
 def could_match_tags(glob: str) -> bool:
@@ -517,8 +642,8 @@ def _check_selection(sec: Section, tags: Optional[List[str]], tag_pattern: Optio
         raise sec.error("newest", "expected at least 1")
 
 
-def _lists(file: str, top: Section, base: Path, interval: float,
-           platforms: Tuple[Platform, ...]) -> Tuple[ListConfig, ...]:
+def _lists(file: str, top: Section, base: Path, interval: float, platforms: Tuple[Platform, ...],
+           default_target: Optional[str], targets: Tuple[PublishConfig, ...]) -> Tuple[ListConfig, ...]:
     """The [[list]] blocks, in file order (their files are read by reconciler.lists)."""
     raw = top.data.get("list", [])
     if isinstance(raw, dict):
@@ -547,5 +672,6 @@ def _lists(file: str, top: Section, base: Path, interval: float,
         if problem:
             raise sec.error("dest", problem)
         out.append(ListConfig(index, path, form, dest, sec.platforms("platforms", platforms),
-                              sec.duration("interval", interval, MIN_INTERVAL_S)))
+                              sec.duration("interval", interval, MIN_INTERVAL_S),
+                              _entry_target(sec, default_target, targets)))
     return tuple(out)

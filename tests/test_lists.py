@@ -358,3 +358,39 @@ def test_a_registry_address_is_checked(tmp_path):
     assert w.registry("docker.io").address == "127.0.0.1:5000"
     with pytest.raises(ConfigError, match=r'registries."docker.io".address: expected a host and port'):
         load_watchlist(write(tmp_path, '[registries."docker.io"]\naddress = "http://127.0.0.1:5000"\n'))
+
+
+TWO_TARGETS = ('[publish.public]\nroot = "public"\n[publish.restricted]\nroot = "restricted"\n'
+               '[state]\ndir = "state"\n')
+
+
+def test_a_list_publishes_to_the_target_it_names(tmp_path):
+    (tmp_path / "docker_images.txt").write_text("alpine:3\n")
+    (tmp_path / "watchlist.toml").write_text(TWO_TARGETS + '[[list]]\npath = "docker_images.txt"\nformat = "osg"\n')
+    with pytest.raises(ConfigError, match=r"list\[1\].publish: required with several targets"):
+        load_watchlist(tmp_path / "watchlist.toml")
+    (tmp_path / "watchlist.toml").write_text(TWO_TARGETS + '[[list]]\npath = "docker_images.txt"\nformat = "osg"\n'
+                                                           'publish = "restricted"\n')
+    w = load_watchlist(tmp_path / "watchlist.toml")
+    assert [(e.dest, e.publish) for e in ListSources(w).merged().images] == [("library/alpine", "restricted")]
+
+
+def test_each_targets_part_follows_the_list_at_a_refresh(tmp_path):
+    from reconciler.reconcile import Reconciler
+
+    (tmp_path / "a.txt").write_text("alpine:3\n")
+    (tmp_path / "b.txt").write_text("busybox:1\n")
+    (tmp_path / "watchlist.toml").write_text(
+        TWO_TARGETS + '[[list]]\npath = "a.txt"\nformat = "osg"\npublish = "public"\n'
+                      '[[list]]\npath = "b.txt"\nformat = "osg"\npublish = "restricted"\n')
+    r = Reconciler(load_watchlist(tmp_path / "watchlist.toml"))
+    try:
+        def parts():
+            return {run.config.name: [e.dest for e in run.watchlist.images] for run in r.targets}
+
+        assert parts() == {"public": ["library/alpine"], "restricted": ["library/busybox"]}
+        (tmp_path / "a.txt").write_text("alpine:3\nubuntu:1\n")
+        r.refresh()
+        assert parts() == {"public": ["library/alpine", "library/ubuntu"], "restricted": ["library/busybox"]}
+    finally:
+        r.close()

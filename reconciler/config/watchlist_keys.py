@@ -13,7 +13,7 @@ from .schema import ADDRESS, DURATION, FLAG, PATH, PLATFORMS, SIZE, STRINGS, TEX
 BACKENDS = ("local", "cvmfs")
 
 TOP = Table("", (
-    Key("publish", table_kind("a [publish] table")),
+    Key("publish", table_kind("a [publish] table, or [publish.<name>] tables")),
     Key("state", table_kind("a [state] table")),
     Key("defaults", table_kind("a [defaults] table")),
     Key("registries", table_kind('a table of [registries."host"] tables')),
@@ -35,7 +35,13 @@ PUBLISH = Table("publish", (
         default=DEFAULT_BIND_POINTS),
     Key("gc_grace", DURATION, "an image no tag references is removed after this long", default="2d"),
     Key("gc_max_per_cycle", WHOLE, "at most this many image removals per cycle (0: never collect)", default=50),
+    Key("visibility", TEXT, '"public": anyone can read it, so no image that needs credentials goes there; '
+                            '"restricted": only its members can',
+        default_doc="cvmfs: public, or restricted when the repository has a membership requirement (`mkfs -V`); "
+                    "local: restricted"),
 ))
+
+VISIBILITIES = ("public", "restricted")
 
 STATE = Table("state", (
     Key("dir", PATH, "the blob store (blobs/) and the state database (state.db)", default=".reconciler"),
@@ -47,6 +53,8 @@ DEFAULTS = Table("defaults", (
     Key("interval", DURATION, "how often each image's tags are checked (durations: 30s, 15m, 1h30m, 2d)",
         default="15m"),
     Key("platforms", PLATFORMS, "the platforms each image is published for", default=("linux/amd64",)),
+    Key("publish", TEXT, "the target of entries that name none: a name of [publish.<name>]",
+        default_doc="the only target"),
 ))
 
 REGISTRY = Table('registries."<host>"', (
@@ -90,6 +98,9 @@ IMAGE = Table("image[n]", (
     Key("dest", TEXT, "where under root its tags are published", default_doc="`<registry>/<repository>`"),
     Key("platforms", PLATFORMS, "the platforms it is published for", default_doc="`[defaults]` platforms"),
     Key("interval", DURATION, "how often its tags are checked", default_doc="`[defaults]` interval"),
+    Key("publish", TEXT, "its target: a name of [publish.<name>]", default_doc="`[defaults]` publish"),
+    Key("private_ok", FLAG, "publish it to a public target even though its registry needs credentials (a "
+                            "warning at each publish)", default=False),
 ))
 
 LIST_FORMATS = ("osg", "ducc")
@@ -104,6 +115,7 @@ LIST = Table("list[n]", (
         default_doc='osg: `"$(repository)"`; ducc: `"$(registry)/$(repository)"`'),
     Key("platforms", PLATFORMS, "the platforms its images are published for", default_doc="`[defaults]` platforms"),
     Key("interval", DURATION, "how often its images' tags are checked", default_doc="`[defaults]` interval"),
+    Key("publish", TEXT, "the target of its images: a name of [publish.<name>]", default_doc="`[defaults]` publish"),
 ))
 
 # The tables the reference documents, in the order the README shows them.

@@ -82,7 +82,7 @@ class Service:
     def _add_polls(self, entries: Iterable[ImageEntry]) -> None:
         """A poll job for each entry, due now unless it backs off from failures."""
         now = dt.datetime.now(dt.timezone.utc)
-        due = self.reconciler.state.retry_due()
+        due = self.reconciler.retry_due()
         for entry in entries:
             first = max(now, _utc(due[entry.dest])) if entry.dest in due else now
             if first > now:
@@ -128,7 +128,7 @@ class Service:
         """An entry with anything failing is tried again when the state says
         (the record stage's backoff: 1, 2, 4 … minutes, at most its interval),
         not only at its next poll; an entry with nothing failing has no retry."""
-        due = self.reconciler.state.retry_due()
+        due = self.reconciler.retry_due()
         now = dt.datetime.now(dt.timezone.utc)
         for entry in entries:
             job_id = f"retry-{entry.index}"
