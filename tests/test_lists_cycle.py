@@ -142,6 +142,8 @@ def test_the_service_picks_up_a_list_edit_at_its_next_cycle(tmp_path, public_nam
         assert [e.label for e in service.watchlist.images] == ["docker_images.txt:1 (quay.io/ns/tool)",
                                                                 "docker_images.txt:2 (docker.io/library/ubuntu)"]
         assert service.scheduler.get_job("poll-2") is not None
+        # the status page lists them by their list line
+        assert [i["entry"] for i in service.status()["images"]] == [e.label for e in service.watchlist.images]
     finally:
         service.stop(timeout=60)
         r.close()
