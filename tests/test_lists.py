@@ -6,8 +6,11 @@ docker_images.txt and DUCC's wishlist, their wildcards, their paths, and
 from __future__ import annotations
 
 import fnmatch
+import logging
+import os
 import random
 import re
+import time
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -29,6 +32,13 @@ FILES = Path(__file__).parent / "list_files"
 OSG_LIST = FILES / "docker_images.txt"
 WISHLIST = FILES / "wishlist.yaml"
 AMD64 = (Platform.parse("linux/amd64"),)
+
+
+def settled(path: Path) -> Path:
+    """Date a list file a minute back: written a while ago, not being written now."""
+    then = time.time() - 60
+    os.utime(path, (then, then))
+    return path
 
 
 def config(form: str, dest: str, path: Path = OSG_LIST) -> ListConfig:
@@ -275,6 +285,7 @@ def test_import_exit_codes(tmp_path, capsys):
 def write(tmp_path: Path, body: str, osg: Optional[str] = "alpine:3\n") -> Path:
     if osg is not None:
         (tmp_path / "docker_images.txt").write_text(osg)
+        settled(tmp_path / "docker_images.txt")
     path = tmp_path / "watchlist.toml"
     path.write_text('[publish]\nroot = "publish"\n' + body)
     return path
@@ -326,9 +337,26 @@ def test_a_list_that_breaks_keeps_its_last_good_entries(tmp_path, caplog):
     sources = ListSources(w)
     first = sources.merged().images
     (tmp_path / "docker_images.txt").write_bytes(b"alpine:3\n\xff")
+    settled(tmp_path / "docker_images.txt")
     assert sources.merged().images == first
     assert "keeping its 2 entries of the last good read" in caplog.text
-    (tmp_path / "docker_images.txt").write_text("alpine:3\n")
+    settled(tmp_path / "docker_images.txt").write_text("alpine:3\n")
+    settled(tmp_path / "docker_images.txt")
+    assert [e.dest for e in sources.merged().images] == ["library/alpine"]
+
+
+def test_a_list_being_written_is_read_at_a_later_cycle(tmp_path, caplog):
+    """`git pull` rewrites a file in place: a list read half-way would drop
+    every image not yet written (and publish them again a cycle later)."""
+    caplog.set_level(logging.INFO)
+    w = load_watchlist(write(tmp_path, '[[list]]\npath = "docker_images.txt"\nformat = "osg"\n',
+                             osg="alpine:3\nbusybox:1\nubuntu:1\n"))
+    sources = ListSources(w)
+    first = sources.merged().images
+    (tmp_path / "docker_images.txt").write_text("alpine:3\nbusybox:")  # half-way, just now
+    assert sources.merged().images == first
+    assert "perhaps still being written; read at a later cycle" in caplog.text
+    settled(tmp_path / "docker_images.txt")  # written a while ago after all: read as it is
     assert [e.dest for e in sources.merged().images] == ["library/alpine"]
 
 
@@ -389,7 +417,8 @@ def test_each_targets_part_follows_the_list_at_a_refresh(tmp_path):
             return {run.config.name: [e.dest for e in run.watchlist.images] for run in r.targets}
 
         assert parts() == {"public": ["library/alpine"], "restricted": ["library/busybox"]}
-        (tmp_path / "a.txt").write_text("alpine:3\nubuntu:1\n")
+        settled(tmp_path / "a.txt").write_text("alpine:3\nubuntu:1\n")
+        settled(tmp_path / "a.txt")
         r.refresh()
         assert parts() == {"public": ["library/alpine", "library/ubuntu"], "restricted": ["library/busybox"]}
     finally:

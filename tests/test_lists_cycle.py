@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Iterator, List
@@ -49,6 +50,17 @@ def write_watchlist(tmp_path: Path, address: str, form: str, list_name: str) -> 
     return path
 
 
+def edit(path: Path, content) -> None:
+    """Write a list file as a merged pull request would, a while before the
+    cycle reads it (a list changed in the last seconds waits for a later one)."""
+    if isinstance(content, str):
+        path.write_text(content)
+    else:
+        path.write_bytes(content)
+    then = time.time() - 60
+    os.utime(path, (then, then))
+
+
 def reconciler(path: Path) -> Reconciler:
     return Reconciler(load_watchlist(path), retry=RetryPolicy(attempts=1, base_delay=0.01))
 
@@ -60,7 +72,7 @@ def tag_links(root: Path) -> List[str]:
 
 def test_an_osg_list_publishes_follows_its_edits_and_survives_breaking(tmp_path, public_names, caplog):
     listed = tmp_path / "docker_images.txt"
-    listed.write_text("# the site's list, as it is\nubuntu:22.04\nopensciencegrid/osgvo-el7:rhel7-m*\n"
+    edit(listed, "# the site's list, as it is\nubuntu:22.04\nopensciencegrid/osgvo-el7:rhel7-m*\n"
                       "quay.io/ns/tool:1.0\nghcr.io/bad:1\n")
     path = write_watchlist(tmp_path, public_names.host, "osg", listed.name)
     root = tmp_path / "publish"
@@ -74,7 +86,7 @@ def test_an_osg_list_publishes_follows_its_edits_and_survives_breaking(tmp_path,
         assert "docker_images.txt:5: 'ghcr.io/bad:1'" in caplog.text
 
         # A merged pull request: the next cycle follows it.
-        listed.write_text("opensciencegrid/osgvo-el7:rhel7-m*\nopensciencegrid/osgvo-el7:latest\n"
+        edit(listed, "opensciencegrid/osgvo-el7:rhel7-m*\nopensciencegrid/osgvo-el7:latest\n"
                           "quay.io/ns/tool:1.0\n")
         assert not r.run_once().failed
         after_edit = tag_links(root)
@@ -82,7 +94,7 @@ def test_an_osg_list_publishes_follows_its_edits_and_survives_breaking(tmp_path,
                               "opensciencegrid/osgvo-el7:rhel7-m1", "opensciencegrid/osgvo-el7:rhel7-m2"]
 
         # A broken list keeps its last good entries: nothing is removed.
-        listed.write_bytes(b"opensciencegrid/osgvo-el7:latest\n\xff\xfe\n")
+        edit(listed, b"opensciencegrid/osgvo-el7:latest\n\xff\xfe\n")
         r.run_once()
         assert tag_links(root) == after_edit
         assert "keeping its 2 entries of the last good read" in caplog.text
@@ -92,7 +104,7 @@ def test_an_osg_list_publishes_follows_its_edits_and_survives_breaking(tmp_path,
 
     # A registry that cannot list the tags: the published tags the wildcard
     # matched stay (as cvmfs-singularity-sync keeps them), the others too.
-    listed.write_text("opensciencegrid/osgvo-el7:rhel7-m*\nopensciencegrid/osgvo-el7:latest\nquay.io/ns/tool:1.0\n")
+    edit(listed, "opensciencegrid/osgvo-el7:rhel7-m*\nopensciencegrid/osgvo-el7:latest\nquay.io/ns/tool:1.0\n")
     path = write_watchlist(tmp_path, f"127.0.0.1:{free_port()}", "osg", listed.name)
     r = reconciler(path)
     try:
@@ -104,7 +116,7 @@ def test_an_osg_list_publishes_follows_its_edits_and_survives_breaking(tmp_path,
 
 def test_a_ducc_wishlist_publishes_at_ducc_paths_and_survives_breaking(tmp_path, public_names, caplog):
     wishlist = tmp_path / "recipe.yaml"
-    wishlist.write_text("version: 1\nuser: cvmfsunpacker\ncvmfs_repo: 'unpacked.example.org'\ninput:\n"
+    edit(wishlist, "version: 1\nuser: cvmfsunpacker\ncvmfs_repo: 'unpacked.example.org'\ninput:\n"
                         "  - 'https://registry.hub.docker.com/opensciencegrid/osgvo-el7:rhel7-m*'\n"
                         "  - 'https://registry.hub.docker.com/opensciencegrid/osgvo-el7:latest'\n"
                         "  - 'quay.io/ns/tool:1.0'\n")
@@ -117,7 +129,7 @@ def test_a_ducc_wishlist_publishes_at_ducc_paths_and_survives_breaking(tmp_path,
                      "registry.hub.docker.com/opensciencegrid/osgvo-el7:rhel7-m1",
                      "registry.hub.docker.com/opensciencegrid/osgvo-el7:rhel7-m2"]
         assert tag_links(root) == published
-        wishlist.write_text("version: 1\ninput:\n  - 'quay.io/ns/tool:1.0'\n  - [unclosed\n")
+        edit(wishlist, "version: 1\ninput:\n  - 'quay.io/ns/tool:1.0'\n  - [unclosed\n")
         r.run_once()
         assert tag_links(root) == published
         assert "not a DUCC wishlist: YAML syntax error" in caplog.text
@@ -127,7 +139,7 @@ def test_a_ducc_wishlist_publishes_at_ducc_paths_and_survives_breaking(tmp_path,
 
 def test_the_service_picks_up_a_list_edit_at_its_next_cycle(tmp_path, public_names):
     listed = tmp_path / "docker_images.txt"
-    listed.write_text("quay.io/ns/tool:1.0\n")
+    edit(listed, "quay.io/ns/tool:1.0\n")
     path = write_watchlist(tmp_path, public_names.host, "osg", listed.name)
     root = tmp_path / "publish"
     r = reconciler(path)
@@ -135,7 +147,7 @@ def test_the_service_picks_up_a_list_edit_at_its_next_cycle(tmp_path, public_nam
     service.start()
     try:
         wait_until(lambda: (root / "ns/tool:1.0").exists(), timeout=60, what="the list's first image")
-        listed.write_text("quay.io/ns/tool:1.0\nubuntu:22.04\n")
+        edit(listed, "quay.io/ns/tool:1.0\nubuntu:22.04\n")
         service.request([1], "test")  # the next cycle of the entry there is; it reads the list again
         wait_until(lambda: (root / "library/ubuntu:22.04").exists(), timeout=60,
                    what="the image the edit added, at a cycle after the edit")

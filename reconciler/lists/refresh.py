@@ -4,7 +4,12 @@ A merged pull request to a list is then picked up by the next cycle. A list
 that cannot be read any more (deleted, half-written YAML, permissions) keeps
 its last good entries and the error is logged: a broken list never makes the
 reconciler remove what it publishes. At start there is no last good read, so
-an unreadable list is a ConfigError there. Lines that cannot be read are
+an unreadable list is a ConfigError there.
+
+A list being written is not read: one changed less than SETTLE_S ago, or
+while it was read, keeps its last good entries until a later cycle (`git
+pull` rewrites a file in place: read half-way, a 500-line list would remove
+the tags of every line not yet written, and publish them again a cycle later). Lines that cannot be read are
 logged (when they change, not every cycle) and skipped alone.
 
 Precedence between entries with one dest: [[image]] blocks first (an admin
@@ -15,7 +20,10 @@ in file order; the later line is skipped and reported.
 from __future__ import annotations
 
 import logging
+import os
+import time
 from dataclasses import replace
+from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from ..errors import ConfigError
@@ -25,6 +33,9 @@ from .read import read_list
 from .record import Problem
 
 log = logging.getLogger(__name__)
+
+# A list changed this recently may still be being written; it is read at a later cycle.
+SETTLE_S = 2.0
 
 
 class ListSources:
@@ -58,8 +69,15 @@ class ListSources:
 
     def _read(self, config: ListConfig, first_index: int, taken: Dict[str, str]) -> Optional[List[ImageEntry]]:
         """The list's entries now; None (logged) when it cannot be read but was before."""
+        before = _version(config.path)
+        if config.index in self._last and before is not None and time.time() - before[0] / 1e9 < SETTLE_S:
+            log.info("%s: changed %.1fs ago, perhaps still being written; read at a later cycle", config.label,
+                     max(0.0, time.time() - before[0] / 1e9))
+            return None
         try:
             read = read_list(config.path, config.format)
+            if _version(config.path) != before:
+                raise ConfigError(f"{config.path}: changed while it was read")
         except ConfigError as exc:
             if config.index not in self._last:
                 raise ConfigError(f"{self.watchlist.path.name}: {config.label}: {exc}") from None
@@ -78,3 +96,12 @@ class ListSources:
         self._reported[config.index] = shown
         for text in shown:
             log.warning("%s: %s", config.label, text)
+
+
+def _version(path: Path) -> Optional[Tuple[int, int, int]]:
+    """What changes when a file is written (mtime in ns, size, inode); None when it cannot be stat'ed."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
