@@ -35,6 +35,7 @@ from .cycle.record import BACKOFF_BASE_S, record, record_cycle_failure
 from .cycle.results import cycle_report
 from .cycle.signature_gate import check_signatures
 from .errors import PublishError, StartError
+from .lists.refresh import ListSources
 from .locking import ProcessLock
 from .publish import Publisher, make_publisher
 from .registry.client import RegistryClient, RetryPolicy
@@ -83,6 +84,10 @@ class Reconciler:
                  progress: Optional["TerminalProgress"] = None, read_only: bool = False,
                  backoff_base: float = BACKOFF_BASE_S) -> None:
         self.watchlist = watchlist
+        # The watchlist with its [[list]] files' entries, read again at each
+        # full cycle (`refresh`); an unreadable list stops the start here.
+        self._lists = ListSources(watchlist)
+        self.current = self._lists.merged()
         self.read_only = read_only
         self.apply_options = apply_options or ApplyOptions()
         self.workers = workers
@@ -139,7 +144,7 @@ class Reconciler:
 
     def _target_run(self, config: PublishConfig, publisher: Publisher, state: StateDB) -> TargetRun:
         audience = target_audience(config, publisher.read_access(), publisher.target_name)
-        return TargetRun(config, self.watchlist.for_target(config), publisher, state, audience)
+        return TargetRun(config, self.current.for_target(config), publisher, state, audience)
 
     def _recover(self, run: TargetRun) -> None:
         try:
@@ -214,7 +219,11 @@ class Reconciler:
         """The (cached) client for a registry host, with its configured credentials."""
         with self._clients_lock:
             if host not in self._clients:
-                self._clients[host] = self._new_client(host, self._secrets.get(host) or self._credentials.lookup(host))
+                # config.json's credentials are looked up for the host that
+                # receives them: the registry's `address` when it has one.
+                address = self.watchlist.registry(host).address or host
+                self._clients[host] = self._new_client(host, self._secrets.get(host)
+                                                       or self._credentials.lookup(address))
             return self._clients[host]
 
     def anonymous(self, host: str) -> RegistryClient:
@@ -225,16 +234,31 @@ class Reconciler:
 
     def _new_client(self, host: str, credentials: Optional[Credentials]) -> RegistryClient:
         config = self.watchlist.registry(host)
-        return RegistryClient(host, insecure=config.insecure, credentials=credentials,
+        # `address`: another host serves this registry (a test registry, a full mirror).
+        return RegistryClient(config.address or host, insecure=config.insecure, credentials=credentials,
                               max_concurrency=config.max_concurrency, retry=self.retry,
                               private_realms=config.token_realms)
 
     # -- the cycle ---------------------------------------------------------
 
+    def refresh(self) -> Watchlist:
+        """Read the [[list]] files again (a list that cannot be read keeps its
+        last good entries); the watchlist with every entry, also `current`,
+        and each target's part of it."""
+        self.current = self._lists.merged()
+        for run in self.targets:
+            # The whole target's part, also when a cycle plans a few entries:
+            # the plan removes the tags of dests no entry has, lists' included.
+            run.watchlist = self.current.for_target(run.config)
+        return self.current
+
     def run_once(self, *, entries: Optional[Sequence[ImageEntry]] = None) -> CycleReport:
         """Plan, check, fetch, apply and publish once, target by target (one
         transaction each); returns the report of all of them (a `read_only`
-        reconciler only plans and checks: the report lists what it would do)."""
+        reconciler only plans and checks: the report lists what it would do).
+        Without `entries`: every entry, the [[list]] files read again first."""
+        if entries is None:
+            self.refresh()
         report = CycleReport()
         for run in self.targets:
             planned = run.entries_of(entries)

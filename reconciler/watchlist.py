@@ -30,6 +30,8 @@ from .config.watchlist_keys import (
     BACKENDS,
     DEFAULTS,
     IMAGE,
+    LIST,
+    LIST_FORMATS,
     PUBLISH,
     REGISTRY,
     SERVICE,
@@ -47,7 +49,7 @@ from .signatures.keys import KeyFormatError, TrustedKey, load_public_key
 from .signatures.policy import IdentityRule, SignaturePolicy
 from .webhooks import PROVIDERS
 
-__all__ = ["BACKENDS", "MAX_DURATION_S", "MIN_INTERVAL_S", "CvmfsTarget", "ImageEntry", "LocalTarget",
+__all__ = ["BACKENDS", "MAX_DURATION_S", "MIN_INTERVAL_S", "CvmfsTarget", "ImageEntry", "ListConfig", "LocalTarget",
            "PublishConfig", "PublishTarget", "RegistryConfig",
            "Watchlist", "WebhookConfig", "load_watchlist", "parse_duration", "parse_listen", "parse_size"]
 
@@ -121,6 +123,8 @@ class RegistryConfig:
     max_concurrency: int = REGISTRY.default_whole("max_concurrency")
     # Token services this registry may name on a private address (host or host:port).
     token_realms: Tuple[str, ...] = REGISTRY.default_strings("token_realms")
+    # Where requests go when not to `host` itself (a test registry, a full mirror).
+    address: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -147,17 +151,45 @@ class ImageEntry:
     interval: float = _DEFAULT_INTERVAL
     publish: str = ""  # the name of its target ("" for the one [publish] table)
     private_ok: bool = False  # it may go to a public target even if it needs credentials
+    tag_glob: Tuple[str, ...] = ()  # shell wildcards, as fnmatch: a selection like tag_pattern
+    origin: str = ""  # `file:line` of a [[list]]'s line; empty for an [[image]] block
     signature: Optional[SignaturePolicy] = None  # None: published without a signature check
 
     @property
     def label(self) -> str:
         """How messages name this entry."""
-        return f"image[{self.index}] ({self.source.name})"
+        return f"{self.origin or f'image[{self.index}]'} ({self.source.name})"
 
     @property
     def lists_tags(self) -> bool:
         """True when the tags come from the registry's tag list."""
         return not self.tags
+
+
+@dataclass(frozen=True)
+class ListConfig:
+    """One `[[list]]` block: a list file another tool reads, read as it is
+    (reconciler/lists) at every cycle; its entries get these settings."""
+
+    index: int  # 1-based position among the [[list]] blocks
+    path: Path
+    format: str  # one of LIST_FORMATS
+    dest: str  # a template of $(registry) and $(repository)
+    platforms: Tuple[Platform, ...]
+    interval: float
+    publish: str = ""  # the target of its entries ("" for the one [publish] table)
+    signature: Optional[SignaturePolicy] = None  # its entries' ([defaults] signature)
+
+    @property
+    def label(self) -> str:
+        """How messages name this list."""
+        return f"list[{self.index}] ({self.path.name})"
+
+
+# The variables a [[list]]'s dest template may use, and each format's default
+# (the path its own tool publishes at).
+DEST_VARIABLES = ("$(registry)", "$(repository)")
+DEFAULT_LIST_DEST = {"osg": "$(repository)", "ducc": "$(registry)/$(repository)"}
 
 
 @dataclass(frozen=True)
@@ -177,6 +209,7 @@ class Watchlist:
     # Every publish target in file order ([publish] alone, or the [publish.<name>]
     # tables); `publish` is the first. Empty: `publish` is the only one.
     targets: Tuple[PublishConfig, ...] = ()
+    lists: Tuple[ListConfig, ...] = ()
 
     def registry(self, host: str) -> RegistryConfig:
         """The settings of `host`, or the defaults (https, no credentials)."""
@@ -262,6 +295,11 @@ def _check_known_keys(file: str, data: Any) -> None:
                 Section(file, _image_where(index, table), table, IMAGE)
                 if isinstance(table.get("signature"), dict):
                     Section(file, f"{_image_where(index, table)}.signature", table["signature"], SIGNATURE)
+    lists = data.get("list")
+    if isinstance(lists, list):
+        for index, table in enumerate(lists, start=1):
+            if isinstance(table, dict):
+                Section(file, f"list[{index}]", table, LIST)
 
 
 def _check_provider(file: str, provider: str) -> None:
@@ -320,8 +358,9 @@ def load_watchlist(path: Path) -> Watchlist:
             raise service.error("listen", str(exc)) from None
     webhooks = _webhooks(name, top, base)
     images = _images(name, top, interval, platforms, default_target, targets, signature, keys)
+    lists = _lists(name, top, base, interval, platforms, default_target, targets, signature)
     return Watchlist(path, targets[0], state_dir, blob_cache_max, interval, platforms, registries, listen, webhooks,
-                     images, targets)
+                     images, targets, lists)
 
 
 def _publish_targets(file: str, top: Section, base: Path) -> Tuple[PublishConfig, ...]:
@@ -460,6 +499,7 @@ def _registry(reg: Section, host: str, base: Path) -> RegistryConfig:
         mirror=reg.text("mirror"),
         max_concurrency=_declared_whole(reg, "max_concurrency"),
         token_realms=tuple(reg.strings("token_realms") or ()),
+        address=reg.text("address"),
     )
     for realm in config.token_realms:
         if not _REGISTRY_HOST.fullmatch(realm):
@@ -472,6 +512,9 @@ def _registry(reg: Section, host: str, base: Path) -> RegistryConfig:
         raise reg.error("username", "required when a password is configured")
     if config.max_concurrency < 1:
         raise reg.error("max_concurrency", "expected at least 1")
+    if config.address is not None and not _REGISTRY_HOST.fullmatch(config.address):
+        raise reg.error("address", 'expected a host and port such as "127.0.0.1:5000", without "https://" or a path '
+                                   "(plain http: insecure = true)")
     if config.mirror and not re.match(r"^https?://[^/]+", config.mirror):
         raise reg.error("mirror", "expected a URL such as \"http://mirror:5000\"")
     return config
@@ -538,23 +581,44 @@ def _image_entry(file: str, index: int, table: Any, interval: float, platforms: 
     tag_pattern = sec.text("tag_pattern")
     semver = sec.text("semver")
     newest = sec.whole("newest")
-    _check_selection(sec, tags, tag_pattern, semver, newest)
+    _check_selection(sec, tags, tag_pattern, semver, newest, sec.strings("tag_glob"))
     dest = (sec.text("dest") or source.name).strip("/")
-    last = dest.rsplit("/", 1)[-1]
-    if (not dest or any(p in ("", ".", "..") or p.startswith(".") for p in dest.split("/"))
-            or ":" in last or "@" in last):
-        raise sec.error("dest", "expected a relative path of plain names (no '..', no leading dots, "
-                                f"no ':' or '@' in the last name), got {dest!r}")
+    problem = dest_problem(dest)
+    if problem:
+        raise sec.error("dest", problem)
+    target = _entry_target(sec, default_target, targets)
+    return ImageEntry(index, source, tuple(tags or ()), tag_pattern, semver, newest, dest,
+                      sec.platforms("platforms", platforms), sec.duration("interval", interval, MIN_INTERVAL_S),
+                      target, sec.flag("private_ok"), tuple(sec.strings("tag_glob") or ()),
+                      signature=_signature(sec, keys, signature))
+
+
+def _entry_target(sec: Section, default_target: Optional[str], targets: Tuple[PublishConfig, ...]) -> str:
+    """The target an [[image]] or [[list]] block names, or the default one."""
     target = sec.text("publish")
     if target is not None:
         _check_target_name(sec, "publish", target, targets)
-    elif default_target is None:
+        return target
+    if default_target is None:
         raise sec.error("publish", "required with several targets: one of "
                                    f"{', '.join(repr(t.name) for t in targets)} (or set [defaults] publish)")
-    return ImageEntry(index, source, tuple(tags or ()), tag_pattern, semver, newest, dest,
-                      sec.platforms("platforms", platforms), sec.duration("interval", interval, MIN_INTERVAL_S),
-                      target if target is not None else default_target or "", sec.flag("private_ok"),
-                      _signature(sec, keys, signature))
+    return default_target
+
+
+def could_match_tags(glob: str) -> bool:
+    """True when `glob` holds only characters a tag or a wildcard can: ASCII,
+    printable, no space, no '/', ':' or '@'."""
+    return bool(glob) and all(c.isascii() and c.isprintable() and not c.isspace() and c not in "/:@" for c in glob)
+
+
+def dest_problem(dest: str) -> Optional[str]:
+    """Why `dest` cannot be where tags are published, or None when it can."""
+    last = dest.rsplit("/", 1)[-1]
+    if (not dest or any(p in ("", ".", "..") or p.startswith(".") for p in dest.split("/"))
+            or ":" in last or "@" in last):
+        return ("expected a relative path of plain names (no '..', no leading dots, "
+                f"no ':' or '@' in the last name), got {dest!r}")
+    return None
 
 
 class _KeyFiles:
@@ -612,7 +676,7 @@ def _signature(sec: Section, keys: _KeyFiles, inherited: Optional[SignaturePolic
 
 
 def _check_selection(sec: Section, tags: Optional[List[str]], tag_pattern: Optional[str], semver: Optional[str],
-                     newest: Optional[int]) -> None:
+                     newest: Optional[int], tag_glob: Optional[List[str]]) -> None:
     """Exact tags, or a selection from the registry's tag list; not both, not neither."""
     if tags is not None:
         if not tags:
@@ -620,12 +684,19 @@ def _check_selection(sec: Section, tags: Optional[List[str]], tag_pattern: Optio
         bad = [t for t in tags if not is_valid_tag(t)]
         if bad:
             raise sec.error("tags", f"{bad[0]!r} is not a valid tag")
-        if tag_pattern or semver or newest is not None:
-            raise sec.error("tags", "give either exact `tags` or a selection (`tag_pattern`, `semver`, `newest`), "
-                                    "not both")
-    elif not (tag_pattern or semver):
-        raise sec.error("tags", "required: a list of tags, or `tag_pattern` / `semver` to select from the "
-                                "registry's tags")
+        if tag_pattern or semver or newest is not None or tag_glob is not None:
+            raise sec.error("tags", "give either exact `tags` or a selection (`tag_pattern`, `tag_glob`, `semver`, "
+                                    "`newest`), not both")
+    elif not (tag_pattern or semver or tag_glob is not None):
+        raise sec.error("tags", "required: a list of tags, or `tag_pattern` / `tag_glob` / `semver` to select "
+                                "from the registry's tags")
+    if tag_glob is not None:
+        if not tag_glob:
+            raise sec.error("tag_glob", "expected at least one wildcard such as \"rhel7-*\"")
+        bad = [g for g in tag_glob if not could_match_tags(g)]
+        if bad:
+            raise sec.error("tag_glob", f"{bad[0]!r} holds characters no tag has (tags are ASCII letters, digits, "
+                                        "'_', '.' and '-')")
     if tag_pattern:
         try:
             re.compile(tag_pattern)
@@ -642,3 +713,40 @@ def _check_selection(sec: Section, tags: Optional[List[str]], tag_pattern: Optio
             raise sec.error("semver", f"not a version range such as \">=1.2,<2\": {semver!r}") from None
     if newest is not None and newest < 1:
         raise sec.error("newest", "expected at least 1")
+
+
+def _lists(file: str, top: Section, base: Path, interval: float, platforms: Tuple[Platform, ...],
+           default_target: Optional[str], targets: Tuple[PublishConfig, ...],
+           signature: Optional[SignaturePolicy]) -> Tuple[ListConfig, ...]:
+    """The [[list]] blocks, in file order (their files are read by reconciler.lists);
+    their entries take the [defaults] `signature`."""
+    raw = top.data.get("list", [])
+    if isinstance(raw, dict):
+        raise top.error("list", "expected a list of [[list]] tables: write [[list]], with double brackets, "
+                                "not [list]")
+    out: List[ListConfig] = []
+    for index, table in enumerate(top.tables("list"), start=1):
+        sec = Section(file, f"list[{index}]", table, LIST)
+        path = sec.path("path", base)
+        if path is None:
+            raise sec.error("path", "required: the list file, e.g. \"docker_images.txt\"")
+        form = sec.text("format")
+        if form not in LIST_FORMATS:
+            raise sec.error("format", f"expected one of {', '.join(map(repr, LIST_FORMATS))}, got {form!r}")
+        dest = sec.text("dest") or DEFAULT_LIST_DEST[form]
+        if "$(repository)" not in dest:
+            raise sec.error("dest", "expected a template with $(repository) (else every image of the list would "
+                                    f"publish at one path), got {dest!r}")
+        leftover = dest
+        for variable in DEST_VARIABLES:
+            leftover = leftover.replace(variable, "x")
+        if "$(" in leftover:
+            raise sec.error("dest", f"the variables are {' and '.join(DEST_VARIABLES)}; the tag is added after "
+                                    f"':' by itself; got {dest!r}")
+        problem = dest_problem(leftover.strip("/"))
+        if problem:
+            raise sec.error("dest", problem)
+        out.append(ListConfig(index, path, form, dest, sec.platforms("platforms", platforms),
+                              sec.duration("interval", interval, MIN_INTERVAL_S),
+                              _entry_target(sec, default_target, targets), signature))
+    return tuple(out)

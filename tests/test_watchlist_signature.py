@@ -93,3 +93,18 @@ def test_a_bad_key_exits_2_with_one_line(tmp_path):
     done = reconcile("--once", "--watchlist", str(path))
     assert done.returncode == 2
     assert "signature.keys" in one_line(done) and "secp384r1" in one_line(done)
+
+
+def test_the_entries_of_a_list_take_the_defaults_signature(tmp_path):
+    from reconciler.lists.entries import list_entries
+    from reconciler.lists.read import read_list
+
+    signer = Signer()
+    path = write(tmp_path, '[defaults]\nsignature = { keys = ["ci.pub"] }\n'
+                           '[[list]]\npath = "docker_images.txt"\nformat = "osg"\n')
+    signer.write(path.parent / "ci.pub")
+    (path.parent / "docker_images.txt").write_text("team/app:1\nother/tool:*\n")
+    (config,) = load_watchlist(path).lists
+    entries, problems = list_entries(read_list(config.path, "osg"), config, 1)
+    assert not problems and len(entries) == 2
+    assert all([k.fingerprint for k in e.signature.keys] == [signer.fingerprint] for e in entries)

@@ -11,6 +11,7 @@ stage printed, and can run beside a service.
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -98,9 +99,13 @@ def version_order(tag: str, versions: Dict[str, Version]) -> Tuple[int, object, 
 
 
 def select_tags(entry: ImageEntry, available: Sequence[str]) -> List[str]:
-    """Apply an entry's `tag_pattern`, `semver` and `newest` to a tag list
+    """Apply an entry's `tag_glob`, `tag_pattern`, `semver` and `newest` to a tag list
     (attachment tags, `sha256-<hex>.sig` and the like, are never selected)."""
     tags = [t for t in available if not ATTACHMENT_TAG.fullmatch(t)]
+    if entry.tag_glob:
+        # fnmatchcase: fnmatch without the OS's case folding, which on POSIX
+        # (where cvmfs-singularity-sync runs fnmatch.filter) is none anyway.
+        tags = [t for t in tags if any(fnmatch.fnmatchcase(t, g) for g in entry.tag_glob)]
     if entry.tag_pattern:
         pattern = re.compile(entry.tag_pattern)
         tags = [t for t in tags if pattern.search(t)]
