@@ -111,8 +111,13 @@ def tracker_for(tmp_path: Path, servers: Servers, lag: str, clock, registry: Col
     return DeliveryTracker(load_watchlist(path), registry, clock=clock, stratum0=f"{servers.base}/s0")
 
 
-def published_report(tracker: DeliveryTracker) -> CycleReport:
-    entry = tracker.watchlist.images[0]
+def tracker_entries(tmp_path: Path):
+    return load_watchlist(tmp_path / "watchlist.toml").images
+
+
+def published_report(tmp_path: Path) -> CycleReport:
+    """A cycle that published the watchlist's one entry's tag v2."""
+    entry = tracker_entries(tmp_path)[0]
     outcome = ImageOutcome(entry, "v2", Platform("linux", "amd64"), "app:v2")
     outcome.unchanged_at = ("sha256:" + "a" * 64, "sha256:" + "b" * 64)
     outcome.status = outcome.status.__class__("published")
@@ -127,9 +132,9 @@ def test_a_delivery_from_push_to_the_stratum_1_with_status_page_and_metrics(tmp_
         hints = _PARSERS["distribution"]({"events": [{
             "action": "push", "timestamp": "1970-01-01T00:16:30Z",  # 990
             "target": {"repository": "team/app", "tag": "v2", "mediaType": "application/vnd.oci.image.manifest.v1+json"}}]})
-        tracker.hook(hints, received=991.0)
+        tracker.hook(hints, tracker_entries(tmp_path), received=991.0)
         assert servers.asked == {"s0": 0, "s1": 0}  # nothing asked before anything is published
-        (delivery,) = tracker.cycle_done(published_report(tracker), started=995.0, ended=1000.0)
+        (delivery,) = tracker.cycle_done(published_report(tmp_path), started=995.0, ended=1000.0)
         assert (delivery.pushed, delivery.seen, delivery.published, delivery.revision) == (990.0, 995.0, 1000.0, 7)
         assert delivery.replica_time(f"{servers.base}/s1") is None  # it serves 6: not yet
         status = tracker.status()
@@ -170,12 +175,12 @@ def test_a_push_is_told_to_the_first_cycle_that_could_have_seen_it(tmp_path, ser
         hint = _PARSERS["dockerhub"]({"repository": {"repo_name": "team/app"},
                                       "push_data": {"pushed_at": 1990, "tag": "v2"}})
         hint = [h.__class__(h.repository, None, h.pushed_at, h.tag) for h in hint]  # the hook names no registry
-        tracker.hook(hint, received=1996.0)  # came while a cycle that started at 1995 was running
-        (during,) = tracker.cycle_done(published_report(tracker), started=1995.0, ended=2000.0)
+        tracker.hook(hint, tracker_entries(tmp_path), received=1996.0)  # while a cycle started at 1995 ran
+        (during,) = tracker.cycle_done(published_report(tmp_path), started=1995.0, ended=2000.0)
         assert during.pushed is None  # that cycle's HEAD came before the push: not its push
-        (after,) = tracker.cycle_done(published_report(tracker), started=2001.0, ended=2005.0)
+        (after,) = tracker.cycle_done(published_report(tmp_path), started=2001.0, ended=2005.0)
         assert after.pushed == 1990.0
-        (again,) = tracker.cycle_done(published_report(tracker), started=2010.0, ended=2012.0)
+        (again,) = tracker.cycle_done(published_report(tmp_path), started=2010.0, ended=2012.0)
         assert again.pushed is None  # told once
     finally:
         tracker.close()

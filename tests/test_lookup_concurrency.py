@@ -36,7 +36,7 @@ def digest_of(data: bytes) -> str:
 
 
 class GatheringRegistry:
-    """One repository of distinct one-layer images, one per tag. A HEAD waits
+    """One repository of distinct three-layer images, one per tag. A HEAD waits
     until `heads_wanted` HEADs are in flight, a blob GET until `blobs_wanted`
     are (or HOLD_S passes); the highest in-flight count of each is kept."""
 
@@ -44,17 +44,18 @@ class GatheringRegistry:
         self.manifests: Dict[str, bytes] = {}
         self.blobs: Dict[str, bytes] = {}
         for tag in TAGS:
-            layer = build_tar([{"type": "file", "path": "id", "content": tag}])
+            # Three layers each: the images fetched at once have more layers than the download limit.
+            layers = [build_tar([{"type": "file", "path": f"id{n}", "content": tag}]) for n in range(3)]
             config = json.dumps({"os": "linux", "architecture": "amd64",
-                                 "rootfs": {"type": "layers", "diff_ids": [digest_of(layer)]}}).encode()
+                                 "rootfs": {"type": "layers", "diff_ids": [digest_of(t) for t in layers]}}).encode()
             self.manifests[tag] = json.dumps({
                 "schemaVersion": 2, "mediaType": OCI_MANIFEST,
                 "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": digest_of(config),
                            "size": len(config)},
-                "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": digest_of(layer),
-                            "size": len(layer)}]}).encode()
+                "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": digest_of(t),
+                            "size": len(t)} for t in layers]}).encode()
             self.blobs[digest_of(config)] = config
-            self.blobs[digest_of(layer)] = layer
+            self.blobs.update({digest_of(t): t for t in layers})
         self.layers = {d for d, b in self.blobs.items() if not b.startswith(b"{")}
         self.wanted = {"HEAD": heads_wanted, "layer": blobs_wanted}
         self.in_flight: Counter = Counter()
@@ -125,7 +126,7 @@ def test_default_limits_let_more_lookups_than_downloads_through_and_a_warm_cycle
                         'dest = "app"\n')
         report, _ = run(path)
         assert not report.failed and len(report.outcomes) == len(TAGS)
-        assert (tmp_path / "publish" / "app:t07" / "id").read_text() == "t07"
+        assert (tmp_path / "publish" / "app:t07" / "id2").read_text() == "t07"
         # As many HEADs at once as the default allows; downloads never above theirs.
         assert registry.most["HEAD"] == lookups
         assert registry.most["layer"] == downloads

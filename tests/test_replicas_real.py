@@ -43,13 +43,13 @@ def test_push_to_stratum_1_through_a_real_replica(tmp_path, monkeypatch, fixture
     tracker = DeliveryTracker(loaded, metrics, http=http)
     reconciler = Reconciler(loaded, retry=RetryPolicy(attempts=2, base_delay=0.01))
     try:
-        assert tracker.stratum0 == stratum0_url(repo) == f"http://localhost/cvmfs/{repo}"
+        assert tracker.targets[""].stratum0 == stratum0_url(repo) == f"http://localhost/cvmfs/{repo}"
         before = read_served(http, s1).revision
         image = build_all()["basic"]
         FixturePusher(host).push_manifest(image.repository, image.top, tag)  # its blobs are there already
         pushed = time.time()
         # What a registry's webhook says (its time parsed in test_delivery.py).
-        tracker.hook([RepositoryHint("fixtures/basic", pushed_at=pushed, tag=tag)], received=time.time())
+        tracker.hook([RepositoryHint("fixtures/basic", pushed_at=pushed, tag=tag)], loaded.images, received=time.time())
 
         started = time.time()
         report = reconciler.run_once()

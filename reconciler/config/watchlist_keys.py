@@ -8,18 +8,37 @@ from __future__ import annotations
 from typing import Tuple
 
 from ..apptainer import DEFAULT_BIND_POINTS
-from .schema import ADDRESS, DURATION, FLAG, PATH, PLATFORMS, SIZE, STRINGS, TEXT, WHOLE, Key, Table, table_kind
+from .schema import (
+    ADDRESS,
+    DURATION,
+    FLAG,
+    PATH,
+    PLATFORMS,
+    SIZE,
+    STRINGS,
+    TEXT,
+    WHOLE,
+    Key,
+    Kind,
+    Table,
+    table_kind,
+)
 
 BACKENDS = ("local", "cvmfs")
 
+# `signature` is a table, or the word "none" (no policy, where [defaults] has one).
+SIGNATURE_KIND = Kind(object, 'a table { keys = [...], identity = ... } or "none"', 'table, or "none"')
+SIGNATURE_NONE = "none"
+
 TOP = Table("", (
-    Key("publish", table_kind("a [publish] table")),
+    Key("publish", table_kind("a [publish] table, or [publish.<name>] tables")),
     Key("state", table_kind("a [state] table")),
     Key("defaults", table_kind("a [defaults] table")),
     Key("registries", table_kind('a table of [registries."host"] tables')),
     Key("service", table_kind("a [service] table")),
     Key("webhooks", table_kind("a table of [webhooks.<provider>] tables")),
     Key("image", table_kind("a list of [[image]] tables")),
+    Key("list", table_kind("a list of [[list]] tables")),
 ))
 
 PUBLISH = Table("publish", (
@@ -39,7 +58,13 @@ PUBLISH = Table("publish", (
         default=()),
     Key("replica_lag_max", DURATION, "cvmfs: a stratum 1 not serving a published revision after this long is "
                                      "shown as lagging", default="30m"),
+    Key("visibility", TEXT, '"public": anyone can read it, so no image that needs credentials goes there; '
+                            '"restricted": only its members can',
+        default_doc="cvmfs: public, or restricted when the repository has a membership requirement (`mkfs -V`); "
+                    "local: restricted"),
 ))
+
+VISIBILITIES = ("public", "restricted")
 
 STATE = Table("state", (
     Key("dir", PATH, "the blob store (blobs/) and the state database (state.db)", default=".reconciler"),
@@ -51,6 +76,10 @@ DEFAULTS = Table("defaults", (
     Key("interval", DURATION, "how often each image's tags are checked (durations: 30s, 15m, 1h30m, 2d)",
         default="15m"),
     Key("platforms", PLATFORMS, "the platforms each image is published for", default=("linux/amd64",)),
+    Key("publish", TEXT, "the target of entries that name none: a name of [publish.<name>]",
+        default_doc="the only target"),
+    Key("signature", SIGNATURE_KIND, "publish only images a listed cosign key signed (keys, identity below)",
+        default_doc="none: no check"),
 ))
 
 REGISTRY = Table('registries."<host>"', (
@@ -61,11 +90,15 @@ REGISTRY = Table('registries."<host>"', (
     Key("password_env", TEXT, "an environment variable holding the password", default_doc="none"),
     Key("mirror", TEXT, "blobs (verified as always) come from here first, the origin if it fails; tags are "
                         "always resolved at the origin", default_doc="none"),
-    Key("max_concurrency", WHOLE, "blob downloads at once from this registry", default=4),
+    Key("max_concurrency", WHOLE, "blob downloads at once from this registry", default=8),
     Key("max_lookups", WHOLE, "tag lookups at once to this registry: manifest HEADs and GETs, tag list pages "
                               "(small; a HEAD is not counted by Docker Hub's pull limit)", default=16),
     Key("token_realms", STRINGS, "token services or storage hosts it may name on a private address",
         default=()),
+    Key("address", TEXT, 'the host (and port) this registry\'s requests go to instead, e.g. "127.0.0.1:5000" '
+                         "(a test registry, a full mirror); names and paths stay the registry's, config.json "
+                         "credentials are the address's",
+        default_doc="the registry itself"),
 ))
 
 SERVICE = Table("service", (
@@ -80,9 +113,11 @@ WEBHOOK = Table("webhooks.<provider>", (
 
 IMAGE = Table("image[n]", (
     Key("source", TEXT, "the repository to watch, without a tag", default_doc="required"),
-    Key("tags", STRINGS, "exact tags, or a selection from the registry's tag list (the next three)",
-        default_doc="required without tag_pattern or semver"),
+    Key("tags", STRINGS, "exact tags, or a selection from the registry's tag list (the next four)",
+        default_doc="required without tag_pattern, tag_glob or semver"),
     Key("tag_pattern", TEXT, "a regular expression (re.search) the tags must match", default_doc="none"),
+    Key("tag_glob", STRINGS, "shell wildcards (`*`, `?`, `[…]`, as Python's fnmatch) matched against the whole "
+                             "tag; a tag matching any of them is selected", default_doc="none"),
     Key("semver", TEXT, 'a version range such as ">=1.2,<2" (PEP 440 parsing; pre-releases excluded)',
         default_doc="none"),
     Key("newest", WHOLE, "keep only this many highest: versions in PEP 440 order, other tags below them",
@@ -90,7 +125,34 @@ IMAGE = Table("image[n]", (
     Key("dest", TEXT, "where under root its tags are published", default_doc="`<registry>/<repository>`"),
     Key("platforms", PLATFORMS, "the platforms it is published for", default_doc="`[defaults]` platforms"),
     Key("interval", DURATION, "how often its tags are checked", default_doc="`[defaults]` interval"),
+    Key("publish", TEXT, "its target: a name of [publish.<name>]", default_doc="`[defaults]` publish"),
+    Key("private_ok", FLAG, "publish it to a public target even though its registry needs credentials (a "
+                            "warning at each publish)", default=False),
+    Key("signature", SIGNATURE_KIND, 'its signature policy; "none" for none where `[defaults]` has one',
+        default_doc="`[defaults]` signature"),
+))
+
+SIGNATURE = Table("image[n].signature", (
+    Key("keys", STRINGS, "cosign public keys (PEM, ECDSA P-256); any of them may sign. Relative paths are taken "
+                         "from the watchlist's directory", default_doc="required"),
+    Key("identity", TEXT, 'what the signed reference must name: "repository", "exact" (with the tag), "any", or '
+                          '"repository:<repo>" (a mirror\'s original)', default="repository"),
+))
+
+LIST_FORMATS = ("osg", "ducc")
+
+LIST = Table("list[n]", (
+    Key("path", PATH, "an image list as another tool reads it; read again at every cycle",
+        default_doc="required"),
+    Key("format", TEXT, '"osg" (cvmfs-singularity-sync\'s docker_images.txt) or "ducc" (a DUCC wishlist)',
+        default_doc="required"),
+    Key("dest", TEXT, "where each image's tags are published: a template of `$(registry)` (the host as the "
+                      "list writes it; docker.io when it names none) and `$(repository)`",
+        default_doc='osg: `"$(repository)"`; ducc: `"$(registry)/$(repository)"`'),
+    Key("platforms", PLATFORMS, "the platforms its images are published for", default_doc="`[defaults]` platforms"),
+    Key("interval", DURATION, "how often its images' tags are checked", default_doc="`[defaults]` interval"),
+    Key("publish", TEXT, "the target of its images: a name of [publish.<name>]", default_doc="`[defaults]` publish"),
 ))
 
 # The tables the reference documents, in the order the README shows them.
-REFERENCE_TABLES: Tuple[Table, ...] = (PUBLISH, STATE, DEFAULTS, REGISTRY, SERVICE, WEBHOOK, IMAGE)
+REFERENCE_TABLES: Tuple[Table, ...] = (PUBLISH, STATE, DEFAULTS, REGISTRY, SERVICE, WEBHOOK, IMAGE, SIGNATURE, LIST)

@@ -80,6 +80,11 @@ class ImageOutcome:
     unchanged_at: Optional[Tuple[str, str]] = None
     reason: str = ""
     downloaded: int = 0
+    refusal: str = ""  # when a policy of the target refused it: which ("private", "visibility-unknown", "signature")
+    # Who signed it (the key's SHA-256 SPKI fingerprint) and where the
+    # signature was found, once the signature gate accepted it.
+    signed_by: Optional[str] = None
+    signed_where: Optional[str] = None
 
     @property
     def name(self) -> str:
@@ -126,6 +131,11 @@ class ImageOutcome:
         self._move(Status.FAILED)
         self.reason = report_failure(self.name, exc, where)
 
+    def refuse(self, policy: str, exc: BaseException) -> None:
+        """Mark it failed because a policy of its target refuses it (`policy` names which)."""
+        self.fail(exc)
+        self.refusal = policy
+
     def failed(self, reason: str) -> None:
         """Mark it failed with a reason already logged (by the stage it failed in)."""
         self._move(Status.FAILED)
@@ -146,6 +156,15 @@ class CycleReport:
     @property
     def failed(self) -> bool:
         return bool(self.entry_failures) or any(o.status is Status.FAILED for o in self.outcomes)
+
+    def merge(self, other: "CycleReport") -> None:
+        """Add another target's report of the same cycle to this one."""
+        self.outcomes.extend(other.outcomes)
+        self.entry_failures.extend(other.entry_failures)
+        self.removed.extend(other.removed)
+        self.entries.extend(other.entries)
+        self.collected.extend(other.collected)
+        self.transactions += other.transactions
 
     def summary(self) -> str:
         """A human-readable summary, one line per change or failure. Each line is

@@ -11,6 +11,7 @@ stage printed, and can run beside a service.
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -34,6 +35,11 @@ log = logging.getLogger(__name__)
 # Threads resolving tags while planning: enough to keep every registry's
 # `max_lookups` busy, at most this many (each registry client bounds its own).
 MAX_PLAN_WORKERS = 64
+
+# Tags cosign (and OCI 1.1's referrers fallback) derive from a digest: a
+# signature, an attestation, an SBOM, a referrers index. Never images, so
+# never selected, however broad the tag_pattern (it is matched with re.search).
+ATTACHMENT_TAG = re.compile(r"sha256-[0-9a-f]{64}(\.(sig|att|sbom))?")
 
 
 class PublishedTags(Protocol):
@@ -94,8 +100,13 @@ def version_order(tag: str, versions: Dict[str, Version]) -> Tuple[int, object, 
 
 
 def select_tags(entry: ImageEntry, available: Sequence[str]) -> List[str]:
-    """Apply an entry's `tag_pattern`, `semver` and `newest` to a tag list."""
-    tags = list(available)
+    """Apply an entry's `tag_glob`, `tag_pattern`, `semver` and `newest` to a tag list
+    (attachment tags, `sha256-<hex>.sig` and the like, are never selected)."""
+    tags = [t for t in available if not ATTACHMENT_TAG.fullmatch(t)]
+    if entry.tag_glob:
+        # fnmatchcase: fnmatch without the OS's case folding, which on POSIX
+        # (where cvmfs-singularity-sync runs fnmatch.filter) is none anyway.
+        tags = [t for t in tags if any(fnmatch.fnmatchcase(t, g) for g in entry.tag_glob)]
     if entry.tag_pattern:
         pattern = re.compile(entry.tag_pattern)
         tags = [t for t in tags if pattern.search(t)]

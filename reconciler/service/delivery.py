@@ -14,7 +14,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Callable, Dict, Iterable, List, Optional
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
 import httpx
 from prometheus_client import CollectorRegistry, Histogram
@@ -23,7 +24,7 @@ from ..cycle.outcome import CycleReport, Status
 from ..delivery import Caught, Delivery, DeliveryLog
 from ..errors import PublishError
 from ..publish.replicas import ServedRevision, read_served, stratum0_url
-from ..watchlist import CvmfsTarget, Watchlist
+from ..watchlist import CvmfsTarget, ImageEntry, Watchlist
 from ..webhooks import RepositoryHint, matching_entries
 from .status import iso_utc
 
@@ -63,24 +64,33 @@ class DeliveryMetrics:
             self.push_to_replica.labels(caught.url).observe(max(0.0, caught.at - caught.delivery.pushed))
 
 
+@dataclass
+class _Target:
+    """One publish target's deliveries: its stratum 0 (cvmfs) and stratum 1s."""
+
+    name: str
+    log: DeliveryLog
+    stratum0: Optional[str]
+    lag_max: float
+
+
 class DeliveryTracker:
-    """Delivery times of one service (see the module doc)."""
+    """Delivery times of one service, per publish target (see the module doc)."""
 
     def __init__(self, watchlist: Watchlist, registry: CollectorRegistry, *,
                  http: Optional[httpx.Client] = None, clock: Callable[[], float] = time.time,
                  stratum0: Optional[str] = None) -> None:
-        """`stratum0`: the URL to read published revisions from (default: the
-        repository's CVMFS_STRATUM0 on this publisher; none for the local backend)."""
-        publish = watchlist.publish
-        self.watchlist = watchlist
-        self.lag_max = publish.replica_lag_max
-        self.log = DeliveryLog(publish.replicas)
+        """`stratum0`: the URL to read published revisions from (default: each
+        cvmfs target repository's CVMFS_STRATUM0 on this publisher; none for the local backend)."""
+        self.targets: Dict[str, _Target] = {}
+        for config in watchlist.publish_targets:
+            url = stratum0
+            if url is None and isinstance(config.target, CvmfsTarget):
+                url = stratum0_url(config.target.repository)
+            self.targets[config.name] = _Target(config.name, DeliveryLog(config.replicas), url,
+                                                config.replica_lag_max)
         self.metrics = DeliveryMetrics(registry)
         self.clock = clock
-        target = publish.target
-        if stratum0 is None and isinstance(target, CvmfsTarget):
-            stratum0 = stratum0_url(target.repository)
-        self.stratum0 = stratum0
         self._owns_http = http is None
         self._http = http or httpx.Client(timeout=httpx.Timeout(10.0), follow_redirects=True)
         self._last_poll = 0.0
@@ -93,39 +103,46 @@ class DeliveryTracker:
 
     # -- in: webhooks and cycles -------------------------------------------
 
-    def hook(self, hints: Iterable[RepositoryHint], received: float) -> None:
-        """Push times of a webhook's hints (where the provider sends one) for the entries they match."""
-        entries = [(e.index, e.source.registry, e.source.repository) for e in self.watchlist.images]
+    def hook(self, hints: Iterable[RepositoryHint], entries: Sequence[ImageEntry], received: float) -> None:
+        """Push times of a webhook's hints (where the provider sends one) for
+        the `entries` (the watchlist's now) they match."""
+        by_index = {e.index: e for e in entries}
+        names = [(e.index, e.source.registry, e.source.repository) for e in entries]
         for hint in hints:
             if hint.pushed_at is None:
                 continue
-            for index in matching_entries([hint], entries):
-                self.log.pushed(index, hint.tag, min(hint.pushed_at, received), received)
+            for index in matching_entries([hint], names):
+                target = self.targets.get(by_index[index].publish)
+                if target is not None:
+                    target.log.pushed(index, hint.tag, min(hint.pushed_at, received), received)
 
     def cycle_done(self, report: CycleReport, started: float, ended: float) -> List[Delivery]:
-        """Record the tags a cycle published; the revision carrying them is read from the stratum 0."""
-        published = [o for o in report.outcomes if o.status is Status.PUBLISHED and o.digest]
-        if not published:
-            return []
-        revision = self._stratum0_revision()
-        # A push is told to the tags this cycle published of its entry (a hook naming no tag: all of them).
-        pushes = self.log.take_pushes([o.entry.index for o in published], started)
-        out = []
-        for o in published:
-            assert o.digest is not None
-            pushed = pushes.get((o.entry.index, o.tag), pushes.get((o.entry.index, None)))
-            delivery = self.log.published(o.tag_path, o.name, o.digest, pushed=pushed, seen=started,
-                                          published=ended, revision=revision)
-            self.metrics.delivered(delivery)
-            out.append(delivery)
-        self.poll_replicas(force=True)
+        """Record the tags a cycle published; the revision carrying them is read from each target's stratum 0."""
+        out: List[Delivery] = []
+        for target in self.targets.values():
+            published = [o for o in report.outcomes
+                         if o.status is Status.PUBLISHED and o.digest and o.entry.publish == target.name]
+            if not published:
+                continue
+            revision = self._stratum0_revision(target)
+            # A push is told to the tags this cycle published of its entry (a hook naming no tag: all of them).
+            pushes = target.log.take_pushes([o.entry.index for o in published], started)
+            for o in published:
+                assert o.digest is not None
+                pushed = pushes.get((o.entry.index, o.tag), pushes.get((o.entry.index, None)))
+                delivery = target.log.published(o.tag_path, o.name, o.digest, pushed=pushed, seen=started,
+                                                published=ended, revision=revision)
+                self.metrics.delivered(delivery)
+                out.append(delivery)
+        if out:
+            self.poll_replicas(force=True)
         return out
 
-    def _stratum0_revision(self) -> Optional[int]:
-        if self.stratum0 is None:
+    def _stratum0_revision(self, target: _Target) -> Optional[int]:
+        if target.stratum0 is None:
             return None
         try:
-            return read_served(self._http, self.stratum0).revision
+            return read_served(self._http, target.stratum0).revision
         except PublishError as exc:
             log.warning("cannot read the revision just published from the stratum 0: %s; its delivery to the "
                         "stratum 1s is not followed", exc)
@@ -136,7 +153,8 @@ class DeliveryTracker:
     def poll_replicas(self, *, force: bool = False) -> List[Caught]:
         """Ask every stratum 1 which revision it serves, when a delivery waits
         for one (and, unless `force`, at most every REPLICA_POLL_S)."""
-        if not self.log.replica_urls or not self.log.waiting():
+        waiting = [t for t in self.targets.values() if t.log.replica_urls and t.log.waiting()]
+        if not waiting:
             return []
         with self._poll_lock:
             now = self.clock()
@@ -144,14 +162,15 @@ class DeliveryTracker:
                 return []
             self._last_poll = now
             caught: List[Caught] = []
-            for url in self.log.replica_urls:
-                served: Optional[ServedRevision] = None
-                error: Optional[str] = None
-                try:
-                    served = read_served(self._http, url)
-                except PublishError as exc:
-                    error = str(exc)
-                caught += self.log.served(url, served.revision if served else None, self.clock(), error)
+            for target in waiting:
+                for url in target.log.replica_urls:
+                    served: Optional[ServedRevision] = None
+                    error: Optional[str] = None
+                    try:
+                        served = read_served(self._http, url)
+                    except PublishError as exc:
+                        error = str(exc)
+                    caught += target.log.served(url, served.revision if served else None, self.clock(), error)
             for c in caught:
                 self.metrics.caught(c)
                 log.info("%s: served by the stratum 1 %s %.0fs after its publish", c.delivery.image, c.url,
@@ -161,20 +180,27 @@ class DeliveryTracker:
     # -- out: /status ----------------------------------------------------------
 
     def status(self) -> Dict[str, object]:
-        """The `delivery` part of /status: the stratum 1s and each recent delivery's times."""
+        """The `delivery` part of /status: the stratum 1s and each recent
+        delivery's times, of every target (named in each, "" for the one [publish])."""
         now = self.clock()
-        deliveries = self.log.deliveries()
-        replicas = []
-        for view in self.log.replicas():
-            behind = [d.published for d in deliveries if d.revision is not None and d.replica_time(view.url) is None]
-            oldest = min(behind) if behind else None
-            replicas.append({"url": view.url, "revision": view.revision, "checked": iso_utc(view.checked),
-                             "error": view.error, "behind_since": iso_utc(oldest),
-                             "lagging": oldest is not None and now - oldest > self.lag_max})
-        return {"stratum0": self.stratum0, "lag_max_seconds": self.lag_max, "replicas": replicas,
-                "images": [self._delivery_status(d, now) for d in reversed(deliveries)]}
+        replicas: List[Dict[str, object]] = []
+        images: List[Dict[str, object]] = []
+        for target in self.targets.values():
+            deliveries = target.log.deliveries()
+            for view in target.log.replicas():
+                behind = [d.published for d in deliveries
+                          if d.revision is not None and d.replica_time(view.url) is None]
+                oldest = min(behind) if behind else None
+                replicas.append({"target": target.name, "url": view.url, "revision": view.revision,
+                                 "checked": iso_utc(view.checked), "error": view.error,
+                                 "behind_since": iso_utc(oldest),
+                                 "lagging": oldest is not None and now - oldest > target.lag_max})
+            images += [self._delivery_status(target, d, now) for d in reversed(deliveries)]
+        images.sort(key=lambda d: str(d["published"]), reverse=True)
+        return {"stratum0": {t.name: t.stratum0 for t in self.targets.values() if t.stratum0},
+                "replicas": replicas, "images": images}
 
-    def _delivery_status(self, d: Delivery, now: float) -> Dict[str, object]:
+    def _delivery_status(self, target: _Target, d: Delivery, now: float) -> Dict[str, object]:
         def since(start: Optional[float], end: Optional[float]) -> Optional[float]:
             return round(end - start, 3) if start is not None and end is not None else None
 
@@ -183,9 +209,8 @@ class DeliveryTracker:
             waited = (served if served is not None else now) - d.published
             replicas.append({"url": url, "served": iso_utc(served), "after_publish_seconds": since(d.published, served),
                              "after_push_seconds": since(d.pushed, served),
-                             "lagging": served is None and waited > self.lag_max})
-        return {"path": d.tag_path, "image": d.image, "digest": d.digest, "revision": d.revision,
-                "pushed": iso_utc(d.pushed), "seen": iso_utc(d.seen), "published": iso_utc(d.published),
-                "push_to_publish_seconds": since(d.pushed, d.published),
+                             "lagging": served is None and waited > target.lag_max})
+        return {"target": target.name, "path": d.tag_path, "image": d.image, "digest": d.digest,
+                "revision": d.revision, "pushed": iso_utc(d.pushed), "seen": iso_utc(d.seen),
+                "published": iso_utc(d.published), "push_to_publish_seconds": since(d.pushed, d.published),
                 "seen_to_publish_seconds": since(d.seen, d.published), "replicas": replicas}
-

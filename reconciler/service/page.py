@@ -203,8 +203,22 @@ def _cell(label: str, html: str, cls: str = "") -> str:
     return f'<td data-label="{_e(label)}"{cls_attr}>{html}</td>'
 
 
+def _target(image: Mapping[str, Any]) -> str:
+    """Where the entry publishes, whether anyone can read it, and whether its
+    source repository was public when last probed."""
+    public = bool(image.get("target_public"))
+    html = (f'<code>{_e(image.get("target"))}</code> '
+            + ('public' if public else '<span class="muted">restricted</span>'))
+    seen = image.get("source_visibility")
+    if public and seen and seen.get("public") is False:
+        kind = "private source, private_ok" if image.get("private_ok") else "private source"
+        html += f' <span class="bad" title="{_e(seen.get("reason"))}">{_e(kind)}</span>'
+    return html
+
+
 def _rows(image: Mapping[str, Any], now: dt.datetime) -> List[str]:
     rows: List[str] = []
+    target = _target(image) if image.get("target") else ""
     next_poll = _time(image.get("next_poll"), now, due=True)
     error = image.get("error")
     if error:
@@ -216,6 +230,7 @@ def _rows(image: Mapping[str, Any], now: dt.datetime) -> List[str]:
             + _cell("Published", '<span class="muted">—</span>')
             + _cell("Changed", '<span class="muted">—</span>')
             + _cell("Next poll", next_poll)
+            + _cell("Target", target)
             + _cell("Error", f'{_e(error.get("reason"))} <span class="muted">({_time(error.get("at"), now)})</span>',
                     "error")
             + "</tr>")
@@ -224,12 +239,13 @@ def _rows(image: Mapping[str, Any], now: dt.datetime) -> List[str]:
         rows.append(f'<tr data-dest="{_e(image.get("dest"))}">'
                     + _cell("Tag", f'<code>{_e(image.get("dest"))}</code>')
                     + _cell("Platform", "") + _cell("Published", '<span class="muted">no tags yet</span>')
-                    + _cell("Changed", "") + _cell("Next poll", next_poll) + _cell("Error", "") + "</tr>")
+                    + _cell("Changed", "") + _cell("Next poll", next_poll) + _cell("Target", target)
+                    + _cell("Error", "") + "</tr>")
     for tag in tags:
         failing = tag.get("state") == "failing"
         published = tag.get("published")
         digest = (f'<span class="digest" title="{_e(published)}">{_e(short_digest(published))}</span>'
-                  if published else '<span class="muted">not published</span>')
+                  if published else '<span class="muted">not published</span>') + _signer(tag)
         if failing:
             err = (f'{_e(tag.get("last_error"))} <span class="muted">({_time(tag.get("last_failure"), now)}, '
                    f'{_e(tag.get("failures"))} in a row)</span>')
@@ -242,9 +258,22 @@ def _rows(image: Mapping[str, Any], now: dt.datetime) -> List[str]:
             + _cell("Published", digest)
             + _cell("Changed", _time(tag.get("last_changed"), now))
             + _cell("Next poll", next_poll)
+            + _cell("Target", target)
             + _cell("Error", err, "error" if failing else "")
             + "</tr>")
     return rows
+
+
+def _signer(tag: Mapping[str, Any]) -> str:
+    """Under the published digest: who signed it (a key's fingerprint), or that no policy applies."""
+    signer = tag.get("signed_by")
+    if not signer:
+        return ""
+    if len(signer) == 64:  # a key's fingerprint
+        where = tag.get("signed_where") or ""
+        return (f' <span class="signer" title="key {_e(signer)} ({_e(where)})">signed by '
+                f'<span class="digest">{_e(signer[:16])}</span></span>')
+    return f' <span class="signer muted">{_e(signer)}</span>'
 
 
 def render_page(status: Mapping[str, Any]) -> str:
@@ -259,7 +288,7 @@ def render_page(status: Mapping[str, Any]) -> str:
                + (f'<span class="bad">{failing} failing</span>' if failing else '<span class="ok">none failing</span>')
                + f' · <span class="muted">as of {_e(now.strftime("%H:%M:%S"))} UTC</span>')
     heads = "".join(f'<th scope="col">{h}</th>' for h in ("Tag", "Platform", "Published", "Changed", "Next poll",
-                                                          "Error"))
+                                                          "Target", "Error"))
     table = (f"<table><thead><tr>{heads}</tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
              if rows else '<p class="muted">The watchlist has no images.</p>')
     return f"""<!DOCTYPE html>
