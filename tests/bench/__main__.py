@@ -4,7 +4,9 @@ ratios and writes them to `.bench/results.json`.
 
 Measures, alternating in the same run:
 - apply: our applier on the image's three layers vs `umoci unpack` of the same layers;
-- cold: `reconcile --once` (fresh state and root) vs `skopeo copy` + `umoci unpack`;
+- cold: `reconcile --once` (fresh state and root) vs `skopeo copy` + `umoci unpack`,
+  and vs the same followed by `sync` (ours flushes its root's filesystem before
+  a tag moves; the pair alone leaves its tree in the page cache);
 - warm: `reconcile --once` again with nothing changed (requests and blob bytes
   served, from the registry's log);
 - incremental: v2 (new top layer only) added after v1;
@@ -45,14 +47,16 @@ RECONCILE = Path(sys.executable).with_name("reconcile")
 GNU_TIME = "/usr/bin/time"
 
 
-def timed(cmd: List[str], **kw) -> Tuple[float, int]:
+def timed(cmd: List[str], *, settle: bool = True, **kw) -> Tuple[float, int]:
     """Run a command; wall seconds and its peak RSS in KiB.
 
-    Dirty pages of the previous run are flushed first, so one run's writeback
-    does not land in the next one's time. The RSS comes from GNU time: a
-    forked child's own ru_maxrss would include the pre-exec copy of this process.
+    Dirty pages of the previous run are flushed first (unless not `settle`:
+    the second step of one pipeline), so one run's writeback does not land in
+    the next one's time. The RSS comes from GNU time: a forked child's own
+    ru_maxrss would include the pre-exec copy of this process.
     """
-    os.sync()
+    if settle:
+        os.sync()
     with tempfile.NamedTemporaryFile("r") as rss:
         start = time.perf_counter()
         done = subprocess.run([GNU_TIME, "-f", "%M", "-o", rss.name, *cmd], stdout=subprocess.DEVNULL,
@@ -141,6 +145,10 @@ def main() -> int:
                         "latency: cold, warm and warm without latency (see tests/bench/scale.py)")
     parser.add_argument("--rtt", type=float, default=0.05, help="the latency --scale adds per request (seconds)")
     parser.add_argument("--repositories", type=int, default=200, help="--scale: watched repositories, 5 tags each")
+    parser.add_argument("--distinct", action="store_true", help="--scale: each tag its own small image (a cold "
+                        "cycle downloads and builds them all)")
+    parser.add_argument("--registry-keys", default="", metavar="KEY = VALUE,...",
+                        help='--scale: registry settings beside the defaults, e.g. "max_lookups = 4"')
     parser.add_argument("--big-layer", type=int, metavar="N",
                         help="only the applier vs umoci on one layer of N small files (peak RSS and time)")
     parser.add_argument("--dirs-layer", type=int, metavar="N",
@@ -166,7 +174,8 @@ def main() -> int:
     if args.scale:
         from tests.bench.scale import bench_scale, scale_summary
 
-        results = bench_scale(fresh(work / "scale"), RECONCILE, args.rtt, timed, args.repositories)
+        results = bench_scale(fresh(work / "scale"), RECONCILE, args.rtt, timed, args.repositories,
+                              args.distinct, args.registry_keys)
         out = work / "results-scale.json"
         out.write_text(json.dumps(results, indent=2))
         print(scale_summary(results))
@@ -212,7 +221,9 @@ def main() -> int:
             fresh(oci)
             t1, _ = timed(["skopeo", "copy", "-q", "--src-tls-verify=false",
                            f"docker://{registry.host}/bench/app:{tag}", f"oci:{oci / 'layout'}:{tag}"])
-            t2, _ = timed(["umoci", "unpack", "--image", f"{oci / 'layout'}:{tag}", str(oci / "bundle")])
+            # One pipeline: skopeo's writes are not flushed for free before umoci starts.
+            t2, _ = timed(["umoci", "unpack", "--image", f"{oci / 'layout'}:{tag}", str(oci / "bundle")],
+                          settle=False)
             return t1 + t2
 
         if args.only in (None, "apply"):
@@ -303,7 +314,7 @@ def bench_e2e(work: Path, host: str, pairs: int, skopeo_umoci, counter: Registry
     def reconcile() -> Tuple[float, int]:
         return timed([str(RECONCILE), "--once", "--watchlist", str(watchlist)])
 
-    ours, theirs, rss = [], [], 0
+    ours, theirs, synced, rss = [], [], [], 0
     for _ in range(pairs):
         fresh(run_dir)
         write_watchlist(watchlist, host, ["v1"])
@@ -311,9 +322,14 @@ def bench_e2e(work: Path, host: str, pairs: int, skopeo_umoci, counter: Registry
         ours.append(t)
         rss = max(rss, r)
         theirs.append(skopeo_umoci("v1"))
-    cold = {"ours_s": ours, "skopeo_umoci_s": theirs, "ours_median_s": statistics.median(ours),
-            "skopeo_umoci_median_s": statistics.median(theirs),
-            "ratio": statistics.median(ours) / statistics.median(theirs)}
+        start = time.perf_counter()
+        os.sync()  # what it takes for the pair's tree to be on disk, as ours is when a tag moves
+        synced.append(theirs[-1] + time.perf_counter() - start)
+    cold = {"ours_s": ours, "skopeo_umoci_s": theirs, "skopeo_umoci_sync_s": synced,
+            "ours_median_s": statistics.median(ours), "skopeo_umoci_median_s": statistics.median(theirs),
+            "skopeo_umoci_sync_median_s": statistics.median(synced),
+            "ratio": statistics.median(ours) / statistics.median(theirs),
+            "ratio_to_synced": statistics.median(ours) / statistics.median(synced)}
     # warm: the last cold run's state, nothing changed upstream
     counter.mark()
     t, r = reconcile()
@@ -404,7 +420,9 @@ def summary(results: Dict[str, object]) -> str:
                      f"(applier peak RSS {a['ours_peak_rss_kib'] // 1024} MiB)")
     if "cold" in results:
         c, w, i = results["cold"], results["warm"], results["incremental"]
-        parts.append(f"cold {c['ours_median_s']:.2f}s vs skopeo+umoci {c['skopeo_umoci_median_s']:.2f}s = {c['ratio']:.2f}x")
+        parts.append(f"cold {c['ours_median_s']:.2f}s vs skopeo+umoci {c['skopeo_umoci_median_s']:.2f}s = "
+                     f"{c['ratio']:.2f}x, vs skopeo+umoci+sync {c['skopeo_umoci_sync_median_s']:.2f}s = "
+                     f"{c['ratio_to_synced']:.2f}x")
         parts.append(f"warm {w['seconds']:.2f}s {w['blob_bytes']} blob bytes {w['manifest_gets']} manifest GETs")
         parts.append(f"incremental {i['seconds']:.2f}s = {i['ratio_to_cold']:.2f}x cold, {i['blob_bytes']} blob bytes")
         parts.append(f"reconcile peak RSS {results['peak_rss_mib']} MiB")
