@@ -184,3 +184,29 @@ def test_a_push_is_told_to_the_first_cycle_that_could_have_seen_it(tmp_path, ser
         assert again.pushed is None  # told once
     finally:
         tracker.close()
+
+
+def test_each_publish_target_has_its_own_stratum_1s_and_deliveries(tmp_path, servers):
+    path = tmp_path / "watchlist.toml"
+    path.write_text(f'[publish.grid]\nbackend = "cvmfs"\nrepository = "r.org"\nreplicas = ["{servers.base}/s1"]\n'
+                    '[publish.site]\nroot = "pub"\n'
+                    '[[image]]\nsource = "reg.example.org/team/app"\ntags = ["v2"]\ndest = "app"\npublish = "grid"\n'
+                    '[[image]]\nsource = "reg.example.org/team/tool"\ntags = ["v2"]\ndest = "tool"\npublish = "site"\n')
+    watchlist = load_watchlist(path)
+    tracker = DeliveryTracker(watchlist, CollectorRegistry(), clock=lambda: 3000.0, stratum0=f"{servers.base}/s0")
+    try:
+        outcomes = []
+        for entry in watchlist.images:
+            outcome = ImageOutcome(entry, "v2", Platform("linux", "amd64"), f"{entry.dest}:v2")
+            outcome.unchanged_at = ("sha256:" + "a" * 64, "sha256:" + "b" * 64)
+            outcome.status = outcome.status.__class__("published")
+            outcomes.append(outcome)
+        tracker.cycle_done(CycleReport(outcomes=outcomes, entries=list(watchlist.images)), 2990.0, 2995.0)
+        status = tracker.status()
+        assert [(r["target"], r["url"]) for r in status["replicas"]] == [("grid", f"{servers.base}/s1")]
+        shown = {d["target"]: d for d in status["images"]}
+        assert shown["grid"]["revision"] == 7 and len(shown["grid"]["replicas"]) == 1
+        # A local target: no revision, no stratum 1.
+        assert (shown["site"]["path"], shown["site"]["revision"], shown["site"]["replicas"]) == ("tool:v2", None, [])
+    finally:
+        tracker.close()

@@ -80,13 +80,14 @@ class DeliveryTracker:
     def __init__(self, watchlist: Watchlist, registry: CollectorRegistry, *,
                  http: Optional[httpx.Client] = None, clock: Callable[[], float] = time.time,
                  stratum0: Optional[str] = None) -> None:
-        """`stratum0`: the URL to read published revisions from (default: each
-        cvmfs target repository's CVMFS_STRATUM0 on this publisher; none for the local backend)."""
+        """`stratum0`: the URL cvmfs targets read published revisions from
+        (default: each repository's CVMFS_STRATUM0 on this publisher); local
+        targets have none."""
         self.targets: Dict[str, _Target] = {}
         for config in watchlist.publish_targets:
-            url = stratum0
-            if url is None and isinstance(config.target, CvmfsTarget):
-                url = stratum0_url(config.target.repository)
+            url: Optional[str] = None
+            if isinstance(config.target, CvmfsTarget):
+                url = stratum0 or stratum0_url(config.target.repository)
             self.targets[config.name] = _Target(config.name, DeliveryLog(config.replicas), url,
                                                 config.replica_lag_max)
         self.metrics = DeliveryMetrics(registry)
