@@ -170,7 +170,7 @@ class Reconciler:
         with fetch.pinned(planned):
             fetched = fetch.fetch(planned)
             built = self._builder().publish(fetched.remaining(planned.changes), planned.removals,
-                                            planned.gc_candidates)
+                                            planned.gc_candidates, planned.takeover.collected)
             report = cycle_report(planned, fetched, built)
             record(self.state, self.publisher, report, clock=self.clock, backoff_base=self.backoff_base)
         return report

@@ -25,7 +25,18 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 
 from .config.section import Section, unknown_message
 from .config.values import MAX_DURATION_S, MIN_INTERVAL_S, parse_duration, parse_listen, parse_size
-from .config.watchlist_keys import BACKENDS, DEFAULTS, IMAGE, PUBLISH, REGISTRY, SERVICE, STATE, TOP, WEBHOOK
+from .config.watchlist_keys import (
+    BACKENDS,
+    DEFAULTS,
+    FOREIGN_TAG_POLICIES,
+    IMAGE,
+    PUBLISH,
+    REGISTRY,
+    SERVICE,
+    STATE,
+    TOP,
+    WEBHOOK,
+)
 from .errors import ConfigError, InvalidReferenceError
 from .registry.manifest import Platform
 from .registry.reference import ImageReference, is_valid_tag, normalize_registry, parse_reference
@@ -76,6 +87,8 @@ class PublishConfig:
     bind_points: Tuple[str, ...] = PUBLISH.default_strings("bind_points")
     gc_grace: float = parse_duration(PUBLISH.default_text("gc_grace"))
     gc_max_per_cycle: int = PUBLISH.default_whole("gc_max_per_cycle")
+    # "keep" or "collect": an earlier tool's tag links no entry watches (a repository taken over).
+    foreign_tags: str = PUBLISH.default_text("foreign_tags")
 
     @property
     def backend(self) -> str:
@@ -272,7 +285,11 @@ def _publish(pub: Section, base: Path) -> PublishConfig:
     gc_max = _declared_whole(pub, "gc_max_per_cycle")
     if gc_max < 0:
         raise pub.error("gc_max_per_cycle", "expected 0 (never collect) or more")
-    return PublishConfig(target, root, tuple(p.strip("/") for p in bind_points), gc_grace, gc_max)
+    foreign_tags = pub.text("foreign_tags")
+    if foreign_tags not in FOREIGN_TAG_POLICIES:
+        raise pub.error("foreign_tags", f"expected one of {', '.join(map(repr, FOREIGN_TAG_POLICIES))}, "
+                                        f"got {foreign_tags!r}")
+    return PublishConfig(target, root, tuple(p.strip("/") for p in bind_points), gc_grace, gc_max, foreign_tags)
 
 
 def _publish_target(pub: Section, base: Path, backend: str) -> Tuple[PublishTarget, Path]:

@@ -34,7 +34,12 @@ PUBLISH = Table("publish", (
         default=DEFAULT_BIND_POINTS),
     Key("gc_grace", DURATION, "an image no tag references is removed after this long", default="2d"),
     Key("gc_max_per_cycle", WHOLE, "at most this many image removals per cycle (0: never collect)", default=50),
+    Key("foreign_tags", TEXT, 'a repository taken over from cvmfs-singularity-sync or DUCC: "keep" or "collect" '
+                              "the tag links of that tool no entry watches (watched ones are replaced by ours)",
+        default="keep"),
 ))
+
+FOREIGN_TAG_POLICIES = ("keep", "collect")
 
 STATE = Table("state", (
     Key("dir", PATH, "the blob store (blobs/) and the state database (state.db)", default=".reconciler"),

@@ -15,7 +15,7 @@ import logging
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Dict, FrozenSet, List, Optional, Protocol, Tuple
+from typing import TYPE_CHECKING, Dict, FrozenSet, List, Optional, Protocol, Tuple
 
 from ..errors import ReconcilerError
 from ..fetch import ResolvedImage
@@ -24,6 +24,9 @@ from ..registry.manifest import Descriptor, Platform
 from ..safetext import inert
 from ..state import TagKey, TagState
 from ..watchlist import ImageEntry
+
+if TYPE_CHECKING:
+    from .takeover import TakeoverPlan
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +145,7 @@ class CycleReport:
     entries: List[ImageEntry] = field(default_factory=list)  # the entries the cycle planned
     collected: List[str] = field(default_factory=list)
     transactions: int = 0
+    takeover: Optional["TakeoverPlan"] = None  # an earlier tool's tag links, as planned
 
     @property
     def failed(self) -> bool:
@@ -163,6 +167,8 @@ class CycleReport:
             lines.append(f"  collected {digest[:19]} (unreferenced past the grace period)")
         for entry, reason in self.entry_failures:
             lines.append(f"  FAILED    {entry.label}: {reason}")
+        if self.takeover is not None and self.takeover.found:
+            lines += self.takeover.lines()
         for o in self.outcomes:
             if o.status is Status.FAILED:
                 lines.append(f"  FAILED    {o.name}: {o.reason}")

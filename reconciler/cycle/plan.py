@@ -28,6 +28,7 @@ from ..registry.reference import is_valid_tag
 from ..state import TagState
 from ..watchlist import ImageEntry, Watchlist
 from .outcome import CycleReport, ImageOutcome, Registries, Status, describe_failure, traceback_for
+from .takeover import TakeoverPlan, plan_takeover
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,9 @@ class PublishedTags(Protocol):
 
     def tag_links(self) -> Dict[str, str]:
         """Every tag link into the image store, and the digest it links to."""
+
+    def foreign_links(self) -> Dict[str, str]:
+        """Every link into an earlier tool's image directory, and that directory."""
 
 
 class StateReader(Protocol):
@@ -67,6 +71,8 @@ class Plan:
     removals: List[TagState] = field(default_factory=list)  # published tags no longer watched
     gc_candidates: List[str] = field(default_factory=list)  # images unreferenced past the grace period
     fetched: Dict[str, bytes] = field(default_factory=dict)  # manifests and configs not in the blob store yet
+    # An earlier tool's tag links (a repository taken over): replaced, kept, collected.
+    takeover: TakeoverPlan = field(default_factory=TakeoverPlan)
 
     @property
     def unlisted_dests(self) -> Set[str]:
@@ -82,7 +88,7 @@ class Plan:
     def report(self) -> CycleReport:
         """A report of this plan, sharing its outcomes (`results.cycle_report` moves them on)."""
         return CycleReport(outcomes=self.outcomes, entry_failures=self.entry_failures, removed=list(self.removals),
-                           entries=list(self.entries))
+                           entries=list(self.entries), takeover=self.takeover)
 
 
 def version_order(tag: str, versions: Dict[str, Version]) -> Tuple[int, object, str]:
@@ -216,6 +222,8 @@ def plan(watchlist: Watchlist, registries: Registries, store: BlobStore, publish
             done.result()
     out.fetched = reader.fetched()
     out.removals = _removals(watchlist, planned if entries else None, out, rows, published)
+    out.takeover = plan_takeover(watchlist, planned, not entries, out.outcomes, out.unlisted_dests,
+                                 published.foreign_links(), reader)
     out.gc_candidates = state.gc_candidates(now - watchlist.publish.gc_grace, out.unlisted_dests,
                                             watchlist.publish.gc_max_per_cycle)
     return out
