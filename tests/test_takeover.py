@@ -197,7 +197,9 @@ def test_takeover_plans_then_converges_keeping_every_tag_valid(kind, layout_name
     now[0] += 7200
     collected = []
     for _ in range(3 if osg else 2):
-        collected += run(wl, clock=clock).collected
+        cycle = run(wl, clock=clock).collected
+        assert len(cycle) <= 1  # gc_max_per_cycle
+        collected += cycle
     unlisted_dir = after[unlisted].target
     assert sorted(collected) == sorted(old_dirs - {unlisted_dir}) and len(collected) == (2 if osg else 1)
     assert foreign_dirs(site.visible) == [unlisted_dir]
@@ -269,3 +271,28 @@ def test_a_ducc_chains_directory_is_never_taken_for_our_legacy_one(tmp_path):
     ours = tmp_path / "ours"
     (ours / ".chains" / ("ab" * 32) / "etc").mkdir(parents=True)
     assert remove_legacy_chains(ours) and not (ours / ".chains").exists()
+
+
+def test_unwatched_old_tags_are_collected_only_when_told_and_never_on_a_partial_view(tmp_path):
+    from reconciler.cycle.takeover import plan_takeover
+
+    def watchlist(policy: str):
+        path = tmp_path / "watchlist.toml"
+        path.write_text(f'[publish]\nforeign_tags = "{policy}"\n' + "".join(
+            f'[[image]]\nsource = "registry.example.org/{d}"\ntags = ["1"]\ndest = "{d}"\n' for d in ("a/x", "b/y")))
+        return load_watchlist(path)
+
+    links = {"a/x:old": ".flat/aa/" + "a" * 64, "b/y:old": ".flat/bb/" + "b" * 64, "c/z:old": ".flat/cc/" + "c" * 64}
+    no_blobs = type("NoBlobs", (), {"has": lambda self, digest: False})()
+    wl = watchlist("collect")
+    # a/x could not be listed: its old tags stay; c/z is no entry's.
+    plan = plan_takeover(wl, wl.images, True, [], {"a/x"}, links, no_blobs)
+    assert plan.collected == ["b/y:old", "c/z:old"] and plan.kept == ["a/x:old"]
+    # A cycle of b/y alone judges neither a/x's tags nor anything but its own and no entry's.
+    plan = plan_takeover(wl, [e for e in wl.images if e.dest == "b/y"], False, [], set(), links, no_blobs)
+    assert plan.collected == ["b/y:old", "c/z:old"] and plan.kept == ["a/x:old"]
+    wl = watchlist("keep")
+    plan = plan_takeover(wl, wl.images, True, [], set(), links, no_blobs)
+    assert plan.collected == [] and plan.kept == sorted(links)
+    with pytest.raises(Exception, match="foreign_tags"):
+        watchlist("drop")

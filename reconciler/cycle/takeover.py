@@ -16,11 +16,14 @@ DUCC): what a cycle does to that tool's tag links, decided with the plan.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Dict, List, Protocol, Sequence, Set
 
 from ..watchlist import ImageEntry, Watchlist
 from .outcome import ImageOutcome, Status
+
+log = logging.getLogger(__name__)
 
 
 class BlobPresence(Protocol):
@@ -68,6 +71,7 @@ def plan_takeover(watchlist: Watchlist, planned: Sequence[ImageEntry], all_plann
     by_path = {o.tag_path: o for o in outcomes}
     all_dests = {e.dest for e in watchlist.images}
     planned_dests = all_dests if all_planned else {e.dest for e in planned}
+    unwatched_kept: List[str] = []
     for tag_path in sorted(foreign_links):
         outcome = by_path.get(tag_path)
         if outcome is not None:
@@ -79,6 +83,7 @@ def plan_takeover(watchlist: Watchlist, planned: Sequence[ImageEntry], all_plann
             out.collected.append(tag_path)
         else:
             out.kept.append(tag_path)
+            unwatched_kept.append(tag_path)
     images: Set[str] = set()
     layers: Dict[str, int] = {}
     for outcome in outcomes:
@@ -89,4 +94,7 @@ def plan_takeover(watchlist: Watchlist, planned: Sequence[ImageEntry], all_plann
                     layers[layer.digest] = layer.size
     out.images_to_build = len(images)
     out.bytes_to_download = sum(layers.values())
+    if unwatched_kept:  # said each cycle: keeping them is a setting (or a failed listing), not an oversight
+        log.info("%d tag links of an earlier tool are kept though no entry watches them ([publish] foreign_tags = "
+                 "\"%s\"), e.g. %s", len(unwatched_kept), out.policy, unwatched_kept[0])
     return out
