@@ -3,6 +3,7 @@
     reconcile --once [--watchlist F] [--log-format plain|json]   (one pass, then exit)
     reconcile --dry-run [--watchlist F]                          (the plan only)
     reconcile [--watchlist F] [--listen HOST:PORT]               (the service, until SIGTERM)
+    reconcile compare PUBLISHED OURS [--hash]                    (two trees of a tag: same, or why not)
 
 Exit codes: `EXIT_CODES` below, the one list `--help` prints (the README's
 table is checked against it by tests/test_cli_help.py).
@@ -164,6 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["compare"]:  # a tool of its own: two trees, no watchlist
+        from .compare import main as compare
+
+        return compare(argv[1:])
     args = build_parser().parse_args(argv)
     progress = setup_logging(args.log_format, args.verbose)
     try:
