@@ -245,10 +245,12 @@ def test_takeover_killed_in_any_phase_keeps_every_tag_valid_in_every_revision(ki
                              env=env, capture_output=True, cwd=tmp_path)
     assert crashed.returncode == -9, crashed.stderr.decode()[-2000:]
     site.assert_always_valid([OSG_WATCHED, DUCC_WATCHED])
-    for _ in range(3):
+    for _ in range(3):  # until converged: the links go in one cycle, the images they served in the next
         report = run(wl)
         assert not report.failed, report.summary()
         site.assert_always_valid([OSG_WATCHED, DUCC_WATCHED])
+        if not foreign_dirs(site.visible):
+            break
     view = site.view()
     assert sorted(view) == sorted([OSG_WATCHED, DUCC_WATCHED])
     assert all(link.ours and link.motd == NEW_MOTD for link in view.values())
@@ -296,3 +298,44 @@ def test_unwatched_old_tags_are_collected_only_when_told_and_never_on_a_partial_
     assert plan.collected == [] and plan.kept == sorted(links)
     with pytest.raises(Exception, match="foreign_tags"):
         watchlist("drop")
+
+
+@pytest.mark.parametrize("kind", ["local", "cvmfs"])
+def test_an_old_link_stays_while_our_image_fails_and_other_links_are_never_touched(kind, tmp_path, monkeypatch,
+                                                                                   listed):
+    from reconciler.cycle.build import BuildStage
+    from reconciler.errors import LayerError
+
+    host, layers, config, _ = listed
+    site = Site(kind, tmp_path, monkeypatch)
+
+    def make(root: Path, mount: str) -> None:
+        old_tags(layers, config, True, False)(root, mount)
+        # Links the old tool did not make into its images: an alias and a link out of the tree.
+        os.symlink("osgvo-el7:latest", root / "opensciencegrid" / "alias")
+        os.symlink("/usr/share", root / "opensciencegrid" / "elsewhere")
+
+    site.write_old(make)
+    before = site.view()
+    wl = site.watchlist(host, entries(host, True, False), gc_grace='"0s"', foreign_tags='"collect"')
+
+    def broken(self, image, build, **kw):
+        raise LayerError("layer 1 of 2: corrupt (injected)")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(BuildStage, "apply_layers", broken)
+        report = run(wl)
+    assert report.failed and "corrupt (injected)" in report.summary()
+    after = site.view()
+    assert after[OSG_WATCHED] == before[OSG_WATCHED]  # the old link, its old image: still served
+    assert OSG_UNLISTED not in after  # collected (not watched), in the same transaction
+    run(wl)
+    report = run(wl)
+    assert not report.failed, report.summary()
+    view = site.view()
+    assert view[OSG_WATCHED].ours and view[OSG_WATCHED].motd == NEW_MOTD
+    for name in ("alias", "elsewhere"):  # never ours to change, whatever foreign_tags says
+        assert os.readlink(site.visible / "opensciencegrid" / name) == \
+            ("osgvo-el7:latest" if name == "alias" else "/usr/share")
+    assert foreign_dirs(site.visible) == []
+    site.backend.check()
