@@ -182,6 +182,7 @@ def test_takeover_plans_then_converges_keeping_every_tag_valid(kind, layout_name
     summary = plan.summary()
     assert f"replace   {watched}" in summary and f"keep      {unlisted}" in summary, summary
     assert "1 tags of an earlier tool replaced, 1 kept, 0 collected" in summary, summary
+    assert "0 of its image directories removed" in summary, summary
     assert f"1 images to build, {layer_bytes} bytes to download" in summary, summary
     assert site.view() == before
 
@@ -195,6 +196,13 @@ def test_takeover_plans_then_converges_keeping_every_tag_valid(kind, layout_name
 
     # Past the grace period: one old image directory a cycle, never one a link still refers to.
     now[0] += 7200
+    reconciler = Reconciler(load_watchlist(wl), read_only=True, clock=clock)
+    try:
+        summary = reconciler.run_once().summary()
+    finally:
+        reconciler.close()
+    assert "0 collected ([publish] foreign_tags = \"keep\"), 1 of its image directories removed" in summary, summary
+    assert f"remove    {before[watched].target}" in summary or (osg and "remove    .images/" in summary), summary
     collected = []
     for _ in range(3 if osg else 2):
         cycle = run(wl, clock=clock).collected

@@ -24,7 +24,7 @@ from ..applier import compression_for
 from ..blobstore import BlobStore
 from ..fetch import current_digest, resolve_image
 from ..publish.layout import tag_relpath
-from ..registry.reference import is_valid_tag
+from ..registry.reference import is_valid_digest, is_valid_tag
 from ..state import TagState
 from ..watchlist import ImageEntry, Watchlist
 from .outcome import CycleReport, ImageOutcome, Registries, Status, describe_failure, traceback_for
@@ -226,6 +226,8 @@ def plan(watchlist: Watchlist, registries: Registries, store: BlobStore, publish
                                  published.foreign_links(), reader)
     out.gc_candidates = state.gc_candidates(now - watchlist.publish.gc_grace, out.unlisted_dests,
                                             watchlist.publish.gc_max_per_cycle)
+    # An earlier tool's image directories are collected by path (ours by digest).
+    out.takeover.old_images_to_remove = [c for c in out.gc_candidates if not is_valid_digest(c)]
     return out
 
 

@@ -41,22 +41,25 @@ class TakeoverPlan:
     kept: List[str] = field(default_factory=list)  # left as they are
     collected: List[str] = field(default_factory=list)  # not watched, removed (foreign_tags = "collect")
     policy: str = "keep"
+    old_images_to_remove: List[str] = field(default_factory=list)  # unreferenced past gc_grace, this cycle
     images_to_build: int = 0
     bytes_to_download: int = 0
 
     @property
     def found(self) -> bool:
-        """True when the tree holds any link of an earlier tool."""
-        return bool(self.replaced or self.kept or self.collected)
+        """True when the tree holds anything of an earlier tool's this cycle acts on or keeps."""
+        return bool(self.replaced or self.kept or self.collected or self.old_images_to_remove)
 
     def lines(self) -> List[str]:
         """The plan for an admin, one line per tag."""
         out = [f"takeover: {len(self.replaced)} tags of an earlier tool replaced, {len(self.kept)} kept, "
-               f"{len(self.collected)} collected ([publish] foreign_tags = \"{self.policy}\"); "
+               f"{len(self.collected)} collected ([publish] foreign_tags = \"{self.policy}\"), "
+               f"{len(self.old_images_to_remove)} of its image directories removed; "
                f"{self.images_to_build} images to build, {self.bytes_to_download} bytes to download"]
         out += [f"  replace   {path}" for path in self.replaced]
         out += [f"  keep      {path}" for path in self.kept]
         out += [f"  collect   {path}" for path in self.collected]
+        out += [f"  remove    {path} (no link has referred to it for gc_grace)" for path in self.old_images_to_remove]
         return out
 
 
