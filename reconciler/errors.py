@@ -122,3 +122,17 @@ class StartError(ReconcilerError):
 class BusyError(ReconcilerError):
     """Another reconciler holds the lock on the same state directory or
     publish target (exit code 4)."""
+
+
+class RefusedImageError(ReconcilerError):
+    """A policy of the publish target refuses an image (it fails alone; the
+    published revision stays; it is checked again at its next poll)."""
+
+
+class PrivateImageError(RefusedImageError):
+    """An image that needs credentials, bound for a target anyone can read."""
+
+
+class VisibilityUnknownError(RefusedImageError):
+    """Whether an image is public could not be told (the anonymous probe failed):
+    a public target does not take it until it can."""

@@ -13,6 +13,9 @@ listed, or its whole cycle failed): how many times in a row, the last reason,
 and when it is due again. The service schedules retries from these `next_due`
 times alone, so a backoff survives a restart.
 
+Per source repository (`host/name`), what the last anonymous probe said:
+public, not public (and why) or unknown, and when it was asked.
+
 Version 1 keyed tags by source; opening such a database migrates it.
 `StateDB.read_only()` opens it for `--dry-run` without writing anything.
 """
@@ -27,7 +30,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Set
 
-SCHEMA_VERSION = 3  # 3: entry_state (entries failing as a whole)
+SCHEMA_VERSION = 4  # 3: entry_state (entries failing as a whole); 4: visibility_state
 _TAG_COLUMNS = """
     source TEXT NOT NULL,
     tag TEXT NOT NULL,
@@ -53,6 +56,12 @@ CREATE TABLE IF NOT EXISTS entry_state (
     last_failure REAL NOT NULL,
     failure_reason TEXT NOT NULL,
     next_due REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS visibility_state (
+    repository TEXT PRIMARY KEY,
+    public INTEGER,
+    reason TEXT NOT NULL,
+    checked_at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS image_state (
     digest TEXT PRIMARY KEY,
@@ -121,6 +130,17 @@ class EntryFailure:
 
 
 _ENTRY_COLUMNS = ", ".join(f.name for f in fields(EntryFailure))
+
+
+@dataclass(frozen=True)
+class RepositoryVisibility:
+    """What the last anonymous probe of a source repository said: `public` is
+    None when it could not tell; `reason` says why not public (or unknown)."""
+
+    repository: str
+    public: Optional[bool]
+    reason: str
+    checked_at: float
 
 
 def _has_table(conn: sqlite3.Connection, name: str) -> bool:
@@ -278,6 +298,22 @@ class StateDB:
                    WHERE failures > 0 AND next_due IS NOT NULL AND dest NOT IN (SELECT dest FROM entry_state)
                    GROUP BY dest""").fetchall()
         return {dest: float(due) for dest, due in rows}
+
+    def record_visibility(self, seen: RepositoryVisibility) -> None:
+        """Keep the answer of an anonymous probe of a source repository."""
+        public = None if seen.public is None else int(seen.public)
+        with self._lock:
+            self._conn.execute(
+                """INSERT INTO visibility_state (repository, public, reason, checked_at) VALUES (?, ?, ?, ?)
+                   ON CONFLICT (repository) DO UPDATE SET public=excluded.public, reason=excluded.reason,
+                     checked_at=excluded.checked_at""", (seen.repository, public, seen.reason[:2000], seen.checked_at))
+
+    def visibilities(self) -> Dict[str, RepositoryVisibility]:
+        """The last probe's answer per source repository."""
+        with self._lock:
+            rows = self._conn.execute("SELECT repository, public, reason, checked_at FROM visibility_state").fetchall()
+        return {r[0]: RepositoryVisibility(r[0], None if r[1] is None else bool(r[1]), r[2], float(r[3]))
+                for r in rows}
 
     def mark_images(self, on_disk: Dict[str, Optional[str]], referenced: Set[str], now: float) -> None:
         """Record which published image directories no tag references, and since when.

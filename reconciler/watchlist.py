@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar, Dict, List, Optional, Tuple, Type, Union
 
@@ -30,11 +30,14 @@ from .config.watchlist_keys import (
     DEFAULTS,
     FOREIGN_TAG_POLICIES,
     IMAGE,
+    LIST,
+    LIST_FORMATS,
     PUBLISH,
     REGISTRY,
     SERVICE,
     STATE,
     TOP,
+    VISIBILITIES,
     WEBHOOK,
 )
 from .errors import ConfigError, InvalidReferenceError
@@ -42,7 +45,7 @@ from .registry.manifest import Platform
 from .registry.reference import ImageReference, is_valid_tag, normalize_registry, parse_reference
 from .webhooks import PROVIDERS
 
-__all__ = ["BACKENDS", "MAX_DURATION_S", "MIN_INTERVAL_S", "CvmfsTarget", "ImageEntry", "LocalTarget",
+__all__ = ["BACKENDS", "MAX_DURATION_S", "MIN_INTERVAL_S", "CvmfsTarget", "ImageEntry", "ListConfig", "LocalTarget",
            "PublishConfig", "PublishTarget", "RegistryConfig",
            "Watchlist", "WebhookConfig", "load_watchlist", "parse_duration", "parse_listen", "parse_size"]
 
@@ -87,6 +90,8 @@ class PublishConfig:
     bind_points: Tuple[str, ...] = PUBLISH.default_strings("bind_points")
     gc_grace: float = parse_duration(PUBLISH.default_text("gc_grace"))
     gc_max_per_cycle: int = PUBLISH.default_whole("gc_max_per_cycle")
+    name: str = ""  # "" for the one [publish] table, else <name> of [publish.<name>]
+    visibility: Optional[str] = None  # "public" or "restricted" as the file says; None: the backend's default
     # "keep" or "collect": an earlier tool's tag links no entry watches (a repository taken over).
     foreign_tags: str = PUBLISH.default_text("foreign_tags")
 
@@ -94,6 +99,11 @@ class PublishConfig:
     def backend(self) -> str:
         """The target's name in `[publish] backend`."""
         return self.target.kind
+
+    @property
+    def label(self) -> str:
+        """How messages name this target's table."""
+        return f"[publish.{self.name}]" if self.name else "[publish]"
 
 
 @dataclass(frozen=True)
@@ -109,6 +119,8 @@ class RegistryConfig:
     max_concurrency: int = REGISTRY.default_whole("max_concurrency")
     # Token services this registry may name on a private address (host or host:port).
     token_realms: Tuple[str, ...] = REGISTRY.default_strings("token_realms")
+    # Where requests go when not to `host` itself (a test registry, a full mirror).
+    address: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -133,16 +145,45 @@ class ImageEntry:
     dest: str = ""
     platforms: Tuple[Platform, ...] = ()
     interval: float = _DEFAULT_INTERVAL
+    publish: str = ""  # the name of its target ("" for the one [publish] table)
+    private_ok: bool = False  # it may go to a public target even if it needs credentials
+    tag_glob: Tuple[str, ...] = ()  # shell wildcards, as fnmatch: a selection like tag_pattern
+    origin: str = ""  # `file:line` of a [[list]]'s line; empty for an [[image]] block
 
     @property
     def label(self) -> str:
         """How messages name this entry."""
-        return f"image[{self.index}] ({self.source.name})"
+        return f"{self.origin or f'image[{self.index}]'} ({self.source.name})"
 
     @property
     def lists_tags(self) -> bool:
         """True when the tags come from the registry's tag list."""
         return not self.tags
+
+
+@dataclass(frozen=True)
+class ListConfig:
+    """One `[[list]]` block: a list file another tool reads, read as it is
+    (reconciler/lists) at every cycle; its entries get these settings."""
+
+    index: int  # 1-based position among the [[list]] blocks
+    path: Path
+    format: str  # one of LIST_FORMATS
+    dest: str  # a template of $(registry) and $(repository)
+    platforms: Tuple[Platform, ...]
+    interval: float
+    publish: str = ""  # the target of its entries ("" for the one [publish] table)
+
+    @property
+    def label(self) -> str:
+        """How messages name this list."""
+        return f"list[{self.index}] ({self.path.name})"
+
+
+# The variables a [[list]]'s dest template may use, and each format's default
+# (the path its own tool publishes at).
+DEST_VARIABLES = ("$(registry)", "$(repository)")
+DEFAULT_LIST_DEST = {"osg": "$(repository)", "ducc": "$(registry)/$(repository)"}
 
 
 @dataclass(frozen=True)
@@ -159,12 +200,34 @@ class Watchlist:
     listen: Optional[str]
     webhooks: Dict[str, WebhookConfig]
     images: Tuple[ImageEntry, ...]
+    # Every publish target in file order ([publish] alone, or the [publish.<name>]
+    # tables); `publish` is the first. Empty: `publish` is the only one.
+    targets: Tuple[PublishConfig, ...] = ()
+    lists: Tuple[ListConfig, ...] = ()
 
     def registry(self, host: str) -> RegistryConfig:
         """The settings of `host`, or the defaults (https, no credentials)."""
         return self.registries.get(host) or RegistryConfig(host)
 
+    @property
+    def publish_targets(self) -> Tuple[PublishConfig, ...]:
+        """Every publish target, in file order."""
+        return self.targets or (self.publish,)
 
+    def for_target(self, target: PublishConfig) -> "Watchlist":
+        """This watchlist as one target's cycle sees it: that target as its
+        [publish] table, and only the entries published there."""
+        return replace(self, publish=target, targets=(target,),
+                       images=tuple(e for e in self.images if e.publish == target.name))
+
+    def target_state_dir(self, target: PublishConfig) -> Path:
+        """Where a target keeps its state database (and a CVMFS target its
+        transaction marker): the state directory itself for the one [publish]
+        table, `targets/<name>/` in it for a named one. The blob store is shared."""
+        return self.state_dir / "targets" / target.name if target.name else self.state_dir
+
+
+_TARGET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 _REGISTRY_HOST = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(:[0-9]{1,5})?")
 
 
@@ -183,7 +246,12 @@ def _image_where(index: int, table: Any) -> str:
 
 # The tables that hold keys directly (not one table per host or provider),
 # named in messages by their declared title.
-_SIMPLE_TABLES = (PUBLISH, STATE, DEFAULTS, SERVICE)
+_SIMPLE_TABLES = (STATE, DEFAULTS, SERVICE)
+
+
+def _named_targets(data: Dict[str, Any]) -> Dict[str, Any]:
+    """The [publish.<name>] tables of a [publish] table (none: it is the one target)."""
+    return {name: table for name, table in data.items() if isinstance(table, dict)}
 
 
 def _check_known_keys(file: str, data: Any) -> None:
@@ -191,6 +259,13 @@ def _check_known_keys(file: str, data: Any) -> None:
     before any value is checked. Values of the wrong type are skipped here;
     the second pass reports them."""
     Section(file, "", data, TOP)
+    publish = data.get("publish")
+    if isinstance(publish, dict):
+        named = _named_targets(publish)
+        for name, table in named.items():
+            Section(file, f"publish.{name}", table, PUBLISH)
+        if not named:
+            Section(file, "publish", publish, PUBLISH)
     for declared in _SIMPLE_TABLES:
         if isinstance(data.get(declared.title), dict):
             Section(file, declared.title, data[declared.title], declared)
@@ -210,6 +285,11 @@ def _check_known_keys(file: str, data: Any) -> None:
         for index, table in enumerate(images, start=1):
             if isinstance(table, dict):
                 Section(file, _image_where(index, table), table, IMAGE)
+    lists = data.get("list")
+    if isinstance(lists, list):
+        for index, table in enumerate(lists, start=1):
+            if isinstance(table, dict):
+                Section(file, f"list[{index}]", table, LIST)
 
 
 def _check_provider(file: str, provider: str) -> None:
@@ -241,7 +321,7 @@ def load_watchlist(path: Path) -> Watchlist:
     base = path.resolve().parent
     top = Section(name, "", data, TOP)
 
-    publish = _publish(Section(name, "publish", top.table("publish"), PUBLISH), base)
+    targets = _publish_targets(name, top, base)
     state = Section(name, "state", top.table("state"), STATE)
     state_dir = state.path("dir", base, STATE.default_text("dir"))
     assert state_dir is not None
@@ -254,6 +334,7 @@ def load_watchlist(path: Path) -> Watchlist:
     defaults = Section(name, "defaults", top.table("defaults"), DEFAULTS)
     interval = defaults.duration("interval", minimum=MIN_INTERVAL_S)
     platforms = defaults.platforms("platforms", _DEFAULT_PLATFORMS)
+    default_target = _default_target(defaults, targets)
 
     registries = _registries(name, top, base)
     service = Section(name, "service", top.table("service"), SERVICE)
@@ -264,12 +345,74 @@ def load_watchlist(path: Path) -> Watchlist:
         except ValueError as exc:
             raise service.error("listen", str(exc)) from None
     webhooks = _webhooks(name, top, base)
-    images = _images(name, top, interval, platforms)
-    return Watchlist(path, publish, state_dir, blob_cache_max, interval, platforms, registries, listen, webhooks,
-                     images)
+    images = _images(name, top, interval, platforms, default_target, targets)
+    lists = _lists(name, top, base, interval, platforms, default_target, targets)
+    return Watchlist(path, targets[0], state_dir, blob_cache_max, interval, platforms, registries, listen, webhooks,
+                     images, targets, lists)
 
 
-def _publish(pub: Section, base: Path) -> PublishConfig:
+def _publish_targets(file: str, top: Section, base: Path) -> Tuple[PublishConfig, ...]:
+    """The one [publish] table, or every [publish.<name>] table in file order;
+    no two of them may publish to the same tree or one inside the other."""
+    data = top.table("publish")
+    named = _named_targets(data)
+    if not named:
+        return (_publish(Section(file, "publish", data, PUBLISH), base),)
+    plain = [key for key in data if key not in named]
+    if plain:
+        raise ConfigError(f"{file}: publish.{plain[0]}: [publish] holds named targets ([publish.{next(iter(named))}]) "
+                          "beside keys of its own; put every target's keys in its own [publish.<name>] table")
+    targets: List[PublishConfig] = []
+    for target_name, table in named.items():
+        sec = Section(file, f"publish.{target_name}", table, PUBLISH)
+        if not _TARGET_NAME.fullmatch(target_name):
+            raise sec.error("", "expected a target name of letters, digits, '-' and '_' (such as \"public\")")
+        targets.append(_publish(sec, base, target_name))
+    repositories: Dict[str, PublishConfig] = {}
+    for target in targets:
+        if isinstance(target.target, CvmfsTarget):
+            other = repositories.setdefault(target.target.repository, target)
+            if other is not target:
+                # A publisher node holds one transaction per repository at a time.
+                raise ConfigError(f"{file}: {target.label}: the same CernVM-FS repository as {other.label} "
+                                  f"({target.target.repository}); one node publishes a repository through one "
+                                  "target: give them one lease_path covering both, or run another node")
+    trees = [(t, _published_tree(t)) for t in targets]
+    for i, (one, tree) in enumerate(trees):
+        for other, other_tree in trees[:i]:
+            if tree == other_tree or tree in other_tree.parents or other_tree in tree.parents:
+                raise ConfigError(f"{file}: {one.label}: publishes to {tree}, which overlaps {other.label}'s "
+                                  f"{other_tree}; give each target a tree of its own")
+    return tuple(targets)
+
+
+def _published_tree(target: PublishConfig) -> Path:
+    """The tree a target writes: its root, or a CVMFS lease's sub-tree of it."""
+    lease = getattr(target.target, "lease_path", None)
+    return target.root / lease if lease else target.root
+
+
+def _default_target(defaults: Section, targets: Tuple[PublishConfig, ...]) -> Optional[str]:
+    """The target of entries that name none: `[defaults] publish`, or the only
+    target; None when there are several and [defaults] names none."""
+    named = defaults.text("publish")
+    if named is not None:
+        _check_target_name(defaults, "publish", named, targets)
+        return named
+    return targets[0].name if len(targets) == 1 else None
+
+
+def _check_target_name(sec: Section, key: str, name: str, targets: Tuple[PublishConfig, ...]) -> None:
+    """ConfigError unless `name` is one of the [publish.<name>] targets."""
+    names = [t.name for t in targets if t.name]
+    if name not in names:
+        if not names:
+            raise sec.error(key, "names a target, but the watchlist has one [publish] table and no [publish.<name>] "
+                                 "ones: remove the key, or name the targets")
+        raise sec.error(key, unknown_message(name, names, "target"))
+
+
+def _publish(pub: Section, base: Path, name: str = "") -> PublishConfig:
     """The [publish] table: the backend and where it publishes."""
     backend = pub.text("backend")
     if backend not in BACKENDS:
@@ -289,7 +432,11 @@ def _publish(pub: Section, base: Path) -> PublishConfig:
     if foreign_tags not in FOREIGN_TAG_POLICIES:
         raise pub.error("foreign_tags", f"expected one of {', '.join(map(repr, FOREIGN_TAG_POLICIES))}, "
                                         f"got {foreign_tags!r}")
-    return PublishConfig(target, root, tuple(p.strip("/") for p in bind_points), gc_grace, gc_max, foreign_tags)
+    visibility = pub.text("visibility")
+    if visibility is not None and visibility not in VISIBILITIES:
+        raise pub.error("visibility", f"expected one of {', '.join(map(repr, VISIBILITIES))}, got {visibility!r}")
+    return PublishConfig(target, root, tuple(p.strip("/") for p in bind_points), gc_grace, gc_max, name, visibility,
+                         foreign_tags=foreign_tags)
 
 
 def _publish_target(pub: Section, base: Path, backend: str) -> Tuple[PublishTarget, Path]:
@@ -345,6 +492,7 @@ def _registry(reg: Section, host: str, base: Path) -> RegistryConfig:
         mirror=reg.text("mirror"),
         max_concurrency=_declared_whole(reg, "max_concurrency"),
         token_realms=tuple(reg.strings("token_realms") or ()),
+        address=reg.text("address"),
     )
     for realm in config.token_realms:
         if not _REGISTRY_HOST.fullmatch(realm):
@@ -357,6 +505,9 @@ def _registry(reg: Section, host: str, base: Path) -> RegistryConfig:
         raise reg.error("username", "required when a password is configured")
     if config.max_concurrency < 1:
         raise reg.error("max_concurrency", "expected at least 1")
+    if config.address is not None and not _REGISTRY_HOST.fullmatch(config.address):
+        raise reg.error("address", 'expected a host and port such as "127.0.0.1:5000", without "https://" or a path '
+                                   "(plain http: insecure = true)")
     if config.mirror and not re.match(r"^https?://[^/]+", config.mirror):
         raise reg.error("mirror", "expected a URL such as \"http://mirror:5000\"")
     return config
@@ -384,14 +535,16 @@ def _webhooks(file: str, top: Section, base: Path) -> Dict[str, WebhookConfig]:
     return webhooks
 
 
-def _images(file: str, top: Section, interval: float, platforms: Tuple[Platform, ...]) -> Tuple[ImageEntry, ...]:
+def _images(file: str, top: Section, interval: float, platforms: Tuple[Platform, ...],
+            default_target: Optional[str], targets: Tuple[PublishConfig, ...]) -> Tuple[ImageEntry, ...]:
     """The [[image]] blocks, in file order; two with one dest are refused."""
     raw = top.data.get("image", [])
     if isinstance(raw, dict):
         raise top.error("image", "expected a list of [[image]] tables: write [[image]], with double brackets, "
                                  "not [image]")
     entries = top.tables("image")
-    images = [_image_entry(file, i, table, interval, platforms) for i, table in enumerate(entries, start=1)]
+    images = [_image_entry(file, i, table, interval, platforms, default_target, targets)
+              for i, table in enumerate(entries, start=1)]
     seen: Dict[str, int] = {}
     for entry in images:
         if entry.dest in seen:
@@ -401,8 +554,9 @@ def _images(file: str, top: Section, interval: float, platforms: Tuple[Platform,
     return tuple(images)
 
 
-def _image_entry(file: str, index: int, table: Any, interval: float, platforms: Tuple[Platform, ...]) -> ImageEntry:
-    """One [[image]] block; `interval` and `platforms` are the [defaults]."""
+def _image_entry(file: str, index: int, table: Any, interval: float, platforms: Tuple[Platform, ...],
+                 default_target: Optional[str], targets: Tuple[PublishConfig, ...]) -> ImageEntry:
+    """One [[image]] block; `interval`, `platforms` and `default_target` are the [defaults]."""
     sec = Section(file, _image_where(index, table), table, IMAGE)
     source_text = sec.text("source")
     if not source_text:
@@ -417,19 +571,47 @@ def _image_entry(file: str, index: int, table: Any, interval: float, platforms: 
     tag_pattern = sec.text("tag_pattern")
     semver = sec.text("semver")
     newest = sec.whole("newest")
-    _check_selection(sec, tags, tag_pattern, semver, newest)
+    _check_selection(sec, tags, tag_pattern, semver, newest, sec.strings("tag_glob"))
     dest = (sec.text("dest") or source.name).strip("/")
+    problem = dest_problem(dest)
+    if problem:
+        raise sec.error("dest", problem)
+    target = _entry_target(sec, default_target, targets)
+    return ImageEntry(index, source, tuple(tags or ()), tag_pattern, semver, newest, dest,
+                      sec.platforms("platforms", platforms), sec.duration("interval", interval, MIN_INTERVAL_S),
+                      target, sec.flag("private_ok"), tuple(sec.strings("tag_glob") or ()))
+
+
+def _entry_target(sec: Section, default_target: Optional[str], targets: Tuple[PublishConfig, ...]) -> str:
+    """The target an [[image]] or [[list]] block names, or the default one."""
+    target = sec.text("publish")
+    if target is not None:
+        _check_target_name(sec, "publish", target, targets)
+        return target
+    if default_target is None:
+        raise sec.error("publish", "required with several targets: one of "
+                                   f"{', '.join(repr(t.name) for t in targets)} (or set [defaults] publish)")
+    return default_target
+
+
+def could_match_tags(glob: str) -> bool:
+    """True when `glob` holds only characters a tag or a wildcard can: ASCII,
+    printable, no space, no '/', ':' or '@'."""
+    return bool(glob) and all(c.isascii() and c.isprintable() and not c.isspace() and c not in "/:@" for c in glob)
+
+
+def dest_problem(dest: str) -> Optional[str]:
+    """Why `dest` cannot be where tags are published, or None when it can."""
     last = dest.rsplit("/", 1)[-1]
     if (not dest or any(p in ("", ".", "..") or p.startswith(".") for p in dest.split("/"))
             or ":" in last or "@" in last):
-        raise sec.error("dest", "expected a relative path of plain names (no '..', no leading dots, "
-                                f"no ':' or '@' in the last name), got {dest!r}")
-    return ImageEntry(index, source, tuple(tags or ()), tag_pattern, semver, newest, dest,
-                      sec.platforms("platforms", platforms), sec.duration("interval", interval, MIN_INTERVAL_S))
+        return ("expected a relative path of plain names (no '..', no leading dots, "
+                f"no ':' or '@' in the last name), got {dest!r}")
+    return None
 
 
 def _check_selection(sec: Section, tags: Optional[List[str]], tag_pattern: Optional[str], semver: Optional[str],
-                     newest: Optional[int]) -> None:
+                     newest: Optional[int], tag_glob: Optional[List[str]]) -> None:
     """Exact tags, or a selection from the registry's tag list; not both, not neither."""
     if tags is not None:
         if not tags:
@@ -437,12 +619,19 @@ def _check_selection(sec: Section, tags: Optional[List[str]], tag_pattern: Optio
         bad = [t for t in tags if not is_valid_tag(t)]
         if bad:
             raise sec.error("tags", f"{bad[0]!r} is not a valid tag")
-        if tag_pattern or semver or newest is not None:
-            raise sec.error("tags", "give either exact `tags` or a selection (`tag_pattern`, `semver`, `newest`), "
-                                    "not both")
-    elif not (tag_pattern or semver):
-        raise sec.error("tags", "required: a list of tags, or `tag_pattern` / `semver` to select from the "
-                                "registry's tags")
+        if tag_pattern or semver or newest is not None or tag_glob is not None:
+            raise sec.error("tags", "give either exact `tags` or a selection (`tag_pattern`, `tag_glob`, `semver`, "
+                                    "`newest`), not both")
+    elif not (tag_pattern or semver or tag_glob is not None):
+        raise sec.error("tags", "required: a list of tags, or `tag_pattern` / `tag_glob` / `semver` to select "
+                                "from the registry's tags")
+    if tag_glob is not None:
+        if not tag_glob:
+            raise sec.error("tag_glob", "expected at least one wildcard such as \"rhel7-*\"")
+        bad = [g for g in tag_glob if not could_match_tags(g)]
+        if bad:
+            raise sec.error("tag_glob", f"{bad[0]!r} holds characters no tag has (tags are ASCII letters, digits, "
+                                        "'_', '.' and '-')")
     if tag_pattern:
         try:
             re.compile(tag_pattern)
@@ -459,3 +648,38 @@ def _check_selection(sec: Section, tags: Optional[List[str]], tag_pattern: Optio
             raise sec.error("semver", f"not a version range such as \">=1.2,<2\": {semver!r}") from None
     if newest is not None and newest < 1:
         raise sec.error("newest", "expected at least 1")
+
+
+def _lists(file: str, top: Section, base: Path, interval: float, platforms: Tuple[Platform, ...],
+           default_target: Optional[str], targets: Tuple[PublishConfig, ...]) -> Tuple[ListConfig, ...]:
+    """The [[list]] blocks, in file order (their files are read by reconciler.lists)."""
+    raw = top.data.get("list", [])
+    if isinstance(raw, dict):
+        raise top.error("list", "expected a list of [[list]] tables: write [[list]], with double brackets, "
+                                "not [list]")
+    out: List[ListConfig] = []
+    for index, table in enumerate(top.tables("list"), start=1):
+        sec = Section(file, f"list[{index}]", table, LIST)
+        path = sec.path("path", base)
+        if path is None:
+            raise sec.error("path", "required: the list file, e.g. \"docker_images.txt\"")
+        form = sec.text("format")
+        if form not in LIST_FORMATS:
+            raise sec.error("format", f"expected one of {', '.join(map(repr, LIST_FORMATS))}, got {form!r}")
+        dest = sec.text("dest") or DEFAULT_LIST_DEST[form]
+        if "$(repository)" not in dest:
+            raise sec.error("dest", "expected a template with $(repository) (else every image of the list would "
+                                    f"publish at one path), got {dest!r}")
+        leftover = dest
+        for variable in DEST_VARIABLES:
+            leftover = leftover.replace(variable, "x")
+        if "$(" in leftover:
+            raise sec.error("dest", f"the variables are {' and '.join(DEST_VARIABLES)}; the tag is added after "
+                                    f"':' by itself; got {dest!r}")
+        problem = dest_problem(leftover.strip("/"))
+        if problem:
+            raise sec.error("dest", problem)
+        out.append(ListConfig(index, path, form, dest, sec.platforms("platforms", platforms),
+                              sec.duration("interval", interval, MIN_INTERVAL_S),
+                              _entry_target(sec, default_target, targets)))
+    return tuple(out)

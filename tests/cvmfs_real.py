@@ -34,6 +34,9 @@ SHARED = Path(os.environ.get("RECONCILER_SHARED") or ROOT.parent / "shared") / "
 REAL_COMMAND = "/usr/bin/cvmfs_server"
 REPO = "reconciler.test.org"
 GW_REPO = "reconciler-gw.test.org"
+# A repository with a membership requirement (readers must hold a VOMS role).
+VOMS_REPO = "reconciler-voms.test.org"
+_MKFS_OPTIONS = {VOMS_REPO: ("-V", "cms:/cms")}
 SHIM_DIR = Path(__file__).resolve().parent / "cvmfs_shim"
 
 
@@ -74,7 +77,8 @@ def in_transaction(repo: str) -> bool:
 def _ensure(repo: str, gateway: bool) -> None:
     """Create the repository, or bring apache, its mount and the gateway up."""
     script = SHARED / ("mkgwrepo.sh" if gateway else "mkrepo.sh")
-    done = subprocess.run(["bash", str(script), repo], capture_output=True, text=True, timeout=900)
+    done = subprocess.run(["bash", str(script), repo, *_MKFS_OPTIONS.get(repo, ())], capture_output=True, text=True,
+                          timeout=900)
     if done.returncode != 0:
         raise RuntimeError(f"{script} {repo} failed: {done.stdout[-2000:]}{done.stderr[-2000:]}")
     conf = Path("/etc/cvmfs/repositories.d") / repo / "server.conf"

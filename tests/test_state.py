@@ -38,4 +38,4 @@ def test_a_v1_database_is_migrated_with_its_rows_and_image_owners(tmp_path):
     finally:
         state.close()
     tables = {r[0] for r in sqlite3.connect(path).execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    assert tables == {"tag_state", "image_state", "entry_state"}
+    assert tables == {"tag_state", "image_state", "entry_state", "visibility_state"}

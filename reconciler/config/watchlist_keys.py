@@ -13,13 +13,14 @@ from .schema import ADDRESS, DURATION, FLAG, PATH, PLATFORMS, SIZE, STRINGS, TEX
 BACKENDS = ("local", "cvmfs")
 
 TOP = Table("", (
-    Key("publish", table_kind("a [publish] table")),
+    Key("publish", table_kind("a [publish] table, or [publish.<name>] tables")),
     Key("state", table_kind("a [state] table")),
     Key("defaults", table_kind("a [defaults] table")),
     Key("registries", table_kind('a table of [registries."host"] tables')),
     Key("service", table_kind("a [service] table")),
     Key("webhooks", table_kind("a table of [webhooks.<provider>] tables")),
     Key("image", table_kind("a list of [[image]] tables")),
+    Key("list", table_kind("a list of [[list]] tables")),
 ))
 
 PUBLISH = Table("publish", (
@@ -34,10 +35,16 @@ PUBLISH = Table("publish", (
         default=DEFAULT_BIND_POINTS),
     Key("gc_grace", DURATION, "an image no tag references is removed after this long", default="2d"),
     Key("gc_max_per_cycle", WHOLE, "at most this many image removals per cycle (0: never collect)", default=50),
+    Key("visibility", TEXT, '"public": anyone can read it, so no image that needs credentials goes there; '
+                            '"restricted": only its members can',
+        default_doc="cvmfs: public, or restricted when the repository has a membership requirement (`mkfs -V`); "
+                    "local: restricted"),
     Key("foreign_tags", TEXT, 'a repository taken over from cvmfs-singularity-sync or DUCC: "keep" or "collect" '
                               "the tag links of that tool no entry watches (watched ones are replaced by ours)",
         default="keep"),
 ))
+
+VISIBILITIES = ("public", "restricted")
 
 FOREIGN_TAG_POLICIES = ("keep", "collect")
 
@@ -51,6 +58,8 @@ DEFAULTS = Table("defaults", (
     Key("interval", DURATION, "how often each image's tags are checked (durations: 30s, 15m, 1h30m, 2d)",
         default="15m"),
     Key("platforms", PLATFORMS, "the platforms each image is published for", default=("linux/amd64",)),
+    Key("publish", TEXT, "the target of entries that name none: a name of [publish.<name>]",
+        default_doc="the only target"),
 ))
 
 REGISTRY = Table('registries."<host>"', (
@@ -64,6 +73,10 @@ REGISTRY = Table('registries."<host>"', (
     Key("max_concurrency", WHOLE, "requests at once to this registry", default=4),
     Key("token_realms", STRINGS, "token services or storage hosts it may name on a private address",
         default=()),
+    Key("address", TEXT, 'the host (and port) this registry\'s requests go to instead, e.g. "127.0.0.1:5000" '
+                         "(a test registry, a full mirror); names and paths stay the registry's, config.json "
+                         "credentials are the address's",
+        default_doc="the registry itself"),
 ))
 
 SERVICE = Table("service", (
@@ -78,9 +91,11 @@ WEBHOOK = Table("webhooks.<provider>", (
 
 IMAGE = Table("image[n]", (
     Key("source", TEXT, "the repository to watch, without a tag", default_doc="required"),
-    Key("tags", STRINGS, "exact tags, or a selection from the registry's tag list (the next three)",
-        default_doc="required without tag_pattern or semver"),
+    Key("tags", STRINGS, "exact tags, or a selection from the registry's tag list (the next four)",
+        default_doc="required without tag_pattern, tag_glob or semver"),
     Key("tag_pattern", TEXT, "a regular expression (re.search) the tags must match", default_doc="none"),
+    Key("tag_glob", STRINGS, "shell wildcards (`*`, `?`, `[…]`, as Python's fnmatch) matched against the whole "
+                             "tag; a tag matching any of them is selected", default_doc="none"),
     Key("semver", TEXT, 'a version range such as ">=1.2,<2" (PEP 440 parsing; pre-releases excluded)',
         default_doc="none"),
     Key("newest", WHOLE, "keep only this many highest: versions in PEP 440 order, other tags below them",
@@ -88,7 +103,25 @@ IMAGE = Table("image[n]", (
     Key("dest", TEXT, "where under root its tags are published", default_doc="`<registry>/<repository>`"),
     Key("platforms", PLATFORMS, "the platforms it is published for", default_doc="`[defaults]` platforms"),
     Key("interval", DURATION, "how often its tags are checked", default_doc="`[defaults]` interval"),
+    Key("publish", TEXT, "its target: a name of [publish.<name>]", default_doc="`[defaults]` publish"),
+    Key("private_ok", FLAG, "publish it to a public target even though its registry needs credentials (a "
+                            "warning at each publish)", default=False),
+))
+
+LIST_FORMATS = ("osg", "ducc")
+
+LIST = Table("list[n]", (
+    Key("path", PATH, "an image list as another tool reads it; read again at every cycle",
+        default_doc="required"),
+    Key("format", TEXT, '"osg" (cvmfs-singularity-sync\'s docker_images.txt) or "ducc" (a DUCC wishlist)',
+        default_doc="required"),
+    Key("dest", TEXT, "where each image's tags are published: a template of `$(registry)` (the host as the "
+                      "list writes it; docker.io when it names none) and `$(repository)`",
+        default_doc='osg: `"$(repository)"`; ducc: `"$(registry)/$(repository)"`'),
+    Key("platforms", PLATFORMS, "the platforms its images are published for", default_doc="`[defaults]` platforms"),
+    Key("interval", DURATION, "how often its images' tags are checked", default_doc="`[defaults]` interval"),
+    Key("publish", TEXT, "the target of its images: a name of [publish.<name>]", default_doc="`[defaults]` publish"),
 ))
 
 # The tables the reference documents, in the order the README shows them.
-REFERENCE_TABLES: Tuple[Table, ...] = (PUBLISH, STATE, DEFAULTS, REGISTRY, SERVICE, WEBHOOK, IMAGE)
+REFERENCE_TABLES: Tuple[Table, ...] = (PUBLISH, STATE, DEFAULTS, REGISTRY, SERVICE, WEBHOOK, IMAGE, LIST)

@@ -83,6 +83,7 @@ class ImageOutcome:
     unchanged_at: Optional[Tuple[str, str]] = None
     reason: str = ""
     downloaded: int = 0
+    refusal: str = ""  # when a policy of the target refused it: which ("private", "visibility-unknown")
 
     @property
     def name(self) -> str:
@@ -129,6 +130,11 @@ class ImageOutcome:
         self._move(Status.FAILED)
         self.reason = report_failure(self.name, exc, where)
 
+    def refuse(self, policy: str, exc: BaseException) -> None:
+        """Mark it failed because a policy of its target refuses it (`policy` names which)."""
+        self.fail(exc)
+        self.refusal = policy
+
     def failed(self, reason: str) -> None:
         """Mark it failed with a reason already logged (by the stage it failed in)."""
         self._move(Status.FAILED)
@@ -145,11 +151,21 @@ class CycleReport:
     entries: List[ImageEntry] = field(default_factory=list)  # the entries the cycle planned
     collected: List[str] = field(default_factory=list)
     transactions: int = 0
-    takeover: Optional["TakeoverPlan"] = None  # an earlier tool's tag links, as planned
+    takeovers: List["TakeoverPlan"] = field(default_factory=list)  # an earlier tool's tag links, per target
 
     @property
     def failed(self) -> bool:
         return bool(self.entry_failures) or any(o.status is Status.FAILED for o in self.outcomes)
+
+    def merge(self, other: "CycleReport") -> None:
+        """Add another target's report of the same cycle to this one."""
+        self.outcomes.extend(other.outcomes)
+        self.entry_failures.extend(other.entry_failures)
+        self.removed.extend(other.removed)
+        self.entries.extend(other.entries)
+        self.collected.extend(other.collected)
+        self.transactions += other.transactions
+        self.takeovers.extend(other.takeovers)
 
     def summary(self) -> str:
         """A human-readable summary, one line per change or failure. Each line is
@@ -167,8 +183,9 @@ class CycleReport:
             lines.append(f"  collected {digest[:19]} (unreferenced past the grace period)")
         for entry, reason in self.entry_failures:
             lines.append(f"  FAILED    {entry.label}: {reason}")
-        if self.takeover is not None and self.takeover.found:
-            lines += self.takeover.lines()
+        for takeover in self.takeovers:
+            if takeover.found:
+                lines += takeover.lines()
         for o in self.outcomes:
             if o.status is Status.FAILED:
                 lines.append(f"  FAILED    {o.name}: {o.reason}")

@@ -11,6 +11,7 @@ stage printed, and can run beside a service.
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -88,7 +89,7 @@ class Plan:
     def report(self) -> CycleReport:
         """A report of this plan, sharing its outcomes (`results.cycle_report` moves them on)."""
         return CycleReport(outcomes=self.outcomes, entry_failures=self.entry_failures, removed=list(self.removals),
-                           entries=list(self.entries), takeover=self.takeover)
+                           entries=list(self.entries), takeovers=[self.takeover])
 
 
 def version_order(tag: str, versions: Dict[str, Version]) -> Tuple[int, object, str]:
@@ -99,8 +100,12 @@ def version_order(tag: str, versions: Dict[str, Version]) -> Tuple[int, object, 
 
 
 def select_tags(entry: ImageEntry, available: Sequence[str]) -> List[str]:
-    """Apply an entry's `tag_pattern`, `semver` and `newest` to a tag list."""
+    """Apply an entry's `tag_glob`, `tag_pattern`, `semver` and `newest` to a tag list."""
     tags = list(available)
+    if entry.tag_glob:
+        # fnmatchcase: fnmatch without the OS's case folding, which on POSIX
+        # (where cvmfs-singularity-sync runs fnmatch.filter) is none anyway.
+        tags = [t for t in tags if any(fnmatch.fnmatchcase(t, g) for g in entry.tag_glob)]
     if entry.tag_pattern:
         pattern = re.compile(entry.tag_pattern)
         tags = [t for t in tags if pattern.search(t)]

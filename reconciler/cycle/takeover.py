@@ -41,6 +41,7 @@ class TakeoverPlan:
     kept: List[str] = field(default_factory=list)  # left as they are
     collected: List[str] = field(default_factory=list)  # not watched, removed (foreign_tags = "collect")
     policy: str = "keep"
+    target: str = ""  # the name of its [publish.<name>] target ("" for the one [publish])
     old_images_to_remove: List[str] = field(default_factory=list)  # unreferenced past gc_grace, this cycle
     images_to_build: int = 0
     bytes_to_download: int = 0
@@ -52,7 +53,8 @@ class TakeoverPlan:
 
     def lines(self) -> List[str]:
         """The plan for an admin, one line per tag."""
-        out = [f"takeover: {len(self.replaced)} tags of an earlier tool replaced, {len(self.kept)} kept, "
+        where = f" of [publish.{self.target}]" if self.target else ""
+        out = [f"takeover{where}: {len(self.replaced)} tags of an earlier tool replaced, {len(self.kept)} kept, "
                f"{len(self.collected)} collected ([publish] foreign_tags = \"{self.policy}\"), "
                f"{len(self.old_images_to_remove)} of its image directories removed; "
                f"{self.images_to_build} images to build, {self.bytes_to_download} bytes to download"]
@@ -70,7 +72,7 @@ def plan_takeover(watchlist: Watchlist, planned: Sequence[ImageEntry], all_plann
     directory) into replaced, kept and collected, and count the cycle's cost.
     `planned`: the entries of this cycle (`all_planned`: every entry of the
     watchlist); `unsure`: the dests whose tags could not be listed."""
-    out = TakeoverPlan(policy=watchlist.publish.foreign_tags)
+    out = TakeoverPlan(policy=watchlist.publish.foreign_tags, target=watchlist.publish.name)
     by_path = {o.tag_path: o for o in outcomes}
     all_dests = {e.dest for e in watchlist.images}
     planned_dests = all_dests if all_planned else {e.dest for e in planned}

@@ -139,6 +139,15 @@ def image_is_complete(root: Path, digest: str) -> bool:
     return stat.S_ISDIR(image.st_mode) and stat.S_ISREG(record.st_mode)
 
 
+@dataclass(frozen=True)
+class ReadAccess:
+    """Whether the target itself restricts who reads it: None when it cannot
+    tell; `detail` says what it found, for messages."""
+
+    restricted: Optional[bool]
+    detail: str = ""
+
+
 class PublishTransaction(ABC):
     """One round of changes. Images built inside it become visible through
     their tags; commit() makes everything durable, abort() throws away what
@@ -319,6 +328,11 @@ class Publisher(ABC):
 
     def check_ready(self) -> None:
         """Raise StartError when publishing cannot work at all (checked once at start)."""
+
+    def read_access(self) -> ReadAccess:
+        """Who may read this target, as the target itself says (a CernVM-FS
+        repository made with `mkfs -V`); unknown unless the backend can tell."""
+        return ReadAccess(None)
 
     # -- the backend's policy for what is applied into it (as containerd's WithFilter) --
 

@@ -58,6 +58,7 @@ from .base import (
     BuildSite,
     Publisher,
     PublishTransaction,
+    ReadAccess,
     TransactionIntent,
     remove_legacy_chains,
     remove_tree,
@@ -291,16 +292,40 @@ class CvmfsPublisher(Publisher):
             raise StartError(f"the working directory {cwd} is inside {self.mount}; CernVM-FS cannot publish while "
                              "a process has its working directory there: run reconcile from another directory")
 
-    def drops_xattrs(self) -> bool:
-        """True unless the repository's server.conf sets CVMFS_INCLUDE_XATTRS=true."""
+    def _server_settings(self) -> Optional[Dict[str, str]]:
+        """The repository's server.conf on this machine, or None when it cannot be read."""
         conf = Path("/etc/cvmfs/repositories.d") / self.repository / "server.conf"
         try:
             text = conf.read_text(errors="replace")
         except OSError:
-            return False  # not on this machine (a gateway publisher's settings are elsewhere): unknown
-        settings = dict(line.strip().split("=", 1) for line in text.splitlines() if "=" in line
-                        and not line.lstrip().startswith("#"))
-        return settings.get("CVMFS_INCLUDE_XATTRS", "false").strip().strip('"').lower() not in ("true", "yes", "1")
+            return None  # not on this machine (a gateway publisher's settings are elsewhere): unknown
+        return {key.strip(): value.strip().strip('"') for key, value in
+                (line.strip().split("=", 1) for line in text.splitlines()
+                 if "=" in line and not line.lstrip().startswith("#"))}
+
+    def drops_xattrs(self) -> bool:
+        """True unless the repository's server.conf sets CVMFS_INCLUDE_XATTRS=true."""
+        settings = self._server_settings()
+        if settings is None:
+            return False
+        return settings.get("CVMFS_INCLUDE_XATTRS", "false").lower() not in ("true", "yes", "1")
+
+    def read_access(self) -> ReadAccess:
+        """Restricted when server.conf names a VOMS membership (`cvmfs_server
+        mkfs -V` writes CVMFS_VOMS_AUTHZ); unknown when server.conf cannot be
+        read here or the repository is published through a gateway (a
+        publisher node's server.conf does not carry the repository's -V)."""
+        settings = self._server_settings()
+        conf = f"/etc/cvmfs/repositories.d/{self.repository}/server.conf"
+        if settings is None:
+            return ReadAccess(None, f"{conf} cannot be read")
+        authz = settings.get("CVMFS_VOMS_AUTHZ")
+        if authz:
+            return ReadAccess(True, f"readers must hold the VOMS membership {authz} (CVMFS_VOMS_AUTHZ in {conf})")
+        if settings.get("CVMFS_UPSTREAM_STORAGE", "").startswith("gw"):
+            return ReadAccess(None, f"{conf} is a gateway publisher's, which does not say")
+        return ReadAccess(False, f"it has no membership requirement (no CVMFS_VOMS_AUTHZ in {conf}; "
+                                 "`cvmfs_server mkfs -V` sets one)")
 
     def build_hints(self, reference: str, capabilities: int) -> List[str]:
         """File capabilities are lost unless the repository keeps extended attributes."""

@@ -25,6 +25,12 @@ class Metrics:
                              ["provider", "outcome"], registry=self.registry)
         self.duration = Histogram("reconciler_cycle_duration_seconds", "Duration of reconcile cycles",
                                   buckets=(0.5, 1, 5, 15, 60, 300, 900, 3600), registry=self.registry)
+        self.refusals = Counter("reconciler_refusals", "Tags a policy of their target refused, by policy",
+                                ["image", "policy"], registry=self.registry)
+        self.source_public = Gauge("reconciler_source_public",
+                                   "1 when an anonymous probe could pull the image's repository, 0 when it could not "
+                                   "(absent: not probed, or the probe could not tell)", ["image"],
+                                   registry=self.registry)
         self.rate_limit = Gauge("reconciler_registry_ratelimit_remaining",
                                 "RateLimit-Remaining last seen per registry", ["registry"], registry=self.registry)
 
@@ -39,9 +45,15 @@ class Metrics:
                 self.publishes.labels(image).inc()
             elif o.status is Status.FAILED:
                 self.failures.labels(image).inc()
+                if o.refusal:
+                    self.refusals.labels(image, o.refusal).inc()
             self.bytes.inc(o.downloaded)
         for entry, _ in report.entry_failures:
             self.failures.labels(entry.source.name).inc()
+        for run in reconciler.targets:
+            for name, seen in run.state.visibilities().items():
+                if seen.public is not None:
+                    self.source_public.labels(name).set(1 if seen.public else 0)
         for host, client in reconciler.registry_clients().items():
             if client.rate_limit_remaining is not None:
                 self.rate_limit.labels(host).set(client.rate_limit_remaining)

@@ -201,8 +201,22 @@ def _cell(label: str, html: str, cls: str = "") -> str:
     return f'<td data-label="{_e(label)}"{cls_attr}>{html}</td>'
 
 
+def _target(image: Mapping[str, Any]) -> str:
+    """Where the entry publishes, whether anyone can read it, and whether its
+    source repository was public when last probed."""
+    public = bool(image.get("target_public"))
+    html = (f'<code>{_e(image.get("target"))}</code> '
+            + ('public' if public else '<span class="muted">restricted</span>'))
+    seen = image.get("source_visibility")
+    if public and seen and seen.get("public") is False:
+        kind = "private source, private_ok" if image.get("private_ok") else "private source"
+        html += f' <span class="bad" title="{_e(seen.get("reason"))}">{_e(kind)}</span>'
+    return html
+
+
 def _rows(image: Mapping[str, Any], now: dt.datetime) -> List[str]:
     rows: List[str] = []
+    target = _target(image) if image.get("target") else ""
     next_poll = _time(image.get("next_poll"), now, due=True)
     error = image.get("error")
     if error:
@@ -214,6 +228,7 @@ def _rows(image: Mapping[str, Any], now: dt.datetime) -> List[str]:
             + _cell("Published", '<span class="muted">—</span>')
             + _cell("Changed", '<span class="muted">—</span>')
             + _cell("Next poll", next_poll)
+            + _cell("Target", target)
             + _cell("Error", f'{_e(error.get("reason"))} <span class="muted">({_time(error.get("at"), now)})</span>',
                     "error")
             + "</tr>")
@@ -222,7 +237,8 @@ def _rows(image: Mapping[str, Any], now: dt.datetime) -> List[str]:
         rows.append(f'<tr data-dest="{_e(image.get("dest"))}">'
                     + _cell("Tag", f'<code>{_e(image.get("dest"))}</code>')
                     + _cell("Platform", "") + _cell("Published", '<span class="muted">no tags yet</span>')
-                    + _cell("Changed", "") + _cell("Next poll", next_poll) + _cell("Error", "") + "</tr>")
+                    + _cell("Changed", "") + _cell("Next poll", next_poll) + _cell("Target", target)
+                    + _cell("Error", "") + "</tr>")
     for tag in tags:
         failing = tag.get("state") == "failing"
         published = tag.get("published")
@@ -240,6 +256,7 @@ def _rows(image: Mapping[str, Any], now: dt.datetime) -> List[str]:
             + _cell("Published", digest)
             + _cell("Changed", _time(tag.get("last_changed"), now))
             + _cell("Next poll", next_poll)
+            + _cell("Target", target)
             + _cell("Error", err, "error" if failing else "")
             + "</tr>")
     return rows
@@ -257,7 +274,7 @@ def render_page(status: Mapping[str, Any]) -> str:
                + (f'<span class="bad">{failing} failing</span>' if failing else '<span class="ok">none failing</span>')
                + f' · <span class="muted">as of {_e(now.strftime("%H:%M:%S"))} UTC</span>')
     heads = "".join(f'<th scope="col">{h}</th>' for h in ("Tag", "Platform", "Published", "Changed", "Next poll",
-                                                          "Error"))
+                                                          "Target", "Error"))
     table = (f"<table><thead><tr>{heads}</tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
              if rows else '<p class="muted">The watchlist has no images.</p>')
     return f"""<!DOCTYPE html>

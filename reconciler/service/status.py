@@ -9,9 +9,10 @@ import time
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Union
 
+from ..cycle.privacy_gate import TargetAudience
 from ..publish import Publisher
 from ..publish.layout import tag_relpath
-from ..state import EntryFailure, TagState
+from ..state import EntryFailure, RepositoryVisibility, TagState
 from ..watchlist import ImageEntry
 
 if TYPE_CHECKING:  # only for annotations: the scheduler imports this module
@@ -38,14 +39,20 @@ def service_status(service: Service) -> Dict[str, object]:
     Every time is ISO 8601 UTC."""
     scheduler = service.scheduler
     jobs = {job.id: job.next_run_time for job in scheduler.get_jobs()} if scheduler.running else {}
-    state = service.reconciler.state
-    rows_by_dest: Dict[str, List[TagState]] = {}
-    entry_errors = state.entry_failures()
-    for row in state.all():
-        rows_by_dest.setdefault(row.dest, []).append(row)
-    publisher = service.reconciler.publisher
-    images = [_image_status(entry, jobs, rows_by_dest.get(entry.dest, []), entry_errors, publisher)
-              for entry in service.watchlist.images]
+    images = []
+    for run in service.reconciler.targets:
+        state = run.state
+        rows_by_dest: Dict[str, List[TagState]] = {}
+        entry_errors = state.entry_failures()
+        for row in state.all():
+            rows_by_dest.setdefault(row.dest, []).append(row)
+        visibilities = state.visibilities()
+        for entry in run.watchlist.images:
+            image = _image_status(entry, jobs, rows_by_dest.get(entry.dest, []), entry_errors, run.publisher)
+            image.update(_privacy_status(entry, run.audience, visibilities.get(entry.source.name)))
+            images.append(image)
+    order = {entry.dest: i for i, entry in enumerate(service.watchlist.images)}
+    images.sort(key=lambda image: order.get(str(image["dest"]), len(order)))
     cycle = service.cycle
     return {
         "now": iso_utc(time.time()),
@@ -82,6 +89,18 @@ def _image_status(entry: ImageEntry, jobs: Mapping[str, Optional[dt.datetime]], 
         "interval_seconds": entry.interval, "next_poll": iso_utc(nxt),
         "error": {"at": iso_utc(error[0]), "reason": error[1]} if error else None,
         "tags": tags,
+    }
+
+
+def _privacy_status(entry: ImageEntry, audience: TargetAudience,
+                    seen: Optional[RepositoryVisibility]) -> Dict[str, object]:
+    """An entry's target (and whether anyone can read it) and what the last
+    anonymous probe said of its source repository."""
+    return {
+        "target": audience.label, "target_public": audience.public, "private_ok": entry.private_ok,
+        "source_public": seen.public if seen else None,
+        "source_visibility": {"public": seen.public, "reason": seen.reason or None,
+                              "checked_at": iso_utc(seen.checked_at)} if seen else None,
     }
 
 

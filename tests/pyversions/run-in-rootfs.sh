@@ -29,12 +29,12 @@ rootfs_check_suite "$SUITE"
 # in there). About a minute on this machine.
 tests=(--ignore=tests/test_status_page.py)
 # With the lowest versions: the applier, the registry client, the watch list,
-# state, undo and the service's small parts (the code the dependencies touch;
+# state, undo, the list readers (PyYAML) and the service's small parts (the code the dependencies touch;
 # about 5 s).
 lowest_tests=(tests/test_applier_hostile.py tests/test_applier_umoci.py tests/test_watchlist.py
   tests/test_registry_units.py tests/test_registry_quirks.py tests/test_registry_protocol.py
   tests/test_undo.py tests/test_treecopy.py tests/test_state.py tests/test_blobstore.py
-  tests/test_webhooks.py tests/test_progress.py tests/test_backoff.py)
+  tests/test_webhooks.py tests/test_progress.py tests/test_backoff.py tests/test_lists.py)
 [ $# -gt 0 ] && tests=("$@") lowest_tests=("$@")
 
 rootfs_require
