@@ -33,6 +33,7 @@ from .cycle.plan import Plan, plan
 from .cycle.privacy_gate import PrivacyGate, TargetAudience, target_audience
 from .cycle.record import BACKOFF_BASE_S, record, record_cycle_failure
 from .cycle.results import cycle_report
+from .cycle.signature_gate import check_signatures
 from .errors import PublishError, StartError
 from .lists.refresh import ListSources
 from .locking import ProcessLock
@@ -279,6 +280,7 @@ class Reconciler:
         planned = self._plan(run, entries)
         PrivacyGate(run.audience, self.anonymous, run.state, now=self.clock(),
                     record=not self.read_only).check(planned.changes)
+        check_signatures(planned, self)  # before any layer is downloaded; refusals fail alone
         if self.read_only:
             return planned.report()
         fetch = FetchStage(self.store, self, cancel=threading.Event(), workers=self.workers, progress=self.progress,

@@ -10,6 +10,7 @@ directory.
 
 from __future__ import annotations
 
+import logging
 import re
 import sys
 from dataclasses import dataclass, replace
@@ -23,7 +24,7 @@ else:  # pragma: no cover - exercised on Python < 3.11
 
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 
-from .config.section import Section, unknown_message
+from .config.section import Section, config_path, unknown_message
 from .config.values import MAX_DURATION_S, MIN_INTERVAL_S, parse_duration, parse_listen, parse_size
 from .config.watchlist_keys import (
     BACKENDS,
@@ -35,6 +36,8 @@ from .config.watchlist_keys import (
     PUBLISH,
     REGISTRY,
     SERVICE,
+    SIGNATURE,
+    SIGNATURE_NONE,
     STATE,
     TOP,
     VISIBILITIES,
@@ -43,6 +46,8 @@ from .config.watchlist_keys import (
 from .errors import ConfigError, InvalidReferenceError
 from .registry.manifest import Platform
 from .registry.reference import ImageReference, is_valid_tag, normalize_registry, parse_reference
+from .signatures.keys import KeyFormatError, TrustedKey, load_public_key
+from .signatures.policy import IdentityRule, SignaturePolicy
 from .webhooks import PROVIDERS
 
 __all__ = ["BACKENDS", "MAX_DURATION_S", "MIN_INTERVAL_S", "CvmfsTarget", "ImageEntry", "ListConfig", "LocalTarget",
@@ -52,6 +57,8 @@ __all__ = ["BACKENDS", "MAX_DURATION_S", "MIN_INTERVAL_S", "CvmfsTarget", "Image
 # Defaults the records share with the loader, from the declarations.
 _DEFAULT_INTERVAL = parse_duration(DEFAULTS.default_text("interval"))
 _DEFAULT_PLATFORMS = tuple(Platform.parse(p) for p in DEFAULTS.default_strings("platforms"))
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -149,6 +156,7 @@ class ImageEntry:
     private_ok: bool = False  # it may go to a public target even if it needs credentials
     tag_glob: Tuple[str, ...] = ()  # shell wildcards, as fnmatch: a selection like tag_pattern
     origin: str = ""  # `file:line` of a [[list]]'s line; empty for an [[image]] block
+    signature: Optional[SignaturePolicy] = None  # None: published without a signature check
 
     @property
     def label(self) -> str:
@@ -173,6 +181,7 @@ class ListConfig:
     platforms: Tuple[Platform, ...]
     interval: float
     publish: str = ""  # the target of its entries ("" for the one [publish] table)
+    signature: Optional[SignaturePolicy] = None  # its entries' ([defaults] signature)
 
     @property
     def label(self) -> str:
@@ -269,6 +278,8 @@ def _check_known_keys(file: str, data: Any) -> None:
     for declared in _SIMPLE_TABLES:
         if isinstance(data.get(declared.title), dict):
             Section(file, declared.title, data[declared.title], declared)
+    if isinstance(data.get("defaults"), dict) and isinstance(data["defaults"].get("signature"), dict):
+        Section(file, "defaults.signature", data["defaults"]["signature"], SIGNATURE)
     registries = data.get("registries")
     if isinstance(registries, dict):
         for host, table in registries.items():
@@ -285,6 +296,8 @@ def _check_known_keys(file: str, data: Any) -> None:
         for index, table in enumerate(images, start=1):
             if isinstance(table, dict):
                 Section(file, _image_where(index, table), table, IMAGE)
+                if isinstance(table.get("signature"), dict):
+                    Section(file, f"{_image_where(index, table)}.signature", table["signature"], SIGNATURE)
     lists = data.get("list")
     if isinstance(lists, list):
         for index, table in enumerate(lists, start=1):
@@ -335,6 +348,8 @@ def load_watchlist(path: Path) -> Watchlist:
     interval = defaults.duration("interval", minimum=MIN_INTERVAL_S)
     platforms = defaults.platforms("platforms", _DEFAULT_PLATFORMS)
     default_target = _default_target(defaults, targets)
+    keys = _KeyFiles(base)
+    signature = _signature(defaults, keys, None)
 
     registries = _registries(name, top, base)
     service = Section(name, "service", top.table("service"), SERVICE)
@@ -345,8 +360,8 @@ def load_watchlist(path: Path) -> Watchlist:
         except ValueError as exc:
             raise service.error("listen", str(exc)) from None
     webhooks = _webhooks(name, top, base)
-    images = _images(name, top, interval, platforms, default_target, targets)
-    lists = _lists(name, top, base, interval, platforms, default_target, targets)
+    images = _images(name, top, interval, platforms, default_target, targets, signature, keys)
+    lists = _lists(name, top, base, interval, platforms, default_target, targets, signature)
     return Watchlist(path, targets[0], state_dir, blob_cache_max, interval, platforms, registries, listen, webhooks,
                      images, targets, lists)
 
@@ -536,14 +551,16 @@ def _webhooks(file: str, top: Section, base: Path) -> Dict[str, WebhookConfig]:
 
 
 def _images(file: str, top: Section, interval: float, platforms: Tuple[Platform, ...],
-            default_target: Optional[str], targets: Tuple[PublishConfig, ...]) -> Tuple[ImageEntry, ...]:
-    """The [[image]] blocks, in file order; two with one dest are refused."""
+            default_target: Optional[str], targets: Tuple[PublishConfig, ...], signature: Optional[SignaturePolicy],
+            keys: "_KeyFiles") -> Tuple[ImageEntry, ...]:
+    """The [[image]] blocks, in file order; two with one dest are refused.
+    `signature` is the [defaults]' (None: no policy)."""
     raw = top.data.get("image", [])
     if isinstance(raw, dict):
         raise top.error("image", "expected a list of [[image]] tables: write [[image]], with double brackets, "
                                  "not [image]")
     entries = top.tables("image")
-    images = [_image_entry(file, i, table, interval, platforms, default_target, targets)
+    images = [_image_entry(file, i, table, interval, platforms, default_target, targets, signature, keys)
               for i, table in enumerate(entries, start=1)]
     seen: Dict[str, int] = {}
     for entry in images:
@@ -555,8 +572,9 @@ def _images(file: str, top: Section, interval: float, platforms: Tuple[Platform,
 
 
 def _image_entry(file: str, index: int, table: Any, interval: float, platforms: Tuple[Platform, ...],
-                 default_target: Optional[str], targets: Tuple[PublishConfig, ...]) -> ImageEntry:
-    """One [[image]] block; `interval`, `platforms` and `default_target` are the [defaults]."""
+                 default_target: Optional[str], targets: Tuple[PublishConfig, ...],
+                 signature: Optional[SignaturePolicy], keys: "_KeyFiles") -> ImageEntry:
+    """One [[image]] block; `interval`, `platforms`, `default_target` and `signature` are the [defaults]."""
     sec = Section(file, _image_where(index, table), table, IMAGE)
     source_text = sec.text("source")
     if not source_text:
@@ -579,7 +597,8 @@ def _image_entry(file: str, index: int, table: Any, interval: float, platforms: 
     target = _entry_target(sec, default_target, targets)
     return ImageEntry(index, source, tuple(tags or ()), tag_pattern, semver, newest, dest,
                       sec.platforms("platforms", platforms), sec.duration("interval", interval, MIN_INTERVAL_S),
-                      target, sec.flag("private_ok"), tuple(sec.strings("tag_glob") or ()))
+                      target, sec.flag("private_ok"), tuple(sec.strings("tag_glob") or ()),
+                      signature=_signature(sec, keys, signature))
 
 
 def _entry_target(sec: Section, default_target: Optional[str], targets: Tuple[PublishConfig, ...]) -> str:
@@ -608,6 +627,60 @@ def dest_problem(dest: str) -> Optional[str]:
         return ("expected a relative path of plain names (no '..', no leading dots, "
                 f"no ':' or '@' in the last name), got {dest!r}")
     return None
+
+
+class _KeyFiles:
+    """The signature keys of one watchlist, each file read and parsed once."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self._loaded: Dict[Path, TrustedKey] = {}
+
+    def load(self, sec: Section, text: str) -> TrustedKey:
+        """The key in file `text`; ConfigError naming the file, the table and the key otherwise."""
+        try:
+            path = config_path(self.base, text)
+        except ValueError as exc:
+            raise sec.error("signature.keys", str(exc)) from None
+        if path in self._loaded:
+            return self._loaded[path]
+        try:
+            pem = path.read_bytes()
+        except OSError as exc:
+            raise sec.error("signature.keys", f"cannot read the key {path}: {exc.strerror}") from None
+        try:
+            key = load_public_key(pem, str(path))
+        except KeyFormatError as exc:
+            raise sec.error("signature.keys", f"{path}: {exc}") from None
+        self._loaded[path] = key
+        return key
+
+
+def _signature(sec: Section, keys: _KeyFiles, inherited: Optional[SignaturePolicy]) -> Optional[SignaturePolicy]:
+    """The table's `signature`: its own policy, none ("none"), or `inherited` when absent."""
+    value = sec.get("signature")
+    if value is None:
+        return inherited
+    if value == SIGNATURE_NONE:
+        return None
+    if not isinstance(value, dict):
+        raise sec.error("signature", f'expected a table {{ keys = ["cosign.pub"] }} or "{SIGNATURE_NONE}", '
+                                     f"got {value!r}"[:200])
+    table = Section(sec.file, f"{sec.where}.signature", value, SIGNATURE)
+    paths = table.strings("keys")
+    if not paths:
+        raise table.error("keys", 'required: the cosign public keys that may sign, e.g. ["cosign.pub"]')
+    identity_text = table.text("identity")
+    assert identity_text is not None  # declared with a default
+    try:
+        identity = IdentityRule.parse(identity_text)
+    except ValueError as exc:
+        raise table.error("identity", str(exc)) from None
+    loaded = tuple(dict.fromkeys(keys.load(sec, p) for p in paths))
+    for key in loaded:
+        log.info("%s: %s.signature: key %s, SHA-256 fingerprint %s", sec.file, sec.where, key.source,
+                 key.fingerprint)
+    return SignaturePolicy(loaded, identity)
 
 
 def _check_selection(sec: Section, tags: Optional[List[str]], tag_pattern: Optional[str], semver: Optional[str],
@@ -651,8 +724,10 @@ def _check_selection(sec: Section, tags: Optional[List[str]], tag_pattern: Optio
 
 
 def _lists(file: str, top: Section, base: Path, interval: float, platforms: Tuple[Platform, ...],
-           default_target: Optional[str], targets: Tuple[PublishConfig, ...]) -> Tuple[ListConfig, ...]:
-    """The [[list]] blocks, in file order (their files are read by reconciler.lists)."""
+           default_target: Optional[str], targets: Tuple[PublishConfig, ...],
+           signature: Optional[SignaturePolicy]) -> Tuple[ListConfig, ...]:
+    """The [[list]] blocks, in file order (their files are read by reconciler.lists);
+    their entries take the [defaults] `signature`."""
     raw = top.data.get("list", [])
     if isinstance(raw, dict):
         raise top.error("list", "expected a list of [[list]] tables: write [[list]], with double brackets, "
@@ -681,5 +756,5 @@ def _lists(file: str, top: Section, base: Path, interval: float, platforms: Tupl
             raise sec.error("dest", problem)
         out.append(ListConfig(index, path, form, dest, sec.platforms("platforms", platforms),
                               sec.duration("interval", interval, MIN_INTERVAL_S),
-                              _entry_target(sec, default_target, targets)))
+                              _entry_target(sec, default_target, targets), signature))
     return tuple(out)

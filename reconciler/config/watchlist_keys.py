@@ -8,9 +8,27 @@ from __future__ import annotations
 from typing import Tuple
 
 from ..apptainer import DEFAULT_BIND_POINTS
-from .schema import ADDRESS, DURATION, FLAG, PATH, PLATFORMS, SIZE, STRINGS, TEXT, WHOLE, Key, Table, table_kind
+from .schema import (
+    ADDRESS,
+    DURATION,
+    FLAG,
+    PATH,
+    PLATFORMS,
+    SIZE,
+    STRINGS,
+    TEXT,
+    WHOLE,
+    Key,
+    Kind,
+    Table,
+    table_kind,
+)
 
 BACKENDS = ("local", "cvmfs")
+
+# `signature` is a table, or the word "none" (no policy, where [defaults] has one).
+SIGNATURE_KIND = Kind(object, 'a table { keys = [...], identity = ... } or "none"', 'table, or "none"')
+SIGNATURE_NONE = "none"
 
 TOP = Table("", (
     Key("publish", table_kind("a [publish] table, or [publish.<name>] tables")),
@@ -60,6 +78,8 @@ DEFAULTS = Table("defaults", (
     Key("platforms", PLATFORMS, "the platforms each image is published for", default=("linux/amd64",)),
     Key("publish", TEXT, "the target of entries that name none: a name of [publish.<name>]",
         default_doc="the only target"),
+    Key("signature", SIGNATURE_KIND, "publish only images a listed cosign key signed (keys, identity below)",
+        default_doc="none: no check"),
 ))
 
 REGISTRY = Table('registries."<host>"', (
@@ -106,6 +126,15 @@ IMAGE = Table("image[n]", (
     Key("publish", TEXT, "its target: a name of [publish.<name>]", default_doc="`[defaults]` publish"),
     Key("private_ok", FLAG, "publish it to a public target even though its registry needs credentials (a "
                             "warning at each publish)", default=False),
+    Key("signature", SIGNATURE_KIND, 'its signature policy; "none" for none where `[defaults]` has one',
+        default_doc="`[defaults]` signature"),
+))
+
+SIGNATURE = Table("image[n].signature", (
+    Key("keys", STRINGS, "cosign public keys (PEM, ECDSA P-256); any of them may sign. Relative paths are taken "
+                         "from the watchlist's directory", default_doc="required"),
+    Key("identity", TEXT, 'what the signed reference must name: "repository", "exact" (with the tag), "any", or '
+                          '"repository:<repo>" (a mirror\'s original)', default="repository"),
 ))
 
 LIST_FORMATS = ("osg", "ducc")
@@ -124,4 +153,4 @@ LIST = Table("list[n]", (
 ))
 
 # The tables the reference documents, in the order the README shows them.
-REFERENCE_TABLES: Tuple[Table, ...] = (PUBLISH, STATE, DEFAULTS, REGISTRY, SERVICE, WEBHOOK, IMAGE, LIST)
+REFERENCE_TABLES: Tuple[Table, ...] = (PUBLISH, STATE, DEFAULTS, REGISTRY, SERVICE, WEBHOOK, IMAGE, SIGNATURE, LIST)

@@ -83,7 +83,11 @@ class ImageOutcome:
     unchanged_at: Optional[Tuple[str, str]] = None
     reason: str = ""
     downloaded: int = 0
-    refusal: str = ""  # when a policy of the target refused it: which ("private", "visibility-unknown")
+    refusal: str = ""  # when a policy of the target refused it: which ("private", "visibility-unknown", "signature")
+    # Who signed it (the key's SHA-256 SPKI fingerprint) and where the
+    # signature was found, once the signature gate accepted it.
+    signed_by: Optional[str] = None
+    signed_where: Optional[str] = None
 
     @property
     def name(self) -> str:

@@ -36,6 +36,11 @@ log = logging.getLogger(__name__)
 # Requests in flight while planning (each registry client also bounds its own).
 PLAN_WORKERS = 16
 
+# Tags cosign (and OCI 1.1's referrers fallback) derive from a digest: a
+# signature, an attestation, an SBOM, a referrers index. Never images, so
+# never selected, however broad the tag_pattern (it is matched with re.search).
+ATTACHMENT_TAG = re.compile(r"sha256-[0-9a-f]{64}(\.(sig|att|sbom))?")
+
 
 class PublishedTags(Protocol):
     """What the plan reads of a publisher."""
@@ -100,8 +105,9 @@ def version_order(tag: str, versions: Dict[str, Version]) -> Tuple[int, object, 
 
 
 def select_tags(entry: ImageEntry, available: Sequence[str]) -> List[str]:
-    """Apply an entry's `tag_glob`, `tag_pattern`, `semver` and `newest` to a tag list."""
-    tags = list(available)
+    """Apply an entry's `tag_glob`, `tag_pattern`, `semver` and `newest` to a tag list
+    (attachment tags, `sha256-<hex>.sig` and the like, are never selected)."""
+    tags = [t for t in available if not ATTACHMENT_TAG.fullmatch(t)]
     if entry.tag_glob:
         # fnmatchcase: fnmatch without the OS's case folding, which on POSIX
         # (where cvmfs-singularity-sync runs fnmatch.filter) is none anyway.

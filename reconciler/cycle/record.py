@@ -62,7 +62,9 @@ def _record_tags(state: StateDB, report: CycleReport, now: float, backoff_base: 
     for o in report.outcomes:
         if o.status in (Status.PUBLISHED, Status.UNCHANGED):
             assert o.digests is not None
-            state.record_success(o.key, *o.digests, next_due=now + o.entry.interval, now=now)
+            # A published image records who signed it (or no policy); an unchanged one keeps its record.
+            signature = (o.signed_by, o.signed_where) if o.status is Status.PUBLISHED else None
+            state.record_success(o.key, *o.digests, next_due=now + o.entry.interval, now=now, signature=signature)
         elif o.status is Status.FAILED:
             row = state.get(o.entry.dest, o.tag, str(o.platform))
             failures = (row.failures if row else 0) + 1

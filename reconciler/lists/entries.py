@@ -80,14 +80,15 @@ def _entry(index: int, group: _Group, dest: str, config: ListConfig, origin: str
     source = ImageReference(group.first.source.registry, group.first.source.repository)
     if not (globs or stars):
         return ImageEntry(index, source, tuple(tags), dest=dest, platforms=config.platforms,
-                          interval=config.interval, publish=config.publish, origin=origin)
+                          interval=config.interval, publish=config.publish, origin=origin,
+                          signature=config.signature)
     # One list holds one format: globs (OSG) or stars (DUCC), never both.
     pattern = None
     if stars:
         pattern = r"\A(?:" + "|".join([re.escape(t) for t in tags] + [star_regex(s) for s in stars]) + r")\Z"
     return ImageEntry(index, source, tag_pattern=pattern, dest=dest, platforms=config.platforms,
                       interval=config.interval, publish=config.publish,
-                      tag_glob=tuple(tags + globs) if globs else (), origin=origin)
+                      tag_glob=tuple(tags + globs) if globs else (), origin=origin, signature=config.signature)
 
 
 def _unique(items: Iterable[Optional[str]]) -> List[str]:

@@ -34,7 +34,8 @@ tests=(--ignore=tests/test_status_page.py)
 lowest_tests=(tests/test_applier_hostile.py tests/test_applier_umoci.py tests/test_watchlist.py
   tests/test_registry_units.py tests/test_registry_quirks.py tests/test_registry_protocol.py
   tests/test_undo.py tests/test_treecopy.py tests/test_state.py tests/test_blobstore.py
-  tests/test_webhooks.py tests/test_progress.py tests/test_backoff.py tests/test_lists.py)
+  tests/test_webhooks.py tests/test_progress.py tests/test_backoff.py tests/test_lists.py tests/test_signatures.py
+  tests/test_signatures_interop.py)
 [ $# -gt 0 ] && tests=("$@") lowest_tests=("$@")
 
 rootfs_require
