@@ -347,3 +347,36 @@ def test_an_old_link_stays_while_our_image_fails_and_other_links_are_never_touch
             ("osgvo-el7:latest" if name == "alias" else "/usr/share")
     assert foreign_dirs(site.visible) == []
     site.backend.check()
+
+
+@pytest.mark.parametrize("kind, form", [("local", "osg"), ("local", "ducc"), ("cvmfs", "osg")])
+def test_the_list_the_site_has_takes_over_the_repository_it_has(kind, form, tmp_path, monkeypatch, listed):
+    """The old tool's own list ([[list]], its default dest) against the tree it
+    published: the listed tag replaced at exactly its old path, the old
+    tool's other tag kept (foreign_tags defaults to keep)."""
+    host, layers, config, _ = listed
+    osg = form == "osg"
+    watched, unlisted = (OSG_WATCHED, OSG_UNLISTED) if osg else (DUCC_WATCHED, DUCC_UNLISTED)
+    site = Site(kind, tmp_path, monkeypatch)
+    site.write_old(old_tags(layers, config, osg, not osg))
+    before = site.view()
+    if osg:
+        listing = tmp_path / "docker_images.txt"
+        listing.write_text("# the site's list, as it is\nopensciencegrid/osgvo-el7:latest\n")
+    else:
+        listing = tmp_path / "recipe.yaml"
+        listing.write_text("version: 1\nuser: cvmfsunpacker\ncvmfs_repo: 'unpacked.example.org'\ninput:\n"
+                           "  - 'https://registry.hub.docker.com/library/centos:centos7'\n")
+    then = 1_600_000_000  # written well before the cycle reads it
+    os.utime(listing, (then, then))
+    wl = tmp_path / "watchlist.toml"
+    wl.write_text(site.backend.publish_section() + '[state]\ndir = "state"\n'
+                  f'[registries."docker.io"]\naddress = "{host}"\ninsecure = true\n'
+                  f'[[list]]\npath = "{listing.name}"\nformat = "{form}"\n')
+    report = run(wl)
+    assert not report.failed, report.summary()
+    after = site.view()
+    assert after[watched].ours and after[watched].motd == NEW_MOTD
+    assert after[unlisted] == before[unlisted]
+    site.assert_always_valid([watched])
+    site.backend.check()
