@@ -304,6 +304,15 @@ def test_unwatched_old_tags_are_collected_only_when_told_and_never_on_a_partial_
     wl = watchlist("keep")
     plan = plan_takeover(wl, wl.images, True, [], set(), links, no_blobs)
     assert plan.collected == [] and plan.kept == sorted(links)
+    # A watched old tag whose image failed in this plan waits, its old link kept.
+    from reconciler.cycle.outcome import ImageOutcome
+
+    entry = next(e for e in wl.images if e.dest == "a/x")
+    failed = ImageOutcome(entry, "old", entry.platforms[0], "a/x:old")
+    failed.failed("the registry refused (injected)")
+    plan = plan_takeover(wl, wl.images, True, [failed], set(), links, no_blobs)
+    assert plan.waiting == ["a/x:old"] and "a/x:old" not in plan.kept + plan.replaced + plan.collected
+    assert "1 waiting for ours" in plan.lines()[0]
     with pytest.raises(Exception, match="foreign_tags"):
         watchlist("drop")
 

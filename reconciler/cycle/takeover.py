@@ -38,7 +38,8 @@ class TakeoverPlan:
     """What a cycle does to an earlier tool's tag links, and what the cycle costs."""
 
     replaced: List[str] = field(default_factory=list)  # watched: ours replaces the old link
-    kept: List[str] = field(default_factory=list)  # left as they are
+    kept: List[str] = field(default_factory=list)  # not watched, left as they are
+    waiting: List[str] = field(default_factory=list)  # watched, but ours failed this cycle: the old link stays
     collected: List[str] = field(default_factory=list)  # not watched, removed (foreign_tags = "collect")
     policy: str = "keep"
     target: str = ""  # the name of its [publish.<name>] target ("" for the one [publish])
@@ -49,16 +50,18 @@ class TakeoverPlan:
     @property
     def found(self) -> bool:
         """True when the tree holds anything of an earlier tool's this cycle acts on or keeps."""
-        return bool(self.replaced or self.kept or self.collected or self.old_images_to_remove)
+        return bool(self.replaced or self.kept or self.waiting or self.collected or self.old_images_to_remove)
 
     def lines(self) -> List[str]:
         """The plan for an admin, one line per tag."""
         where = f" of [publish.{self.target}]" if self.target else ""
-        out = [f"takeover{where}: {len(self.replaced)} tags of an earlier tool replaced, {len(self.kept)} kept, "
-               f"{len(self.collected)} collected ([publish] foreign_tags = \"{self.policy}\"), "
+        waiting = f", {len(self.waiting)} waiting for ours" if self.waiting else ""
+        out = [f"takeover{where}: {len(self.replaced)} tags of an earlier tool replaced{waiting}, "
+               f"{len(self.kept)} kept, {len(self.collected)} collected ([publish] foreign_tags = \"{self.policy}\"), "
                f"{len(self.old_images_to_remove)} of its image directories removed; "
                f"{self.images_to_build} images to build, {self.bytes_to_download} bytes to download"]
         out += [f"  replace   {path}" for path in self.replaced]
+        out += [f"  wait      {path} (ours failed this cycle; the old link stays)" for path in self.waiting]
         out += [f"  keep      {path}" for path in self.kept]
         out += [f"  collect   {path}" for path in self.collected]
         out += [f"  remove    {path} (no link has referred to it for gc_grace)" for path in self.old_images_to_remove]
@@ -69,18 +72,18 @@ def plan_takeover(watchlist: Watchlist, planned: Sequence[ImageEntry], all_plann
                   outcomes: Sequence[ImageOutcome], unsure: Set[str], foreign_links: Dict[str, str],
                   store: BlobPresence) -> TakeoverPlan:
     """Sort the earlier tool's links (`foreign_links`: tag path -> its image
-    directory) into replaced, kept and collected, and count the cycle's cost.
+    directory) into replaced, waiting (watched, ours failed), kept and collected,
+    and count the cycle's cost.
     `planned`: the entries of this cycle (`all_planned`: every entry of the
     watchlist); `unsure`: the dests whose tags could not be listed."""
     out = TakeoverPlan(policy=watchlist.publish.foreign_tags, target=watchlist.publish.name)
     by_path = {o.tag_path: o for o in outcomes}
     all_dests = {e.dest for e in watchlist.images}
     planned_dests = all_dests if all_planned else {e.dest for e in planned}
-    unwatched_kept: List[str] = []
     for tag_path in sorted(foreign_links):
         outcome = by_path.get(tag_path)
         if outcome is not None:
-            (out.replaced if outcome.status is Status.PLANNED else out.kept).append(tag_path)
+            (out.replaced if outcome.status is Status.PLANNED else out.waiting).append(tag_path)
             continue
         dest = tag_path.rpartition(":")[0]
         ours_to_judge = (dest in planned_dests or dest not in all_dests) and dest not in unsure
@@ -88,7 +91,6 @@ def plan_takeover(watchlist: Watchlist, planned: Sequence[ImageEntry], all_plann
             out.collected.append(tag_path)
         else:
             out.kept.append(tag_path)
-            unwatched_kept.append(tag_path)
     images: Set[str] = set()
     layers: Dict[str, int] = {}
     for outcome in outcomes:
@@ -99,7 +101,7 @@ def plan_takeover(watchlist: Watchlist, planned: Sequence[ImageEntry], all_plann
                     layers[layer.digest] = layer.size
     out.images_to_build = len(images)
     out.bytes_to_download = sum(layers.values())
-    if unwatched_kept:  # said each cycle: keeping them is a setting (or a failed listing), not an oversight
+    if out.kept:  # said each cycle: keeping them is a setting (or a failed listing), not an oversight
         log.info("%d tag links of an earlier tool are kept though no entry watches them ([publish] foreign_tags = "
-                 "\"%s\"), e.g. %s", len(unwatched_kept), out.policy, unwatched_kept[0])
+                 "\"%s\"), e.g. %s", len(out.kept), out.policy, out.kept[0])
     return out
