@@ -50,14 +50,19 @@ cat >"$ROOTFS_ROOT/root/pyversions-check.sh" <<'EOF'
 set -euo pipefail
 cd /root/reconciler
 export DEBIAN_FRONTEND=noninteractive
-echo "+ apt-get install python3 python3-venv ca-certificates docker-registry umoci"
+echo "+ apt-get install python3 python3-venv ca-certificates docker-registry umoci [cosign]"
 apt-get update -qq
 # --no-install-recommends, as on a minimal machine. Without an init, the
 # postinst of docker-registry would start its SysV service on :5000 in here;
 # the tests start their own registries: policy-rc.d forbids service starts.
 printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
-apt-get install -y -qq --no-install-recommends python3 python3-venv ca-certificates docker-registry umoci >/root/apt.log 2>&1 ||
-  { tail -n 30 /root/apt.log; exit 1; }
+# Debian 13 packages cosign (2.5.0): there the real-cosign test runs both ways
+# (tests/test_signature_cosign.py; it skips where cosign is absent).
+extra=()
+apt-cache show cosign >/dev/null 2>&1 && extra+=(cosign)
+apt-get install -y -qq --no-install-recommends python3 python3-venv ca-certificates docker-registry umoci \
+  "${extra[@]}" >/root/apt.log 2>&1 || { tail -n 30 /root/apt.log; exit 1; }
+[ ${#extra[@]} -eq 0 ] || cosign version 2>/dev/null | grep -m1 GitVersion || true
 python3 --version
 echo "+ python3 -m venv .venv; pip install -e '.[test]'"
 python3 -m venv .venv
