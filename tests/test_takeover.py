@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -248,9 +249,15 @@ def test_takeover_killed_in_any_phase_keeps_every_tag_valid_in_every_revision(ki
     wl = site.watchlist(host, entries(host, True, True), gc_grace='"0s"', foreign_tags='"collect"')
     if phase == "collect":  # the old images go in the second cycle, once unreferenced
         assert not run(wl).failed
-    env = {**os.environ, "PYTHONPATH": str(ROOT_DIR), "CRASH_AT": phase}
+    # Where in the phase it dies is drawn at random (each phase has this many calls
+    # or layers in the killed cycle); TAKEOVER_KILL_SEED replays a failure.
+    seed = int(os.environ.get("TAKEOVER_KILL_SEED") or random.randrange(1 << 30))
+    where = random.Random(seed).randrange({"set-tag": 2, "remove-tag": 2, "collect": 5, "apply": 2}.get(phase, 1))
+    env = {**os.environ, "PYTHONPATH": str(ROOT_DIR), "CRASH_AT": phase, "CRASH_AFTER_CALLS": str(where),
+           "CRASH_AFTER_LAYERS": str(where)}
     crashed = subprocess.run([sys.executable, "-m", "tests.crash_runner", "--once", "--watchlist", str(wl)],
                              env=env, capture_output=True, cwd=tmp_path)
+    print(f"killed in {phase} after {where} (TAKEOVER_KILL_SEED={seed})")  # shown with a failure
     assert crashed.returncode == -9, crashed.stderr.decode()[-2000:]
     site.assert_always_valid([OSG_WATCHED, DUCC_WATCHED])
     for _ in range(3):  # until converged: the links go in one cycle, the images they served in the next
