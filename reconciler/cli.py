@@ -3,6 +3,7 @@
     reconcile --once [--watchlist F] [--log-format plain|json]   (one pass, then exit)
     reconcile --dry-run [--watchlist F]                          (the plan only)
     reconcile [--watchlist F] [--listen HOST:PORT]               (the service, until SIGTERM)
+    reconcile compare PUBLISHED OURS [--hash]                    (two trees of a tag: same, or why not)
     reconcile import --format osg|ducc FILE                      (a list as [[image]] tables)
 
 Exit codes: `EXIT_CODES` below, the one list `--help` prints (the README's
@@ -170,6 +171,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["compare"]:  # a tool of its own: two trees, no watchlist
+        from .compare import main as compare
+
+        return compare(argv[1:])
+
     if argv[:1] == ["import"]:
         from .lists.importer import main as import_main  # its own command line and exit codes
 

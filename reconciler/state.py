@@ -349,8 +349,11 @@ class StateDB:
                      checked_at=excluded.checked_at""", (seen.repository, public, seen.reason[:2000], seen.checked_at))
 
     def visibilities(self) -> Dict[str, RepositoryVisibility]:
-        """The last probe's answer per source repository."""
+        """The last probe's answer per source repository (none in a database of
+        version 3 or older, opened read-only beside a service not yet upgraded)."""
         with self._lock:
+            if not _has_table(self._conn, "visibility_state"):
+                return {}
             rows = self._conn.execute("SELECT repository, public, reason, checked_at FROM visibility_state").fetchall()
         return {r[0]: RepositoryVisibility(r[0], None if r[1] is None else bool(r[1]), r[2], float(r[3]))
                 for r in rows}

@@ -29,6 +29,7 @@ from .config.values import MAX_DURATION_S, MIN_INTERVAL_S, parse_duration, parse
 from .config.watchlist_keys import (
     BACKENDS,
     DEFAULTS,
+    FOREIGN_TAG_POLICIES,
     IMAGE,
     LIST,
     LIST_FORMATS,
@@ -101,6 +102,8 @@ class PublishConfig:
     # Stratum 1s to follow (cvmfs), and when one that has not caught up is lagging.
     replicas: Tuple[str, ...] = PUBLISH.default_strings("replicas")
     replica_lag_max: float = parse_duration(PUBLISH.default_text("replica_lag_max"))
+    # "keep" or "collect": an earlier tool's tag links no entry watches (a repository taken over).
+    foreign_tags: str = PUBLISH.default_text("foreign_tags")
 
     @property
     def backend(self) -> str:
@@ -444,11 +447,16 @@ def _publish(pub: Section, base: Path, name: str = "") -> PublishConfig:
     gc_max = _declared_whole(pub, "gc_max_per_cycle")
     if gc_max < 0:
         raise pub.error("gc_max_per_cycle", "expected 0 (never collect) or more")
+    foreign_tags = pub.text("foreign_tags")
+    if foreign_tags not in FOREIGN_TAG_POLICIES:
+        raise pub.error("foreign_tags", f"expected one of {', '.join(map(repr, FOREIGN_TAG_POLICIES))}, "
+                                        f"got {foreign_tags!r}")
     visibility = pub.text("visibility")
     if visibility is not None and visibility not in VISIBILITIES:
         raise pub.error("visibility", f"expected one of {', '.join(map(repr, VISIBILITIES))}, got {visibility!r}")
     replicas, replica_lag_max = _replicas(pub, target)
     return PublishConfig(target, root, tuple(p.strip("/") for p in bind_points), gc_grace, gc_max, name, visibility,
+                         foreign_tags=foreign_tags,
                          replicas=replicas, replica_lag_max=replica_lag_max)
 
 

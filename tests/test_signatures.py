@@ -217,6 +217,15 @@ def test_a_valid_bundle_is_accepted(signer):
     assert check_bundle(art, policy_of(signer)) == Accepted(signer.fingerprint, f"referrer {art.digest[:19]}")
 
 
+@pytest.mark.parametrize("identity", ["exact", "repository:reg.example/mirror/app"])
+def test_a_bundle_cannot_pass_a_rule_that_names_a_reference(signer, identity):
+    # A bundle's statement names no reference: only the digest binds it.
+    art = referrer(bundle(signer, statement(DIGEST)), DIGEST, 100)
+    verdict = check_bundle(art, policy_of(signer, identity=identity))
+    assert isinstance(verdict, Rejected), verdict
+    assert f'a bundle names no image reference, so identity = "{identity}" cannot be checked' in str(verdict)
+
+
 @pytest.mark.parametrize("body, payload_type, expected", [
     (statement(DIGEST), "application/json", "payloadType is 'application/json'"),
     (statement(DIGEST, predicate_type="https://slsa.dev/provenance/v1"), None, "an attestation, not a signature"),

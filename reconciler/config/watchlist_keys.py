@@ -62,9 +62,14 @@ PUBLISH = Table("publish", (
                             '"restricted": only its members can',
         default_doc="cvmfs: public, or restricted when the repository has a membership requirement (`mkfs -V`); "
                     "local: restricted"),
+    Key("foreign_tags", TEXT, 'a repository taken over from cvmfs-singularity-sync or DUCC: "keep" or "collect" '
+                              "the tag links of that tool no entry watches (watched ones are replaced by ours)",
+        default="keep"),
 ))
 
 VISIBILITIES = ("public", "restricted")
+
+FOREIGN_TAG_POLICIES = ("keep", "collect")
 
 STATE = Table("state", (
     Key("dir", PATH, "the blob store (blobs/) and the state database (state.db)", default=".reconciler"),

@@ -25,10 +25,11 @@ from ..applier import compression_for
 from ..blobstore import BlobStore
 from ..fetch import current_digest, resolve_image
 from ..publish.layout import tag_relpath
-from ..registry.reference import is_valid_tag
+from ..registry.reference import is_valid_digest, is_valid_tag
 from ..state import TagState
 from ..watchlist import ImageEntry, Watchlist
 from .outcome import CycleReport, ImageOutcome, Registries, Status, describe_failure, traceback_for
+from .takeover import TakeoverPlan, plan_takeover
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,9 @@ class PublishedTags(Protocol):
 
     def tag_links(self) -> Dict[str, str]:
         """Every tag link into the image store, and the digest it links to."""
+
+    def foreign_links(self) -> Dict[str, str]:
+        """Every link into an earlier tool's image directory, and that directory."""
 
 
 class StateReader(Protocol):
@@ -74,6 +78,8 @@ class Plan:
     removals: List[TagState] = field(default_factory=list)  # published tags no longer watched
     gc_candidates: List[str] = field(default_factory=list)  # images unreferenced past the grace period
     fetched: Dict[str, bytes] = field(default_factory=dict)  # manifests and configs not in the blob store yet
+    # An earlier tool's tag links (a repository taken over): replaced, kept, collected.
+    takeover: TakeoverPlan = field(default_factory=TakeoverPlan)
 
     @property
     def unlisted_dests(self) -> Set[str]:
@@ -89,7 +95,7 @@ class Plan:
     def report(self) -> CycleReport:
         """A report of this plan, sharing its outcomes (`results.cycle_report` moves them on)."""
         return CycleReport(outcomes=self.outcomes, entry_failures=self.entry_failures, removed=list(self.removals),
-                           entries=list(self.entries))
+                           entries=list(self.entries), takeovers=[self.takeover])
 
 
 def version_order(tag: str, versions: Dict[str, Version]) -> Tuple[int, object, str]:
@@ -230,8 +236,12 @@ def plan(watchlist: Watchlist, registries: Registries, store: BlobStore, publish
             done.result()
     out.fetched = reader.fetched()
     out.removals = _removals(watchlist, planned if entries else None, out, rows, published)
+    out.takeover = plan_takeover(watchlist, planned, not entries, out.outcomes, out.unlisted_dests,
+                                 published.foreign_links(), reader)
     out.gc_candidates = state.gc_candidates(now - watchlist.publish.gc_grace, out.unlisted_dests,
                                             watchlist.publish.gc_max_per_cycle)
+    # An earlier tool's image directories are collected by path (ours by digest).
+    out.takeover.old_images_to_remove = [c for c in out.gc_candidates if not is_valid_digest(c)]
     return out
 
 

@@ -32,6 +32,12 @@ class PublishedTree(Protocol):
     def images(self) -> List[str]:
         """The digest of every image directory."""
 
+    def foreign_links(self) -> Dict[str, str]:
+        """Every link into an earlier tool's image directory, and that directory."""
+
+    def foreign_images(self) -> List[str]:
+        """Every image directory an earlier tool left, by path."""
+
 
 def record(state: StateDB, published: PublishedTree, report: CycleReport, *,
            clock: Callable[[], float], backoff_base: float = BACKOFF_BASE_S) -> None:
@@ -90,4 +96,7 @@ def _mark_images(state: StateDB, published: PublishedTree, now: float) -> None:
     owners = {row.tag_path: row.dest for row in state.all()}
     dest_of = {digest: owners.get(path) for path, digest in links.items()}
     on_disk = {digest: dest_of.get(digest) for digest in published.images()}
-    state.mark_images(on_disk, set(links.values()), now)
+    # An earlier tool's image directories (a repository taken over) age the same
+    # way, keyed by their path: no link of theirs or ours refers to them.
+    on_disk.update((path, None) for path in published.foreign_images())
+    state.mark_images(on_disk, set(links.values()) | set(published.foreign_links().values()), now)

@@ -66,7 +66,7 @@ class Metrics:
 
     def _record_signers(self, reconciler: Reconciler) -> None:
         """Who signed each published tag, from every target's state database (so also after a restart)."""
-        entries = {entry.dest: entry for entry in reconciler.watchlist.images}
+        entries = {entry.dest: entry for entry in reconciler.current.images}
         self.signers.clear()  # tags no longer published drop out
         for run in reconciler.targets:
             for row in run.state.all():

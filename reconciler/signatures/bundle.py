@@ -7,8 +7,10 @@ the payload type and the raw payload bytes; it is verified with the
 configured keys first (a key or certificate in the bundle is never used),
 and only then is the statement parsed: its subject must hold the sha256 of
 the digest we publish, its predicateType cosign's signing predicate. The
-statement names no signed repository that cosign checks, so the identity
-rule does not apply to bundles: the digest binds them.
+statement names no signed repository that cosign checks: the digest binds
+them, which the default identity rule (`repository`) accepts; a rule that
+asks for a particular reference (`exact`, `repository:<repo>`) refuses them
+(verify.py).
 """
 
 from __future__ import annotations

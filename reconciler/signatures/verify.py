@@ -51,8 +51,16 @@ def verify(digest: str, repository: str, tag: str, found: Found, policy: Signatu
     checks: List[Check] = []
     if found.sig_manifest is not None:
         checks.extend(check_simple(found.sig_manifest, found.sig_where, digest, repository, tag, policy, fetch))
+    # A bundle's statement names no reference: it cannot pass a rule that
+    # asks for a particular one (exact, or another repository).
+    names_reference = policy.identity.kind == "exact" or policy.identity.repository is not None
     for where, raw in found.referrers:
         check = check_bundle(raw, where, digest, policy, fetch)
+        if check is not None and check.accepted and names_reference:
+            check = Check(where, reason=f"{where}: a valid cosign v3 bundle, but a bundle names no image reference, "
+                                        f"so identity = \"{policy.identity}\" cannot be checked on it: sign so "
+                                        "that a .sig is written (cosign's legacy format), or use identity = "
+                                        "\"repository\"")
         if check is not None:
             checks.append(check)
     for check in checks:
