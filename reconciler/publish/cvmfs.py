@@ -135,8 +135,9 @@ class CvmfsTransaction(PublishTransaction):
                 return
             done = self.publisher.run("publish", "-m", self.message, self.publisher.target, check=False)
             if done.returncode != 0:
-                raise PublishError(f"cvmfs_server publish {self.publisher.target} failed (exit {done.returncode}): "
-                                   f"{_tail(done)}")
+                meaning = _gateway_failure(done)
+                raise PublishError(f"cvmfs_server publish {self.publisher.target} failed (exit {done.returncode})"
+                                   f"{': ' + meaning if meaning else ''}: {_tail(done)}")
         except BaseException as exc:
             log.error("%s: %s; aborting the transaction", self.publisher.target, exc or type(exc).__name__)
             try:
@@ -160,16 +161,41 @@ def mark_catalog(directory: Path, observer: Optional[UndoRecorder] = None) -> No
                                f"{directory} a nested catalog")
 
 
-# What every publish and abort prints while remounting: never the reason for a failure.
-_NOISE = ("CernVM-FS: ", "Failed to set requested number of open files")
+# What every publish and abort prints while remounting, and a publish's warning
+# per hard link it breaks up: never the reason for a failure.
+_NOISE = ("CernVM-FS: ", "Failed to set requested number of open files", "Warning: Found file with linkcount")
+# A failed publish ends with "Executed Command:" and the whole cvmfs_swissknife
+# command line (500 characters of options): the reason is above it.
+_COMMAND_ECHO = "Executed Command:"
+# What a publish through a gateway says when the gateway lost our lease
+# (measured on 2.11.5), and what it means for the admin.
+_GATEWAY_FAILURES = (
+    ('"invalid lease"', "the gateway no longer holds this node's lease: it expired (the transaction was open "
+                        "longer than the gateway's max_lease_time, in /etc/cvmfs/gateway/user.json on the gateway) "
+                        "or was cancelled there; raise max_lease_time above the longest cycle"),
+    ("no statistics counters for lease", "the gateway lost the lease's session: it was restarted while the "
+                                         "transaction was open"),
+)
 
 
 def _tail(done: subprocess.CompletedProcess[str]) -> str:
     """The end of what a failed command said: `publish` reports on stdout, the
-    others on stderr, and both print remount chatter first."""
-    lines = [line.strip() for text in (done.stdout, done.stderr) for line in (text or "").splitlines()]
+    others on stderr, and both print remount chatter first; the command line
+    a failed publish echoes last is left out."""
+    lines: List[str] = []
+    for text in (done.stdout, done.stderr):
+        for line in (text or "").splitlines():
+            if line.strip() == _COMMAND_ECHO:
+                break  # the rest of this stream is the echoed command
+            lines.append(line.strip())
     text = " / ".join(line for line in lines if line and not line.startswith(_NOISE))
     return text[-500:] or "no message"
+
+
+def _gateway_failure(done: subprocess.CompletedProcess[str]) -> str:
+    """What a failed publish means when the gateway lost the lease, else ""."""
+    said = f"{done.stdout}\n{done.stderr}"
+    return next((meaning for marker, meaning in _GATEWAY_FAILURES if marker in said), "")
 
 
 class CvmfsPublisher(Publisher):
