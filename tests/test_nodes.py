@@ -249,3 +249,28 @@ def test_a_lease_that_expires_under_a_slow_run(repo, tmp_path, fixture_registry,
     code, out = finish(Node("a").reconcile(watchlist, "a", sync, wrapper, cwd=tmp_path))
     assert code == 0, out
     check_every_revision(repo, tmp_path / "revisions", {"a/app:v1": "basic"}, fixture_images)
+
+
+def test_an_entry_moved_to_another_node(repo, tmp_path, fixture_registry, fixture_images):
+    host = fixture_registry.host
+    watchlist = sharded(tmp_path, host, {"a": ["basic v1 app", "edges latest keep"], "b": ["special latest tools"]})
+    sync, wrapper = tmp_path / "sync", cvmfs_nodes.write_wrapper(tmp_path / "bin")
+    sync.mkdir()
+    here = Node("a")
+    with cvmfs_nodes.nodes(GW, tmp_path, ["b"]) as started:
+        node_b = started["b"]
+        for node in (here, node_b):
+            code, out = finish(node.reconcile(watchlist, node.name, sync, wrapper, cwd=tmp_path))
+            assert code == 0, out
+        moved = sharded(tmp_path, host, {"a": ["edges latest keep"], "b": ["special latest tools", "basic v1 app"]})
+        # The new node first: the tag is then published under both leases for a while, never under none.
+        code, out = finish(node_b.reconcile(moved, "b", sync, wrapper, cwd=tmp_path))
+        assert code == 0, out
+        tags = cvmfs_nodes.revisions(GW)
+        between = cvmfs_nodes.tag_links(cvmfs_nodes.read_tree(GW, tags[max(tags)], tmp_path))
+        assert {"a/app:v1", "b/app:v1"} <= set(between)
+        code, out = finish(here.reconcile(moved, "a", sync, wrapper, cwd=tmp_path))
+        assert code == 0, out
+        assert "  removed   app:v1" in out, out  # the old node drops the tag it no longer serves
+    check_every_revision(repo, tmp_path / "revisions", {"a/keep:latest": "edges", "b/tools:latest": "special",
+                                                        "b/app:v1": "basic"}, fixture_images)
