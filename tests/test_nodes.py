@@ -274,3 +274,23 @@ def test_an_entry_moved_to_another_node(repo, tmp_path, fixture_registry, fixtur
         assert "  removed   app:v1" in out, out  # the old node drops the tag it no longer serves
     check_every_revision(repo, tmp_path / "revisions", {"a/keep:latest": "edges", "b/tools:latest": "special",
                                                         "b/app:v1": "basic"}, fixture_images)
+
+
+def test_gateway_down_when_the_cycle_opens_its_lease(repo, tmp_path, fixture_registry, fixture_images):
+    host = fixture_registry.host
+    watchlist = sharded(tmp_path, host, {"a": ["basic v1 app"]})
+    sync, wrapper = tmp_path / "sync", cvmfs_nodes.write_wrapper(tmp_path / "bin")
+    sync.mkdir()
+    try:
+        cvmfs_nodes.stop_gateway()
+        code, out = finish(Node("a").reconcile(watchlist, "a", sync, wrapper, cwd=tmp_path))
+    finally:
+        cvmfs_nodes.start_gateway()
+    assert code == 1, out
+    assert f"cvmfs_server transaction {GW}/a failed (exit 1): the gateway did not answer the lease request: check " \
+           "that cvmfs_gateway runs and answers at http://localhost:4929/api/v1; the next cycle tries again: " in out
+    assert "cannot acquire lease" in out and "Stacktrace" not in out and "libcvmfs_server" not in out
+    assert not cvmfs_real.in_transaction(GW)
+    code, out = finish(Node("a").reconcile(watchlist, "a", sync, wrapper, cwd=tmp_path))
+    assert code == 0, out
+    check_every_revision(repo, tmp_path / "revisions", {"a/app:v1": "basic"}, fixture_images)

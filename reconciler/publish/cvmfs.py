@@ -135,7 +135,7 @@ class CvmfsTransaction(PublishTransaction):
                 return
             done = self.publisher.run("publish", "-m", self.message, self.publisher.target, check=False)
             if done.returncode != 0:
-                meaning = _gateway_failure(done)
+                meaning = self.publisher.gateway_failure(done)
                 raise PublishError(f"cvmfs_server publish {self.publisher.target} failed (exit {done.returncode})"
                                    f"{': ' + meaning if meaning else ''}: {_tail(done)}")
         except BaseException as exc:
@@ -165,11 +165,15 @@ def mark_catalog(directory: Path, observer: Optional[UndoRecorder] = None) -> No
 # per hard link it breaks up: never the reason for a failure.
 _NOISE = ("CernVM-FS: ", "Failed to set requested number of open files", "Warning: Found file with linkcount")
 # A failed publish ends with "Executed Command:" and the whole cvmfs_swissknife
-# command line (500 characters of options): the reason is above it.
-_COMMAND_ECHO = "Executed Command:"
-# What a publish through a gateway says when the gateway lost our lease
-# (measured on 2.11.5), and what it means for the admin.
+# command line (500 characters of options), a failed lease request with a C++
+# stack trace: the reason is above them.
+_TRAILERS = ("Executed Command:", "Stacktrace:")
+# What `transaction` or `publish` through a gateway says when the gateway is
+# not there or lost our lease (measured on 2.11.5), and what it means for the
+# admin; {gateway} is the gateway's URL as server.conf gives it.
 _GATEWAY_FAILURES = (
+    ("cannot acquire lease", "the gateway did not answer the lease request: check that cvmfs_gateway runs and "
+                             "answers at {gateway}; the next cycle tries again"),
     ('"invalid lease"', "the gateway no longer holds this node's lease: it expired (the transaction was open "
                         "longer than the gateway's max_lease_time, in /etc/cvmfs/gateway/user.json on the gateway) "
                         "or was cancelled there; raise max_lease_time above the longest cycle"),
@@ -185,17 +189,13 @@ def _tail(done: subprocess.CompletedProcess[str]) -> str:
     lines: List[str] = []
     for text in (done.stdout, done.stderr):
         for line in (text or "").splitlines():
-            if line.strip() == _COMMAND_ECHO:
-                break  # the rest of this stream is the echoed command
+            if line.strip() in _TRAILERS:
+                break  # the rest of this stream is the echoed command or a stack trace
             lines.append(line.strip())
     text = " / ".join(line for line in lines if line and not line.startswith(_NOISE))
     return text[-500:] or "no message"
 
 
-def _gateway_failure(done: subprocess.CompletedProcess[str]) -> str:
-    """What a failed publish means when the gateway lost the lease, else ""."""
-    said = f"{done.stdout}\n{done.stderr}"
-    return next((meaning for marker, meaning in _GATEWAY_FAILURES if marker in said), "")
 
 
 class CvmfsPublisher(Publisher):
@@ -245,6 +245,18 @@ class CvmfsPublisher(Publisher):
                 return "in transaction" in rest
         raise PublishError(f"cvmfs_server list does not show repository {self.repository}; "
                            "check [publish] repository in the watchlist")
+
+    def gateway_failure(self, done: subprocess.CompletedProcess[str]) -> str:
+        """What a failed `transaction` or `publish` means when the gateway is
+        down or lost the lease, else ""."""
+        said = f"{done.stdout}\n{done.stderr}"
+        meaning = next((meaning for marker, meaning in _GATEWAY_FAILURES if marker in said), "")
+        if not meaning:
+            return ""
+        upstream = (self._server_settings() or {}).get("CVMFS_UPSTREAM_STORAGE", "")
+        parts = upstream.split(",")
+        gateway = parts[2] if parts[0] == "gw" and len(parts) > 2 else "the URL in CVMFS_UPSTREAM_STORAGE"
+        return meaning.format(gateway=gateway)
 
     def clear_marker(self) -> None:
         self.marker.unlink(missing_ok=True)
@@ -426,7 +438,7 @@ class CvmfsPublisher(Publisher):
             done = self.run("transaction", self.target, check=False)
         assert done is not None
         if done.returncode != 0:
-            reason = _TRANSACTION_ERRORS.get(done.returncode, "")
+            reason = _TRANSACTION_ERRORS.get(done.returncode, "") or self.gateway_failure(done)
             raise PublishError(f"cvmfs_server transaction {self.target} failed (exit {done.returncode})"
                                f"{': ' + reason if reason else ''}: {_tail(done)}")
         try:
