@@ -122,6 +122,11 @@ def test_two_nodes_publish_at_the_same_time(repo, tmp_path, fixture_registry, fi
         results = {name: finish(proc) for name, proc in runs.items()}
         for name, (code, out) in results.items():
             assert code == 0, f"node {name}: {out}"
+        # The gateway's publish drops device nodes and FIFOs (checked below): each node says so.
+        assert "fixtures/special:latest: the image has 3 device nodes or FIFOs (such as /dev/null), which a publish " \
+               "through the gateway drops" in results["a"][1]
+        assert "fixtures/chain-v1:latest: the image has 1 device nodes or FIFOs" in results["b"][1]
+        assert "fixtures/edges:latest: the image has" not in results["b"][1]
         assert not node_b.in_transaction(GW)
     calls = read_calls(sync)
     opened = [c.end for c in calls if c.argv[0] == "transaction" and c.code == 0]

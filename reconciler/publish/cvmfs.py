@@ -365,13 +365,26 @@ class CvmfsPublisher(Publisher):
         return ReadAccess(False, f"it has no membership requirement (no CVMFS_VOMS_AUTHZ in {conf}; "
                                  "`cvmfs_server mkfs -V` sets one)")
 
-    def build_hints(self, reference: str, capabilities: int) -> List[str]:
-        """File capabilities are lost unless the repository keeps extended attributes."""
-        if not capabilities or not self.drops_xattrs():
-            return []
-        return [f"{reference}: {capabilities} files carry file capabilities (security.capability), which "
-                f"{self.target_name} drops: they will not work for users; set CVMFS_INCLUDE_XATTRS=true in the "
-                "repository's server.conf"]
+    def through_gateway(self) -> bool:
+        """True when this node publishes through a cvmfs_gateway (a lease path,
+        or server.conf's upstream is `gw,…`)."""
+        upstream = (self._server_settings() or {}).get("CVMFS_UPSTREAM_STORAGE", "")
+        return bool(self.lease_path) or upstream.startswith("gw,")
+
+    def build_hints(self, reference: str, capabilities: int, special: int = 0) -> List[str]:
+        """File capabilities are lost unless the repository keeps extended
+        attributes; device nodes and FIFOs are lost through a gateway."""
+        hints = []
+        if capabilities and self.drops_xattrs():
+            hints.append(f"{reference}: {capabilities} files carry file capabilities (security.capability), which "
+                         f"{self.target_name} drops: they will not work for users; set CVMFS_INCLUDE_XATTRS=true in "
+                         "the repository's server.conf")
+        if special and self.through_gateway():
+            # Measured on 2.11.5: a stratum 0's own publish keeps them, a gateway's does not.
+            hints.append(f"{reference}: the image has {special} device nodes or FIFOs (such as /dev/null), which a "
+                         f"publish through the gateway drops: {self.target_name} serves the image without them; "
+                         "publish it on the stratum 0 itself if users need them")
+        return hints
 
     def _template(self, builds: Mapping[str, Sequence[str]]) -> Optional[Tuple[BaseImage, Path]]:
         """The published image that saves the most layers for one of `builds`,
