@@ -45,6 +45,7 @@ GATEWAY_CONFIG = Path("/etc/cvmfs/gateway/user.json")
 # The wrapper: NODE_NAME names the node in the log; NODE_SYNC the signal directory.
 #   NODE_MEET="a b": after its transaction opened, wait until every named node's is open too.
 #   NODE_HOLD=publish: before publishing, say so (<node>.holding) and wait for <node>.go.
+#   NODE_HOLD_AFTER=transaction: the same once the transaction is open, before returning.
 _WRAPPER = r"""#!/bin/sh
 sync=$NODE_SYNC; me=$NODE_NAME
 wait_for() {
@@ -63,6 +64,9 @@ out=$(mktemp "$sync/$me.$1.XXXXXX")
 code=$?
 cat "$out.stdout"; cat "$out.stderr" >&2  # kept: what the command said, for the test to read
 printf '%s %s %s %s %s\n' "$me" "$start" "$(date +%s.%N)" "$code" "$*" >> "$sync/calls.log"
+if [ "$1" = "${NODE_HOLD_AFTER:-}" ] && [ "$code" = 0 ]; then
+  touch "$sync/$me.holding"; wait_for "$sync/$me.go"
+fi
 if [ "$1" = transaction ] && [ "$code" = 0 ] && [ -n "${NODE_MEET:-}" ]; then
   touch "$sync/$me.open"
   for other in $NODE_MEET; do wait_for "$sync/$other.open"; done

@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import stat
 import time
 import urllib.request
@@ -297,5 +298,35 @@ def test_gateway_down_when_the_cycle_opens_its_lease(repo, tmp_path, fixture_reg
     assert "cannot acquire lease" in out and "Stacktrace" not in out and "libcvmfs_server" not in out
     assert not cvmfs_real.in_transaction(GW)
     code, out = finish(Node("a").reconcile(watchlist, "a", sync, wrapper, cwd=tmp_path))
+    assert code == 0, out
+    check_every_revision(repo, tmp_path / "revisions", {"a/app:v1": "basic"}, fixture_images)
+
+
+def test_reconciler_alone_killed_while_its_transaction_opens(repo, tmp_path, fixture_registry, fixture_images):
+    """A known limit: the marker is written once `cvmfs_server transaction`
+    returned. A kill -9 of reconciler alone (not its process group: the OOM
+    killer) while that command runs leaves a transaction nobody claims; each
+    next cycle says so until the admin aborts it."""
+    host = fixture_registry.host
+    watchlist = sharded(tmp_path, host, {"a": ["basic v1 app"]})
+    sync, wrapper = tmp_path / "sync", cvmfs_nodes.write_wrapper(tmp_path / "bin")
+    sync.mkdir()
+    here = Node("a")
+    run = here.reconcile(watchlist, "a", sync, wrapper, cwd=tmp_path, NODE_HOLD_AFTER="transaction")
+    try:
+        wait_for(sync / "a.holding", what="the transaction", proc=run)
+        os.kill(run.pid, signal.SIGKILL)  # reconciler only; its cvmfs_server goes on
+        run.communicate(timeout=60)
+    finally:
+        (sync / "a.go").touch()
+    try:
+        assert cvmfs_real.in_transaction(GW)  # it was open when the wrapper held it
+        code, out = finish(here.reconcile(watchlist, "a", sync, wrapper, cwd=tmp_path))
+        assert code == 1, out
+        assert f"cvmfs_server transaction {GW}/a failed (exit 17): the repository is already in a transaction " \
+               "(another publisher, or a stale one: check `cvmfs_server list`)" in out
+    finally:
+        here.server("abort", "-f", f"{GW}/a", check=False)  # what the admin does
+    code, out = finish(here.reconcile(watchlist, "a", sync, wrapper, cwd=tmp_path))
     assert code == 0, out
     check_every_revision(repo, tmp_path / "revisions", {"a/app:v1": "basic"}, fixture_images)
