@@ -41,7 +41,11 @@ def repo(tmp_path):
     cvmfs_real.require()
     cvmfs_real.fresh_repository(GW, gateway=True)
     yield cvmfs_nodes.published_revision(GW)
+    # The host's mount shows other nodes' revisions only after its own remount (an
+    # abort does one): the next fresh_repository must see everything to empty it.
     cvmfs_real.assert_healthy(GW)
+    cvmfs_real._run("transaction", GW)
+    cvmfs_real._run("abort", "-f", GW)
 
 
 def sharded(tmp_path: Path, host: str, entries: Dict[str, List[str]]) -> Path:
