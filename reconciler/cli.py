@@ -3,6 +3,8 @@
     reconcile --once [--watchlist F] [--log-format plain|json]   (one pass, then exit)
     reconcile --dry-run [--watchlist F]                          (the plan only)
     reconcile [--watchlist F] [--listen HOST:PORT]               (the service, until SIGTERM)
+    reconcile compare PUBLISHED OURS [--hash]                    (two trees of a tag: same, or why not)
+    reconcile import --format osg|ducc FILE                      (a list as [[image]] tables)
 
 Exit codes: `EXIT_CODES` below, the one list `--help` prints (the README's
 table is checked against it by tests/test_cli_help.py).
@@ -46,7 +48,11 @@ three ways to run it:
                        /status, /metrics, /healthz and the webhooks. On SIGTERM
                        it finishes the current cycle, logs "stopped" and exits 0
   reconcile --dry-run  print what --once would change, and change nothing
-                       (takes no lock: safe beside a running service)"""
+                       (takes no lock: safe beside a running service)
+
+  reconcile import --format osg|ducc FILE
+                       print another tool's image list as [[image]] tables
+                       (see `reconcile import --help`)"""
 # Each exit code and what it means, as `--help` prints it (wrapped at 80 columns).
 EXIT_CODES: Tuple[Tuple[int, str], ...] = (
     (EXIT_OK, "everything converged (the service: stopped by SIGTERM or Ctrl-C)"),
@@ -167,6 +173,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["compare"]:  # a tool of its own: two trees, no watchlist
+        from .compare import main as compare
+
+        return compare(argv[1:])
+
+    if argv[:1] == ["import"]:
+        from .lists.importer import main as import_main  # its own command line and exit codes
+
+        return import_main(argv[1:])
     args = build_parser().parse_args(argv)
     progress = setup_logging(args.log_format, args.verbose)
     try:

@@ -125,8 +125,9 @@ class BusyError(ReconcilerError):
 
 
 class RefusedImageError(ReconcilerError):
-    """A policy of the publish target refuses an image (it fails alone; the
-    published revision stays; it is checked again at its next poll)."""
+    """A policy (the publish target's, or an entry's signature policy) refuses
+    an image (it fails alone; the published revision stays; it is checked
+    again at its next poll)."""
 
 
 class PrivateImageError(RefusedImageError):
@@ -136,3 +137,8 @@ class PrivateImageError(RefusedImageError):
 class VisibilityUnknownError(RefusedImageError):
     """Whether an image is public could not be told (the anonymous probe failed):
     a public target does not take it until it can."""
+
+
+class SignatureError(RefusedImageError):
+    """An image its entry's signature policy requires signed, without a valid
+    signature by a trusted key (CI often signs after pushing)."""

@@ -17,23 +17,26 @@ are shared.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Set
 from urllib.parse import urlsplit
 
 from .applier import ApplyOptions
 from .blobstore import BlobStore, ReadOnlyBlobStore
 from .cycle.build import BuildStage
 from .cycle.fetch_stage import FetchStage
-from .cycle.outcome import CycleReport, describe_failure
+from .cycle.outcome import CycleReport, describe_failure, traceback_for
 from .cycle.plan import Plan, plan
 from .cycle.privacy_gate import PrivacyGate, TargetAudience, target_audience
 from .cycle.record import BACKOFF_BASE_S, record, record_cycle_failure
 from .cycle.results import cycle_report
+from .cycle.signature_gate import check_signatures
 from .errors import PublishError, StartError
+from .lists.refresh import ListSources
 from .locking import ProcessLock
 from .publish import Publisher, make_publisher
 from .registry.client import RegistryClient, RetryPolicy
@@ -44,6 +47,8 @@ from .watchlist import ImageEntry, PublishConfig, Watchlist
 if TYPE_CHECKING:
     from .progress import TerminalProgress
 
+
+log = logging.getLogger(__name__)
 
 @dataclass
 class TargetRun:
@@ -56,6 +61,10 @@ class TargetRun:
     publisher: Publisher
     state: StateDB
     audience: TargetAudience
+
+    def orphans(self) -> Set[str]:
+        """Dests this target's state knows that no entry of it has any more."""
+        return {row.dest for row in self.state.all()} - {entry.dest for entry in self.watchlist.images}
 
     def entries_of(self, entries: Optional[Sequence[ImageEntry]]) -> Optional[List[ImageEntry]]:
         """Those of `entries` published here (None: all of this target's)."""
@@ -82,6 +91,10 @@ class Reconciler:
                  progress: Optional["TerminalProgress"] = None, read_only: bool = False,
                  backoff_base: float = BACKOFF_BASE_S) -> None:
         self.watchlist = watchlist
+        # The watchlist with its [[list]] files' entries, read again at each
+        # full cycle (`refresh`); an unreadable list stops the start here.
+        self._lists = ListSources(watchlist)
+        self.current = self._lists.merged()
         self.read_only = read_only
         self.apply_options = apply_options or ApplyOptions()
         self.workers = workers
@@ -118,8 +131,39 @@ class Reconciler:
         except BaseException:
             self._close_targets()
             raise
+        self._check_single_target_leftovers()
         for run in self.targets:
             self._recover(run)
+        self._warn_probe_addresses()
+
+    def _check_single_target_leftovers(self) -> None:
+        """When a watchlist went from one [publish] table to named targets, what
+        the single target kept in the state directory itself is not theirs: an
+        open transaction's marker there would be taken for someone else's."""
+        if any(not run.config.name for run in self.targets):
+            return
+        state_dir = self.watchlist.state_dir
+        marker = state_dir / "cvmfs-transaction.json"
+        if marker.exists():
+            self.close()
+            raise StartError(f"{marker} records a transaction opened when the watchlist had one [publish] table; "
+                             "run once more with that watchlist to close it, or move the file to "
+                             f"{state_dir / 'targets' / '<name>'}/ of the target that publishes that repository")
+        if (state_dir / "state.db").exists():
+            log.warning("%s is the state of the single [publish] table this watchlist had; the named targets keep "
+                        "theirs under %s (backoffs and GC marks start afresh; tags are found in the published "
+                        "trees)", state_dir / "state.db", state_dir / "targets")
+
+    def _warn_probe_addresses(self) -> None:
+        """The privacy probe asks a registry's `address` in its place: say so
+        where a public target relies on it."""
+        if not any(run.audience.public for run in self.targets):
+            return
+        for host, config in self.watchlist.registries.items():
+            if config.address:
+                log.warning('registries."%s".address: the anonymous probe asks %s whether an image is public; it '
+                            "must answer as %s would (a mirror that pulls with credentials of its own makes private "
+                            "images look public)", host, config.address, host)
 
     def _open_target(self, config: PublishConfig, publisher: Optional[Publisher]) -> TargetRun:
         """A target's publisher, checked and locked, and its state database."""
@@ -138,7 +182,7 @@ class Reconciler:
 
     def _target_run(self, config: PublishConfig, publisher: Publisher, state: StateDB) -> TargetRun:
         audience = target_audience(config, publisher.read_access(), publisher.target_name)
-        return TargetRun(config, self.watchlist.for_target(config), publisher, state, audience)
+        return TargetRun(config, self.current.for_target(config), publisher, state, audience)
 
     def _recover(self, run: TargetRun) -> None:
         try:
@@ -213,7 +257,11 @@ class Reconciler:
         """The (cached) client for a registry host, with its configured credentials."""
         with self._clients_lock:
             if host not in self._clients:
-                self._clients[host] = self._new_client(host, self._secrets.get(host) or self._credentials.lookup(host))
+                # config.json's credentials are looked up for the host that
+                # receives them: the registry's `address` when it has one.
+                address = self.watchlist.registry(host).address or host
+                self._clients[host] = self._new_client(host, self._secrets.get(host)
+                                                       or self._credentials.lookup(address))
             return self._clients[host]
 
     def anonymous(self, host: str) -> RegistryClient:
@@ -224,23 +272,60 @@ class Reconciler:
 
     def _new_client(self, host: str, credentials: Optional[Credentials]) -> RegistryClient:
         config = self.watchlist.registry(host)
-        return RegistryClient(host, insecure=config.insecure, credentials=credentials,
+        # `address`: another host serves this registry (a test registry, a full mirror).
+        return RegistryClient(config.address or host, insecure=config.insecure, credentials=credentials,
                               max_concurrency=config.max_concurrency, retry=self.retry,
                               private_realms=config.token_realms)
 
     # -- the cycle ---------------------------------------------------------
 
+    def refresh(self) -> Watchlist:
+        """Read the [[list]] files again (a list that cannot be read keeps its
+        last good entries); the watchlist with every entry, also `current`,
+        and each target's part of it."""
+        self.current = self._lists.merged()
+        for run in self.targets:
+            # The whole target's part, also when a cycle plans a few entries:
+            # the plan removes the tags of dests no entry has, lists' included.
+            run.watchlist = self.current.for_target(run.config)
+        return self.current
+
     def run_once(self, *, entries: Optional[Sequence[ImageEntry]] = None) -> CycleReport:
         """Plan, check, fetch, apply and publish once, target by target (one
         transaction each); returns the report of all of them (a `read_only`
-        reconciler only plans and checks: the report lists what it would do)."""
+        reconciler only plans and checks: the report lists what it would do).
+        Without `entries`: every entry, the [[list]] files read again first."""
+        if entries is None:
+            self.refresh()
         report = CycleReport()
         for run in self.targets:
             planned = run.entries_of(entries)
             if planned is not None and not planned:
-                continue
-            report.merge(self._run_target(run, planned))
+                if not run.orphans():
+                    continue
+                # None of its entries is due, but it still publishes tags no entry
+                # of its has (an entry moved to another target, or deleted): a
+                # full cycle of the target removes them.
+                planned = None
+            try:
+                report.merge(self._run_target(run, planned))
+            except Exception as exc:
+                if len(self.targets) == 1:
+                    raise  # the target's failure is the cycle's: the caller tells it as before
+                # One target that cannot work (its repository, its gateway) never stops the others.
+                report.merge(self._target_failed(run, planned, exc))
         return report
+
+    def _target_failed(self, run: TargetRun, planned: Optional[Sequence[ImageEntry]],
+                       exc: Exception) -> CycleReport:
+        """The report of a target whose cycle failed as a whole: each of its
+        planned entries failed with the reason, and backed off."""
+        mine = list(planned if planned is not None else run.watchlist.images)
+        reason = f"the cycle of {run.audience.label} failed: {describe_failure(exc)}"
+        log.error("%s", reason, exc_info=traceback_for(exc))
+        if not self.read_only and mine:
+            record_cycle_failure(run.state, mine, reason, now=self.clock(), backoff_base=self.backoff_base)
+        return CycleReport(entries=mine, entry_failures=[(entry, reason) for entry in mine])
 
     def retry_due(self) -> Dict[str, float]:
         """Per dest with anything failing, when it is due again (every target's)."""
@@ -255,6 +340,7 @@ class Reconciler:
         planned = self._plan(run, entries)
         PrivacyGate(run.audience, self.anonymous, run.state, now=self.clock(),
                     record=not self.read_only).check(planned.changes)
+        check_signatures(planned, self)  # before any layer is downloaded; refusals fail alone
         if self.read_only:
             return planned.report()
         fetch = FetchStage(self.store, self, cancel=threading.Event(), workers=self.workers, progress=self.progress,
@@ -263,7 +349,7 @@ class Reconciler:
         with fetch.pinned(planned):
             fetched = fetch.fetch(planned)
             built = self._builder(run).publish(fetched.remaining(planned.changes), planned.removals,
-                                               planned.gc_candidates)
+                                               planned.gc_candidates, planned.takeover.collected)
             report = cycle_report(planned, fetched, built)
             record(run.state, run.publisher, report, clock=self.clock, backoff_base=self.backoff_base)
         return report

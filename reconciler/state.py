@@ -13,10 +13,15 @@ listed, or its whole cycle failed): how many times in a row, the last reason,
 and when it is due again. The service schedules retries from these `next_due`
 times alone, so a backoff survives a restart.
 
+Per tag link, once a signature policy applied: the fingerprint of the key
+that signed the published image and where that signature was found (NULL:
+published without a policy).
+
 Per source repository (`host/name`), what the last anonymous probe said:
 public, not public (and why) or unknown, and when it was asked.
 
-Version 1 keyed tags by source; opening such a database migrates it.
+Version 1 keyed tags by source; versions up to 4 had no signature columns;
+opening such a database migrates it.
 `StateDB.read_only()` opens it for `--dry-run` without writing anything.
 """
 
@@ -28,9 +33,10 @@ import threading
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Set
+from typing import Dict, Iterator, List, Optional, Set, Tuple
 
-SCHEMA_VERSION = 4  # 3: entry_state (entries failing as a whole); 4: visibility_state
+# 3: entry_state (entries failing as a whole); 4: visibility_state; 5: tag_state.signed_by, signed_where
+SCHEMA_VERSION = 5
 _TAG_COLUMNS = """
     source TEXT NOT NULL,
     tag TEXT NOT NULL,
@@ -45,8 +51,12 @@ _TAG_COLUMNS = """
     failure_reason TEXT,
     failures INTEGER NOT NULL DEFAULT 0,
     next_due REAL"""
+# Added in version 5: who signed the published image, and where the signature was.
+_SIGNATURE_COLUMNS = ("signed_by", "signed_where")
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS tag_state ({_TAG_COLUMNS},
+    signed_by TEXT,
+    signed_where TEXT,
     PRIMARY KEY (dest, tag, platform)
 );
 CREATE TABLE IF NOT EXISTS entry_state (
@@ -71,8 +81,9 @@ CREATE TABLE IF NOT EXISTS image_state (
 """
 # Version 1: tags keyed by (source, tag, platform), images owned by a source (now: by
 # the dest of a tag of that source; sources were one entry each in practice).
-_MIGRATE_FROM_1 = """
-INSERT OR REPLACE INTO tag_state SELECT * FROM tags;
+_V1_TAG_COLUMNS = ", ".join(line.split()[0] for line in _TAG_COLUMNS.strip().splitlines())
+_MIGRATE_FROM_1 = f"""
+INSERT OR REPLACE INTO tag_state ({_V1_TAG_COLUMNS}) SELECT * FROM tags;
 INSERT OR REPLACE INTO image_state (digest, dest, unreferenced_since)
     SELECT i.digest, (SELECT t.dest FROM tags t WHERE t.source = i.source ORDER BY t.dest LIMIT 1),
            i.unreferenced_since FROM images i;
@@ -112,9 +123,10 @@ class TagState:
     failure_reason: Optional[str]
     failures: int
     next_due: Optional[float]
+    signed_by: Optional[str] = None  # the signing key's SHA-256 SPKI fingerprint; None: no policy applied
+    signed_where: Optional[str] = None  # where that signature was found
 
 
-_COLUMNS = ", ".join(f.name for f in fields(TagState))  # the order TagState(*row) takes
 
 
 @dataclass(frozen=True)
@@ -147,6 +159,18 @@ def _has_table(conn: sqlite3.Connection, name: str) -> bool:
     return conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,)).fetchone() is not None
 
 
+def _tag_columns(conn: sqlite3.Connection) -> List[str]:
+    return [row[1] for row in conn.execute("PRAGMA table_info(tag_state)")]
+
+
+def _migrate_to_5(conn: sqlite3.Connection) -> None:
+    """Add the signature columns to the tag_state of an older version."""
+    missing = [c for c in _SIGNATURE_COLUMNS if c not in _tag_columns(conn)]
+    if missing:
+        conn.executescript("BEGIN;" + "".join(f"ALTER TABLE tag_state ADD COLUMN {c} TEXT;" for c in missing)
+                           + "COMMIT;")
+
+
 class StateDB:
     """Thread-safe access to the state database."""
 
@@ -155,15 +179,24 @@ class StateDB:
         self._lock = threading.RLock()  # re-entrant: batch() holds it around the writes it groups
         if _conn is not None:
             self._conn = _conn
+            self._select = self._tag_select()
             return
         path.parent.mkdir(parents=True, exist_ok=True)
         self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.executescript(_SCHEMA)
+        _migrate_to_5(self._conn)
         if _has_table(self._conn, "tags"):
             self._conn.executescript("BEGIN;" + _MIGRATE_FROM_1 + "COMMIT;")
         self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        self._select = self._tag_select()
+
+    def _tag_select(self) -> str:
+        """The columns TagState(*row) takes; NULL for those an older database
+        opened read-only (never migrated) lacks."""
+        present = set(_tag_columns(self._conn))
+        return ", ".join(f.name if f.name in present else f"NULL AS {f.name}" for f in fields(TagState))
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
@@ -201,31 +234,38 @@ class StateDB:
     def get(self, dest: str, tag: str, platform: str) -> Optional[TagState]:
         """The row of one tag link (an entry's dest, a tag, a platform)."""
         with self._lock:
-            row = self._conn.execute(f"SELECT {_COLUMNS} FROM tag_state WHERE dest=? AND tag=? AND platform=?",
+            row = self._conn.execute(f"SELECT {self._select} FROM tag_state WHERE dest=? AND tag=? AND platform=?",
                                      (dest, tag, platform)).fetchone()
         return TagState(*row) if row else None
 
     def all(self) -> List[TagState]:
         """Every row, ordered by dest, tag and platform."""
         with self._lock:
-            rows = self._conn.execute(f"SELECT {_COLUMNS} FROM tag_state ORDER BY dest, tag, platform").fetchall()
+            rows = self._conn.execute(f"SELECT {self._select} FROM tag_state ORDER BY dest, tag, platform").fetchall()
         return [TagState(*r) for r in rows]
 
     def record_success(self, key: TagKey, seen_digest: str, manifest_digest: str, next_due: Optional[float] = None,
-                       now: Optional[float] = None) -> None:
-        """The tag is published at `manifest_digest`."""
+                       now: Optional[float] = None, signature: Optional[Tuple[Optional[str], Optional[str]]] = None
+                       ) -> None:
+        """The tag is published at `manifest_digest`. `signature`: (signed_by,
+        signed_where) of an image just published, (None, None) without a
+        policy; None keeps what the row holds (an unchanged tag)."""
         now = time.time() if now is None else now
+        signed_by, signed_where = signature or (None, None)
         with self._lock:
             self._conn.execute(
                 """INSERT INTO tag_state (source, tag, platform, dest, tag_path, seen_digest, manifest_digest,
-                                          published_digest, last_success, failures, next_due)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?)
+                                          published_digest, last_success, failures, next_due, signed_by, signed_where)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?)
                    ON CONFLICT (dest, tag, platform) DO UPDATE SET
                      source=excluded.source, tag_path=excluded.tag_path, seen_digest=excluded.seen_digest,
                      manifest_digest=excluded.manifest_digest, published_digest=excluded.published_digest,
-                     last_success=excluded.last_success, failures=0, next_due=excluded.next_due""",
+                     last_success=excluded.last_success, failures=0, next_due=excluded.next_due,
+                     signed_by=CASE WHEN ? THEN excluded.signed_by ELSE tag_state.signed_by END,
+                     signed_where=CASE WHEN ? THEN excluded.signed_where ELSE tag_state.signed_where END""",
                 (key.source, key.tag, key.platform, key.dest, key.tag_path, seen_digest, manifest_digest,
-                 manifest_digest, now, next_due))
+                 manifest_digest, now, next_due, signed_by, signed_where, signature is not None,
+                 signature is not None))
 
     def record_failure(self, key: TagKey, reason: str, next_due: Optional[float] = None,
                        now: Optional[float] = None) -> int:
@@ -309,8 +349,11 @@ class StateDB:
                      checked_at=excluded.checked_at""", (seen.repository, public, seen.reason[:2000], seen.checked_at))
 
     def visibilities(self) -> Dict[str, RepositoryVisibility]:
-        """The last probe's answer per source repository."""
+        """The last probe's answer per source repository (none in a database of
+        version 3 or older, opened read-only beside a service not yet upgraded)."""
         with self._lock:
+            if not _has_table(self._conn, "visibility_state"):
+                return {}
             rows = self._conn.execute("SELECT repository, public, reason, checked_at FROM visibility_state").fetchall()
         return {r[0]: RepositoryVisibility(r[0], None if r[1] is None else bool(r[1]), r[2], float(r[3]))
                 for r in rows}

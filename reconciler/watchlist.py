@@ -10,6 +10,7 @@ directory.
 
 from __future__ import annotations
 
+import logging
 import re
 import sys
 from dataclasses import dataclass, replace
@@ -23,15 +24,20 @@ else:  # pragma: no cover - exercised on Python < 3.11
 
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 
-from .config.section import Section, unknown_message
+from .config.section import Section, config_path, unknown_message
 from .config.values import MAX_DURATION_S, MIN_INTERVAL_S, parse_duration, parse_listen, parse_size
 from .config.watchlist_keys import (
     BACKENDS,
     DEFAULTS,
+    FOREIGN_TAG_POLICIES,
     IMAGE,
+    LIST,
+    LIST_FORMATS,
     PUBLISH,
     REGISTRY,
     SERVICE,
+    SIGNATURE,
+    SIGNATURE_NONE,
     STATE,
     TOP,
     VISIBILITIES,
@@ -40,15 +46,19 @@ from .config.watchlist_keys import (
 from .errors import ConfigError, InvalidReferenceError
 from .registry.manifest import Platform
 from .registry.reference import ImageReference, is_valid_tag, normalize_registry, parse_reference
+from .signatures.keys import KeyFormatError, TrustedKey, load_public_key
+from .signatures.policy import IdentityRule, SignaturePolicy
 from .webhooks import PROVIDERS
 
-__all__ = ["BACKENDS", "MAX_DURATION_S", "MIN_INTERVAL_S", "CvmfsTarget", "ImageEntry", "LocalTarget",
+__all__ = ["BACKENDS", "MAX_DURATION_S", "MIN_INTERVAL_S", "CvmfsTarget", "ImageEntry", "ListConfig", "LocalTarget",
            "PublishConfig", "PublishTarget", "RegistryConfig",
            "Watchlist", "WebhookConfig", "load_watchlist", "parse_duration", "parse_listen", "parse_size"]
 
 # Defaults the records share with the loader, from the declarations.
 _DEFAULT_INTERVAL = parse_duration(DEFAULTS.default_text("interval"))
 _DEFAULT_PLATFORMS = tuple(Platform.parse(p) for p in DEFAULTS.default_strings("platforms"))
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -89,6 +99,8 @@ class PublishConfig:
     gc_max_per_cycle: int = PUBLISH.default_whole("gc_max_per_cycle")
     name: str = ""  # "" for the one [publish] table, else <name> of [publish.<name>]
     visibility: Optional[str] = None  # "public" or "restricted" as the file says; None: the backend's default
+    # "keep" or "collect": an earlier tool's tag links no entry watches (a repository taken over).
+    foreign_tags: str = PUBLISH.default_text("foreign_tags")
 
     @property
     def backend(self) -> str:
@@ -114,6 +126,8 @@ class RegistryConfig:
     max_concurrency: int = REGISTRY.default_whole("max_concurrency")
     # Token services this registry may name on a private address (host or host:port).
     token_realms: Tuple[str, ...] = REGISTRY.default_strings("token_realms")
+    # Where requests go when not to `host` itself (a test registry, a full mirror).
+    address: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -140,16 +154,45 @@ class ImageEntry:
     interval: float = _DEFAULT_INTERVAL
     publish: str = ""  # the name of its target ("" for the one [publish] table)
     private_ok: bool = False  # it may go to a public target even if it needs credentials
+    tag_glob: Tuple[str, ...] = ()  # shell wildcards, as fnmatch: a selection like tag_pattern
+    origin: str = ""  # `file:line` of a [[list]]'s line; empty for an [[image]] block
+    signature: Optional[SignaturePolicy] = None  # None: published without a signature check
 
     @property
     def label(self) -> str:
         """How messages name this entry."""
-        return f"image[{self.index}] ({self.source.name})"
+        return f"{self.origin or f'image[{self.index}]'} ({self.source.name})"
 
     @property
     def lists_tags(self) -> bool:
         """True when the tags come from the registry's tag list."""
         return not self.tags
+
+
+@dataclass(frozen=True)
+class ListConfig:
+    """One `[[list]]` block: a list file another tool reads, read as it is
+    (reconciler/lists) at every cycle; its entries get these settings."""
+
+    index: int  # 1-based position among the [[list]] blocks
+    path: Path
+    format: str  # one of LIST_FORMATS
+    dest: str  # a template of $(registry) and $(repository)
+    platforms: Tuple[Platform, ...]
+    interval: float
+    publish: str = ""  # the target of its entries ("" for the one [publish] table)
+    signature: Optional[SignaturePolicy] = None  # its entries' ([defaults] signature)
+
+    @property
+    def label(self) -> str:
+        """How messages name this list."""
+        return f"list[{self.index}] ({self.path.name})"
+
+
+# The variables a [[list]]'s dest template may use, and each format's default
+# (the path its own tool publishes at).
+DEST_VARIABLES = ("$(registry)", "$(repository)")
+DEFAULT_LIST_DEST = {"osg": "$(repository)", "ducc": "$(registry)/$(repository)"}
 
 
 @dataclass(frozen=True)
@@ -169,6 +212,7 @@ class Watchlist:
     # Every publish target in file order ([publish] alone, or the [publish.<name>]
     # tables); `publish` is the first. Empty: `publish` is the only one.
     targets: Tuple[PublishConfig, ...] = ()
+    lists: Tuple[ListConfig, ...] = ()
     # The one [publish.<name>] this process runs (`reconcile --target`, a publisher
     # node of a sharded repository); its state directory is then the target's own.
     node: str = ""
@@ -209,7 +253,8 @@ class Watchlist:
                                   "one of several named targets (one per publisher node)")
             raise ConfigError(f"{where}: {unknown_message(name, names, 'target')}")
         target = next(t for t in self.publish_targets if t.name == name)
-        return replace(self.for_target(target), state_dir=self.target_state_dir(target), node=name)
+        return replace(self.for_target(target), state_dir=self.target_state_dir(target), node=name,
+                       lists=tuple(config for config in self.lists if config.publish == name))
 
 
 _TARGET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
@@ -254,6 +299,8 @@ def _check_known_keys(file: str, data: Any) -> None:
     for declared in _SIMPLE_TABLES:
         if isinstance(data.get(declared.title), dict):
             Section(file, declared.title, data[declared.title], declared)
+    if isinstance(data.get("defaults"), dict) and isinstance(data["defaults"].get("signature"), dict):
+        Section(file, "defaults.signature", data["defaults"]["signature"], SIGNATURE)
     registries = data.get("registries")
     if isinstance(registries, dict):
         for host, table in registries.items():
@@ -270,6 +317,13 @@ def _check_known_keys(file: str, data: Any) -> None:
         for index, table in enumerate(images, start=1):
             if isinstance(table, dict):
                 Section(file, _image_where(index, table), table, IMAGE)
+                if isinstance(table.get("signature"), dict):
+                    Section(file, f"{_image_where(index, table)}.signature", table["signature"], SIGNATURE)
+    lists = data.get("list")
+    if isinstance(lists, list):
+        for index, table in enumerate(lists, start=1):
+            if isinstance(table, dict):
+                Section(file, f"list[{index}]", table, LIST)
 
 
 def _check_provider(file: str, provider: str) -> None:
@@ -318,6 +372,8 @@ def load_watchlist(path: Path, node: Optional[str] = None) -> Watchlist:
     interval = defaults.duration("interval", minimum=MIN_INTERVAL_S)
     platforms = defaults.platforms("platforms", _DEFAULT_PLATFORMS)
     default_target = _default_target(defaults, targets)
+    keys = _KeyFiles(base)
+    signature = _signature(defaults, keys, None)
 
     registries = _registries(name, top, base)
     service = Section(name, "service", top.table("service"), SERVICE)
@@ -328,9 +384,10 @@ def load_watchlist(path: Path, node: Optional[str] = None) -> Watchlist:
         except ValueError as exc:
             raise service.error("listen", str(exc)) from None
     webhooks = _webhooks(name, top, base)
-    images = _images(name, top, interval, platforms, default_target, targets)
+    images = _images(name, top, interval, platforms, default_target, targets, signature, keys)
+    lists = _lists(name, top, base, interval, platforms, default_target, targets, signature)
     watchlist = Watchlist(path, targets[0], state_dir, blob_cache_max, interval, platforms, registries, listen,
-                          webhooks, images, targets)
+                          webhooks, images, targets, lists)
     return watchlist.select_node(node) if node is not None else watchlist
 
 
@@ -415,10 +472,15 @@ def _publish(pub: Section, base: Path, name: str = "") -> PublishConfig:
     gc_max = _declared_whole(pub, "gc_max_per_cycle")
     if gc_max < 0:
         raise pub.error("gc_max_per_cycle", "expected 0 (never collect) or more")
+    foreign_tags = pub.text("foreign_tags")
+    if foreign_tags not in FOREIGN_TAG_POLICIES:
+        raise pub.error("foreign_tags", f"expected one of {', '.join(map(repr, FOREIGN_TAG_POLICIES))}, "
+                                        f"got {foreign_tags!r}")
     visibility = pub.text("visibility")
     if visibility is not None and visibility not in VISIBILITIES:
         raise pub.error("visibility", f"expected one of {', '.join(map(repr, VISIBILITIES))}, got {visibility!r}")
-    return PublishConfig(target, root, tuple(p.strip("/") for p in bind_points), gc_grace, gc_max, name, visibility)
+    return PublishConfig(target, root, tuple(p.strip("/") for p in bind_points), gc_grace, gc_max, name, visibility,
+                         foreign_tags=foreign_tags)
 
 
 def _publish_target(pub: Section, base: Path, backend: str) -> Tuple[PublishTarget, Path]:
@@ -474,6 +536,7 @@ def _registry(reg: Section, host: str, base: Path) -> RegistryConfig:
         mirror=reg.text("mirror"),
         max_concurrency=_declared_whole(reg, "max_concurrency"),
         token_realms=tuple(reg.strings("token_realms") or ()),
+        address=reg.text("address"),
     )
     for realm in config.token_realms:
         if not _REGISTRY_HOST.fullmatch(realm):
@@ -486,6 +549,9 @@ def _registry(reg: Section, host: str, base: Path) -> RegistryConfig:
         raise reg.error("username", "required when a password is configured")
     if config.max_concurrency < 1:
         raise reg.error("max_concurrency", "expected at least 1")
+    if config.address is not None and not _REGISTRY_HOST.fullmatch(config.address):
+        raise reg.error("address", 'expected a host and port such as "127.0.0.1:5000", without "https://" or a path '
+                                   "(plain http: insecure = true)")
     if config.mirror and not re.match(r"^https?://[^/]+", config.mirror):
         raise reg.error("mirror", "expected a URL such as \"http://mirror:5000\"")
     return config
@@ -514,14 +580,16 @@ def _webhooks(file: str, top: Section, base: Path) -> Dict[str, WebhookConfig]:
 
 
 def _images(file: str, top: Section, interval: float, platforms: Tuple[Platform, ...],
-            default_target: Optional[str], targets: Tuple[PublishConfig, ...]) -> Tuple[ImageEntry, ...]:
-    """The [[image]] blocks, in file order; two with one dest are refused."""
+            default_target: Optional[str], targets: Tuple[PublishConfig, ...], signature: Optional[SignaturePolicy],
+            keys: "_KeyFiles") -> Tuple[ImageEntry, ...]:
+    """The [[image]] blocks, in file order; two with one dest are refused.
+    `signature` is the [defaults]' (None: no policy)."""
     raw = top.data.get("image", [])
     if isinstance(raw, dict):
         raise top.error("image", "expected a list of [[image]] tables: write [[image]], with double brackets, "
                                  "not [image]")
     entries = top.tables("image")
-    images = [_image_entry(file, i, table, interval, platforms, default_target, targets)
+    images = [_image_entry(file, i, table, interval, platforms, default_target, targets, signature, keys)
               for i, table in enumerate(entries, start=1)]
     seen: Dict[str, int] = {}
     for entry in images:
@@ -533,8 +601,9 @@ def _images(file: str, top: Section, interval: float, platforms: Tuple[Platform,
 
 
 def _image_entry(file: str, index: int, table: Any, interval: float, platforms: Tuple[Platform, ...],
-                 default_target: Optional[str], targets: Tuple[PublishConfig, ...]) -> ImageEntry:
-    """One [[image]] block; `interval`, `platforms` and `default_target` are the [defaults]."""
+                 default_target: Optional[str], targets: Tuple[PublishConfig, ...],
+                 signature: Optional[SignaturePolicy], keys: "_KeyFiles") -> ImageEntry:
+    """One [[image]] block; `interval`, `platforms`, `default_target` and `signature` are the [defaults]."""
     sec = Section(file, _image_where(index, table), table, IMAGE)
     source_text = sec.text("source")
     if not source_text:
@@ -549,26 +618,102 @@ def _image_entry(file: str, index: int, table: Any, interval: float, platforms: 
     tag_pattern = sec.text("tag_pattern")
     semver = sec.text("semver")
     newest = sec.whole("newest")
-    _check_selection(sec, tags, tag_pattern, semver, newest)
+    _check_selection(sec, tags, tag_pattern, semver, newest, sec.strings("tag_glob"))
     dest = (sec.text("dest") or source.name).strip("/")
-    last = dest.rsplit("/", 1)[-1]
-    if (not dest or any(p in ("", ".", "..") or p.startswith(".") for p in dest.split("/"))
-            or ":" in last or "@" in last):
-        raise sec.error("dest", "expected a relative path of plain names (no '..', no leading dots, "
-                                f"no ':' or '@' in the last name), got {dest!r}")
+    problem = dest_problem(dest)
+    if problem:
+        raise sec.error("dest", problem)
+    target = _entry_target(sec, default_target, targets)
+    return ImageEntry(index, source, tuple(tags or ()), tag_pattern, semver, newest, dest,
+                      sec.platforms("platforms", platforms), sec.duration("interval", interval, MIN_INTERVAL_S),
+                      target, sec.flag("private_ok"), tuple(sec.strings("tag_glob") or ()),
+                      signature=_signature(sec, keys, signature))
+
+
+def _entry_target(sec: Section, default_target: Optional[str], targets: Tuple[PublishConfig, ...]) -> str:
+    """The target an [[image]] or [[list]] block names, or the default one."""
     target = sec.text("publish")
     if target is not None:
         _check_target_name(sec, "publish", target, targets)
-    elif default_target is None:
+        return target
+    if default_target is None:
         raise sec.error("publish", "required with several targets: one of "
                                    f"{', '.join(repr(t.name) for t in targets)} (or set [defaults] publish)")
-    return ImageEntry(index, source, tuple(tags or ()), tag_pattern, semver, newest, dest,
-                      sec.platforms("platforms", platforms), sec.duration("interval", interval, MIN_INTERVAL_S),
-                      target if target is not None else default_target or "", sec.flag("private_ok"))
+    return default_target
+
+
+def could_match_tags(glob: str) -> bool:
+    """True when `glob` holds only characters a tag or a wildcard can: ASCII,
+    printable, no space, no '/', ':' or '@'."""
+    return bool(glob) and all(c.isascii() and c.isprintable() and not c.isspace() and c not in "/:@" for c in glob)
+
+
+def dest_problem(dest: str) -> Optional[str]:
+    """Why `dest` cannot be where tags are published, or None when it can."""
+    last = dest.rsplit("/", 1)[-1]
+    if (not dest or any(p in ("", ".", "..") or p.startswith(".") for p in dest.split("/"))
+            or ":" in last or "@" in last):
+        return ("expected a relative path of plain names (no '..', no leading dots, "
+                f"no ':' or '@' in the last name), got {dest!r}")
+    return None
+
+
+class _KeyFiles:
+    """The signature keys of one watchlist, each file read and parsed once."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self._loaded: Dict[Path, TrustedKey] = {}
+
+    def load(self, sec: Section, text: str) -> TrustedKey:
+        """The key in file `text`; ConfigError naming the file, the table and the key otherwise."""
+        try:
+            path = config_path(self.base, text)
+        except ValueError as exc:
+            raise sec.error("signature.keys", str(exc)) from None
+        if path in self._loaded:
+            return self._loaded[path]
+        try:
+            pem = path.read_bytes()
+        except OSError as exc:
+            raise sec.error("signature.keys", f"cannot read the key {path}: {exc.strerror}") from None
+        try:
+            key = load_public_key(pem, str(path))
+        except KeyFormatError as exc:
+            raise sec.error("signature.keys", f"{path}: {exc}") from None
+        self._loaded[path] = key
+        return key
+
+
+def _signature(sec: Section, keys: _KeyFiles, inherited: Optional[SignaturePolicy]) -> Optional[SignaturePolicy]:
+    """The table's `signature`: its own policy, none ("none"), or `inherited` when absent."""
+    value = sec.get("signature")
+    if value is None:
+        return inherited
+    if value == SIGNATURE_NONE:
+        return None
+    if not isinstance(value, dict):
+        raise sec.error("signature", f'expected a table {{ keys = ["cosign.pub"] }} or "{SIGNATURE_NONE}", '
+                                     f"got {value!r}"[:200])
+    table = Section(sec.file, f"{sec.where}.signature", value, SIGNATURE)
+    paths = table.strings("keys")
+    if not paths:
+        raise table.error("keys", 'required: the cosign public keys that may sign, e.g. ["cosign.pub"]')
+    identity_text = table.text("identity")
+    assert identity_text is not None  # declared with a default
+    try:
+        identity = IdentityRule.parse(identity_text)
+    except ValueError as exc:
+        raise table.error("identity", str(exc)) from None
+    loaded = tuple(dict.fromkeys(keys.load(sec, p) for p in paths))
+    for key in loaded:
+        log.info("%s: %s.signature: key %s, SHA-256 fingerprint %s", sec.file, sec.where, key.source,
+                 key.fingerprint)
+    return SignaturePolicy(loaded, identity)
 
 
 def _check_selection(sec: Section, tags: Optional[List[str]], tag_pattern: Optional[str], semver: Optional[str],
-                     newest: Optional[int]) -> None:
+                     newest: Optional[int], tag_glob: Optional[List[str]]) -> None:
     """Exact tags, or a selection from the registry's tag list; not both, not neither."""
     if tags is not None:
         if not tags:
@@ -576,12 +721,19 @@ def _check_selection(sec: Section, tags: Optional[List[str]], tag_pattern: Optio
         bad = [t for t in tags if not is_valid_tag(t)]
         if bad:
             raise sec.error("tags", f"{bad[0]!r} is not a valid tag")
-        if tag_pattern or semver or newest is not None:
-            raise sec.error("tags", "give either exact `tags` or a selection (`tag_pattern`, `semver`, `newest`), "
-                                    "not both")
-    elif not (tag_pattern or semver):
-        raise sec.error("tags", "required: a list of tags, or `tag_pattern` / `semver` to select from the "
-                                "registry's tags")
+        if tag_pattern or semver or newest is not None or tag_glob is not None:
+            raise sec.error("tags", "give either exact `tags` or a selection (`tag_pattern`, `tag_glob`, `semver`, "
+                                    "`newest`), not both")
+    elif not (tag_pattern or semver or tag_glob is not None):
+        raise sec.error("tags", "required: a list of tags, or `tag_pattern` / `tag_glob` / `semver` to select "
+                                "from the registry's tags")
+    if tag_glob is not None:
+        if not tag_glob:
+            raise sec.error("tag_glob", "expected at least one wildcard such as \"rhel7-*\"")
+        bad = [g for g in tag_glob if not could_match_tags(g)]
+        if bad:
+            raise sec.error("tag_glob", f"{bad[0]!r} holds characters no tag has (tags are ASCII letters, digits, "
+                                        "'_', '.' and '-')")
     if tag_pattern:
         try:
             re.compile(tag_pattern)
@@ -598,3 +750,40 @@ def _check_selection(sec: Section, tags: Optional[List[str]], tag_pattern: Optio
             raise sec.error("semver", f"not a version range such as \">=1.2,<2\": {semver!r}") from None
     if newest is not None and newest < 1:
         raise sec.error("newest", "expected at least 1")
+
+
+def _lists(file: str, top: Section, base: Path, interval: float, platforms: Tuple[Platform, ...],
+           default_target: Optional[str], targets: Tuple[PublishConfig, ...],
+           signature: Optional[SignaturePolicy]) -> Tuple[ListConfig, ...]:
+    """The [[list]] blocks, in file order (their files are read by reconciler.lists);
+    their entries take the [defaults] `signature`."""
+    raw = top.data.get("list", [])
+    if isinstance(raw, dict):
+        raise top.error("list", "expected a list of [[list]] tables: write [[list]], with double brackets, "
+                                "not [list]")
+    out: List[ListConfig] = []
+    for index, table in enumerate(top.tables("list"), start=1):
+        sec = Section(file, f"list[{index}]", table, LIST)
+        path = sec.path("path", base)
+        if path is None:
+            raise sec.error("path", "required: the list file, e.g. \"docker_images.txt\"")
+        form = sec.text("format")
+        if form not in LIST_FORMATS:
+            raise sec.error("format", f"expected one of {', '.join(map(repr, LIST_FORMATS))}, got {form!r}")
+        dest = sec.text("dest") or DEFAULT_LIST_DEST[form]
+        if "$(repository)" not in dest:
+            raise sec.error("dest", "expected a template with $(repository) (else every image of the list would "
+                                    f"publish at one path), got {dest!r}")
+        leftover = dest
+        for variable in DEST_VARIABLES:
+            leftover = leftover.replace(variable, "x")
+        if "$(" in leftover:
+            raise sec.error("dest", f"the variables are {' and '.join(DEST_VARIABLES)}; the tag is added after "
+                                    f"':' by itself; got {dest!r}")
+        problem = dest_problem(leftover.strip("/"))
+        if problem:
+            raise sec.error("dest", problem)
+        out.append(ListConfig(index, path, form, dest, sec.platforms("platforms", platforms),
+                              sec.duration("interval", interval, MIN_INTERVAL_S),
+                              _entry_target(sec, default_target, targets), signature))
+    return tuple(out)

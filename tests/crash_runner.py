@@ -3,8 +3,11 @@
 CRASH_AT picks the moment:
 - `download`: once the first blob bytes have arrived;
 - `apply` (the default): after 3 entries of layer CRASH_AFTER_LAYERS + 1;
-- `set-tag`: after the first tag of the cycle was moved (the local backend publishes tag by tag);
-- `commit`: after everything was applied, before the transaction is committed.
+- `set-tag`: after the first tag of the cycle was moved (the local backend publishes tag by tag;
+  CRASH_AFTER_CALLS, default 1, says after how many: also for the two below);
+- `commit`: after everything was applied, before the transaction is committed;
+- `remove-tag`: at a tag link removal of the cycle (a takeover collecting the old tool's links);
+- `collect`: at a removal of an earlier tool's image directory.
 Killing during `cvmfs_server publish` is the test double's own switch
 (CVMFS_DOUBLE_DIE_IN_PUBLISH), as the whole process group dies there.
 """
@@ -22,6 +25,8 @@ from reconciler.publish.local import LocalTransaction
 
 AT = os.environ.get("CRASH_AT", "apply")
 AFTER_LAYERS = int(os.environ.get("CRASH_AFTER_LAYERS", "1"))
+# set-tag, remove-tag, collect: how many calls go through before the one that dies.
+AFTER_CALLS = int(os.environ.get("CRASH_AFTER_CALLS", "1"))
 
 
 def die() -> None:
@@ -67,7 +72,13 @@ elif AT == "apply":
 
     build_stage.apply_layer = dying_apply
 elif AT == "set-tag":
-    PublishTransaction.set_tag = after(1, PublishTransaction.set_tag)  # type: ignore[method-assign]
+    PublishTransaction.set_tag = after(AFTER_CALLS, PublishTransaction.set_tag)  # type: ignore[method-assign]
+elif AT == "remove-tag":
+    PublishTransaction.remove_tag = after(AFTER_CALLS, PublishTransaction.remove_tag)  # type: ignore[method-assign]
+elif AT == "collect":
+    PublishTransaction.remove_foreign_image = after(  # type: ignore[method-assign]
+        AFTER_CALLS, PublishTransaction.remove_foreign_image)
+    LocalTransaction.remove_foreign_image = after(AFTER_CALLS, LocalTransaction.remove_foreign_image)  # type: ignore
 elif AT == "commit":
     LocalTransaction.commit = after(0, LocalTransaction.commit)  # type: ignore[method-assign]
     CvmfsTransaction.commit = after(0, CvmfsTransaction.commit)  # type: ignore[method-assign]

@@ -121,6 +121,9 @@ class FakePublisher:
     def tag_links(self) -> Dict[str, str]:
         return dict(self.links)
 
+    def foreign_links(self) -> Dict[str, str]:
+        return {}
+
 
 def snapshot(top: Path) -> Dict[str, Tuple[int, int, int, str]]:
     """Every path under `top`: mode, size, mtime and (files) content hash."""

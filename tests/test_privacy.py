@@ -337,3 +337,70 @@ def test_an_entry_moved_to_another_target_leaves_the_old_one(tmp_path, acl_regis
     assert main(["--once", "--watchlist", str(path)]) == 0
     assert (tmp_path / "restricted" / "basic:v1").is_dir()
     assert not os.path.lexists(tmp_path / "public" / "basic:v1")
+
+
+def test_a_service_cycle_of_other_entries_removes_the_tags_of_an_entry_moved_away(tmp_path, acl_registry):
+    # The service plans only the entries due: the target an entry left has none of them.
+    image = 'fixtures/basic"\ntags = ["v1"]\ndest = "basic"\npublish = "{}"'
+    other = 'fixtures/manytags"\ntags = ["t000"]\ndest = "many"\npublish = "members"'
+    path = write(tmp_path, acl_registry, TWO_TARGETS, [image.format("open"), other])
+    assert main(["--once", "--watchlist", str(path)]) == 0
+    assert (tmp_path / "public" / "basic:v1").is_dir()
+    write(tmp_path, acl_registry, TWO_TARGETS, [image.format("members"), other])
+    watchlist = load_watchlist(path)
+    reconciler = Reconciler(watchlist, retry=RetryPolicy(attempts=2, base_delay=0.01))
+    try:
+        reconciler.run_once(entries=[e for e in watchlist.images if e.dest == "many"])
+    finally:
+        reconciler.close()
+    assert not os.path.lexists(tmp_path / "public" / "basic:v1")
+
+
+def test_a_target_that_fails_as_a_whole_fails_its_entries_only(tmp_path, acl_registry, monkeypatch):
+    from reconciler.errors import PublishError
+
+    path = write(tmp_path, acl_registry, TWO_TARGETS,
+                 ['fixtures/basic"\ntags = ["v1"]\ndest = "basic"\npublish = "open"',
+                  'fixtures/edges"\ntags = ["latest"]\ndest = "edges"\npublish = "members"'])
+    reconciler = Reconciler(load_watchlist(path), retry=RetryPolicy(attempts=2, base_delay=0.01))
+    broken = reconciler.targets[0].publisher
+
+    def cannot_recover() -> None:
+        raise PublishError("cvmfs_server: the repository is gone")
+
+    monkeypatch.setattr(broken, "needs_recovery", True)
+    monkeypatch.setattr(broken, "recover", cannot_recover)
+    try:
+        report = reconciler.run_once()
+        assert [(e.dest, reason) for e, reason in report.entry_failures] == [
+            ("basic", "the cycle of [publish.open] (the publish root " + str(tmp_path / "public")
+             + ") failed: cvmfs_server: the repository is gone")]
+        assert [(o.entry.dest, o.status.value) for o in report.outcomes] == [("edges", "published")]
+        assert reconciler.targets[0].state.entry_failure("basic") is not None
+    finally:
+        reconciler.close()
+    assert (tmp_path / "restricted" / "edges:latest").is_dir()
+
+
+def test_a_dry_run_beside_a_state_database_of_version_3(tmp_path, own_token_registry, capsys):
+    import sqlite3
+
+    registry = own_token_registry
+    registry.push("basic", "stable")
+    path = write(tmp_path, registry, PUBLIC, ['team/app"\ntags = ["stable"]\ndest = "app"'])
+    assert main(["--once", "--watchlist", str(path)]) == 0
+    with sqlite3.connect(tmp_path / "state" / "state.db") as conn:  # as a service not yet upgraded keeps it
+        conn.execute("DROP TABLE visibility_state")
+    registry.push("edges", "stable")
+    capsys.readouterr()
+    assert main(["--once", "--dry-run", "--watchlist", str(path)]) == 0
+    captured = capsys.readouterr()
+    assert "planned" in captured.out and "Traceback" not in captured.err
+
+
+def test_named_targets_refuse_a_transaction_marker_of_the_single_target(tmp_path, acl_registry, capsys):
+    path = write(tmp_path, acl_registry, TWO_TARGETS, ['fixtures/basic"\ntags = ["v1"]\npublish = "open"'])
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "cvmfs-transaction.json").write_text("{}")
+    assert main(["--once", "--watchlist", str(path)]) == 3
+    assert "records a transaction opened when the watchlist had one [publish] table" in capsys.readouterr().err

@@ -39,3 +39,42 @@ def test_a_v1_database_is_migrated_with_its_rows_and_image_owners(tmp_path):
         state.close()
     tables = {r[0] for r in sqlite3.connect(path).execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert tables == {"tag_state", "image_state", "entry_state", "visibility_state"}
+
+
+V3_TAG_STATE = """
+CREATE TABLE tag_state (source TEXT NOT NULL, tag TEXT NOT NULL, platform TEXT NOT NULL, dest TEXT NOT NULL,
+    tag_path TEXT NOT NULL, seen_digest TEXT, manifest_digest TEXT, published_digest TEXT, last_success REAL,
+    last_failure REAL, failure_reason TEXT, failures INTEGER NOT NULL DEFAULT 0, next_due REAL,
+    PRIMARY KEY (dest, tag, platform));
+INSERT INTO tag_state VALUES ('reg/team/app', 'v1', 'linux/amd64', 'app', 'app:v1', 'sha256:a', 'sha256:b',
+    'sha256:b', 100.0, NULL, NULL, 0, 200.0);
+PRAGMA user_version=3;
+"""
+
+
+def test_a_v3_database_reads_read_only_and_gains_the_signature_columns_when_opened(tmp_path):
+    from reconciler.state import TagKey
+
+    path = tmp_path / "state.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(V3_TAG_STATE)
+    conn.close()
+    # --dry-run beside a service not yet upgraded: reads, writes nothing, no signer known
+    reader = StateDB.read_only(path)
+    try:
+        (row,) = reader.all()
+        assert row.published_digest == "sha256:b" and row.signed_by is None
+    finally:
+        reader.close()
+    state = StateDB(path)
+    try:
+        key = TagKey("app", "v1", "linux/amd64", "reg/team/app", "app:v1")
+        state.record_success(key, "sha256:c", "sha256:d", signature=("f" * 64, "reg/team/app:sha256-c….sig"))
+        assert state.get("app", "v1", "linux/amd64").signed_by == "f" * 64
+        state.record_success(key, "sha256:c", "sha256:d")  # unchanged: keeps who signed it
+        assert state.get("app", "v1", "linux/amd64").signed_where == "reg/team/app:sha256-c….sig"
+        state.record_success(key, "sha256:e", "sha256:f", signature=(None, None))  # published without a policy
+        assert state.get("app", "v1", "linux/amd64").signed_by is None
+    finally:
+        state.close()
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == 5

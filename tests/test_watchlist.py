@@ -151,7 +151,7 @@ UNKNOWN_FIRST = [
     ('[publish]\nbackend = "nfs"\nrooot = "x"\n', r'^watchlist.toml: publish: unknown key "rooot" \(did you mean "root"\?\)$'),
     ('[[image]]\nsource = "alpine"\ntags = ["1"]\ncolour = "red"\n',
      r'image\[1\] \(docker.io/library/alpine\): unknown key "colour" \(known keys here: dest, interval, newest, '
-     r'platforms, .*source, tag_pattern, tags\)'),
+     r'platforms, .*source, tag_glob, tag_pattern, tags\)'),
     ('[[image]]\nsource = "Alpine"\ntagz = ["1"]\n', r'^watchlist.toml: image\[1\]: unknown key "tagz"'),
     ('[[image]]\nsource = "alpine"\ntags = ["1"]\n[[image]]\nsorce = "ghcr.io/x/y"\ntags = ["1"]\n',
      r'image\[2\]: unknown key "sorce" \(did you mean "source"\?\)'),

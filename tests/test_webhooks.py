@@ -8,11 +8,13 @@ import hashlib
 import hmac
 import json
 import time
+from dataclasses import replace
 
 import httpx
 import pytest
 
 from reconciler.errors import ConfigError
+from reconciler.registry.reference import ImageReference
 from reconciler.service.app import build_app
 from reconciler.service.hook_secrets import load_hook_secrets
 from reconciler.service.metrics import Metrics
@@ -551,3 +553,16 @@ def test_connections_over_the_cap_are_closed_at_once(client):
         finally:
             for sock in quiet:
                 sock.close()
+
+
+def test_a_hook_matches_entries_a_list_added_after_the_start(client):
+    """The service's watchlist grows when a [[list]] file is read again at a
+    cycle: the hooks match the entries of now, not those of the start."""
+    images = client.service.watchlist.images
+    added = replace(images[0], index=len(images) + 1, source=ImageReference("registry.example.org", "team/new"),
+                    dest="team/new", origin="docker_images.txt:3")
+    client.service.watchlist = replace(client.service.watchlist, images=images + (added,))
+    response = client.post("/hooks/distribution", content=envelope("team/new"),
+                           headers={"Authorization": f"Bearer {SECRET}"})
+    assert response.status_code == 202
+    assert client.service.nudged == [[len(images) + 1]]

@@ -23,6 +23,7 @@ from ..errors import IntegrityError, LayerError, PublishError, ReconcilerError
 from ..fetch import ResolvedImage
 from ..publish import Publisher, PublishTransaction
 from ..publish.base import Build, remove_tree
+from ..registry.reference import is_valid_digest
 from ..state import TagState
 from .outcome import ImageOutcome, describe_failure, report_failure
 from .results import BuildResult
@@ -60,12 +61,15 @@ class BuildStage:
         self.gc_grace = gc_grace  # only said in messages: the plan chose what to collect
         self.progress = progress
 
-    def publish(self, changes: List[ImageOutcome], removals: Sequence[TagState], doomed: Sequence[str]) -> BuildResult:
-        """One transaction for `changes` (planned outcomes), the tag `removals` and
-        the images in `doomed` (each checked again against the links as they are
-        then); none when there is nothing to do. Returns what it did."""
+    def publish(self, changes: List[ImageOutcome], removals: Sequence[TagState], doomed: Sequence[str],
+                foreign_removals: Sequence[str] = ()) -> BuildResult:
+        """One transaction for `changes` (planned outcomes), the tag `removals`, the
+        earlier tool's links to collect (`foreign_removals`) and the images in
+        `doomed` (ours by digest, an earlier tool's by path; each checked again
+        against the links as they are then); none when there is nothing to do.
+        Returns what it did."""
         result = BuildResult(removed=list(removals))
-        if not (changes or removals or doomed):
+        if not (changes or removals or doomed or foreign_removals):
             return result
         names = sorted({o.name for o in changes})
         message = "reconciler: " + (", ".join(names[:20]) + (" …" if len(names) > 20 else "") or "tag removals")
@@ -78,6 +82,10 @@ class BuildStage:
                 for row in removals:
                     txn.remove_tag(row.tag_path)
                     log.info("removed tag %s (no longer watched)", row.tag_path)
+                for tag_path in foreign_removals:
+                    txn.remove_tag(tag_path)
+                    log.info("removed tag %s of an earlier tool: no entry watches it ([publish] foreign_tags = "
+                             "\"collect\")", tag_path)
                 self._collect(txn, doomed, result)
         except Exception as exc:  # the transaction failed: contained to its changes
             self._transaction_failed(exc, changes, result)
@@ -192,13 +200,17 @@ class BuildStage:
         """Remove unreferenced images, checking the links as they are now, in this transaction."""
         if not doomed:
             return
-        live = set(self.publisher.tag_links().values())
-        on_disk = set(self.publisher.images())
+        # Ours by digest, an earlier tool's by path: any link, ours or theirs, keeps one.
+        live = set(self.publisher.tag_links().values()) | set(self.publisher.foreign_links().values())
+        on_disk = set(self.publisher.images()) | set(self.publisher.foreign_images())
         for digest in doomed:
             if digest in live or digest not in on_disk:
                 continue
             try:
-                txn.remove_image(digest)
+                if is_valid_digest(digest):
+                    txn.remove_image(digest)
+                else:
+                    txn.remove_foreign_image(digest)
             except Exception as exc:  # one image that cannot go never stops the others
                 log.error("cannot remove the unused image %s: %s; trying again next cycle", digest[:19],
                           describe_failure(exc, self.publisher.root))

@@ -15,7 +15,7 @@ import logging
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Dict, FrozenSet, List, Optional, Protocol, Tuple
+from typing import TYPE_CHECKING, Dict, FrozenSet, List, Optional, Protocol, Tuple
 
 from ..errors import ReconcilerError
 from ..fetch import ResolvedImage
@@ -24,6 +24,9 @@ from ..registry.manifest import Descriptor, Platform
 from ..safetext import inert
 from ..state import TagKey, TagState
 from ..watchlist import ImageEntry
+
+if TYPE_CHECKING:
+    from .takeover import TakeoverPlan
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +83,11 @@ class ImageOutcome:
     unchanged_at: Optional[Tuple[str, str]] = None
     reason: str = ""
     downloaded: int = 0
-    refusal: str = ""  # when a policy of the target refused it: which ("private", "visibility-unknown")
+    refusal: str = ""  # when a policy of the target refused it: which ("private", "visibility-unknown", "signature")
+    # Who signed it (the key's SHA-256 SPKI fingerprint) and where the
+    # signature was found, once the signature gate accepted it.
+    signed_by: Optional[str] = None
+    signed_where: Optional[str] = None
 
     @property
     def name(self) -> str:
@@ -148,6 +155,7 @@ class CycleReport:
     entries: List[ImageEntry] = field(default_factory=list)  # the entries the cycle planned
     collected: List[str] = field(default_factory=list)
     transactions: int = 0
+    takeovers: List["TakeoverPlan"] = field(default_factory=list)  # an earlier tool's tag links, per target
 
     @property
     def failed(self) -> bool:
@@ -161,6 +169,7 @@ class CycleReport:
         self.entries.extend(other.entries)
         self.collected.extend(other.collected)
         self.transactions += other.transactions
+        self.takeovers.extend(other.takeovers)
 
     def summary(self) -> str:
         """A human-readable summary, one line per change or failure. Each line is
@@ -178,6 +187,9 @@ class CycleReport:
             lines.append(f"  collected {digest[:19]} (unreferenced past the grace period)")
         for entry, reason in self.entry_failures:
             lines.append(f"  FAILED    {entry.label}: {reason}")
+        for takeover in self.takeovers:
+            if takeover.found:
+                lines += takeover.lines()
         for o in self.outcomes:
             if o.status is Status.FAILED:
                 lines.append(f"  FAILED    {o.name}: {o.reason}")

@@ -11,6 +11,7 @@ stage printed, and can run beside a service.
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -24,15 +25,21 @@ from ..applier import compression_for
 from ..blobstore import BlobStore
 from ..fetch import current_digest, resolve_image
 from ..publish.layout import tag_relpath
-from ..registry.reference import is_valid_tag
+from ..registry.reference import is_valid_digest, is_valid_tag
 from ..state import TagState
 from ..watchlist import ImageEntry, Watchlist
 from .outcome import CycleReport, ImageOutcome, Registries, Status, describe_failure, traceback_for
+from .takeover import TakeoverPlan, plan_takeover
 
 log = logging.getLogger(__name__)
 
 # Requests in flight while planning (each registry client also bounds its own).
 PLAN_WORKERS = 16
+
+# Tags cosign (and OCI 1.1's referrers fallback) derive from a digest: a
+# signature, an attestation, an SBOM, a referrers index. Never images, so
+# never selected, however broad the tag_pattern (it is matched with re.search).
+ATTACHMENT_TAG = re.compile(r"sha256-[0-9a-f]{64}(\.(sig|att|sbom))?")
 
 
 class PublishedTags(Protocol):
@@ -43,6 +50,9 @@ class PublishedTags(Protocol):
 
     def tag_links(self) -> Dict[str, str]:
         """Every tag link into the image store, and the digest it links to."""
+
+    def foreign_links(self) -> Dict[str, str]:
+        """Every link into an earlier tool's image directory, and that directory."""
 
 
 class StateReader(Protocol):
@@ -67,6 +77,8 @@ class Plan:
     removals: List[TagState] = field(default_factory=list)  # published tags no longer watched
     gc_candidates: List[str] = field(default_factory=list)  # images unreferenced past the grace period
     fetched: Dict[str, bytes] = field(default_factory=dict)  # manifests and configs not in the blob store yet
+    # An earlier tool's tag links (a repository taken over): replaced, kept, collected.
+    takeover: TakeoverPlan = field(default_factory=TakeoverPlan)
 
     @property
     def unlisted_dests(self) -> Set[str]:
@@ -82,7 +94,7 @@ class Plan:
     def report(self) -> CycleReport:
         """A report of this plan, sharing its outcomes (`results.cycle_report` moves them on)."""
         return CycleReport(outcomes=self.outcomes, entry_failures=self.entry_failures, removed=list(self.removals),
-                           entries=list(self.entries))
+                           entries=list(self.entries), takeovers=[self.takeover])
 
 
 def version_order(tag: str, versions: Dict[str, Version]) -> Tuple[int, object, str]:
@@ -93,8 +105,13 @@ def version_order(tag: str, versions: Dict[str, Version]) -> Tuple[int, object, 
 
 
 def select_tags(entry: ImageEntry, available: Sequence[str]) -> List[str]:
-    """Apply an entry's `tag_pattern`, `semver` and `newest` to a tag list."""
-    tags = list(available)
+    """Apply an entry's `tag_glob`, `tag_pattern`, `semver` and `newest` to a tag list
+    (attachment tags, `sha256-<hex>.sig` and the like, are never selected)."""
+    tags = [t for t in available if not ATTACHMENT_TAG.fullmatch(t)]
+    if entry.tag_glob:
+        # fnmatchcase: fnmatch without the OS's case folding, which on POSIX
+        # (where cvmfs-singularity-sync runs fnmatch.filter) is none anyway.
+        tags = [t for t in tags if any(fnmatch.fnmatchcase(t, g) for g in entry.tag_glob)]
     if entry.tag_pattern:
         pattern = re.compile(entry.tag_pattern)
         tags = [t for t in tags if pattern.search(t)]
@@ -216,8 +233,12 @@ def plan(watchlist: Watchlist, registries: Registries, store: BlobStore, publish
             done.result()
     out.fetched = reader.fetched()
     out.removals = _removals(watchlist, planned if entries else None, out, rows, published)
+    out.takeover = plan_takeover(watchlist, planned, not entries, out.outcomes, out.unlisted_dests,
+                                 published.foreign_links(), reader)
     out.gc_candidates = state.gc_candidates(now - watchlist.publish.gc_grace, out.unlisted_dests,
                                             watchlist.publish.gc_max_per_cycle)
+    # An earlier tool's image directories are collected by path (ours by digest).
+    out.takeover.old_images_to_remove = [c for c in out.gc_candidates if not is_valid_digest(c)]
     return out
 
 

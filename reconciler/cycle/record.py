@@ -32,6 +32,12 @@ class PublishedTree(Protocol):
     def images(self) -> List[str]:
         """The digest of every image directory."""
 
+    def foreign_links(self) -> Dict[str, str]:
+        """Every link into an earlier tool's image directory, and that directory."""
+
+    def foreign_images(self) -> List[str]:
+        """Every image directory an earlier tool left, by path."""
+
 
 def record(state: StateDB, published: PublishedTree, report: CycleReport, *,
            clock: Callable[[], float], backoff_base: float = BACKOFF_BASE_S) -> None:
@@ -56,7 +62,9 @@ def _record_tags(state: StateDB, report: CycleReport, now: float, backoff_base: 
     for o in report.outcomes:
         if o.status in (Status.PUBLISHED, Status.UNCHANGED):
             assert o.digests is not None
-            state.record_success(o.key, *o.digests, next_due=now + o.entry.interval, now=now)
+            # A published image records who signed it (or no policy); an unchanged one keeps its record.
+            signature = (o.signed_by, o.signed_where) if o.status is Status.PUBLISHED else None
+            state.record_success(o.key, *o.digests, next_due=now + o.entry.interval, now=now, signature=signature)
         elif o.status is Status.FAILED:
             row = state.get(o.entry.dest, o.tag, str(o.platform))
             failures = (row.failures if row else 0) + 1
@@ -88,4 +96,7 @@ def _mark_images(state: StateDB, published: PublishedTree, now: float) -> None:
     owners = {row.tag_path: row.dest for row in state.all()}
     dest_of = {digest: owners.get(path) for path, digest in links.items()}
     on_disk = {digest: dest_of.get(digest) for digest in published.images()}
-    state.mark_images(on_disk, set(links.values()), now)
+    # An earlier tool's image directories (a repository taken over) age the same
+    # way, keyed by their path: no link of theirs or ours refers to them.
+    on_disk.update((path, None) for path in published.foreign_images())
+    state.mark_images(on_disk, set(links.values()) | set(published.foreign_links().values()), now)

@@ -21,7 +21,7 @@ from ..confined import ConfinedTree
 from ..errors import PublishError
 from ..treecopy import remove_at
 from ..watchlist import PublishConfig
-from . import layout
+from . import foreign, layout
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +42,10 @@ def remove_tree(path: Path) -> None:
 
 def remove_legacy_chains(root: Path) -> bool:
     """Remove `<root>/.chains`, the layer chain snapshots earlier versions kept
-    for updates (updates now start from the previous image). True when it was there."""
+    for updates (updates now start from the previous image). True when it was there.
+    A `.chains` of DUCC's (a repository taken over from it) is never ours to remove."""
     legacy = root / layout.LEGACY_CHAINS_DIR
-    if not legacy.is_dir() or legacy.is_symlink():
+    if not foreign.is_our_legacy_chains(str(root)):
         return False
     log.info("removing %s: copies kept by earlier versions for updates, no longer needed "
              "(updates now start from the previous image)", legacy)
@@ -271,6 +272,14 @@ class PublishTransaction(ABC):
         remove_tree(self.root / layout.undo_relpath(digest))
         self.changed = True
 
+    def remove_foreign_image(self, relpath: str) -> None:
+        """Delete an image directory an earlier tool left (`foreign.foreign_image_relpath`)
+        that no link refers to any more; nothing else of that tool's is touched."""
+        if foreign.foreign_image_relpath(relpath) != relpath:
+            raise PublishError(f"{self.root / relpath} is not an image directory of an earlier tool; not removed")
+        remove_tree(self.root / relpath)
+        self.changed = True
+
     @abstractmethod
     def commit(self) -> None:
         """Make the changes durable (and, for CVMFS, published)."""
@@ -380,8 +389,8 @@ class Publisher(ABC):
             target = os.readlink(self.root / tag_path)
         except OSError:
             return None
-        relative = os.path.relpath(os.path.normpath(os.path.join(os.path.dirname(tag_path) or ".", target)))
-        return layout.digest_of_image_relpath(relative)
+        relative = foreign.resolve_link(str(self.root), tag_path, target)
+        return layout.digest_of_image_relpath(relative) if relative else None
 
     def current_tag(self, tag_path: str) -> Optional[str]:
         """The digest `<root>/<tag_path>` points at, if it points at a complete image."""
@@ -429,20 +438,61 @@ class Publisher(ABC):
                     out.append(digest)
         return out
 
+    def links(self) -> Dict[str, str]:
+        """Every symlink under the root outside hidden directories (where tags
+        live, ours and earlier tools'), and the root-relative path it names
+        (links leaving the root are left out)."""
+        out: Dict[str, str] = {}
+        root = str(self.root)
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            for name in dirnames + filenames:
+                full = os.path.join(dirpath, name)
+                try:
+                    target = os.readlink(full)
+                except OSError:  # not a link
+                    continue
+                rel = os.path.relpath(full, root)
+                relative = foreign.resolve_link(root, rel, target)
+                if relative is not None:
+                    out[rel] = relative
+            dirnames[:] = [d for d in dirnames if not os.path.islink(os.path.join(dirpath, d))]
+        return out
+
     def tag_links(self) -> Dict[str, str]:
         """Every tag link under the root (outside hidden directories) and the
         digest of the image it links to. Images without a completion record
         count too: a tag still serves them (e.g. images published by 0.1), so
         garbage collection must never take them."""
         out: Dict[str, str] = {}
-        for dirpath, dirnames, filenames in os.walk(self.root):
-            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-            for name in dirnames + filenames:
-                full = os.path.join(dirpath, name)
-                if os.path.islink(full):
-                    rel = os.path.relpath(full, self.root)
-                    digest = self.linked_image(rel)
-                    if digest:
-                        out[rel] = digest
-            dirnames[:] = [d for d in dirnames if not os.path.islink(os.path.join(dirpath, d))]
+        for rel, target in self.links().items():
+            digest = layout.digest_of_image_relpath(target)
+            if digest:
+                out[rel] = digest
+        return out
+
+    def foreign_links(self) -> Dict[str, str]:
+        """Every link (outside hidden directories) into an image directory of
+        an earlier tool (a repository taken over), and that directory's path."""
+        out: Dict[str, str] = {}
+        for rel, target in self.links().items():
+            image = foreign.foreign_image_relpath(target)
+            if image:
+                out[rel] = image
+        return out
+
+    def foreign_images(self) -> List[str]:
+        """The image directories an earlier tool left under the root
+        (`.images/<2>/<62 hex>`, `.flat/<2>/<64 hex>`), root-relative."""
+        out = []
+        for top in (layout.IMAGES_DIR, foreign.FLAT_DIR):
+            base = self.root / top
+            for sub in sorted(base.iterdir()) if base.is_dir() and not base.is_symlink() else []:
+                if sub.is_symlink() or not sub.is_dir():
+                    continue
+                for image in sorted(sub.iterdir()):
+                    relpath = f"{top}/{sub.name}/{image.name}"
+                    if foreign.foreign_image_relpath(relpath) == relpath and image.is_dir() \
+                            and not image.is_symlink():
+                        out.append(relpath)
         return out

@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 from ..dirfd import fsync_dir
-from ..errors import StartError
+from ..errors import PublishError, StartError
 from ..treecopy import clone_tree
 from ..watchlist import PublishConfig
-from . import layout
+from . import foreign, layout
 from .base import (
     Build,
     BuildSite,
@@ -121,6 +121,13 @@ class LocalTransaction(PublishTransaction):
         self.unmark_complete(digest)
         self._discard(self.root / layout.image_relpath(digest), f"gc-{digest.split(':', 1)[1]}")
         self._discard(self.root / layout.undo_relpath(digest), f"gc-undo-{digest.split(':', 1)[1]}")
+        self.changed = True
+
+    def remove_foreign_image(self, relpath: str) -> None:
+        """Set aside first, as our own images: a crash mid-delete leaves nothing half there."""
+        if foreign.foreign_image_relpath(relpath) != relpath:
+            raise PublishError(f"{self.root / relpath} is not an image directory of an earlier tool; not removed")
+        self._discard(self.root / relpath, "gc-foreign-" + relpath.replace("/", "-"))
         self.changed = True
 
     def _set_aside(self, path: Path, label: str) -> Optional[Path]:

@@ -33,6 +33,7 @@ import httpx
 from ..errors import ReconcilerError
 from . import USER_AGENT
 from .addresses import HostRule, pin_connections
+from .attachments import ReferrerList, list_referrers, small_blob, tagged_attachment
 from .auth import Authenticator, TokenCache
 from .bearer import RegistryAuth, request_headers
 from .blobs import BlobFetch
@@ -219,3 +220,18 @@ class RegistryClient:
         bytes verified are the bytes as sent, whatever `Content-Encoding`
         says (blobs.py)."""
         BlobFetch(self, repository, descriptor, sink, progress).run()
+
+    # -- attachments (cosign's digest tags, OCI 1.1 referrers) -------------
+
+    def get_attachment(self, repository: str, tag: str) -> Optional[FetchedManifest]:
+        """The OCI manifest at a digest-derived tag (`sha256-<hex>.sig`), or
+        None when there is none (attachments.tagged_attachment)."""
+        return tagged_attachment(self, repository, tag)
+
+    def list_referrers(self, repository: str, digest: str) -> ReferrerList:
+        """The referrers of a manifest: the API, else the `sha256-<hex>` fallback index."""
+        return list_referrers(self, repository, digest)
+
+    def fetch_small_blob(self, repository: str, digest: str, size: int, limit: int) -> bytes:
+        """A blob of at most `limit` bytes, in memory, verified."""
+        return small_blob(self, repository, digest, size, limit)

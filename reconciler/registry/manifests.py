@@ -72,7 +72,7 @@ def head_manifest(session: RegistrySession, repository: str, reference: str) -> 
     return ManifestHead(digest, media_type, int(length) if length and length.isdigit() else None)
 
 def get_manifest(session: RegistrySession, repository: str, reference: str,
-             expected_digest: Optional[str] = None) -> FetchedManifest:
+             expected_digest: Optional[str] = None, accept: str = MANIFEST_ACCEPT) -> FetchedManifest:
     """GET a manifest and verify its body: against the digest asked for, and
     against `Docker-Content-Digest` when the registry sends it.
 
@@ -80,18 +80,20 @@ def get_manifest(session: RegistrySession, repository: str, reference: str,
     manifest is fetched by that digest, so a tag moving in between is not
     an integrity error: the next cycle sees the move. A registry that
     answers 404 by digest (pull-through caches that know only the tag) is
-    asked by tag, the body still checked against `expected_digest`."""
+    asked by tag, the body still checked against `expected_digest`.
+    `accept`: the media types asked for (a registry answers 404 for a
+    manifest of a type not listed)."""
     separator = "@" if reference.startswith("sha256:") else ":"
     what = f"manifest {repository}{separator}{reference}"
     by_digest = bool(expected_digest and is_valid_digest(expected_digest) and not reference.startswith("sha256:"))
     asked = expected_digest if by_digest and expected_digest else reference
     try:
-        response, raw = _get_manifest_body(session, repository, asked, what)
+        response, raw = _get_manifest_body(session, repository, asked, what, accept)
     except NotFoundError:
         if not by_digest:
             raise
         log.info("%s: %s not found by digest %s; asking by tag", session.registry, what, expected_digest)
-        response, raw = _get_manifest_body(session, repository, reference, what)
+        response, raw = _get_manifest_body(session, repository, reference, what, accept)
     digest = "sha256:" + hashlib.sha256(raw).hexdigest()
     for claimed, source in (
         (reference if reference.startswith("sha256:") else None, "the requested digest"),
@@ -104,11 +106,11 @@ def get_manifest(session: RegistrySession, repository: str, reference: str,
     return FetchedManifest(digest, media_type, raw)
 
 def _get_manifest_body(session: RegistrySession, repository: str, reference: str,
-                   what: str) -> Tuple[httpx.Response, bytes]:
+                   what: str, accept: str = MANIFEST_ACCEPT) -> Tuple[httpx.Response, bytes]:
     """One manifest GET: the (closed) response and its body, at most MAX_MANIFEST_BYTES."""
     url = f"{session.base_url}/v2/{repository}/manifests/{reference}"
     with session.slots:
-        response = session.request("GET", url, repository, headers={"Accept": MANIFEST_ACCEPT},
+        response = session.request("GET", url, repository, headers={"Accept": accept},
                                  stream=True, what=what)
         try:
             if response.status_code != 200:

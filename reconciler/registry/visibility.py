@@ -36,8 +36,8 @@ def probe_anonymously(anonymous: RegistryClient, repository: str, digest: str) -
     except AuthenticationError:
         return Visibility(False, f"{where} needs credentials: an anonymous pull is refused")
     except NotFoundError:
-        return Visibility(False, f"{where} is not visible without credentials (an anonymous pull finds no such "
-                                 "image)")
+        return Visibility(False, f"{where} is not visible without credentials (an anonymous pull by digest finds "
+                                 "no such image: a private repository, or a registry that serves tags only)")
     except RegistryError as exc:
         return Visibility(None, f"could not tell whether {where} is public: {exc}")
     return Visibility(True)

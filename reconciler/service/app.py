@@ -52,7 +52,6 @@ def _hook_endpoint(service: Service, secrets: Dict[str, str], limits: ListenerLi
     """The handler of `POST /hooks/<provider>[/<token>]`, with its replay guard and body budget."""
     replays = ReplayGuard()
     budget = BodyBudget(limits)
-    entries = [(e.index, e.source.registry, e.source.repository) for e in service.watchlist.images]
 
     async def hook(request: Request) -> Response:
         provider = request.path_params["provider"]
@@ -78,6 +77,8 @@ def _hook_endpoint(service: Service, secrets: Dict[str, str], limits: ListenerLi
         except HookRejected as exc:
             service.metrics.hooks.labels(provider, _OUTCOMES.get(exc.status, "rejected")).inc()
             return _refused(request, provider, exc)
+        # The entries now: a [[list]] file read again at a cycle may have added some.
+        entries = [(e.index, e.source.registry, e.source.repository) for e in service.watchlist.images]
         matched = matching_entries(hints, entries)
         service.metrics.hooks.labels(provider, "accepted").inc()
         if matched:

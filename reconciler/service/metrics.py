@@ -6,6 +6,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from ..cycle.outcome import CycleReport, Status
 from ..reconcile import Reconciler
+from .status import published_signer
 
 
 class Metrics:
@@ -33,6 +34,10 @@ class Metrics:
                                    registry=self.registry)
         self.rate_limit = Gauge("reconciler_registry_ratelimit_remaining",
                                 "RateLimit-Remaining last seen per registry", ["registry"], registry=self.registry)
+        self.signers = Gauge("reconciler_published_signer",
+                             "1 per published tag, labelled with who signed it: the key's SHA-256 fingerprint, "
+                             "'no policy' or 'unverified'", ["dest", "tag", "platform", "signed_by"],
+                             registry=self.registry)
 
     def record(self, report: CycleReport, seconds: float, reconciler: Reconciler) -> None:
         """Count one finished cycle: its tags, bytes, failures, and the registries' rate limits."""
@@ -54,6 +59,17 @@ class Metrics:
             for name, seen in run.state.visibilities().items():
                 if seen.public is not None:
                     self.source_public.labels(name).set(1 if seen.public else 0)
+        self._record_signers(reconciler)
         for host, client in reconciler.registry_clients().items():
             if client.rate_limit_remaining is not None:
                 self.rate_limit.labels(host).set(client.rate_limit_remaining)
+
+    def _record_signers(self, reconciler: Reconciler) -> None:
+        """Who signed each published tag, from every target's state database (so also after a restart)."""
+        entries = {entry.dest: entry for entry in reconciler.current.images}
+        self.signers.clear()  # tags no longer published drop out
+        for run in reconciler.targets:
+            for row in run.state.all():
+                signer = published_signer(entries.get(row.dest), row)
+                if signer is not None:
+                    self.signers.labels(row.dest, row.tag, row.platform, signer).set(1)

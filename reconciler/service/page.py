@@ -243,7 +243,7 @@ def _rows(image: Mapping[str, Any], now: dt.datetime) -> List[str]:
         failing = tag.get("state") == "failing"
         published = tag.get("published")
         digest = (f'<span class="digest" title="{_e(published)}">{_e(short_digest(published))}</span>'
-                  if published else '<span class="muted">not published</span>')
+                  if published else '<span class="muted">not published</span>') + _signer(tag)
         if failing:
             err = (f'{_e(tag.get("last_error"))} <span class="muted">({_time(tag.get("last_failure"), now)}, '
                    f'{_e(tag.get("failures"))} in a row)</span>')
@@ -260,6 +260,18 @@ def _rows(image: Mapping[str, Any], now: dt.datetime) -> List[str]:
             + _cell("Error", err, "error" if failing else "")
             + "</tr>")
     return rows
+
+
+def _signer(tag: Mapping[str, Any]) -> str:
+    """Under the published digest: who signed it (a key's fingerprint), or that no policy applies."""
+    signer = tag.get("signed_by")
+    if not signer:
+        return ""
+    if len(signer) == 64:  # a key's fingerprint
+        where = tag.get("signed_where") or ""
+        return (f' <span class="signer" title="key {_e(signer)} ({_e(where)})">signed by '
+                f'<span class="digest">{_e(signer[:16])}</span></span>')
+    return f' <span class="signer muted">{_e(signer)}</span>'
 
 
 def render_page(status: Mapping[str, Any]) -> str:

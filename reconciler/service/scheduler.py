@@ -46,7 +46,6 @@ class Service:
     """Schedules cycles: at each entry's interval, and sooner when nudged."""
 
     def __init__(self, watchlist: Watchlist, reconciler: Reconciler, *, debounce: float = 2.0) -> None:
-        self.watchlist = watchlist
         self.reconciler = reconciler
         self.debounce = debounce
         self.metrics = Metrics()
@@ -65,24 +64,48 @@ class Service:
             reconciler.progress = TerminalProgress()
         self.progress: TerminalProgress = reconciler.progress
 
+    @property
+    def watchlist(self) -> Watchlist:
+        """The watchlist with its [[list]] files' entries as last read (each cycle)."""
+        return self.reconciler.current
+
     # -- scheduling ------------------------------------------------------
 
     def start(self) -> None:
         """Start polling: every entry is due once at start, but one still backing
         off from failures before a restart (the state says until when) waits
         for its retry time, so restarts never hammer a failing registry."""
+        self._add_polls(self.watchlist.images)
+        self.scheduler.start()
+        self._runner.start()
+
+    def _add_polls(self, entries: Iterable[ImageEntry]) -> None:
+        """A poll job for each entry, due now unless it backs off from failures."""
         now = dt.datetime.now(dt.timezone.utc)
         due = self.reconciler.retry_due()
-        for entry in self.watchlist.images:
+        for entry in entries:
             first = max(now, _utc(due[entry.dest])) if entry.dest in due else now
             if first > now:
                 log.info("%s: still backing off from failures before the restart; first poll at %s", entry.label,
                          iso_utc(first))
             trigger = IntervalTrigger(seconds=entry.interval, jitter=entry.interval * JITTER)
             self.scheduler.add_job(self.request, trigger, args=[[entry.index], "interval"], id=f"poll-{entry.index}",
-                                   next_run_time=first, max_instances=1, coalesce=True)
-        self.scheduler.start()
-        self._runner.start()
+                                   next_run_time=first, max_instances=1, coalesce=True, replace_existing=True)
+
+    def _refresh(self) -> None:
+        """Read the [[list]] files again; entries new since the last read get
+        their poll jobs, entries gone lose theirs. List entries are numbered
+        after the [[image]] blocks in list order, so an edit may renumber
+        them: a job then polls the entry that now has its number."""
+        before = {e.index: e for e in self.watchlist.images}
+        after = {e.index: e for e in self.reconciler.refresh().images}
+        if not self.scheduler.running:
+            return
+        self._add_polls(e for i, e in after.items() if i not in before or before[i].interval != e.interval)
+        for index in set(before) - set(after):
+            for kind in ("poll", "retry", "nudge"):
+                if self.scheduler.get_job(f"{kind}-{index}") is not None:
+                    self.scheduler.remove_job(f"{kind}-{index}")
 
     def request(self, indexes: Iterable[int], reason: str = "") -> None:
         """Make entries due now."""
@@ -152,6 +175,11 @@ class Service:
                 if self._stopping:
                     return
                 due, self._due = self._due, set()
+            if self.watchlist.lists:
+                try:
+                    self._refresh()
+                except Exception:  # the lists keep their last good entries; the runner must go on
+                    log.exception("cannot read the [[list]] files again; their last entries are kept")
             entries = [e for e in self.watchlist.images if e.index in due]
             started = time.monotonic()
             self.progress.reset()

@@ -72,13 +72,13 @@ def _image_status(entry: ImageEntry, jobs: Mapping[str, Optional[dt.datetime]], 
     upcoming = [jobs.get(f"{kind}-{entry.index}") for kind in _JOB_KINDS]
     nxt = min((t for t in upcoming if t is not None), default=None)
     # Rows are keyed by dest: entries that share a source never show each other's tags.
-    tags = [_tag_status(r, publisher) for r in rows]
+    tags = [{**_tag_status(r, publisher), **signature_status(entry, r)} for r in rows]
     seen = {(t["tag"], t["platform"]) for t in tags}
     # Exact tags get a row before their first poll: the page lists everything watched.
     tags += [{"tag": tag, "platform": str(platform), "state": "waiting",
               "path": tag_relpath(entry.dest, tag, platform, first=i == 0), "digest": None,
               "published": None, "last_success": None, "last_changed": None, "last_failure": None,
-              "last_error": None, "failures": 0}
+              "last_error": None, "failures": 0, "signed_by": None, "signed_where": None}
              for tag in entry.tags for i, platform in enumerate(entry.platforms)
              if (tag, str(platform)) not in seen]
     tags.sort(key=lambda t: str(t["tag"]))  # stable: platforms keep their order
@@ -114,3 +114,23 @@ def _tag_status(row: TagState, publisher: Publisher) -> Dict[str, object]:
             "last_success": iso_utc(row.last_success), "last_changed": iso_utc(changed),
             "last_failure": iso_utc(row.last_failure), "last_error": row.failure_reason if failing else None,
             "failures": row.failures}
+
+
+# What `signed_by` says of a published tag no key is recorded for.
+NO_POLICY = "no policy"
+UNVERIFIED = "unverified"  # published before its entry had a signature policy
+
+
+def published_signer(entry: Optional[ImageEntry], row: TagState) -> Optional[str]:
+    """Who signed a published tag: the key's SHA-256 fingerprint, "no policy",
+    or "unverified" (published before the policy); None while unpublished."""
+    if row.signed_by:
+        return row.signed_by
+    if not row.published_digest:
+        return None
+    return NO_POLICY if entry is None or entry.signature is None else UNVERIFIED
+
+
+def signature_status(entry: ImageEntry, row: TagState) -> Dict[str, object]:
+    """The provenance fields of one tag in /status."""
+    return {"signed_by": published_signer(entry, row), "signed_where": row.signed_where}

@@ -139,6 +139,8 @@ def main() -> int:
                         "a tmpfs such as /dev/shm/bench gives steadier numbers on disks mounted with `discard`")
     parser.add_argument("--scale", action="store_true", help="only 1,000 watched tags behind a proxy adding "
                         "latency: cold, warm and warm without latency (see tests/bench/scale.py)")
+    parser.add_argument("--takeover", type=int, metavar="N", help="only the takeover of a cvmfs-singularity-sync "
+                        "repository of N tags behind the --rtt proxy (see tests/bench/takeover.py)")
     parser.add_argument("--rtt", type=float, default=0.05, help="the latency --scale adds per request (seconds)")
     parser.add_argument("--repositories", type=int, default=200, help="--scale: watched repositories, 5 tags each")
     parser.add_argument("--big-layer", type=int, metavar="N",
@@ -170,6 +172,15 @@ def main() -> int:
         out = work / "results-scale.json"
         out.write_text(json.dumps(results, indent=2))
         print(scale_summary(results))
+        return 0
+    if args.takeover:
+        from tests.bench.takeover import bench_takeover, takeover_summary
+
+        results = bench_takeover(fresh(work / "takeover"), RECONCILE, args.rtt, args.takeover,
+                                 BENCH_REPO if args.cvmfs else None)
+        out = work / "results-takeover.json"
+        out.write_text(json.dumps(results, indent=2))
+        print(takeover_summary(results))
         return 0
     if args.resolution:
         from tests.bench.resolution import SHAPES

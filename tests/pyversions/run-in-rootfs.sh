@@ -29,12 +29,13 @@ rootfs_check_suite "$SUITE"
 # in there). About a minute on this machine.
 tests=(--ignore=tests/test_status_page.py)
 # With the lowest versions: the applier, the registry client, the watch list,
-# state, undo and the service's small parts (the code the dependencies touch;
+# state, undo, the list readers (PyYAML) and the service's small parts (the code the dependencies touch;
 # about 5 s).
 lowest_tests=(tests/test_applier_hostile.py tests/test_applier_umoci.py tests/test_watchlist.py
   tests/test_registry_units.py tests/test_registry_quirks.py tests/test_registry_protocol.py
   tests/test_undo.py tests/test_treecopy.py tests/test_state.py tests/test_blobstore.py
-  tests/test_webhooks.py tests/test_progress.py tests/test_backoff.py)
+  tests/test_webhooks.py tests/test_progress.py tests/test_backoff.py tests/test_lists.py tests/test_signatures.py
+  tests/test_signatures_interop.py)
 [ $# -gt 0 ] && tests=("$@") lowest_tests=("$@")
 
 rootfs_require
@@ -49,14 +50,19 @@ cat >"$ROOTFS_ROOT/root/pyversions-check.sh" <<'EOF'
 set -euo pipefail
 cd /root/reconciler
 export DEBIAN_FRONTEND=noninteractive
-echo "+ apt-get install python3 python3-venv ca-certificates docker-registry umoci"
+echo "+ apt-get install python3 python3-venv ca-certificates docker-registry umoci [cosign]"
 apt-get update -qq
 # --no-install-recommends, as on a minimal machine. Without an init, the
 # postinst of docker-registry would start its SysV service on :5000 in here;
 # the tests start their own registries: policy-rc.d forbids service starts.
 printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
-apt-get install -y -qq --no-install-recommends python3 python3-venv ca-certificates docker-registry umoci >/root/apt.log 2>&1 ||
-  { tail -n 30 /root/apt.log; exit 1; }
+# Debian 13 packages cosign (2.5.0): there the real-cosign test runs both ways
+# (tests/test_signature_cosign.py; it skips where cosign is absent).
+extra=()
+apt-cache show cosign >/dev/null 2>&1 && extra+=(cosign)
+apt-get install -y -qq --no-install-recommends python3 python3-venv ca-certificates docker-registry umoci \
+  "${extra[@]}" >/root/apt.log 2>&1 || { tail -n 30 /root/apt.log; exit 1; }
+[ ${#extra[@]} -eq 0 ] || cosign version 2>/dev/null | grep -m1 GitVersion || true
 python3 --version
 echo "+ python3 -m venv .venv; pip install -e '.[test]'"
 python3 -m venv .venv

@@ -1,0 +1,68 @@
+"""Provenance on /status, the page and /metrics: per published tag the key
+that signed it, "no policy" where none applies, "unverified" where a policy
+came after the publish."""
+
+from __future__ import annotations
+
+from prometheus_client import generate_latest
+
+from reconciler.cycle.outcome import CycleReport
+from reconciler.reconcile import Reconciler
+from reconciler.service.metrics import Metrics
+from reconciler.service.page import render_page
+from reconciler.service.scheduler import Service
+from reconciler.state import TagKey
+from reconciler.watchlist import load_watchlist
+from tests.cosign_signer import Signer
+
+SOURCE = "registry.example.org/team/app"
+
+
+def test_status_page_and_metrics_say_who_signed_each_published_tag(tmp_path):
+    signer = Signer()
+    signer.write(tmp_path / "ci.pub")
+    (tmp_path / "watchlist.toml").write_text(f'''
+[publish]
+root = "publish"
+[state]
+dir = "state"
+[[image]]
+source = "{SOURCE}"
+tags = ["signed", "old", "new"]
+dest = "app"
+signature = {{ keys = ["ci.pub"] }}
+[[image]]
+source = "{SOURCE}"
+tags = ["1"]
+dest = "plain"
+''')
+    watchlist = load_watchlist(tmp_path / "watchlist.toml")
+    reconciler = Reconciler(watchlist)
+    digest = "sha256:" + "1" * 64
+    where = f"{SOURCE}:sha256-111111111111….sig layer 0"
+    try:
+        state = reconciler.state
+        state.record_success(TagKey("app", "signed", "linux/amd64", SOURCE, "app:signed"), digest, digest,
+                             signature=(signer.fingerprint, where))
+        state.record_success(TagKey("app", "old", "linux/amd64", SOURCE, "app:old"), digest, digest)
+        state.record_success(TagKey("plain", "1", "linux/amd64", SOURCE, "plain:1"), digest, digest,
+                             signature=(None, None))
+        status = Service(watchlist, reconciler).status()
+        metrics = Metrics()
+        metrics.record(CycleReport(), 0.1, reconciler)
+    finally:
+        reconciler.close()
+    app, plain = status["images"]
+    rows = {t["tag"]: t for t in app["tags"]}
+    assert (rows["signed"]["signed_by"], rows["signed"]["signed_where"]) == (signer.fingerprint, where)
+    assert rows["old"]["signed_by"] == "unverified"  # published before the policy
+    assert rows["new"]["signed_by"] is None  # not published yet
+    assert plain["tags"][0]["signed_by"] == "no policy"
+    page = render_page(status)
+    assert f'signed by <span class="digest">{signer.fingerprint[:16]}</span>' in page
+    assert "no policy" in page and "unverified" in page
+    text = generate_latest(metrics.registry).decode()
+    assert (f'reconciler_published_signer{{dest="app",platform="linux/amd64",signed_by="{signer.fingerprint}",'
+            'tag="signed"} 1.0') in text
+    assert 'reconciler_published_signer{dest="plain",platform="linux/amd64",signed_by="no policy",tag="1"} 1.0' \
+        in text
