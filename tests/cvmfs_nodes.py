@@ -188,7 +188,13 @@ def nodes(repo: str, base: Path, names: Sequence[str]) -> Iterator[Dict[str, Nod
         yield {node.name: node for node in started}
     finally:
         for node in started:
-            if node.directory is not None:
+            if node.directory is None or not (node.directory / "pid").exists():
+                continue
+            try:
+                # A transaction left open holds its gateway lease (2 hours here) after the node is gone.
+                if node.in_transaction(repo):
+                    node.server("abort", "-f", repo, check=False)
+            finally:
                 subprocess.run(["bash", str(MKNODE), "--stop", str(node.directory)], capture_output=True, timeout=120)
 
 
