@@ -196,8 +196,6 @@ def _tail(done: subprocess.CompletedProcess[str]) -> str:
     return text[-500:] or "no message"
 
 
-
-
 class CvmfsPublisher(Publisher):
     """Publishes into a CernVM-FS repository through `cvmfs_server`."""
 
