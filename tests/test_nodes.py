@@ -17,6 +17,7 @@ import json
 import os
 import signal
 import stat
+import subprocess
 import time
 import urllib.request
 from pathlib import Path
@@ -307,10 +308,10 @@ def test_gateway_down_when_the_cycle_opens_its_lease(repo, tmp_path, fixture_reg
 
 
 def test_reconciler_alone_killed_while_its_transaction_opens(repo, tmp_path, fixture_registry, fixture_images):
-    """A known limit: the marker is written once `cvmfs_server transaction`
-    returned. A kill -9 of reconciler alone (not its process group: the OOM
-    killer) while that command runs leaves a transaction nobody claims; each
-    next cycle says so until the admin aborts it."""
+    """A kill -9 of reconciler alone (not its process group: the OOM killer)
+    while `cvmfs_server transaction` runs: the command goes on and opens the
+    transaction after reconciler is gone. The marker written before the
+    command ("opening") and the transaction's start tell the next run it is ours."""
     host = fixture_registry.host
     watchlist = sharded(tmp_path, host, {"a": ["basic v1 app"]})
     sync, wrapper = tmp_path / "sync", cvmfs_nodes.write_wrapper(tmp_path / "bin")
@@ -326,11 +327,34 @@ def test_reconciler_alone_killed_while_its_transaction_opens(repo, tmp_path, fix
     try:
         assert cvmfs_real.in_transaction(GW)  # it was open when the wrapper held it
         code, out = finish(here.reconcile(watchlist, "a", sync, wrapper, cwd=tmp_path))
-        assert code == 1, out
-        assert f"cvmfs_server transaction {GW}/a failed (exit 17): the repository is already in a transaction " \
-               "(another publisher, or a stale one: check `cvmfs_server list`)" in out
     finally:
-        here.server("abort", "-f", f"{GW}/a", check=False)  # what the admin does
-    code, out = finish(here.reconcile(watchlist, "a", sync, wrapper, cwd=tmp_path))
+        if cvmfs_real.in_transaction(GW):
+            here.server("abort", "-f", f"{GW}/a", check=False)
     assert code == 0, out
+    assert "aborting the transaction left open by an interrupted run of reconciler" in out
     check_every_revision(repo, tmp_path / "revisions", {"a/app:v1": "basic"}, fixture_images)
+
+
+def test_an_opening_marker_never_claims_a_later_transaction(repo, tmp_path, fixture_registry):
+    host = fixture_registry.host
+    watchlist = sharded(tmp_path, host, {"a": ["basic v1 app"]})
+    sync, wrapper = tmp_path / "sync", cvmfs_nodes.write_wrapper(tmp_path / "bin")
+    sync.mkdir()
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    marker = tmp_path / "state" / "targets" / "a" / "cvmfs-transaction.json"
+    marker.parent.mkdir(parents=True)
+    # A run that died an hour ago while opening a transaction (which never opened) ...
+    marker.write_text(json.dumps({"target": f"{GW}/a", "pid": gone.pid, "start_time": 1, "opened": time.time() - 3600,
+                                  "opening": True}))
+    here = Node("a")
+    here.server("transaction", f"{GW}/a")  # ... and someone else's transaction, opened now
+    try:
+        code, out = finish(here.reconcile(watchlist, "a", sync, wrapper, cwd=tmp_path))
+        assert cvmfs_real.in_transaction(GW)  # not ours: left alone
+    finally:
+        here.server("abort", "-f", f"{GW}/a", check=False)
+    assert code == 1, out
+    assert "was opening a transaction, but the one open now did not begin then: someone else's, left alone" in out
+    assert f"cvmfs_server transaction {GW}/a failed (exit 17)" in out
+    assert not marker.exists()

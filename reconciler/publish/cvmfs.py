@@ -6,11 +6,14 @@ the applier writes straight into `/cvmfs/<repo>[/<lease path>]`, then one
 image that fails inside the transaction has its partial directory removed
 before publishing, so what is published is complete or absent.
 
-A marker file in the state directory says "we opened a transaction"; it is
-written only once `transaction` succeeded and names our pid and its start
-time. At the next start, a transaction left open by a run of ours that is no
-longer alive is aborted; one we did not open, or one whose process still
-runs, is reported and left alone (the next `transaction` then fails with
+A marker file in the state directory says "we opened a transaction"; it
+names our pid and its start time. It is written as "opening" just before
+`transaction` runs (cleared if that fails) and as opened once it succeeded:
+a kill of reconciler alone while the command goes on leaves a transaction
+that began within seconds of an "opening" marker, which is ours. At the next
+start, a transaction left open by a run of ours that is no longer alive is
+aborted; one we did not open (no marker, or one that began long after an
+"opening" marker), or one whose process still runs, is reported and left alone (the next `transaction` then fails with
 "already in a transaction", reported per cycle). Every way out of a
 transaction ends in `publish` or a checked `abort -f`; the marker is cleared
 only once the repository is out of the transaction.
@@ -68,6 +71,9 @@ log = logging.getLogger(__name__)
 
 CATALOG_MARKER = ".cvmfscatalog"
 _TIMEOUT_S = 6 * 3600  # a publish of a large change can take hours
+# How long after an "opening" marker the transaction it announced may begin
+# (`transaction` takes a fraction of a second; through a busy gateway, seconds).
+_OPENING_S = 120
 _TRANSACTION_ERRORS = {
     errno.EEXIST: "the repository is already in a transaction (another publisher, or a stale one: "
                   "check `cvmfs_server list`)",
@@ -296,6 +302,11 @@ class CvmfsPublisher(Publisher):
             log.error("%s: the open transaction belongs to reconciler pid %d, which still runs; leaving it alone",
                       self.target, pid)
             return
+        if marker.get("opening") is True and not self._opened_as_marked(marker):
+            log.error("%s: an interrupted run of reconciler (pid %s) was opening a transaction, but the one open now "
+                      "did not begin then: someone else's, left alone", self.target, pid)
+            self.clear_marker()
+            return
         log.warning("%s: aborting the transaction left open by an interrupted run of reconciler (pid %s)",
                     self.target, pid if pid is not None else "unknown")
         self.close_transaction()
@@ -421,10 +432,27 @@ class CvmfsPublisher(Publisher):
             mark_catalog(base)
         return changed or bool(missing)
 
-    def _write_marker(self) -> None:
+    def _opened_as_marked(self, marker: Dict[str, Any]) -> bool:
+        """True when the open transaction began while the run of an "opening"
+        marker was running `cvmfs_server transaction` (its flag file, made then,
+        dates from within _OPENING_S of the marker); unknown counts as False."""
+        opened = marker.get("opened")
+        if not isinstance(opened, (int, float)):
+            return False
+        try:
+            began = (Path("/var/spool/cvmfs") / self.repository / "in_transaction.lock").stat().st_mtime
+        except OSError:
+            return False
+        return opened - 2 <= began <= opened + _OPENING_S
+
+    def _write_marker(self, opening: bool = False) -> None:
+        """The marker: ours once `transaction` returned; `opening` before it
+        runs, so that a kill of this process alone while the command goes on
+        leaves a transaction the next start can tell is ours."""
         self.marker.parent.mkdir(parents=True, exist_ok=True)
         self.marker.write_text(json.dumps({"target": self.target, "pid": os.getpid(),
-                                           "start_time": process_start_time(os.getpid()), "opened": time.time()}))
+                                           "start_time": process_start_time(os.getpid()), "opened": time.time(),
+                                           "opening": opening}))
 
     def begin(self, intent: TransactionIntent) -> CvmfsTransaction:
         """`cvmfs_server transaction`: as a clone of the published image that saves
@@ -432,6 +460,14 @@ class CvmfsPublisher(Publisher):
         template = self._template(intent.builds)
         templated: Dict[Path, BaseImage] = {}
         done = None
+        # Say what we are about to do (unless a marker of ours is there: the transaction
+        # it names comes first; then the command below fails and the marker stays).
+        intent_marked = not self.marker.exists()
+        if intent_marked:
+            try:
+                self._write_marker(opening=True)
+            except OSError as exc:
+                raise PublishError(f"cannot write the transaction marker {self.marker}: {exc.strerror}") from None
         if template is not None:
             base, final = template
             source = "/" + os.path.relpath(base.path, self.mount)
@@ -449,6 +485,8 @@ class CvmfsPublisher(Publisher):
             done = self.run("transaction", self.target, check=False)
         assert done is not None
         if done.returncode != 0:
+            if intent_marked:
+                self.clear_marker()  # nothing was opened
             reason = _TRANSACTION_ERRORS.get(done.returncode, "") or self.gateway_failure(done)
             raise PublishError(f"cvmfs_server transaction {self.target} failed (exit {done.returncode})"
                                f"{': ' + reason if reason else ''}: {_tail(done)}")
