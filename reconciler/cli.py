@@ -155,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--watchlist", type=Path, default=Path("watchlist.toml"),
                         help="the watchlist file (default: ./watchlist.toml); relative paths in it are taken "
                         "from its directory")
+    parser.add_argument("--target", metavar="NAME", help="run only the watchlist's [publish.NAME] target and its "
+                        "entries, with <state dir>/targets/NAME as the whole state directory: one publisher node "
+                        "of a repository shared out by lease_path (see \"Several publisher nodes\" in the README)")
     parser.add_argument("--once", action="store_true", help="converge once and exit (without it: the service)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan without changing anything (takes no "
                         "lock and writes nothing: safe beside a running service)")
@@ -194,7 +197,7 @@ def _start(args: argparse.Namespace, progress: Optional[TerminalProgress]
            ) -> Tuple[Watchlist, Dict[str, str], Optional[socket.socket], str, Reconciler]:
     """Read the configuration, bind the listener (service), take the locks and
     recover: everything that can refuse the start, before any work."""
-    watchlist = load_watchlist(args.watchlist)
+    watchlist = load_watchlist(args.watchlist, node=args.target)
     service = not (args.once or args.dry_run)
     secrets: Dict[str, str] = {}
     listener: Optional[socket.socket] = None

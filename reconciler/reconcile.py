@@ -139,8 +139,9 @@ class Reconciler:
     def _check_single_target_leftovers(self) -> None:
         """When a watchlist went from one [publish] table to named targets, what
         the single target kept in the state directory itself is not theirs: an
-        open transaction's marker there would be taken for someone else's."""
-        if any(not run.config.name for run in self.targets):
+        open transaction's marker there would be taken for someone else's. (A
+        node's state directory, `reconcile --target`, is its target's own.)"""
+        if self.watchlist.node or any(not run.config.name for run in self.targets):
             return
         state_dir = self.watchlist.state_dir
         marker = state_dir / "cvmfs-transaction.json"

@@ -217,6 +217,9 @@ class Watchlist:
     # tables); `publish` is the first. Empty: `publish` is the only one.
     targets: Tuple[PublishConfig, ...] = ()
     lists: Tuple[ListConfig, ...] = ()
+    # The one [publish.<name>] this process runs (`reconcile --target`, a publisher
+    # node of a sharded repository); its state directory is then the target's own.
+    node: str = ""
 
     def registry(self, host: str) -> RegistryConfig:
         """The settings of `host`, or the defaults (https, no credentials)."""
@@ -236,8 +239,26 @@ class Watchlist:
     def target_state_dir(self, target: PublishConfig) -> Path:
         """Where a target keeps its state database (and a CVMFS target its
         transaction marker): the state directory itself for the one [publish]
-        table, `targets/<name>/` in it for a named one. The blob store is shared."""
-        return self.state_dir / "targets" / target.name if target.name else self.state_dir
+        table, `targets/<name>/` in it for a named one. The blob store is shared.
+        A node's watchlist (`select_node`) already has the target's own as its state directory."""
+        return self.state_dir / "targets" / target.name if target.name and not self.node else self.state_dir
+
+    def select_node(self, name: str) -> "Watchlist":
+        """The part of this watchlist that one publisher node runs: the target
+        [publish.<name>], its entries only, and `<state dir>/targets/<name>/` as
+        the whole state directory (lock, blob store, state database, transaction
+        marker), so that two nodes on one machine never share a lock.
+        ConfigError when the watchlist has no such target."""
+        names = [t.name for t in self.publish_targets if t.name]
+        if name not in names:
+            where = f"--target {name}: {self.path.name}"
+            if not names:
+                raise ConfigError(f"{where} has one [publish] table and no [publish.<name>] ones; --target picks "
+                                  "one of several named targets (one per publisher node)")
+            raise ConfigError(f"{where}: {unknown_message(name, names, 'target')}")
+        target = next(t for t in self.publish_targets if t.name == name)
+        return replace(self.for_target(target), state_dir=self.target_state_dir(target), node=name,
+                       lists=tuple(config for config in self.lists if config.publish == name))
 
 
 _TARGET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
@@ -329,8 +350,11 @@ def _read_toml(path: Path) -> Dict[str, Any]:
         raise ConfigError(f"{path.name}: TOML syntax error: {exc}") from None
 
 
-def load_watchlist(path: Path) -> Watchlist:
-    """Read and validate a watchlist file; every mistake raises ConfigError."""
+def load_watchlist(path: Path, node: Optional[str] = None) -> Watchlist:
+    """Read and validate a watchlist file; every mistake raises ConfigError.
+    `node`: only the target [publish.<node>] (see `Watchlist.select_node`),
+    for one publisher node of a repository whose lease paths are shared out
+    among targets; the whole file is still checked."""
     path = Path(path)
     name = path.name
     data = _read_toml(path)
@@ -338,7 +362,7 @@ def load_watchlist(path: Path) -> Watchlist:
     base = path.resolve().parent
     top = Section(name, "", data, TOP)
 
-    targets = _publish_targets(name, top, base)
+    targets = _publish_targets(name, top, base, one_process=node is None)
     state = Section(name, "state", top.table("state"), STATE)
     state_dir = state.path("dir", base, STATE.default_text("dir"))
     assert state_dir is not None
@@ -366,13 +390,16 @@ def load_watchlist(path: Path) -> Watchlist:
     webhooks = _webhooks(name, top, base)
     images = _images(name, top, interval, platforms, default_target, targets, signature, keys)
     lists = _lists(name, top, base, interval, platforms, default_target, targets, signature)
-    return Watchlist(path, targets[0], state_dir, blob_cache_max, interval, platforms, registries, listen, webhooks,
-                     images, targets, lists)
+    watchlist = Watchlist(path, targets[0], state_dir, blob_cache_max, interval, platforms, registries, listen,
+                          webhooks, images, targets, lists)
+    return watchlist.select_node(node) if node is not None else watchlist
 
 
-def _publish_targets(file: str, top: Section, base: Path) -> Tuple[PublishConfig, ...]:
+def _publish_targets(file: str, top: Section, base: Path, one_process: bool = True) -> Tuple[PublishConfig, ...]:
     """The one [publish] table, or every [publish.<name>] table in file order;
-    no two of them may publish to the same tree or one inside the other."""
+    no two of them may publish to the same tree or one inside the other.
+    `one_process`: all of them run in this process, so no two may share a
+    CernVM-FS repository (a node holds one transaction per repository)."""
     data = top.table("publish")
     named = _named_targets(data)
     if not named:
@@ -388,14 +415,16 @@ def _publish_targets(file: str, top: Section, base: Path) -> Tuple[PublishConfig
             raise sec.error("", "expected a target name of letters, digits, '-' and '_' (such as \"public\")")
         targets.append(_publish(sec, base, target_name))
     repositories: Dict[str, PublishConfig] = {}
-    for target in targets:
+    for target in targets if one_process else ():
         if isinstance(target.target, CvmfsTarget):
             other = repositories.setdefault(target.target.repository, target)
             if other is not target:
                 # A publisher node holds one transaction per repository at a time.
                 raise ConfigError(f"{file}: {target.label}: the same CernVM-FS repository as {other.label} "
                                   f"({target.target.repository}); one node publishes a repository through one "
-                                  "target: give them one lease_path covering both, or run another node")
+                                  "target: give them one lease_path covering both, or run each on its own "
+                                  f"publisher node with `reconcile --target {other.name}` / "
+                                  f"`--target {target.name}`")
     trees = [(t, _published_tree(t)) for t in targets]
     for i, (one, tree) in enumerate(trees):
         for other, other_tree in trees[:i]:

@@ -175,6 +175,7 @@ def make_special(layer: LayerState, member: tarfile.TarInfo, parent_fd: int, nam
     else:
         kind = stat.S_IFCHR if member.ischr() else stat.S_IFBLK
         os.mknod(name, kind | 0o600, os.makedev(member.devmajor, member.devminor), dir_fd=parent_fd)
+    layer.stats.special += 1
     _chown(layer, parent_fd, name, member)
     note_special_xattrs(member, layer.privileged, layer.stats)
     # Just created by us and not a symlink: chmod may follow.

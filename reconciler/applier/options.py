@@ -75,6 +75,7 @@ class LayerStats:
     skipped: List[str] = field(default_factory=list)  # the first notes only; `skipped_count` counts all
     skipped_count: int = 0
     capabilities: int = 0  # files given a security.capability (file capabilities, e.g. ping)
+    special: int = 0  # device nodes and FIFOs made
     diff_id: str = ""
 
     def skip(self, note: str) -> None:

@@ -159,7 +159,7 @@ class BuildStage:
         # image keeps none: nothing could start from an empty tree).
         build.undo_layers = max(start, len(layers) - 1)
         recorder = build.recorder if build.undo_layers else None
-        capabilities = 0
+        capabilities = special = 0
         for i in range(start, len(layers)):
             layer, diff_id = layers[i]
             try:
@@ -170,7 +170,8 @@ class BuildStage:
             except (LayerError, IntegrityError) as exc:
                 raise type(exc)(f"layer {i + 1} of {len(layers)} ({layer.digest[:19]}): {exc}") from None
             capabilities += stats.capabilities
-        for hint in self.publisher.build_hints(str(image.reference), capabilities):
+            special += stats.special
+        for hint in self.publisher.build_hints(str(image.reference), capabilities, special=special):
             log.warning("%s", hint)
         if self.progress is not None:
             self.progress.finished(progress_key)

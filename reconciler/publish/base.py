@@ -353,10 +353,11 @@ class Publisher(ABC):
             return dataclasses.replace(options, forbid_variant_symlinks=True)
         return options
 
-    def build_hints(self, reference: str, capabilities: int) -> List[str]:
+    def build_hints(self, reference: str, capabilities: int, special: int = 0) -> List[str]:
         """Warnings for an admin about an image just built: what of it this
         backend will not serve as the image has it, and how to fix that.
-        `capabilities`: how many of its files carry file capabilities."""
+        `capabilities`: how many of its files carry file capabilities;
+        `special`: how many device nodes and FIFOs its layers made."""
         return []
 
     # -- the tag-link view --------------------------------------------------

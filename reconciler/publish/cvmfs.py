@@ -6,11 +6,14 @@ the applier writes straight into `/cvmfs/<repo>[/<lease path>]`, then one
 image that fails inside the transaction has its partial directory removed
 before publishing, so what is published is complete or absent.
 
-A marker file in the state directory says "we opened a transaction"; it is
-written only once `transaction` succeeded and names our pid and its start
-time. At the next start, a transaction left open by a run of ours that is no
-longer alive is aborted; one we did not open, or one whose process still
-runs, is reported and left alone (the next `transaction` then fails with
+A marker file in the state directory says "we opened a transaction"; it
+names our pid and its start time. It is written as "opening" just before
+`transaction` runs (cleared if that fails) and as opened once it succeeded:
+a kill of reconciler alone while the command goes on leaves a transaction
+that began within seconds of an "opening" marker, which is ours. At the next
+start, a transaction left open by a run of ours that is no longer alive is
+aborted; one we did not open (no marker, or one that began long after an
+"opening" marker), or one whose process still runs, is reported and left alone (the next `transaction` then fails with
 "already in a transaction", reported per cycle). Every way out of a
 transaction ends in `publish` or a checked `abort -f`; the marker is cleared
 only once the repository is out of the transaction.
@@ -68,6 +71,9 @@ log = logging.getLogger(__name__)
 
 CATALOG_MARKER = ".cvmfscatalog"
 _TIMEOUT_S = 6 * 3600  # a publish of a large change can take hours
+# How long after an "opening" marker the transaction it announced may begin
+# (`transaction` takes a fraction of a second; through a busy gateway, seconds).
+_OPENING_S = 120
 _TRANSACTION_ERRORS = {
     errno.EEXIST: "the repository is already in a transaction (another publisher, or a stale one: "
                   "check `cvmfs_server list`)",
@@ -135,8 +141,9 @@ class CvmfsTransaction(PublishTransaction):
                 return
             done = self.publisher.run("publish", "-m", self.message, self.publisher.target, check=False)
             if done.returncode != 0:
-                raise PublishError(f"cvmfs_server publish {self.publisher.target} failed (exit {done.returncode}): "
-                                   f"{_tail(done)}")
+                meaning = self.publisher.gateway_failure(done)
+                raise PublishError(f"cvmfs_server publish {self.publisher.target} failed (exit {done.returncode})"
+                                   f"{': ' + meaning if meaning else ''}: {_tail(done)}")
         except BaseException as exc:
             log.error("%s: %s; aborting the transaction", self.publisher.target, exc or type(exc).__name__)
             try:
@@ -160,14 +167,37 @@ def mark_catalog(directory: Path, observer: Optional[UndoRecorder] = None) -> No
                                f"{directory} a nested catalog")
 
 
-# What every publish and abort prints while remounting: never the reason for a failure.
-_NOISE = ("CernVM-FS: ", "Failed to set requested number of open files")
+# What every publish and abort prints while remounting, and a publish's warning
+# per hard link it breaks up: never the reason for a failure.
+_NOISE = ("CernVM-FS: ", "Failed to set requested number of open files", "Warning: Found file with linkcount")
+# A failed publish ends with "Executed Command:" and the whole cvmfs_swissknife
+# command line (500 characters of options), a failed lease request with a C++
+# stack trace: the reason is above them.
+_TRAILERS = ("Executed Command:", "Stacktrace:")
+# What `transaction` or `publish` through a gateway says when the gateway is
+# not there or lost our lease (measured on 2.11.5), and what it means for the
+# admin; {gateway} is the gateway's URL as server.conf gives it.
+_GATEWAY_FAILURES = (
+    ("cannot acquire lease", "the gateway did not answer the lease request: check that cvmfs_gateway runs and "
+                             "answers at {gateway}; the next cycle tries again"),
+    ('"invalid lease"', "the gateway no longer holds this node's lease: it expired (the transaction was open "
+                        "longer than the gateway's max_lease_time, in /etc/cvmfs/gateway/user.json on the gateway) "
+                        "or was cancelled there; raise max_lease_time above the longest cycle"),
+    ("no statistics counters for lease", "the gateway lost the lease's session: it was restarted while the "
+                                         "transaction was open"),
+)
 
 
 def _tail(done: subprocess.CompletedProcess[str]) -> str:
     """The end of what a failed command said: `publish` reports on stdout, the
-    others on stderr, and both print remount chatter first."""
-    lines = [line.strip() for text in (done.stdout, done.stderr) for line in (text or "").splitlines()]
+    others on stderr, and both print remount chatter first; the command line
+    a failed publish echoes last is left out."""
+    lines: List[str] = []
+    for text in (done.stdout, done.stderr):
+        for line in (text or "").splitlines():
+            if line.strip() in _TRAILERS:
+                break  # the rest of this stream is the echoed command or a stack trace
+            lines.append(line.strip())
     text = " / ".join(line for line in lines if line and not line.startswith(_NOISE))
     return text[-500:] or "no message"
 
@@ -220,6 +250,18 @@ class CvmfsPublisher(Publisher):
         raise PublishError(f"cvmfs_server list does not show repository {self.repository}; "
                            "check [publish] repository in the watchlist")
 
+    def gateway_failure(self, done: subprocess.CompletedProcess[str]) -> str:
+        """What a failed `transaction` or `publish` means when the gateway is
+        down or lost the lease, else ""."""
+        said = f"{done.stdout}\n{done.stderr}"
+        meaning = next((meaning for marker, meaning in _GATEWAY_FAILURES if marker in said), "")
+        if not meaning:
+            return ""
+        upstream = (self._server_settings() or {}).get("CVMFS_UPSTREAM_STORAGE", "")
+        parts = upstream.split(",")
+        gateway = parts[2] if parts[0] == "gw" and len(parts) > 2 else "the URL in CVMFS_UPSTREAM_STORAGE"
+        return meaning.format(gateway=gateway)
+
     def clear_marker(self) -> None:
         self.marker.unlink(missing_ok=True)
 
@@ -259,6 +301,11 @@ class CvmfsPublisher(Publisher):
         if isinstance(pid, int) and pid != os.getpid() and process_alive(pid, marker.get("start_time")):
             log.error("%s: the open transaction belongs to reconciler pid %d, which still runs; leaving it alone",
                       self.target, pid)
+            return
+        if marker.get("opening") is True and not self._opened_as_marked(marker):
+            log.error("%s: an interrupted run of reconciler (pid %s) was opening a transaction, but the one open now "
+                      "did not begin then: someone else's, left alone", self.target, pid)
+            self.clear_marker()
             return
         log.warning("%s: aborting the transaction left open by an interrupted run of reconciler (pid %s)",
                     self.target, pid if pid is not None else "unknown")
@@ -327,13 +374,26 @@ class CvmfsPublisher(Publisher):
         return ReadAccess(False, f"it has no membership requirement (no CVMFS_VOMS_AUTHZ in {conf}; "
                                  "`cvmfs_server mkfs -V` sets one)")
 
-    def build_hints(self, reference: str, capabilities: int) -> List[str]:
-        """File capabilities are lost unless the repository keeps extended attributes."""
-        if not capabilities or not self.drops_xattrs():
-            return []
-        return [f"{reference}: {capabilities} files carry file capabilities (security.capability), which "
-                f"{self.target_name} drops: they will not work for users; set CVMFS_INCLUDE_XATTRS=true in the "
-                "repository's server.conf"]
+    def through_gateway(self) -> bool:
+        """True when this node publishes through a cvmfs_gateway (a lease path,
+        or server.conf's upstream is `gw,…`)."""
+        upstream = (self._server_settings() or {}).get("CVMFS_UPSTREAM_STORAGE", "")
+        return bool(self.lease_path) or upstream.startswith("gw,")
+
+    def build_hints(self, reference: str, capabilities: int, special: int = 0) -> List[str]:
+        """File capabilities are lost unless the repository keeps extended
+        attributes; device nodes and FIFOs are lost through a gateway."""
+        hints = []
+        if capabilities and self.drops_xattrs():
+            hints.append(f"{reference}: {capabilities} files carry file capabilities (security.capability), which "
+                         f"{self.target_name} drops: they will not work for users; set CVMFS_INCLUDE_XATTRS=true in "
+                         "the repository's server.conf")
+        if special and self.through_gateway():
+            # Measured on 2.11.5: a stratum 0's own publish keeps them, a gateway's does not.
+            hints.append(f"{reference}: the image has {special} device nodes or FIFOs (such as /dev/null), which a "
+                         f"publish through the gateway drops: {self.target_name} serves the image without them; "
+                         "publish it on the stratum 0 itself if users need them")
+        return hints
 
     def _template(self, builds: Mapping[str, Sequence[str]]) -> Optional[Tuple[BaseImage, Path]]:
         """The published image that saves the most layers for one of `builds`,
@@ -372,10 +432,27 @@ class CvmfsPublisher(Publisher):
             mark_catalog(base)
         return changed or bool(missing)
 
-    def _write_marker(self) -> None:
+    def _opened_as_marked(self, marker: Dict[str, Any]) -> bool:
+        """True when the open transaction began while the run of an "opening"
+        marker was running `cvmfs_server transaction` (its flag file, made then,
+        dates from within _OPENING_S of the marker); unknown counts as False."""
+        opened = marker.get("opened")
+        if not isinstance(opened, (int, float)):
+            return False
+        try:
+            began = (Path("/var/spool/cvmfs") / self.repository / "in_transaction.lock").stat().st_mtime
+        except OSError:
+            return False
+        return opened - 2 <= began <= opened + _OPENING_S
+
+    def _write_marker(self, opening: bool = False) -> None:
+        """The marker: ours once `transaction` returned; `opening` before it
+        runs, so that a kill of this process alone while the command goes on
+        leaves a transaction the next start can tell is ours."""
         self.marker.parent.mkdir(parents=True, exist_ok=True)
         self.marker.write_text(json.dumps({"target": self.target, "pid": os.getpid(),
-                                           "start_time": process_start_time(os.getpid()), "opened": time.time()}))
+                                           "start_time": process_start_time(os.getpid()), "opened": time.time(),
+                                           "opening": opening}))
 
     def begin(self, intent: TransactionIntent) -> CvmfsTransaction:
         """`cvmfs_server transaction`: as a clone of the published image that saves
@@ -383,6 +460,14 @@ class CvmfsPublisher(Publisher):
         template = self._template(intent.builds)
         templated: Dict[Path, BaseImage] = {}
         done = None
+        # Say what we are about to do (unless a marker of ours is there: the transaction
+        # it names comes first; then the command below fails and the marker stays).
+        intent_marked = not self.marker.exists()
+        if intent_marked:
+            try:
+                self._write_marker(opening=True)
+            except OSError as exc:
+                raise PublishError(f"cannot write the transaction marker {self.marker}: {exc.strerror}") from None
         if template is not None:
             base, final = template
             source = "/" + os.path.relpath(base.path, self.mount)
@@ -400,7 +485,9 @@ class CvmfsPublisher(Publisher):
             done = self.run("transaction", self.target, check=False)
         assert done is not None
         if done.returncode != 0:
-            reason = _TRANSACTION_ERRORS.get(done.returncode, "")
+            if intent_marked:
+                self.clear_marker()  # nothing was opened
+            reason = _TRANSACTION_ERRORS.get(done.returncode, "") or self.gateway_failure(done)
             raise PublishError(f"cvmfs_server transaction {self.target} failed (exit {done.returncode})"
                                f"{': ' + reason if reason else ''}: {_tail(done)}")
         try:
