@@ -15,13 +15,11 @@ import logging
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
-import httpx
-
 from .. import boundedjson
-from ..errors import IntegrityError, NotFoundError, RegistryError, TransferError
+from ..errors import IntegrityError, NotFoundError, RegistryError
 from .blobs import BlobFetch
-from .manifest import MAX_MANIFEST_BYTES, OCI_INDEX, OCI_MANIFEST, Descriptor
-from .manifests import FetchedManifest, get_manifest
+from .manifest import OCI_INDEX, OCI_MANIFEST, Descriptor
+from .manifests import FetchedManifest, get_manifest, read_bounded
 from .reference import is_valid_digest
 from .session import RegistrySession
 
@@ -125,16 +123,9 @@ def _get_bounded(session: RegistrySession, url: str, repository: str, what: str)
     with session.slots:
         response = session.request("GET", url, repository, headers={"Accept": OCI_INDEX}, stream=True, what=what)
         try:
-            body = bytearray()
-            try:
-                for chunk in response.iter_bytes():
-                    body += chunk
-                    if len(body) > MAX_MANIFEST_BYTES:
-                        raise RegistryError(f"{session.registry}: {what} is larger than {MAX_MANIFEST_BYTES} bytes")
-            except httpx.TransportError as exc:
-                raise TransferError(f"{session.registry}: {what}: transfer broken: {type(exc).__name__}") from None
+            body = read_bounded(session, response, what)
         finally:
             response.close()
     session.stats.add(manifest_gets=1)
     media_type = (response.headers.get("content-type") or "").split(";", 1)[0].strip()
-    return response.status_code, media_type, bytes(body)
+    return response.status_code, media_type, body

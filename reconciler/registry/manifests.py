@@ -116,15 +116,22 @@ def _get_manifest_body(session: RegistrySession, repository: str, reference: str
             if response.status_code != 200:
                 response.read()
                 raise session.fail(response, what, repository)
-            body = bytearray()
-            try:
-                for chunk in response.iter_bytes():
-                    body += chunk
-                    if len(body) > MAX_MANIFEST_BYTES:
-                        raise RegistryError(f"{session.registry}: {what} is larger than {MAX_MANIFEST_BYTES} bytes")
-            except httpx.TransportError as exc:
-                raise TransferError(f"{session.registry}: {what}: transfer broken: {type(exc).__name__}") from None
+            body = read_bounded(session, response, what)
         finally:
             response.close()
     session.stats.add(manifest_gets=1)
-    return response, bytes(body)
+    return response, body
+
+
+def read_bounded(session: RegistrySession, response: httpx.Response, what: str) -> bytes:
+    """A streamed response's body, at most MAX_MANIFEST_BYTES (a manifest, a
+    listing): RegistryError past that, TransferError when the body breaks."""
+    body = bytearray()
+    try:
+        for chunk in response.iter_bytes():
+            body += chunk
+            if len(body) > MAX_MANIFEST_BYTES:
+                raise RegistryError(f"{session.registry}: {what} is larger than {MAX_MANIFEST_BYTES} bytes")
+    except httpx.TransportError as exc:
+        raise TransferError(f"{session.registry}: {what}: transfer broken: {type(exc).__name__}") from None
+    return bytes(body)
