@@ -26,7 +26,7 @@ from reconciler.lists.read import read_list
 from reconciler.lists.refresh import ListSources
 from reconciler.registry.manifest import Platform
 from reconciler.registry.reference import ImageReference
-from reconciler.watchlist import ImageEntry, ListConfig, load_watchlist
+from reconciler.watchlist import ImageEntry, ListConfig, load_watchlist, reversed_range
 
 FILES = Path(__file__).parent / "list_files"
 OSG_LIST = FILES / "docker_images.txt"
@@ -166,7 +166,25 @@ def test_wildcards_select_as_fnmatch_for_many_random_cases():
     for _ in range(3000):
         glob = "".join(rng.choice(glob_chars) for _ in range(rng.randint(1, 7)))
         tags = sorted({"".join(rng.choice(tag_chars) for _ in range(rng.randint(1, 6))) for _ in range(20)})
+        if reversed_range(glob):  # refused when the watchlist or list is read (test below)
+            continue
         assert select_tags(glob_entry(glob), tags) == sorted(fnmatch.filter(tags, glob)), glob
+
+
+@pytest.mark.parametrize("glob, backwards", [("[b-a]*", "b-a"), ("v[!9-0]", "9-0"), ("[*-!]x", "*-!"),
+                                             ("[]-!]", "]-!"), ("[a-z]", None), ("a[b-a", None)])
+def test_a_backwards_range_is_refused_on_every_python(tmp_path, glob, backwards):
+    # Python 3.9's fnmatch cannot compile it, 3.10 and later drop it: refused, it means the same everywhere.
+    assert reversed_range(glob) == backwards
+    path = tmp_path / "watchlist.toml"
+    path.write_text(f'[[image]]\nsource = "alpine"\ntag_glob = ["{glob}"]\n')
+    if backwards is None:
+        load_watchlist(path)
+        return
+    with pytest.raises(ConfigError, match=f"the range '{re.escape(backwards)}' goes backwards"):
+        load_watchlist(path)
+    read = parse_osg(f"alpine:{glob}\n", "docker_images.txt")
+    assert not read.images and "goes backwards" in str(read.problems[0])
 
 
 def test_exact_tags_beside_wildcards_select_what_the_old_tool_published():

@@ -28,7 +28,7 @@ from typing import Optional
 
 from ..errors import InvalidReferenceError
 from ..registry.reference import DOCKER_HUB, is_valid_tag, parse_reference
-from ..watchlist import could_match_tags
+from ..watchlist import glob_problem
 from .record import ListedImage, ListRead, is_host
 
 # What makes a tag a wildcard (fnmatch's special characters).
@@ -86,8 +86,9 @@ def _parse_line(out: ListRead, number: int, line: str) -> Optional[ListedImage]:
         out.problem(number, str(exc))
         return None
     if _WILDCARD & set(tag):
-        if not could_match_tags(tag):
-            out.problem(number, f"{line!r}: the wildcard {tag!r} holds characters no tag has")
+        problem = glob_problem(tag)
+        if problem:
+            out.problem(number, f"{line!r}: the wildcard {problem}")
             return None
         return ListedImage(number, host, repository, source, glob=tag)
     if not is_valid_tag(tag):
