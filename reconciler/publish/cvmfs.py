@@ -32,11 +32,9 @@ sharing all but the top layer of a published one opens its transaction with
 metadata-only clone, replays the undo log on it and applies only the new
 layers. One template per transaction (the image that saves the most layers);
 the `.images/<xx>` parents are created ahead, as a template's destination
-needs one. With a lease path, several reconcilers publish disjoint sub-trees
-of one repository through a gateway; there `-T` is not possible (2.11.5
-aborts on it), and each new image sharing layers with a published one starts
-from a grafted copy of it instead (graft.py: the content is reused from
-storage, not published again), then the undo log and the new layers as above.
+needs one. Not used with a gateway lease, where template transactions are not
+supported. With a lease path, several reconcilers publish disjoint sub-trees
+of one repository through a gateway.
 """
 
 from __future__ import annotations
@@ -53,11 +51,10 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..applier.undo import UndoRecorder
 from ..confined import ConfinedTree
-from ..dirfd import DIR_FLAGS
 from ..errors import PublishError, StartError
 from ..locking import process_alive, process_start_time
 from ..watchlist import CvmfsTarget, PublishConfig
-from . import graft, layout
+from . import layout
 from .base import (
     BaseImage,
     Build,
@@ -88,16 +85,12 @@ _TRANSACTION_ERRORS = {
 
 class CvmfsTransaction(PublishTransaction):
     def __init__(self, publisher: "CvmfsPublisher", message: str,
-                 templated: Optional[Dict[Path, BaseImage]] = None,
-                 grafts: Optional[Dict[Path, BaseImage]] = None) -> None:
+                 templated: Optional[Dict[Path, BaseImage]] = None) -> None:
         super().__init__(publisher.root)
         self.publisher = publisher
         self.message = message
         # Image directories the template cloned from a published image, until built.
         self._templated: Dict[Path, BaseImage] = dict(templated or {})
-        # Through a lease: image directories to start as grafted copies of a published image.
-        self._grafts: Dict[Path, BaseImage] = dict(grafts or {})
-        self._graft_tags: Dict[Path, bytes] = {}  # build path -> the tag of its placeholders
 
     def has_image(self, digest: str) -> bool:
         return self.root / layout.image_relpath(digest) not in self._templated and super().has_image(digest)
@@ -106,9 +99,6 @@ class CvmfsTransaction(PublishTransaction):
         """The image directory itself (empty, or cloned by the template), or a new
         one beside an unfinished directory standing there."""
         final = self.root / layout.image_relpath(digest)
-        start = self._grafts.pop(final, None)
-        if start is not None and not os.path.lexists(final):
-            return self._grafted_site(final, start)
         base = self._templated.get(final)
         path = final
         if os.path.lexists(final) and base is None:
@@ -121,49 +111,9 @@ class CvmfsTransaction(PublishTransaction):
         undo = final.with_name(f".{final.name}.undo-{secrets.token_hex(4)}")
         return BuildSite(final, path, undo, base)
 
-    def _grafted_site(self, final: Path, base: BaseImage) -> BuildSite:
-        """The image directory as a grafted copy of the published image `base`
-        (see graft.py); an empty one (a cold build) when the copy fails."""
-        final.parent.mkdir(parents=True, exist_ok=True)
-        undo = final.with_name(f".{final.name}.undo-{secrets.token_hex(4)}")
-        tag = graft.new_tag()
-        final.mkdir()
-        try:
-            src = os.open(base.path, DIR_FLAGS)
-            try:
-                dst = os.open(final, DIR_FLAGS)
-                try:
-                    grafted = graft.graft_copy(src, dst, tag)
-                finally:
-                    os.close(dst)
-            finally:
-                os.close(src)
-        except OSError as exc:
-            log.warning("%s: cannot start %s from a copy of the published image %s (%s); applying all layers",
-                        self.publisher.target, final.name[:12], base.path.name[:12], exc)
-            remove_tree(final)
-            final.mkdir()
-            return BuildSite(final, final, undo, None)
-        except BaseException:
-            remove_tree(final)  # nothing of a site is left on failure
-            raise
-        self._graft_tags[final] = tag
-        log.info("%s: the new image %s starts from a grafted copy of %s (%d files' content reused, reusing %d "
-                 "layers)", self.publisher.target, final.name[:12], base.path.name[:12], grafted, base.layers)
-        return BuildSite(final, final, undo, base)
-
     def _finish_tree(self, build: Build) -> None:
-        """A nested catalog per image keeps every catalog small. A grafted
-        copy's placeholders get their markers (in the tree and in the undo log)."""
+        """A nested catalog per image keeps every catalog small."""
         mark_catalog(build.path, build.recorder)
-        tag = self._graft_tags.get(build.path)
-        if tag is not None:
-            for tree in (build.path, build.recorder.undo_dir):
-                fd = os.open(tree, DIR_FLAGS)
-                try:
-                    graft.seal(fd, tag)
-                finally:
-                    os.close(fd)
 
     def _place_tree(self, digest: str, site: BuildSite) -> bool:
         """A tree built beside an unfinished directory replaces it."""
@@ -174,7 +124,6 @@ class CvmfsTransaction(PublishTransaction):
 
     def _release_site(self, site: BuildSite) -> None:
         self._templated.pop(site.final, None)
-        self._graft_tags.pop(site.path, None)
 
     def commit(self) -> None:
         """Publish, or close the transaction when nothing changed. Any failure on
@@ -464,22 +413,6 @@ class CvmfsPublisher(Publisher):
                 best = (base, final)
         return best
 
-    def _graft_bases(self, builds: Mapping[str, Sequence[str]]) -> Dict[Path, BaseImage]:
-        """Through a lease: for each of `builds` not there yet, the published
-        image that saves the most of its layers (if any), to start from as a
-        grafted copy."""
-        finals = ((chain, self.root / layout.image_relpath(digest)) for digest, chain in builds.items())
-        wanted = [(chain, final) for chain, final in finals if not os.path.lexists(final)]
-        if not wanted:
-            return {}
-        published = self.published_chains()
-        out = {}
-        for chain, final in wanted:
-            base = self.find_base(chain, published)
-            if base is not None:
-                out[final] = base
-        return out
-
     def prepare_templates(self) -> bool:
         """In a transaction: create every `.images/<xx>` directory (a catalog of its
         own), as a template's destination must have an existing parent, and drop
@@ -526,8 +459,6 @@ class CvmfsPublisher(Publisher):
         the most layers of one of `intent.builds` when there is one (`-T`)."""
         template = self._template(intent.builds)
         templated: Dict[Path, BaseImage] = {}
-        # Read before the transaction opens (the repository is only read here).
-        grafts = self._graft_bases(intent.builds) if self.lease_path else {}
         done = None
         # Say what we are about to do (unless a marker of ours is there: the transaction
         # it names comes first; then the command below fails and the marker stays).
@@ -565,4 +496,4 @@ class CvmfsPublisher(Publisher):
             # Without the marker a crash would leave a transaction nobody recovers: do not go on.
             self.close_transaction()
             raise PublishError(f"cannot write the transaction marker {self.marker}: {exc.strerror}") from None
-        return CvmfsTransaction(self, intent.message, templated, grafts)
+        return CvmfsTransaction(self, intent.message, templated)

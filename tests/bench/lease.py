@@ -11,11 +11,11 @@ GW_REPO, lease path `bench`), v1 published cold first:
   undo-log replay and the one new layer would come on top);
 - ingest: v1's tree as a tar stream into `cvmfs_server ingest -b` (no union
   mount; the gateway takes the lease itself);
-- graft: v1's tree as a grafted copy (reconciler/publish/graft.py: empty
+- graft: v1's tree as a grafted copy (tests/bench/graft.py: empty
   placeholders and `.cvmfsgraft-` markers naming the stored content), then
   publish; checked to serve v1 byte for byte;
-- update: `reconcile --once` adding v2 beside the published v1 (this
-  checkout's code: from a grafted copy of v1);
+- update: `reconcile --once` adding v2 beside the published v1 (through a
+  lease: a cold build of v2);
 and, for comparison, the stratum 0's own update (`transaction -T`) of the
 same pair on the plain bench repository. Each candidate reports its time and
 the catalog entries it added. The copies are removed (untimed) after each.
@@ -33,13 +33,13 @@ from pathlib import Path
 from typing import Callable, Dict, List, Tuple
 
 from reconciler.dirfd import DIR_FLAGS
-from reconciler.publish import graft
+from tests.bench import graft
 
 LEASE = "bench"
 
 
 def graft_copy(src: Path, dst: Path) -> int:
-    """v1's tree as a grafted copy at `dst` (reconciler/publish/graft.py), sealed
+    """v1's tree as a grafted copy at `dst` (tests/bench/graft.py), sealed
     as a build seals it; returns how many files were grafted."""
     dst.mkdir()
     tag = graft.new_tag()
@@ -138,8 +138,10 @@ def bench_lease(work: Path, host: str, rounds: int, reconcile: Path, timed: Call
         start = time.perf_counter()
         tar = subprocess.Popen(["tar", "-C", str(source), "--numeric-owner", "-cf", "-", "."],
                                stdout=subprocess.PIPE, cwd="/")
-        done = subprocess.run(["cvmfs_server", "ingest", "-t", "-", "-b", f"{lease}/ingested".lstrip("/"), repo],
-                              stdin=tar.stdout, capture_output=True, text=True, cwd="/")
+        assert tar.stdout is not None
+        with tar.stdout:  # ours closed once ingest has it: a failed ingest then stops tar (SIGPIPE)
+            done = subprocess.run(["cvmfs_server", "ingest", "-t", "-", "-b", f"{lease}/ingested".lstrip("/"),
+                                   repo], stdin=tar.stdout, capture_output=True, text=True, cwd="/")
         tar.wait()
         if done.returncode == 0:
             ingest.append(time.perf_counter() - start)
@@ -147,6 +149,7 @@ def bench_lease(work: Path, host: str, rounds: int, reconcile: Path, timed: Call
             drop("ingested")
         else:
             ingest_failed = f"exit {done.returncode}: {(done.stdout + done.stderr)[-600:]}"
+            subprocess.run(["cvmfs_server", "abort", "-f", repo], capture_output=True, cwd="/")  # if it left one open
         base = catalog_entries(repo)
         start = time.perf_counter()
         _run("cvmfs_server", "transaction", target)
