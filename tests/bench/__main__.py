@@ -139,6 +139,10 @@ def main() -> int:
     parser.add_argument("--workdir", type=Path, default=REPO / ".bench")
     parser.add_argument("--only", choices=("apply", "e2e", "cvmfs"), help="run one part only")
     parser.add_argument("--cvmfs", action="store_true", help="also into a real CernVM-FS repository (as root)")
+    parser.add_argument("--cvmfs-lease", action="store_true", help="only v1 -> v2 through a gateway lease: cold, "
+                        "copy of v1 in the lease, ingest, graft, and the stratum 0 update (see tests/bench/lease.py)")
+    parser.add_argument("--cvmfs-lease-on-s0", action="store_true", help="--cvmfs-lease's candidates in whole "
+                        "transactions of the bench's own stratum 0 (no gateway, no test session lock)")
     parser.add_argument("--scratch", type=Path, help="where both tools write their trees (default: the workdir); "
                         "a tmpfs such as /dev/shm/bench gives steadier numbers on disks mounted with `discard`")
     parser.add_argument("--scale", action="store_true", help="only 1,000 watched tags behind a proxy adding "
@@ -241,6 +245,15 @@ def main() -> int:
             results["apply"] = bench_apply(scratch, v1, args.pairs, skopeo_umoci)
         if args.only in (None, "e2e"):
             results.update(bench_e2e(scratch, registry.host, args.pairs, skopeo_umoci, counter))
+        if args.cvmfs_lease or args.cvmfs_lease_on_s0:
+            from tests.bench.lease import bench_lease, lease_summary
+
+            lease = bench_lease(scratch, registry.host, args.pairs, RECONCILE, timed, catalog_entries, BENCH_REPO,
+                                on_gateway=args.cvmfs_lease)
+            name = "results-lease.json" if args.cvmfs_lease else "results-lease-s0.json"
+            (work / name).write_text(json.dumps(lease, indent=2))
+            print(lease_summary(lease))
+            return 0
         if args.cvmfs or args.only == "cvmfs":
             results["cvmfs"] = bench_cvmfs(scratch, registry.host, args.pairs, skopeo_umoci)
         results["scratch"] = str(scratch)
