@@ -211,6 +211,18 @@ def test_variant_symlinks_refused_when_asked(places):
                   options=ApplyOptions(forbid_variant_symlinks=True))
 
 
+@pytest.mark.parametrize("name", ["etc/.cvmfsgraft-passwd", ".cvmfsgraft-x/inner", "a/.cvmfsgraft-"])
+def test_graft_markers_refused_when_asked_and_kept_otherwise(places, name):
+    # CernVM-FS's publish reads `.cvmfsgraft-<f>` as the hash of <f>'s content (sync_item.cc).
+    root, _ = places
+    layer = gz([F(name, "size=4\nchecksum=0000000000000000000000000000000000000000\n")])
+    with pytest.raises(HostileLayerError, match="a name CernVM-FS's publish reads as a graft marker"):
+        apply_all(root, [layer], options=ApplyOptions(forbid_graft_markers=True))
+    assert not any(root.iterdir())  # refused before anything was made
+    apply_all(root, [layer])  # a publisher that reads no markers keeps the file as the image has it
+    assert (root / name).is_file()
+
+
 def test_forbidden_xattrs_are_dropped(places):
     root, _ = places
     stats = apply_layer(io.BytesIO(gz([F("f", xattrs={"trusted.overlay.opaque": "y", "security.selinux": "x",

@@ -130,3 +130,28 @@ def test_variant_symlinks_are_refused_on_cvmfs_and_kept_elsewhere(kind, tmp_path
         assert "symlink /opt/lib -> '/cvmfs/sw.example.org/$(CVMFS_ARCH)/lib'" in reason
         assert "CernVM-FS would expand per client as a variant symlink" in reason
         assert not (backend.visible / "variant-link:v1").exists()
+
+
+@pytest.mark.parametrize("kind", ["local", "cvmfs"])
+def test_graft_markers_are_refused_on_cvmfs_and_kept_elsewhere(kind, tmp_path, monkeypatch, fixture_registry):
+    """CernVM-FS's publish reads `.cvmfsgraft-<f>` as the hash and size of
+    <f>'s content (a graft): published from an image, the file beside it would
+    hold whatever content the marker names. There the image fails, saying
+    which name and why; a local directory keeps the file."""
+    backend = Backend(kind, tmp_path, monkeypatch)
+    host = fixture_registry.host
+    grafted = build_image({"name": "grafted", "tags": ["v1"], "layers": [{"compression": "gzip", "entries": [
+        {"type": "dir", "path": "etc"},
+        {"type": "file", "path": "etc/motd", "content": ""},
+        {"type": "file", "path": "etc/.cvmfsgraft-motd", "content": "size=5\nchecksum=" + "0" * 40 + "\n"}]}]})
+    FixturePusher(host).push(grafted)
+    wl = backend.watchlist(host, [f'source = "{host}/{grafted.repository}"\ntags = ["v1"]\ndest = "grafted"'])
+    report = run(wl)
+    failed = {o.name: o.reason for o in report.outcomes if o.reason}
+    if kind == "local":
+        assert not failed
+        assert (backend.visible / "grafted:v1" / "etc" / ".cvmfsgraft-motd").is_file()
+    else:
+        (reason,) = failed.values()
+        assert "/etc/.cvmfsgraft-motd, a name CernVM-FS's publish reads as a graft marker" in reason
+        assert not (backend.visible / "grafted:v1").exists()

@@ -57,6 +57,10 @@ _SUPPORTED_TYPES = {tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.GNUTYPE_SPARSE, t
                     tarfile.DIRTYPE, tarfile.FIFOTYPE, tarfile.CHRTYPE, tarfile.BLKTYPE}
 
 
+# The names CernVM-FS's publish takes for graft markers (cvmfs/sync_item.cc: `.cvmfsgraft-<file>`).
+GRAFT_PREFIX = b".cvmfsgraft-"
+
+
 class _Applier:
     """Applies the entries of one layer: each one's name decides whether it is
     a whiteout, the root, or an entry to create (replacing what stood there)."""
@@ -78,6 +82,10 @@ class _Applier:
         parts = split_name(encode(member.name), "entry", layer.limits)
         if handle_whiteout_name(layer, parts):
             return
+        if layer.options.forbid_graft_markers and any(part.startswith(GRAFT_PREFIX) for part in parts):
+            raise HostileLayerError(f"the image has {show(parts)}, a name CernVM-FS's publish reads as a graft "
+                                    "marker (the hash of another file's content), so it is refused: published, "
+                                    "a file beside it would not hold what the image says")
         if member.type not in _SUPPORTED_TYPES:
             raise LayerError(f"unsupported tar entry type {member.type!r} for {show(parts)}")
         if not parts:

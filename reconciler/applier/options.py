@@ -41,6 +41,10 @@ class ApplyOptions:
     # CernVM-FS clients expand `$(VAR)` in symlink targets (variant symlinks):
     # refuse such links where the publisher says its target does that.
     forbid_variant_symlinks: bool = False
+    # CernVM-FS's publish reads a file `.cvmfsgraft-<name>` as the hash and
+    # chunks of `<name>` (a graft): an image's own would make the published file
+    # whatever content it names. Refused where the publisher says its target does that.
+    forbid_graft_markers: bool = False
 
 
 class ChangeObserver(Protocol):

@@ -307,6 +307,9 @@ class Publisher(ABC):
     # True when readers of the target expand `$(VAR)` in symlink targets each on
     # their own (CernVM-FS variant symlinks): such links are refused when applied.
     expands_variant_symlinks = False
+    # True when the target's publish reads `.cvmfsgraft-<name>` files as the
+    # content of `<name>` (CernVM-FS): images holding such names are refused.
+    reads_graft_markers = False
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -350,7 +353,9 @@ class Publisher(ABC):
         with what the backend's readers need on top."""
         if self.expands_variant_symlinks:
             # Readers would each resolve a `$(VAR)` target their own way: not the image.
-            return dataclasses.replace(options, forbid_variant_symlinks=True)
+            options = dataclasses.replace(options, forbid_variant_symlinks=True)
+        if self.reads_graft_markers:
+            options = dataclasses.replace(options, forbid_graft_markers=True)
         return options
 
     def build_hints(self, reference: str, capabilities: int, special: int = 0) -> List[str]:

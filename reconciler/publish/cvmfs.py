@@ -208,6 +208,8 @@ class CvmfsPublisher(Publisher):
     all_or_nothing = True
     # CernVM-FS clients expand `$(VAR)` in symlink targets (variant symlinks).
     expands_variant_symlinks = True
+    # Its publish reads `.cvmfsgraft-<name>` as the hash and chunks of `<name>`.
+    reads_graft_markers = True
 
     def __init__(self, repository: str, mount: Path, state_dir: Path, lease_path: Optional[str] = None,
                  command: str = "cvmfs_server") -> None:
