@@ -158,6 +158,11 @@ rootfs_enter() {
   unshare --mount --pid --fork --propagation private bash -c '
     set -e
     root=$1 archives=$2 pip=$3 script=$4
+    # Drop the copies of CernVM-FS mounts this namespace inherited: a copy of a
+    # FUSE mount kept alive here makes the host'"'"'s next remount of that repository
+    # wait for ever on its cache lock (a publish hangs while this runs).
+    awk '"'"'$2 ~ /^\/cvmfs\/|^\/var\/spool\/cvmfs\// {print $2}'"'"' /proc/self/mounts | sort -r |
+      while read -r m; do umount -l "$m" 2>/dev/null || true; done
     mount -t proc proc "$root/proc"
     mount --bind /sys "$root/sys"
     mount --bind /dev "$root/dev"
