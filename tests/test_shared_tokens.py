@@ -113,17 +113,17 @@ def serve(httpx_mock, token, registry) -> None:
     httpx_mock.add_callback(registry, method="HEAD", is_reusable=True)
 
 
-def slow_token_service(httpx_mock, answer: httpx.Response) -> List[List[str]]:
-    """A token service 50 ms away always giving `answer` (the others wait
-    meanwhile), before a registry that challenges requests without a token;
-    returns the scopes of each token request, as they come."""
+def slow_token_service(httpx_mock, answer: httpx.Response, delay: float = 0.05) -> List[List[str]]:
+    """A token service `delay` seconds away always giving `answer` (the others
+    wait meanwhile), before a registry that challenges requests without a
+    token; returns the scopes of each token request, as they come."""
     asked: List[List[str]] = []
     lock = threading.Lock()
 
     def token(request: httpx.Request) -> httpx.Response:
         with lock:
             asked.append(scopes_of(request))
-        time.sleep(0.05)
+        time.sleep(delay)
         return httpx.Response(answer.status_code, headers=answer.headers, content=answer.content)
 
     serve(httpx_mock, token, challenge_without_token)
@@ -257,12 +257,16 @@ def test_threads_waiting_for_a_failing_token_request_share_its_failure(httpx_moc
     """A token service that is down is not asked once per waiting thread, in a
     row: the threads that waited for the failing request fail with it (and
     retry after their backoff)."""
-    asked = slow_token_service(httpx_mock, httpx.Response(503, json={"details": "down"}))
+    # 300 ms, and the threads start together: on a loaded machine a thread that
+    # starts after the failure came back asks again, rightly (seen in CI).
+    asked = slow_token_service(httpx_mock, httpx.Response(503, json={"details": "down"}), delay=0.3)
     client = RegistryClient(REG, max_concurrency=8, retry=RetryPolicy(attempts=1))
     with pytest.raises(TokenServiceUnavailableError):
         client.head_manifest("org/first", "latest")
+    together = threading.Barrier(8)
 
     def head(_: int) -> str:
+        together.wait(timeout=30)
         try:
             client.head_manifest("org/next", "latest")
         except TokenServiceUnavailableError as exc:
