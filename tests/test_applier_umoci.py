@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import io
-import json
 import os
-from pathlib import Path
 from typing import Dict, List
 
 import pytest
 
-from fixtures.build import BuiltImage, build_all
-from reconciler.applier import apply_layer
-from tests.treecompare import UMOCI, describe_tree, umoci_unpack
+from fixtures.build import build_all
+from tests.treecompare import UMOCI, apply_image, describe_tree, umoci_unpack
 
 IMAGES = build_all()
 # umoci 0.4 reads neither zstd nor Docker media types: compare those with the
@@ -24,15 +20,6 @@ pytestmark = [
     pytest.mark.skipif(UMOCI is None, reason="umoci is not installed"),
     pytest.mark.skipif(os.geteuid() != 0, reason="umoci comparison needs root (ownership, devices)"),
 ]
-
-
-def apply_image(image: BuiltImage, root: Path) -> None:
-    manifest = json.loads(image.top.data)
-    blobs = {b.digest: b for b in image.blobs}
-    config = json.loads(blobs[manifest["config"]["digest"]].data)
-    root.mkdir()
-    for layer, diff_id in zip(manifest["layers"], config["rootfs"]["diff_ids"]):
-        apply_layer(io.BytesIO(blobs[layer["digest"]].data), layer["mediaType"], root, expected_diff_id=diff_id)
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ transaction.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import signal
@@ -25,9 +24,9 @@ from typing import Dict, List, Set, Tuple
 
 import pytest
 
-from reconciler.applier import apply_layer
 from tests import cvmfs_nodes, cvmfs_real
 from tests.cvmfs_nodes import Node, finish, kill_group, read_calls, wait_for
+from tests.treecompare import apply_image
 
 GW = cvmfs_real.GW_REPO
 # What we add to every image (Apptainer's files, bind points, the catalog marker);
@@ -68,12 +67,7 @@ def sharded(tmp_path: Path, host: str, entries: Dict[str, List[str]]) -> Path:
 def image_paths(built, scratch: Path) -> Tuple[Set[str], Set[str]]:
     """The paths applying every layer of a fixture image gives, and those of
     them that are device nodes or FIFOs."""
-    blobs = {b.digest: b for b in built.blobs}
-    manifest = json.loads(built.top.data)
-    config = json.loads(blobs[manifest["config"]["digest"]].data)
-    scratch.mkdir()
-    for layer, diff_id in zip(manifest["layers"], config["rootfs"]["diff_ids"]):
-        apply_layer(io.BytesIO(blobs[layer["digest"]].data), layer["mediaType"], scratch, expected_diff_id=diff_id)
+    apply_image(built, scratch)
     found, special = set(), set()
     for dirpath, dirnames, filenames in os.walk(scratch):
         for name in dirnames + filenames:

@@ -136,17 +136,9 @@ _OUR_PARENTS = (b"etc", b"var")
 def assert_matches_full_apply(tree: Path, built, scratch: Path) -> None:
     """`tree` holds exactly what applying every layer of `built` in order gives
     (besides what we add: .singularity.d, bind points, the catalog marker)."""
-    import io
+    from tests.treecompare import apply_image, as_cvmfs_publishes, describe_tree, on_real_cvmfs
 
-    from reconciler.applier import apply_layer
-    from tests.treecompare import as_cvmfs_publishes, describe_tree, on_real_cvmfs
-
-    blobs = {b.digest: b for b in built.blobs}
-    manifest = json.loads(built.top.data)
-    config = json.loads(blobs[manifest["config"]["digest"]].data)
-    scratch.mkdir()
-    for layer, diff_id in zip(manifest["layers"], config["rootfs"]["diff_ids"]):
-        apply_layer(io.BytesIO(blobs[layer["digest"]].data), layer["mediaType"], scratch, expected_diff_id=diff_id)
+    apply_image(built, scratch)
     ours = {p: e for p, e in describe_tree(tree)[0].items() if not p.startswith(_OUR_ADDITIONS)}
     theirs, _ = describe_tree(scratch)
     if on_real_cvmfs(tree):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -12,8 +13,20 @@ from pathlib import Path
 from typing import Dict, FrozenSet, Set, Tuple
 
 from fixtures.build import BuiltImage
+from reconciler.applier import apply_layer
 
 UMOCI = shutil.which("umoci")
+
+
+def apply_image(image: BuiltImage, root: Path) -> None:
+    """Make `root` and apply every layer of a fixture image into it, in order
+    (what a published image must equal, besides what the publishers add)."""
+    blobs = {b.digest: b for b in image.blobs}
+    manifest = json.loads(image.top.data)
+    config = json.loads(blobs[manifest["config"]["digest"]].data)
+    root.mkdir()
+    for layer, diff_id in zip(manifest["layers"], config["rootfs"]["diff_ids"]):
+        apply_layer(io.BytesIO(blobs[layer["digest"]].data), layer["mediaType"], root, expected_diff_id=diff_id)
 
 
 def describe_tree(root: Path) -> Tuple[Dict[bytes, tuple], Set[FrozenSet[bytes]]]:
