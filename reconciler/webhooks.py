@@ -8,7 +8,7 @@ never trusted, and the poll itself verifies everything.
 | dockerhub    | the secret token as the last URL path segment                | repository.repo_name                      |
 | gitlab       | `X-Gitlab-Token: <token>`                                    | events[] (registry notifications) or project.path_with_namespace |
 | harbor       | `Authorization: <token>` (Harbor's "Auth Header")            | event_data.repository.repo_full_name      |
-| quay         | the secret token as the last URL path segment                | repository                                |
+| quay         | the secret token as the last URL path segment                | repository (one hint per updated_tags)    |
 | github       | `X-Hub-Signature-256: sha256=<HMAC-SHA256(secret, body)>`; a delivery (`X-GitHub-Delivery`) or signature seen within the window is a replay | package.namespace/package.name (container)|
 | generic      | `X-Reconciler-Timestamp` (unix seconds) + `X-Reconciler-Signature: sha256=<HMAC(secret, "<ts>.<body>")>`, 5 min window either way, no replays | repository or image |
 
@@ -302,15 +302,33 @@ def _dockerhub_hints(data: Dict[str, Any]) -> List[RepositoryHint]:
                            tag=_str_at(data, "push_data", "tag"))]
 
 
+# Quay's repo_push names the tags it moved but sends no push time
+# (https://docs.quay.io/guides/notifications.html: "updated_tags", a list; an
+# object tag -> digest in older Quay releases), so its deliveries have no push time.
+MAX_HINT_TAGS = 100  # more tags in one hook: one hint for the whole repository
+
+
 def _quay_hints(data: Dict[str, Any]) -> List[RepositoryHint]:
     name = _str_at(data, "repository")
     if not name:
         raise HookRejected(400, "expected repository")
     url = _str_at(data, "docker_url") or ""
-    return [RepositoryHint(name, normalize_registry(url.split("/", 1)[0]) if "/" in url else None)]
+    registry = normalize_registry(url.split("/", 1)[0]) if "/" in url else None
+    updated = data.get("updated_tags")
+    listed = updated if isinstance(updated, list) else list(updated) if isinstance(updated, dict) else []
+    tags = list(dict.fromkeys(t for t in listed if isinstance(t, str) and t))
+    if not tags or len(tags) > MAX_HINT_TAGS:
+        return [RepositoryHint(name, registry)]
+    return [RepositoryHint(name, registry, tag=tag) for tag in tags]
 
 
 def _gitlab_hints(data: Dict[str, Any]) -> List[RepositoryHint]:
+    # The GitLab container registry's notifications are the distribution
+    # registry's (https://docs.gitlab.com/administration/packages/container_registry/
+    # #configure-container-registry-notifications): their push time and tag are read
+    # there. A project webhook (push, tag, pipeline events; GitLab has no registry
+    # event, https://docs.gitlab.com/user/project/integrations/webhook_events/) says
+    # nothing of an image: no push time, no tag.
     if "events" in data:
         return _distribution_events(data)
     path = _str_at(data, "project", "path_with_namespace")
@@ -335,18 +353,42 @@ def _github_hints(data: Dict[str, Any]) -> List[RepositoryHint]:
     name = _str_at(package, "name")
     if not owner or not name:
         raise HookRejected(400, "expected package.namespace (or owner.login) and package.name")
-    return [RepositoryHint(f"{owner}/{name}".lower(), "ghcr.io")]
+    # The `package` (and older `registry_package`) event's package_version has
+    # updated_at/created_at (ISO 8601) and, for a container, container_metadata.tag.name
+    # (https://docs.github.com/en/webhooks/webhook-events-and-payloads#package);
+    # "updated" is a version that got a tag again, so updated_at is its push.
+    version = package.get("package_version")
+    pushed = _iso_time(_at(version, "updated_at")) or _iso_time(_at(version, "created_at"))
+    return [RepositoryHint(f"{owner}/{name}".lower(), "ghcr.io", pushed_at=pushed,
+                           tag=_str_at(version, "container_metadata", "tag", "name"))]
+
+
+def _generic_time(value: object) -> Optional[float]:
+    """The generic hook's optional `pushed_at`: RFC 3339 or unix seconds."""
+    if value is None:
+        return None
+    when = _epoch_time(value) if isinstance(value, (int, float)) else _iso_time(value)
+    if when is None:
+        raise HookRejected(400, "pushed_at is neither an RFC 3339 time (2026-12-02T10:00:05Z) nor unix seconds")
+    return when
 
 
 def _generic_hints(data: Dict[str, Any]) -> List[RepositoryHint]:
+    # Our own format (README, "Webhooks per registry"): optional `pushed_at` and
+    # `tag` beside `image` or `repository`; a tag in `image` counts when `tag` is absent.
+    pushed = _generic_time(data.get("pushed_at"))
+    if "tag" in data and not _str_at(data, "tag"):
+        raise HookRejected(400, "tag is not a non-empty string")
+    tag = _str_at(data, "tag")
     image = _str_at(data, "image")
     if image:
         host, _, repo = image.partition("/")
-        return [RepositoryHint(repo.split(":", 1)[0].split("@", 1)[0], normalize_registry(host))]
+        name, _, given = repo.split("@", 1)[0].partition(":")
+        return [RepositoryHint(name, normalize_registry(host), pushed_at=pushed, tag=tag or given or None)]
     name = _str_at(data, "repository")
     if not name:
         raise HookRejected(400, "expected repository or image")
-    return [RepositoryHint(name)]
+    return [RepositoryHint(name, pushed_at=pushed, tag=tag)]
 
 
 _PARSERS: Dict[str, Callable[[Dict[str, Any]], List[RepositoryHint]]] = {

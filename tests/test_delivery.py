@@ -5,6 +5,8 @@ set by the test). The real thing is tests/test_replicas_real.py."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import re
 from http.server import BaseHTTPRequestHandler
@@ -21,7 +23,7 @@ from reconciler.registry.manifest import Platform
 from reconciler.service.delivery import DeliveryTracker
 from reconciler.service.page import render_page
 from reconciler.watchlist import load_watchlist
-from reconciler.webhooks import _PARSERS
+from reconciler.webhooks import _PARSERS, verify_body, verify_headers
 from tests.loopback_http import LoopbackServer
 
 SIGNED = b"--\n08ec80b0dbb11ca9f6619d51ed6e6f034f5e44ee\n\x8b\xc8\xd7v8\xd4\n\xae\x00S99\n"
@@ -182,6 +184,24 @@ def test_a_push_is_told_to_the_first_cycle_that_could_have_seen_it(tmp_path, ser
         assert after.pushed == 1990.0
         (again,) = tracker.cycle_done(published_report(tmp_path), started=2010.0, ended=2012.0)
         assert again.pushed is None  # told once
+    finally:
+        tracker.close()
+
+
+def test_a_generic_hooks_push_time_and_tag_reach_the_delivery_and_status(tmp_path, servers):
+    tracker = tracker_for(tmp_path, servers, "1m", lambda: 2000.0, CollectorRegistry())
+    try:
+        body = json.dumps({"image": "reg.example.org/team/app", "tag": "v2",
+                           "pushed_at": "1970-01-01T00:33:10.5Z"}).encode()  # 1990.5
+        stamp = "1996"
+        signature = "sha256=" + hmac.new(b"k" * 16, stamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+        checked = verify_headers("generic", "k" * 16, {"x-reconciler-timestamp": stamp,
+                                                        "x-reconciler-signature": signature}, now=1996.0)
+        tracker.hook(verify_body(checked, "k" * 16, body, now=1996.0), tracker_entries(tmp_path), received=1996.0)
+        (delivery,) = tracker.cycle_done(published_report(tmp_path), started=1997.0, ended=2000.0)
+        assert delivery.pushed == 1990.5
+        (shown,) = tracker.status()["images"]
+        assert (shown["pushed"], shown["push_to_publish_seconds"]) == ("1970-01-01T00:33:10Z", 9.5)
     finally:
         tracker.close()
 

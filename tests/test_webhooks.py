@@ -20,6 +20,7 @@ from reconciler.service.delivery import DeliveryTracker
 from reconciler.service.hook_secrets import load_hook_secrets
 from reconciler.service.metrics import Metrics
 from reconciler.watchlist import WebhookConfig, load_watchlist
+from reconciler.webhooks import _PARSERS, MAX_HINT_TAGS, HookRejected
 
 SECRET = "s3cret-s3cret-s3cret"
 
@@ -111,6 +112,7 @@ GITHUB_BODY = json.dumps({"action": "published", "package": {
     "name": "Tool", "namespace": "octo", "package_type": "CONTAINER",
     "package_version": {"container_metadata": {"tag": {"name": "1", "digest": "sha256:" + "3" * 64}}}}}).encode()
 GENERIC_BODY = json.dumps({"image": "registry.example.org/team/app:1"}).encode()
+BAD_TIME_BODY = json.dumps({"image": "registry.example.org/team/app", "pushed_at": "yesterday"}).encode()
 
 VALID = [
     ("distribution", "/hooks/distribution", {"Authorization": f"Bearer {SECRET}"}, envelope("team/app"), [1]),
@@ -156,6 +158,7 @@ INVALID = [
     ("generic", "/hooks/generic", lambda: generic_headers(GENERIC_BODY, stamp=str(int(time.time()) - 3600)),
      GENERIC_BODY, 401),
     ("generic", "/hooks/generic", lambda: generic_headers(GENERIC_BODY, secret="other-secret"), GENERIC_BODY, 401),
+    ("generic", "/hooks/generic", lambda: generic_headers(BAD_TIME_BODY), BAD_TIME_BODY, 400),
     ("nonesuch", "/hooks/nonesuch", {}, b"{}", 404),
 ]
 
@@ -575,3 +578,67 @@ def test_a_hook_matches_entries_a_list_added_after_the_start(client):
                            headers={"Authorization": f"Bearer {SECRET}"})
     assert response.status_code == 202
     assert client.service.nudged == [[len(images) + 1]]
+
+
+# --- push times and tags in the payloads -------------------------------------
+# (distribution, dockerhub and harbor: tests/test_delivery.py)
+
+def test_quay_repo_push_gives_one_hint_per_updated_tag_and_no_time():
+    # https://docs.quay.io/guides/notifications.html, "Repository Push"; older Quay sent an object tag -> digest.
+    body = {"name": "repository", "repository": "org/thing", "namespace": "org", "docker_url": "quay.io/org/thing",
+            "homepage": "https://quay.io/repository/org/thing", "updated_tags": ["1", "latest", "1"]}
+    hints = _PARSERS["quay"](body)
+    assert [(h.repository, h.registry, h.tag, h.pushed_at) for h in hints] == [
+        ("org/thing", "quay.io", "1", None), ("org/thing", "quay.io", "latest", None)]
+    (old,) = _PARSERS["quay"](dict(body, updated_tags={"2": "b750fe79269d2ec9a3c593ef05b4332b1d1a02a6"}))
+    assert old.tag == "2"
+    (many,) = _PARSERS["quay"](dict(body, updated_tags=[str(n) for n in range(MAX_HINT_TAGS + 1)]))
+    assert many.tag is None  # one hint for the repository, not a hundred
+
+
+def test_gitlab_registry_notifications_carry_push_time_and_tag_project_hooks_none():
+    # GitLab's registry sends the distribution registry's envelope.
+    events = {"events": [{"id": "a582a0f3-e620-43e6-8e98-ff850fc9d984", "timestamp": "2023-01-25T14:45:54.17327+11:00",
+                          "action": "push", "target": {
+                              "mediaType": "application/vnd.docker.distribution.manifest.v2+json", "size": 528,
+                              "digest": "sha256:" + "af" * 32, "repository": "group/project/sub", "tag": "1"}}]}
+    (hint,) = _PARSERS["gitlab"](events)
+    assert (hint.repository, hint.tag) == ("group/project/sub", "1")
+    assert hint.pushed_at == pytest.approx(1674618354.17327, abs=1e-5)  # 03:45:54.17327 UTC
+    (project,) = _PARSERS["gitlab"]({"object_kind": "pipeline", "project": {"path_with_namespace": "Group/Project"}})
+    assert (project.repository, project.tag, project.pushed_at) == ("group/project", None, None)
+
+
+GITHUB_PACKAGE = {"action": "updated", "package": {
+    "id": 1733456, "name": "Tool", "namespace": "octo", "ecosystem": "CONTAINER", "package_type": "CONTAINER",
+    "created_at": "2022-05-26T16:06:54Z", "updated_at": "2022-05-26T16:06:54Z", "owner": {"login": "octo"},
+    "package_version": {
+        "id": 21547813, "version": "sha256:" + "3" * 64, "name": "sha256:" + "3" * 64,
+        "created_at": "2026-12-02T09:00:01Z", "updated_at": "2026-12-02T09:00:05.5Z",
+        "container_metadata": {"tag": {"name": "1", "digest": "sha256:" + "3" * 64}, "labels": {}, "manifest": {}},
+        "package_url": "ghcr.io/octo/tool:1"}}}
+
+
+def test_github_package_event_gives_the_version_time_and_tag():
+    # https://docs.github.com/en/webhooks/webhook-events-and-payloads#package
+    (hint,) = _PARSERS["github"](GITHUB_PACKAGE)
+    assert (hint.repository, hint.registry, hint.tag) == ("octo/tool", "ghcr.io", "1")
+    assert hint.pushed_at == 1796202005.5  # updated_at: a version tagged again is "updated"
+    version = dict(GITHUB_PACKAGE["package"]["package_version"], updated_at=None, container_metadata={"tag": {"name": ""}})
+    (published,) = _PARSERS["github"]({"action": "published", "registry_package": dict(
+        GITHUB_PACKAGE["package"], package_version=version)})
+    assert (published.pushed_at, published.tag) == (1796202001.0, None)  # created_at; an untagged platform manifest
+
+
+def test_generic_hook_takes_an_optional_push_time_and_tag():
+    (stamp,) = _PARSERS["generic"]({"image": "registry.example.org/team/app:1", "pushed_at": 1796202005})
+    assert (stamp.repository, stamp.registry, stamp.tag, stamp.pushed_at) == (
+        "team/app", "registry.example.org", "1", 1796202005.0)
+    (iso,) = _PARSERS["generic"]({"repository": "team/app", "tag": "2", "pushed_at": "2026-12-02T10:00:05.25+01:00"})
+    assert (iso.tag, iso.pushed_at) == ("2", 1796202005.25)
+    (plain,) = _PARSERS["generic"]({"image": "registry.example.org/team/app@sha256:" + "4" * 64})
+    assert (plain.repository, plain.tag, plain.pushed_at) == ("team/app", None, None)
+    for bad in ({"pushed_at": "yesterday"}, {"pushed_at": True}, {"pushed_at": -1}, {"tag": ""}, {"tag": 3}):
+        with pytest.raises(HookRejected) as refused:
+            _PARSERS["generic"](dict({"repository": "team/app"}, **bad))
+        assert refused.value.status == 400
