@@ -20,14 +20,21 @@ published without a policy).
 Per source repository (`host/name`), what the last anonymous probe said:
 public, not public (and why) or unknown, and when it was asked.
 
-Version 1 keyed tags by source; versions up to 4 had no signature columns;
-opening such a database migrates it.
+Per publish target (each has its own database), the delivery times of the
+recently published images (reconciler/delivery.py): pushed, seen, published
+and when each stratum 1 first served them, and the webhook push times not yet
+told to a publish, so that a restart neither loses a delivery still waiting
+for a stratum 1 nor tells (and observes) one twice.
+
+Version 1 keyed tags by source; versions up to 4 had no signature columns,
+up to 5 no delivery tables; opening such a database migrates it.
 `StateDB.read_only()` opens it for `--dry-run` without writing anything.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import sqlite3
 import threading
 import time
@@ -35,8 +42,11 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Set, Tuple
 
-# 3: entry_state (entries failing as a whole); 4: visibility_state; 5: tag_state.signed_by, signed_where
-SCHEMA_VERSION = 5
+from .delivery import Delivery, PushKey
+
+# 3: entry_state (entries failing as a whole); 4: visibility_state; 5: tag_state.signed_by, signed_where;
+# 6: delivery_state, push_state (created by _SCHEMA when an older database is opened)
+SCHEMA_VERSION = 6
 _TAG_COLUMNS = """
     source TEXT NOT NULL,
     tag TEXT NOT NULL,
@@ -78,7 +88,26 @@ CREATE TABLE IF NOT EXISTS image_state (
     dest TEXT,
     unreferenced_since REAL
 );
+CREATE TABLE IF NOT EXISTS delivery_state (
+    tag_path TEXT PRIMARY KEY,
+    image TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    pushed REAL,
+    seen REAL NOT NULL,
+    published REAL NOT NULL,
+    revision INTEGER,
+    replicas TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS push_state (
+    dest TEXT NOT NULL,
+    tag TEXT NOT NULL,
+    pushed_at REAL NOT NULL,
+    received REAL NOT NULL,
+    PRIMARY KEY (dest, tag)
+);
 """
+# delivery_state.replicas: JSON [[stratum 1 URL, first served or null], …];
+# push_state.tag: "" when the hook named no tag (NULL would not be unique in the key).
 # Version 1: tags keyed by (source, tag, platform), images owned by a source (now: by
 # the dest of a tag of that source; sources were one entry each in practice).
 _V1_TAG_COLUMNS = ", ".join(line.split()[0] for line in _TAG_COLUMNS.strip().splitlines())
@@ -380,3 +409,52 @@ class StateDB:
                 "SELECT digest, dest FROM image_state WHERE unreferenced_since IS NOT NULL AND unreferenced_since <= ? "
                 "ORDER BY unreferenced_since", (unreferenced_before,)).fetchall()
         return [d for d, dest in rows if dest not in protected_dests][:limit]
+
+    # -- delivery times (reconciler/delivery.py's DeliveryStore) -----------------
+
+    def deliveries(self) -> List[Delivery]:
+        """The deliveries kept, oldest publish first (none in a database of
+        version 5 or older, opened read-only)."""
+        with self._lock:
+            if not _has_table(self._conn, "delivery_state"):
+                return []
+            rows = self._conn.execute(
+                "SELECT tag_path, image, digest, pushed, seen, published, revision, replicas FROM delivery_state "
+                "ORDER BY published, tag_path").fetchall()
+        return [Delivery(tag_path, image, digest, pushed, seen, published, revision,
+                         tuple((str(url), None if at is None else float(at)) for url, at in json.loads(replicas)))
+                for tag_path, image, digest, pushed, seen, published, revision, replicas in rows]
+
+    def record_delivery(self, delivery: Delivery) -> None:
+        """Keep a delivery (replacing the tag's earlier one)."""
+        replicas = json.dumps([[url, at] for url, at in delivery.replicas])
+        with self._lock:
+            self._conn.execute(
+                """INSERT OR REPLACE INTO delivery_state (tag_path, image, digest, pushed, seen, published, revision,
+                                                          replicas) VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
+                (delivery.tag_path, delivery.image, delivery.digest, delivery.pushed, delivery.seen,
+                 delivery.published, delivery.revision, replicas))
+
+    def forget_delivery(self, tag_path: str) -> None:
+        """Drop a delivery no longer kept."""
+        with self._lock:
+            self._conn.execute("DELETE FROM delivery_state WHERE tag_path=?", (tag_path,))
+
+    def pushes(self) -> Dict[PushKey, Tuple[float, float]]:
+        """Push times not yet told to a publish: (dest, tag or None) -> (pushed, received)."""
+        with self._lock:
+            if not _has_table(self._conn, "push_state"):
+                return {}
+            rows = self._conn.execute("SELECT dest, tag, pushed_at, received FROM push_state").fetchall()
+        return {(dest, tag or None): (float(at), float(received)) for dest, tag, at, received in rows}
+
+    def record_push(self, key: PushKey, pushed: float, received: float) -> None:
+        """Keep a push time until a publish takes it."""
+        with self._lock:
+            self._conn.execute("INSERT OR REPLACE INTO push_state (dest, tag, pushed_at, received) VALUES (?, ?, ?, ?)",
+                               (key[0], key[1] or "", pushed, received))
+
+    def forget_push(self, key: PushKey) -> None:
+        """Drop a push time told to a publish (or too old to be)."""
+        with self._lock:
+            self._conn.execute("DELETE FROM push_state WHERE dest=? AND tag=?", (key[0], key[1] or ""))

@@ -383,8 +383,8 @@ def _generic_hints(data: Dict[str, Any]) -> List[RepositoryHint]:
     image = _str_at(data, "image")
     if image:
         host, _, repo = image.partition("/")
-        name, _, given = repo.split("@", 1)[0].partition(":")
-        return [RepositoryHint(name, normalize_registry(host), pushed_at=pushed, tag=tag or given or None)]
+        path, _, given = repo.split("@", 1)[0].partition(":")
+        return [RepositoryHint(path, normalize_registry(host), pushed_at=pushed, tag=tag or given or None)]
     name = _str_at(data, "repository")
     if not name:
         raise HookRejected(400, "expected repository or image")

@@ -9,6 +9,9 @@ import hashlib
 import hmac
 import json
 import re
+import sqlite3
+import threading
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Dict
@@ -17,11 +20,13 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from reconciler.cycle.outcome import CycleReport, ImageOutcome
+from reconciler.delivery import DeliveryLog, MemoryOnly
 from reconciler.errors import ConfigError, PublishError
 from reconciler.publish.replicas import parse_manifest, stratum0_url
 from reconciler.registry.manifest import Platform
 from reconciler.service.delivery import DeliveryTracker
 from reconciler.service.page import render_page
+from reconciler.state import StateDB
 from reconciler.watchlist import load_watchlist
 from reconciler.webhooks import _PARSERS, verify_body, verify_headers
 from tests.loopback_http import LoopbackServer
@@ -105,12 +110,13 @@ def servers():
     s.server.close()
 
 
-def tracker_for(tmp_path: Path, servers: Servers, lag: str, clock, registry: CollectorRegistry) -> DeliveryTracker:
+def tracker_for(tmp_path: Path, servers: Servers, lag: str, clock, registry: CollectorRegistry,
+                stores=None) -> DeliveryTracker:
     path = tmp_path / "watchlist.toml"
     path.write_text(f'[publish]\nbackend = "cvmfs"\nrepository = "r.org"\nreplicas = ["{servers.base}/s1"]\n'
                     f'replica_lag_max = "{lag}"\n[[image]]\nsource = "reg.example.org/team/app"\ntags = ["v2"]\n'
                     'dest = "app"\n')
-    return DeliveryTracker(load_watchlist(path), registry, clock=clock, stratum0=f"{servers.base}/s0")
+    return DeliveryTracker(load_watchlist(path), registry, clock=clock, stratum0=f"{servers.base}/s0", stores=stores)
 
 
 def tracker_entries(tmp_path: Path):
@@ -204,6 +210,88 @@ def test_a_generic_hooks_push_time_and_tag_reach_the_delivery_and_status(tmp_pat
         assert (shown["pushed"], shown["push_to_publish_seconds"]) == ("1970-01-01T00:33:10Z", 9.5)
     finally:
         tracker.close()
+
+
+def test_delivery_times_survive_restarts_and_are_observed_once(tmp_path, servers):
+    """Restarts between the hook and its publish, between the publish and the
+    stratum 1 catching up, and after: each start a new tracker, registry and
+    state database connection, as a restarted service has."""
+    now = [991.0]
+    s1 = f"{servers.base}/s1"
+
+    def start():
+        registry = CollectorRegistry()
+        state = StateDB(tmp_path / "state.db")
+        return tracker_for(tmp_path, servers, "1m", lambda: now[0], registry, stores={"": state}), registry, state
+
+    def stop():
+        tracker.close()
+        state.close()
+
+    def observed(registry, name):
+        return registry.get_sample_value(f"reconciler_{name}_seconds_count", {"replica": s1} if "replica" in name
+                                         else {}) or 0.0
+
+    tracker, registry, state = start()
+    hints = _PARSERS["dockerhub"]({"repository": {"repo_name": "team/app"}, "push_data": {"pushed_at": 990, "tag": "v2"}})
+    tracker.hook([replace(h, registry=None) for h in hints], tracker_entries(tmp_path), received=991.0)
+    stop()
+
+    tracker, registry, state = start()  # the webhook came, the publish comes after the restart
+    (delivery,) = tracker.cycle_done(published_report(tmp_path), started=995.0, ended=1000.0)
+    assert (delivery.pushed, delivery.revision, delivery.replica_time(s1)) == (990.0, 7, None)  # s1 serves 6
+    assert observed(registry, "push_to_publish") == 1.0
+    stop()
+
+    now[0] = 1100.0
+    servers.revisions["s1"] = 8  # caught up while the service was down
+    tracker, registry, state = start()
+    (shown,) = tracker.status()["images"]
+    assert (shown["pushed"], shown["revision"], shown["replicas"][0]["served"]) == ("1970-01-01T00:16:30Z", 7, None)
+    assert shown["replicas"][0]["lagging"]  # published 100 s ago, still waiting: a minute is the limit
+    assert observed(registry, "push_to_publish") == 0.0  # told before the restart, not again
+    (caught,) = tracker.poll_replicas()
+    assert caught.at == 1100.0 and observed(registry, "push_to_replica") == 1.0
+    stop()
+
+    now[0] = 1200.0
+    tracker, registry, state = start()
+    try:
+        (shown,) = tracker.status()["images"]
+        assert shown["replicas"][0]["after_push_seconds"] == 110.0 and not shown["replicas"][0]["lagging"]
+        asked = dict(servers.asked)
+        assert tracker.poll_replicas(force=True) == [] and servers.asked == asked  # nothing waits: nothing asked
+        assert observed(registry, "publish_to_replica") == 0.0 and observed(registry, "push_to_replica") == 0.0
+        (again,) = tracker.cycle_done(published_report(tmp_path), started=1150.0, ended=1160.0)
+        assert again.pushed is None  # the push was taken by the first publish, before two restarts
+    finally:
+        stop()
+
+
+def test_readers_of_the_log_do_not_wait_for_a_busy_store():
+    """The state database is busy while a cycle records: the status page and
+    the replica checks read the log meanwhile, and a store write that fails is
+    only logged (the log keeps the figures in memory)."""
+    release, writing, released = threading.Event(), threading.Event(), []
+
+    class BusyStore(MemoryOnly):
+        def record_delivery(self, delivery):
+            writing.set()
+            released.append(release.wait(5))  # True: the reader below came while this waited
+            raise sqlite3.OperationalError("database is locked")
+
+    delivery_log = DeliveryLog(["http://s1"], store=BusyStore())
+    writer = threading.Thread(target=lambda: delivery_log.published(
+        "app:v2", "reg/team/app:v2", "sha256:" + "a" * 64, pushed=None, seen=1.0, published=2.0, revision=7))
+    writer.start()
+    try:
+        assert writing.wait(5)
+        assert [d.tag_path for d in delivery_log.deliveries()] == ["app:v2"] and delivery_log.waiting()
+    finally:
+        release.set()
+        writer.join(5)
+    assert released == [True], "the reader waited for the store"
+    assert not writer.is_alive() and delivery_log.deliveries()[0].revision == 7
 
 
 def test_each_publish_target_has_its_own_stratum_1s_and_deliveries(tmp_path, servers):

@@ -38,7 +38,7 @@ def test_a_v1_database_is_migrated_with_its_rows_and_image_owners(tmp_path):
     finally:
         state.close()
     tables = {r[0] for r in sqlite3.connect(path).execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    assert tables == {"tag_state", "image_state", "entry_state", "visibility_state"}
+    assert tables == {"tag_state", "image_state", "entry_state", "visibility_state", "delivery_state", "push_state"}
 
 
 V3_TAG_STATE = """
@@ -77,4 +77,54 @@ def test_a_v3_database_reads_read_only_and_gains_the_signature_columns_when_open
         assert state.get("app", "v1", "linux/amd64").signed_by is None
     finally:
         state.close()
-    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == 5
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == 6
+
+
+def v5_database(path):
+    """A state database as version 5 left it: signature columns, no delivery tables."""
+    conn = sqlite3.connect(path)
+    conn.executescript(V3_TAG_STATE.replace("PRAGMA user_version=3;", """
+        ALTER TABLE tag_state ADD COLUMN signed_by TEXT; ALTER TABLE tag_state ADD COLUMN signed_where TEXT;
+        CREATE TABLE entry_state (dest TEXT PRIMARY KEY, source TEXT NOT NULL, failures INTEGER NOT NULL,
+            last_failure REAL NOT NULL, failure_reason TEXT NOT NULL, next_due REAL NOT NULL);
+        CREATE TABLE visibility_state (repository TEXT PRIMARY KEY, public INTEGER, reason TEXT NOT NULL,
+            checked_at REAL NOT NULL);
+        CREATE TABLE image_state (digest TEXT PRIMARY KEY, dest TEXT, unreferenced_since REAL);
+        PRAGMA user_version=5;"""))
+    conn.close()
+
+
+def test_a_v5_database_reads_read_only_without_delivery_times_and_keeps_them_once_opened(tmp_path):
+    from reconciler.delivery import Delivery
+
+    path = tmp_path / "state.db"
+    v5_database(path)
+    before = path.read_bytes()
+    reader = StateDB.read_only(path)  # --dry-run beside a service not yet upgraded
+    try:
+        (row,) = reader.all()
+        assert row.published_digest == "sha256:b"
+        assert (reader.deliveries(), reader.pushes()) == ([], {})
+    finally:
+        reader.close()
+    assert path.read_bytes() == before and not (tmp_path / "state.db-wal").exists()
+    state = StateDB(path)
+    try:
+        delivery = Delivery("app:v1", "reg/team/app:v1", "sha256:b", 990.5, 995.0, 1000.0, 7,
+                            (("http://s1/cvmfs/r", None), ("http://s2/cvmfs/r", 1010.0)))
+        state.record_delivery(delivery)
+        state.record_push(("app", None), 1990.0, 1991.0)
+        state.record_push(("app", "v2"), 1992.0, 1993.0)
+        state.forget_push(("app", None))
+        assert state.all()[0].published_digest == "sha256:b"
+    finally:
+        state.close()
+    state = StateDB(path)
+    try:
+        assert state.deliveries() == [delivery]
+        assert state.pushes() == {("app", "v2"): (1992.0, 1993.0)}
+        state.forget_delivery("app:v1")
+        assert state.deliveries() == []
+    finally:
+        state.close()
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == 6

@@ -29,6 +29,7 @@ import httpx
 import pytest
 
 from fixtures.push import FixturePusher
+from reconciler.delivery import Delivery
 from reconciler.progress import ProgressSnapshot, TerminalProgress
 from reconciler.reconcile import Reconciler
 from reconciler.service.app import build_app
@@ -168,6 +169,9 @@ dest = "other"
                              "manifest unknown", now=1_714_564_900.0)
         os.symlink(".images/11/" + "1" * 62, tmp_path / "publish" / "app:1")
         os.utime(tmp_path / "publish" / "app:1", (1_714_500_000, 1_714_500_000), follow_symlinks=False)
+        # A delivery recorded before a restart: the service reads it from the target's state.
+        state.record_delivery(Delivery("app:1", "registry.example.org/team/app:1", digest, None, 1_714_564_790.0,
+                                       1_714_564_800.0, None))
         status = Service(watchlist, reconciler).status()
     finally:
         reconciler.close()
@@ -175,6 +179,7 @@ dest = "other"
     times = _times(status)
     assert times and all(t is None or ISO.match(t) for t in times), times
     assert status["cycle"] == {"running": False, "started": None, "entries": [], "images": []}
+    assert [(d["path"], d["published"]) for d in status["delivery"]["images"]] == [("app:1", "2024-05-01T12:00:00Z")]
     app, other = status["images"]
     rows = {(t["tag"], t["platform"]): t for t in app["tags"]}
     assert len(rows) == 6 and other["tags"][0]["state"] == "waiting"  # no row of dest "app" under "other"

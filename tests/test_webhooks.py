@@ -478,6 +478,33 @@ def test_pages_do_not_block_the_event_loop(client, path):
     assert waited == [True], "the status handler blocked the event loop until it gave up waiting"
 
 
+def test_a_hooks_push_time_is_kept_without_blocking_the_event_loop(client):
+    # The push time goes to the state database, busy while a cycle records: the
+    # hook waits for it in a worker thread, and /healthz answers meanwhile.
+    import threading
+    release = threading.Event()
+    entered, waited = [], []
+
+    def slow_hook(hints, entries, received):
+        entered.append([h.repository for h in hints])
+        waited.append(release.wait(5))
+
+    client.service.delivery.hook = slow_hook
+    app = build_app(client.service, {"distribution": SECRET})
+
+    async def scenario(c):
+        hook = asyncio.ensure_future(c.post("/hooks/distribution", content=envelope("team/app"),
+                                            headers={"Authorization": f"Bearer {SECRET}"}))
+        await until(lambda: entered, "the hook to hand its push time over")
+        health = await c.get("/healthz")
+        release.set()
+        return health, await hook
+
+    health, hook = run_requests(app, scenario)
+    assert health.status_code == 200 and hook.status_code == 202
+    assert entered == [["team/app"]] and waited == [True], "the hook blocked the event loop"
+
+
 def test_hook_secrets_are_read_as_registry_passwords_are(tmp_path):
     # One reader: only the file's trailing line break is dropped, as for a registry password.
     (tmp_path / "tok").write_text(f" {SECRET} \r\n")

@@ -22,6 +22,7 @@ from typing import Awaitable, Callable, Dict, Optional
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
@@ -81,7 +82,9 @@ def _hook_endpoint(service: Service, secrets: Dict[str, str], limits: ListenerLi
         entries = [(e.index, e.source.registry, e.source.repository) for e in service.watchlist.images]
         matched = matching_entries(hints, entries)
         service.metrics.hooks.labels(provider, "accepted").inc()
-        service.delivery.hook(hints, service.watchlist.images, now)
+        # In a worker thread: the push time goes to the state database, which
+        # may be busy recording a cycle, and the event loop must not wait for it.
+        await run_in_threadpool(service.delivery.hook, hints, service.watchlist.images, now)
         if matched:
             log.info("webhook %s: polling %s soon", provider,
                      ", ".join(e.label for e in service.watchlist.images if e.index in matched))

@@ -15,13 +15,13 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, List, Optional, Sequence
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence
 
 import httpx
 from prometheus_client import CollectorRegistry, Histogram
 
 from ..cycle.outcome import CycleReport, Status
-from ..delivery import Caught, Delivery, DeliveryLog
+from ..delivery import Caught, Delivery, DeliveryLog, DeliveryStore, MemoryOnly
 from ..errors import PublishError
 from ..publish.replicas import ServedRevision, read_served, stratum0_url
 from ..watchlist import CvmfsTarget, ImageEntry, Watchlist
@@ -79,17 +79,19 @@ class DeliveryTracker:
 
     def __init__(self, watchlist: Watchlist, registry: CollectorRegistry, *,
                  http: Optional[httpx.Client] = None, clock: Callable[[], float] = time.time,
-                 stratum0: Optional[str] = None) -> None:
+                 stratum0: Optional[str] = None, stores: Optional[Mapping[str, DeliveryStore]] = None) -> None:
         """`stratum0`: the URL cvmfs targets read published revisions from
         (default: each repository's CVMFS_STRATUM0 on this publisher); local
-        targets have none."""
+        targets have none. `stores`: per target name, where its times are kept
+        across restarts (its state database); without one, in memory only."""
+        stores = stores or {}
         self.targets: Dict[str, _Target] = {}
         for config in watchlist.publish_targets:
             url: Optional[str] = None
             if isinstance(config.target, CvmfsTarget):
                 url = stratum0 or stratum0_url(config.target.repository)
-            self.targets[config.name] = _Target(config.name, DeliveryLog(config.replicas), url,
-                                                config.replica_lag_max)
+            self.targets[config.name] = _Target(config.name, DeliveryLog(config.replicas, store=stores.get(
+                config.name, MemoryOnly())), url, config.replica_lag_max)
         self.metrics = DeliveryMetrics(registry)
         self.clock = clock
         self._owns_http = http is None
@@ -115,7 +117,7 @@ class DeliveryTracker:
             for index in matching_entries([hint], names):
                 target = self.targets.get(by_index[index].publish)
                 if target is not None:
-                    target.log.pushed(index, hint.tag, min(hint.pushed_at, received), received)
+                    target.log.pushed(by_index[index].dest, hint.tag, min(hint.pushed_at, received), received)
 
     def cycle_done(self, report: CycleReport, started: float, ended: float) -> List[Delivery]:
         """Record the tags a cycle published; the revision carrying them is read from each target's stratum 0."""
@@ -127,10 +129,10 @@ class DeliveryTracker:
                 continue
             revision = self._stratum0_revision(target)
             # A push is told to the tags this cycle published of its entry (a hook naming no tag: all of them).
-            pushes = target.log.take_pushes([o.entry.index for o in published], started)
+            pushes = target.log.take_pushes([o.entry.dest for o in published], started)
             for o in published:
                 assert o.digest is not None
-                pushed = pushes.get((o.entry.index, o.tag), pushes.get((o.entry.index, None)))
+                pushed = pushes.get((o.entry.dest, o.tag), pushes.get((o.entry.dest, None)))
                 delivery = target.log.published(o.tag_path, o.name, o.digest, pushed=pushed, seen=started,
                                                 published=ended, revision=revision)
                 self.metrics.delivered(delivery)

@@ -50,8 +50,10 @@ class Service:
         self.reconciler = reconciler
         self.debounce = debounce
         self.metrics = Metrics()
-        # Push to stratum 1 per published image: its own module, its own histograms.
-        self.delivery = DeliveryTracker(watchlist, self.metrics.registry)
+        # Push to stratum 1 per published image: its own module, its own histograms;
+        # its times kept in each target's state database, so they survive a restart.
+        self.delivery = DeliveryTracker(watchlist, self.metrics.registry,
+                                        stores={run.config.name: run.state for run in reconciler.targets})
         self.scheduler = BackgroundScheduler(timezone=dt.timezone.utc)
         self._due: Set[int] = set()
         self._cond = threading.Condition()
