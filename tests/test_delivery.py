@@ -20,7 +20,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from reconciler.cycle.outcome import CycleReport, ImageOutcome
-from reconciler.delivery import DeliveryLog, MemoryOnly
+from reconciler.delivery import PUSH_KEEP_S, DeliveryLog, MemoryOnly
 from reconciler.errors import ConfigError, PublishError
 from reconciler.publish.replicas import parse_manifest, stratum0_url
 from reconciler.registry.manifest import Platform
@@ -266,6 +266,19 @@ def test_delivery_times_survive_restarts_and_are_observed_once(tmp_path, servers
         assert again.pushed is None  # the push was taken by the first publish, before two restarts
     finally:
         stop()
+
+
+def test_a_push_no_publish_took_within_a_day_is_forgotten(tmp_path):
+    state = StateDB(tmp_path / "state.db")
+    try:
+        delivery_log = DeliveryLog([], store=state)
+        delivery_log.pushed("app", "sha-1", 100.0, 101.0)  # a tag nobody watches: no publish ever takes it
+        delivery_log.pushed("app", "v2", 200.0, 201.0 + PUSH_KEEP_S)
+        assert state.pushes() == {("app", "v2"): (200.0, 201.0 + PUSH_KEEP_S)}
+        assert DeliveryLog([], store=state).take_pushes(["app"], 1e9) == {("app", "v2"): 200.0}
+        assert state.pushes() == {}
+    finally:
+        state.close()
 
 
 def test_readers_of_the_log_do_not_wait_for_a_busy_store():
