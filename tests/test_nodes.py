@@ -392,8 +392,16 @@ def test_a_node_killed_during_its_gateway_publish(repo, tmp_path, fixture_regist
             else:
                 assert cvmfs_nodes.published_revision(GW) == repo
                 assert list(_leases()) == [f"{GW}/b"]  # held at the gateway for max_lease_time (2 hours here)
-                taken = Node("a").server("transaction", f"{GW}/b", check=False)
-                assert taken.returncode == 16, taken  # another node cannot have it
+                elsewhere = tmp_path / "elsewhere"  # another node (this host), with its own state
+                elsewhere.mkdir()
+                code, out = finish(Node("a").reconcile(sharded(elsewhere, host, {"b": ["basic v1 app"]}), "b", sync,
+                                                       wrapper, cwd=elsewhere))
+                assert code == 1, out  # it cannot have the lease, and is told why and what to do
+                assert f"cvmfs_server transaction {GW}/b failed (exit 16): the lease path is busy: another publisher " \
+                       "holds an overlapping lease (GET /api/v1/leases on the gateway lists them; one whose run was " \
+                       "killed is held until `cvmfs_server abort -f` on its node, which reconciler runs at its next " \
+                       "start there, or until the gateway's max_lease_time)" in out, out
+                assert "Path busy. Time remaining = " in out  # CernVM-FS says for how long
             code, out = finish(node_b.reconcile(watchlist, "b", sync, wrapper, cwd=tmp_path))
             assert code == 0, out
             assert "aborting the transaction left open by an interrupted run of reconciler" in out
