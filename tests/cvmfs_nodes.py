@@ -11,6 +11,8 @@ Reconcilers run as real processes (`python -m reconciler.cli`), each with a
 `cvmfs_server` wrapper first on PATH (`write_wrapper`) that logs every call
 with its node and times, and can make a run wait at a point of the test's
 choosing: files in a sync directory are the signals, polled with a deadline.
+Inside a publish, `GatewayProxy` (between one node and the gateway) holds the
+gateway's commit request, before or after the gateway handles it.
 
 Revisions are read from the stratum 0 over HTTP, not from a mount: the
 auto-tag of each publish (`cvmfs_server tag -l -x`) gives every revision's

@@ -1,7 +1,9 @@
 """Several publisher nodes on the real gateway: one watchlist shared out by
 lease path (`reconcile --target <name>` on each node), reconcilers publishing
-at the same time, overlapping leases, a node killed, the gateway restarted and
-a lease that expires under a run (tests/cvmfs_nodes.py).
+at the same time, overlapping leases, a node killed (before its publish, or
+during it: before or after the gateway commits, the whole node or reconciler
+alone), the gateway restarted and a lease that expires under a run
+(tests/cvmfs_nodes.py).
 
 Every scenario checks every revision it published, not only the last: each
 publish makes an auto-tag, and each revision's catalogs (read over HTTP) must

@@ -14,7 +14,9 @@ that began within seconds of an "opening" marker, which is ours. At the next
 start, a transaction left open by a run of ours that is no longer alive is
 aborted; one we did not open (no marker, or one that began long after an
 "opening" marker), or one whose process still runs, is reported and left alone (the next `transaction` then fails with
-"already in a transaction", reported per cycle). Every way out of a
+"already in a transaction", reported per cycle). So is one whose `publish`
+still runs (reconciler killed alone: the command's output goes to files, not
+a pipe, so it finishes): every cycle looks again. Every way out of a
 transaction ends in `publish` or a checked `abort -f`; the marker is cleared
 only once the repository is out of the transaction.
 
