@@ -11,6 +11,8 @@ Reconcilers run as real processes (`python -m reconciler.cli`), each with a
 `cvmfs_server` wrapper first on PATH (`write_wrapper`) that logs every call
 with its node and times, and can make a run wait at a point of the test's
 choosing: files in a sync directory are the signals, polled with a deadline.
+Inside a publish, `GatewayProxy` (between one node and the gateway) holds the
+gateway's commit request, before or after the gateway handles it.
 
 Revisions are read from the stratum 0 over HTTP, not from a mount: the
 auto-tag of each publish (`cvmfs_server tag -l -x`) gives every revision's
@@ -20,16 +22,20 @@ root catalog; the catalogs (zlib-compressed SQLite) give its whole tree.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import os
+import re
 import signal
 import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 import zlib
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -46,6 +52,8 @@ GATEWAY_CONFIG = Path("/etc/cvmfs/gateway/user.json")
 #   NODE_MEET="a b": after its transaction opened, wait until every named node's is open too.
 #   NODE_HOLD=publish: before publishing, say so (<node>.holding) and wait for <node>.go.
 #   NODE_HOLD_AFTER=transaction: the same once the transaction is open, before returning.
+#   NODE_DIRECT=publish: run that command in the wrapper's place (exec), its output going
+#     straight to reconciler, as without the wrapper (not logged; <node>.<command> says it started).
 _WRAPPER = r"""#!/bin/sh
 sync=$NODE_SYNC; me=$NODE_NAME
 wait_for() {
@@ -57,6 +65,9 @@ wait_for() {
 }
 if [ "$1" = "${NODE_HOLD:-}" ]; then
   touch "$sync/$me.holding"; wait_for "$sync/$me.go"
+fi
+if [ "$1" = "${NODE_DIRECT:-}" ]; then
+  touch "$sync/$me.$1"; exec /usr/bin/cvmfs_server "$@"
 fi
 start=$(date +%s.%N)
 out=$(mktemp "$sync/$me.$1.XXXXXX")
@@ -164,6 +175,30 @@ def finish(proc: subprocess.Popen, timeout: float = 300) -> Tuple[int, str]:
     """Wait for a run; its exit code and everything it printed."""
     out, err = proc.communicate(timeout=timeout)
     return proc.returncode, out + err
+
+
+def wait_for_event(event: "threading.Event", what: str, proc: subprocess.Popen, timeout: float = 120) -> None:
+    """Poll until `event` is set; fail after `timeout` or as soon as `proc` ended without it."""
+    deadline = time.monotonic() + timeout
+    while not event.wait(0.05):
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            raise AssertionError(f"the run ended (exit {proc.returncode}) before {what}: {(out + err)[-2000:]}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not happen within {timeout} s")
+
+
+def wait_group_gone(pgid: int, what: str, timeout: float = 120) -> None:
+    """Poll until no process of group `pgid` is left (a killed run's orphans)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} still runs after {timeout} s")
+        time.sleep(0.05)
 
 
 def kill_group(proc: subprocess.Popen) -> None:
@@ -330,3 +365,102 @@ def tag_links(tree: Tree) -> Dict[str, str]:
         if entry.symlink and ":" in path.rsplit("/", 1)[-1] and ".images/" in entry.symlink:
             links[path] = os.path.normpath(os.path.join(os.path.dirname(path), entry.symlink))
     return links
+
+
+# -- a node's way to the gateway, held at one request ----------------------------
+
+class GatewayProxy:
+    """An HTTP proxy between one node and the gateway that forwards every
+    request, except that it can hold one: `hold(method, path regex, forward=…)`.
+    `forward=False` keeps the request from the gateway (the node is, as far as
+    the gateway knows, still uploading); `forward=True` lets the gateway answer
+    it and keeps the answer from the node (the gateway committed, the node does
+    not know yet). `held` is set when the request arrived (and, with forward,
+    the gateway answered); `release()` lets it go on: an unforwarded request is
+    then dropped (its client is gone by then), a kept answer is sent.
+
+    Gateway API paths: cvmfs 2.11.5 gateway/internal/gateway/frontend/frontend.go
+    (POST /api/v1/leases/<token> commits a lease, POST /api/v1/payloads uploads)."""
+
+    def __init__(self, upstream: str = "127.0.0.1:4929") -> None:
+        self.upstream = upstream
+        self.held = threading.Event()
+        self._release = threading.Event()
+        self._rule: Optional[Tuple[str, re.Pattern[str], bool]] = None
+        self.requests: List[Tuple[str, str, int]] = []  # method, path, status (0: dropped)
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _forward(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                rule = proxy._rule
+                holding = rule is not None and rule[0] == self.command and rule[1].search(self.path) is not None
+                if holding and rule is not None and not rule[2]:
+                    proxy._rule = None
+                    proxy.held.set()
+                    proxy._release.wait(timeout=300)
+                    proxy.requests.append((self.command, self.path, 0))
+                    self.close_connection = True
+                    return
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection", "expect")}
+                conn = http.client.HTTPConnection(proxy.upstream, timeout=300)
+                try:
+                    conn.request(self.command, self.path, body=body, headers=headers)
+                    answer = conn.getresponse()
+                    data = answer.read()
+                    out = [(k, v) for k, v in answer.getheaders()
+                           if k.lower() not in ("content-length", "transfer-encoding", "connection")]
+                finally:
+                    conn.close()
+                proxy.requests.append((self.command, self.path, answer.status))
+                if holding:
+                    proxy._rule = None
+                    proxy.held.set()
+                    proxy._release.wait(timeout=300)
+                self.send_response(answer.status)
+                for key, value in out:
+                    self.send_header(key, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_PUT = do_DELETE = _forward  # noqa: N815
+
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+
+            def handle_error(self, request, client_address) -> None:  # type: ignore[no-untyped-def]
+                if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+                    super().handle_error(request, client_address)  # the node killed mid-answer is expected
+
+        self._server = Server(("127.0.0.1", 0), Handler)
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def hold(self, method: str, path: str, *, forward: bool) -> None:
+        """Hold the next `method` request whose path matches the regex `path`."""
+        self._rule = (method, re.compile(path), forward)
+
+    def release(self) -> None:
+        """Let a held request or answer go on."""
+        self._release.set()
+
+    def close(self) -> None:
+        self._release.set()
+        self._server.shutdown()
+        self._server.server_close()
+
+    def route(self, node: Node, repo: str) -> None:
+        """Point `node`'s upstream (server.conf, read by every cvmfs_server call) at this proxy."""
+        assert node.directory is not None
+        conf = node.directory / "etc-repos" / repo / "server.conf"
+        text = conf.read_text()
+        assert "http://localhost:4929/api/v1" in text, text
+        conf.write_text(text.replace("http://localhost:4929/api/v1", f"http://127.0.0.1:{self.port}/api/v1"))

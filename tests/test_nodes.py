@@ -1,7 +1,9 @@
 """Several publisher nodes on the real gateway: one watchlist shared out by
 lease path (`reconcile --target <name>` on each node), reconcilers publishing
-at the same time, overlapping leases, a node killed, the gateway restarted and
-a lease that expires under a run (tests/cvmfs_nodes.py).
+at the same time, overlapping leases, a node killed (before its publish, or
+during it: before or after the gateway commits, the whole node or reconciler
+alone), the gateway restarted and a lease that expires under a run
+(tests/cvmfs_nodes.py).
 
 Every scenario checks every revision it published, not only the last: each
 publish makes an auto-tag, and each revision's catalogs (read over HTTP) must
@@ -352,3 +354,113 @@ def test_an_opening_marker_never_claims_a_later_transaction(repo, tmp_path, fixt
     assert "was opening a transaction, but the one open now did not begin then: someone else's, left alone" in out
     assert f"cvmfs_server transaction {GW}/a failed (exit 17)" in out
     assert not marker.exists()
+
+
+# The request that commits a lease (cvmfs 2.11.5 gateway/internal/gateway/frontend/frontend.go,
+# POST /api/v1/leases/:token): the last step of a publish through the gateway.
+_COMMIT = r"^/api/v1/leases/[^/?]+$"
+
+
+@pytest.mark.parametrize("committed", [False, True], ids=["before-the-gateway-commits", "after-the-gateway-committed"])
+def test_a_node_killed_during_its_gateway_publish(repo, tmp_path, fixture_registry, fixture_images, committed):
+    """kill -9 of a node's reconciler and its `cvmfs_server publish` (the
+    process group) while the publish talks to the gateway: its lease's changes
+    are uploaded and the commit request is on its way (held by a proxy between
+    the node and the gateway). Either the gateway never got the commit (the
+    lease stays held at the gateway: another node cannot take that path until
+    the node's next run aborts it) or it committed and the node never heard
+    (the lease is gone, the node still in its transaction). Either way every
+    revision is complete and the node's next run converges."""
+    host = fixture_registry.host
+    watchlist = sharded(tmp_path, host, {"b": ["basic v1 app"]})
+    sync, wrapper = tmp_path / "sync", cvmfs_nodes.write_wrapper(tmp_path / "bin")
+    sync.mkdir()
+    proxy = cvmfs_nodes.GatewayProxy()
+    try:
+        with cvmfs_nodes.nodes(GW, tmp_path, ["b"]) as started:
+            node_b = started["b"]
+            proxy.route(node_b, GW)
+            proxy.hold("POST", _COMMIT, forward=committed)
+            doomed = node_b.reconcile(watchlist, "b", sync, wrapper, cwd=tmp_path, NODE_DIRECT="publish")
+            try:
+                cvmfs_nodes.wait_for_event(proxy.held, "the publish's commit request", doomed)
+            finally:
+                kill_group(doomed)
+                proxy.release()
+            assert node_b.in_transaction(GW)
+            if committed:
+                assert cvmfs_nodes.published_revision(GW) == repo + 1
+                assert not _leases()  # the commit released it
+            else:
+                assert cvmfs_nodes.published_revision(GW) == repo
+                assert list(_leases()) == [f"{GW}/b"]  # held at the gateway for max_lease_time (2 hours here)
+                elsewhere = tmp_path / "elsewhere"  # another node (this host), with its own state
+                elsewhere.mkdir()
+                code, out = finish(Node("a").reconcile(sharded(elsewhere, host, {"b": ["basic v1 app"]}), "b", sync,
+                                                       wrapper, cwd=elsewhere))
+                assert code == 1, out  # it cannot have the lease, and is told why and what to do
+                assert f"cvmfs_server transaction {GW}/b failed (exit 16): the lease path is busy: another publisher " \
+                       "holds an overlapping lease (GET /api/v1/leases on the gateway lists them; one whose run was " \
+                       "killed is held until `cvmfs_server abort -f` on its node, which reconciler runs at its next " \
+                       "start there, or until the gateway's max_lease_time)" in out, out
+                assert "Path busy. Time remaining = " in out  # CernVM-FS says for how long
+            code, out = finish(node_b.reconcile(watchlist, "b", sync, wrapper, cwd=tmp_path))
+            assert code == 0, out
+            assert "aborting the transaction left open by an interrupted run of reconciler" in out
+            assert not node_b.in_transaction(GW)
+            assert not _leases()
+        taken = Node("a").server("transaction", f"{GW}/b", check=False)  # free for any node again
+        if cvmfs_real.in_transaction(GW):
+            Node("a").server("abort", "-f", GW)
+        assert taken.returncode == 0, taken
+    finally:
+        proxy.close()
+    check_every_revision(repo, tmp_path / "revisions", {"b/app:v1": "basic"}, fixture_images)
+
+
+def test_reconciler_alone_killed_during_its_gateway_publish(repo, tmp_path, fixture_registry, fixture_images):
+    """kill -9 of reconciler alone (the OOM killer) while its `cvmfs_server
+    publish` talks to the gateway (the gateway has committed; its answer is
+    held by a proxy): the publish must go on to the end though nobody reads
+    its output any more, a run started meanwhile must leave it alone (an
+    abort then would fail on the publish's lock, or cut it short), and the
+    run after it has nothing left to do. Before: the publish died of SIGPIPE
+    at its next line of output, after the gateway's commit and before the
+    node closed its transaction, and the run meanwhile failed to start,
+    telling the admin to abort a running publish."""
+    host = fixture_registry.host
+    watchlist = sharded(tmp_path, host, {"b": ["basic v1 app"]})
+    sync, wrapper = tmp_path / "sync", cvmfs_nodes.write_wrapper(tmp_path / "bin")
+    sync.mkdir()
+    proxy = cvmfs_nodes.GatewayProxy()
+    try:
+        with cvmfs_nodes.nodes(GW, tmp_path, ["b"]) as started:
+            node_b = started["b"]
+            proxy.route(node_b, GW)
+            proxy.hold("POST", _COMMIT, forward=True)
+            run = node_b.reconcile(watchlist, "b", sync, wrapper, cwd=tmp_path, NODE_DIRECT="publish")
+            try:
+                cvmfs_nodes.wait_for_event(proxy.held, "the publish's commit request", run)
+                os.kill(run.pid, signal.SIGKILL)  # reconciler only; its cvmfs_server publish goes on
+                run.communicate(timeout=60)
+                meanwhile = finish(node_b.reconcile(watchlist, "b", sync, wrapper, cwd=tmp_path))
+            finally:
+                proxy.release()
+            cvmfs_nodes.wait_group_gone(run.pid, "the killed run's cvmfs_server publish")
+            code, out = meanwhile
+            # Its view (the node's union mount) already holds the image: nothing to do.
+            assert code == 0, out
+            assert out.count(f"{GW}/b: a cvmfs_server publish of the transaction an interrupted run of reconciler "
+                             f"(pid {run.pid}) opened is still running (it holds /var/spool/cvmfs/{GW}/"
+                             "is_publishing.lock); leaving it to finish") == 1, out
+            assert "aborting" not in out and "abort -f" not in out, out
+            assert not node_b.in_transaction(GW)  # the publish finished its work
+            assert cvmfs_nodes.published_revision(GW) == repo + 1
+            assert not _leases()
+            code, out = finish(node_b.reconcile(watchlist, "b", sync, wrapper, cwd=tmp_path))
+            assert code == 0, out
+            assert "aborting" not in out, out
+            assert cvmfs_nodes.published_revision(GW) == repo + 1  # nothing left to publish
+    finally:
+        proxy.close()
+    check_every_revision(repo, tmp_path / "revisions", {"b/app:v1": "basic"}, fixture_images)

@@ -14,7 +14,9 @@ that began within seconds of an "opening" marker, which is ours. At the next
 start, a transaction left open by a run of ours that is no longer alive is
 aborted; one we did not open (no marker, or one that began long after an
 "opening" marker), or one whose process still runs, is reported and left alone (the next `transaction` then fails with
-"already in a transaction", reported per cycle). Every way out of a
+"already in a transaction", reported per cycle). So is one whose `publish`
+still runs (reconciler killed alone: the command's output goes to files, not
+a pipe, so it finishes): every cycle looks again. Every way out of a
 transaction ends in `publish` or a checked `abort -f`; the marker is cleared
 only once the repository is out of the transaction.
 
@@ -40,11 +42,13 @@ of one repository through a gateway.
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import logging
 import os
 import secrets
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -77,7 +81,11 @@ _OPENING_S = 120
 _TRANSACTION_ERRORS = {
     errno.EEXIST: "the repository is already in a transaction (another publisher, or a stale one: "
                   "check `cvmfs_server list`)",
-    errno.EBUSY: "the lease path is busy: another publisher holds an overlapping lease",
+    # Measured on 2.11.5: a node killed in a transaction or publish keeps its lease at the
+    # gateway until that node aborts (reconciler does at its next start) or the lease expires.
+    errno.EBUSY: "the lease path is busy: another publisher holds an overlapping lease (GET /api/v1/leases on the "
+                 "gateway lists them; one whose run was killed is held until `cvmfs_server abort -f` on its node, "
+                 "which reconciler runs at its next start there, or until the gateway's max_lease_time)",
     errno.ENOENT: "the parent of the lease path does not exist in the repository",
     errno.ENOTDIR: "the parent of the lease path is not a directory in the repository",
 }
@@ -220,6 +228,7 @@ class CvmfsPublisher(Publisher):
         self.target = f"{repository}/{lease_path}" if lease_path else repository
         self.command = command
         self.marker = state_dir / "cvmfs-transaction.json"
+        self._publish_reported = False  # an interrupted run's publish still running was logged
 
     @classmethod
     def from_config(cls, config: PublishConfig, state_dir: Path) -> CvmfsPublisher:
@@ -230,10 +239,20 @@ class CvmfsPublisher(Publisher):
         return cls(target.repository, config.root, state_dir, target.lease_path)
 
     def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        """Run `cvmfs_server` (stdin closed: it must never wait for an answer)."""
+        """Run `cvmfs_server` (stdin closed: it must never wait for an answer).
+        Its output goes to unlinked temporary files, not pipes: were reconciler
+        killed alone, a `publish` writing its next line into a pipe nobody reads
+        would die of SIGPIPE half-way (between the gateway's commit and the
+        remount, say); with files it finishes, and the next run sees it done."""
         try:
-            done = subprocess.run([self.command, *args], stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                                  errors="replace", timeout=_TIMEOUT_S)  # file names need not be UTF-8
+            with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+                code = subprocess.run([self.command, *args], stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                                      timeout=_TIMEOUT_S).returncode
+                out.seek(0)
+                err.seek(0)
+                # File names need not be UTF-8.
+                done = subprocess.CompletedProcess([self.command, *args], code, out.read().decode(errors="replace"),
+                                                   err.read().decode(errors="replace"))
         except FileNotFoundError:
             raise PublishError(f"{self.command} is not installed or not on PATH; the cvmfs backend needs a "
                                "CernVM-FS stratum 0 (cvmfs-server package)") from None
@@ -304,6 +323,17 @@ class CvmfsPublisher(Publisher):
             log.error("%s: the open transaction belongs to reconciler pid %d, which still runs; leaving it alone",
                       self.target, pid)
             return
+        if self._publishing():
+            # Its reconciler was killed alone: the publish goes on (see `run`). An abort now
+            # fails on the publish's lock, or would cut short a publish the gateway may
+            # have committed already; when it ends, the transaction is closed.
+            self.needs_recovery = True
+            if not self._publish_reported:  # said once: a cycle right after the start asks again
+                self._publish_reported = True
+                log.warning("%s: a cvmfs_server publish of the transaction an interrupted run of reconciler (pid %s) "
+                            "opened is still running (it holds %s); leaving it to finish: every cycle looks again",
+                            self.target, pid if pid is not None else "unknown", self._spool() / "is_publishing.lock")
+            return
         if marker.get("opening") is True and not self._opened_as_marked(marker):
             log.error("%s: an interrupted run of reconciler (pid %s) was opening a transaction, but the one open now "
                       "did not begin then: someone else's, left alone", self.target, pid)
@@ -312,6 +342,28 @@ class CvmfsPublisher(Publisher):
         log.warning("%s: aborting the transaction left open by an interrupted run of reconciler (pid %s)",
                     self.target, pid if pid is not None else "unknown")
         self.close_transaction()
+
+    def _spool(self) -> Path:
+        return Path("/var/spool/cvmfs") / self.repository
+
+    def _publishing(self) -> bool:
+        """True while a `cvmfs_server publish` of this repository runs on this
+        machine: it holds an flock on the spool area's is_publishing.lock for
+        the whole publish, and `cvmfs_server` asks the same way (its
+        is_publishing, cvmfs_server_common.sh in 2.11.5: try the lock, release)."""
+        try:
+            fd = os.open(self._spool() / "is_publishing.lock", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return False  # no lock file: no publish (cvmfs_server removes it when one ends)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        finally:
+            os.close(fd)  # releases the lock if we took it
+        return False
 
     def lock_path(self) -> Path:
         """One lock per repository on this machine, whatever the lease path and
@@ -442,7 +494,7 @@ class CvmfsPublisher(Publisher):
         if not isinstance(opened, (int, float)):
             return False
         try:
-            began = (Path("/var/spool/cvmfs") / self.repository / "in_transaction.lock").stat().st_mtime
+            began = (self._spool() / "in_transaction.lock").stat().st_mtime
         except OSError:
             return False
         return opened - 2 <= began <= opened + _OPENING_S
