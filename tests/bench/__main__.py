@@ -17,6 +17,9 @@ CernVM-FS from ../shared/cvmfs): cold `reconcile --once` against skopeo +
 umoci + `cp -a` into a transaction + publish, the v2 update, and the catalog
 entries each adds.
 
+`--huge GB` measures the headline instead: a generated image of about GB
+gigabytes from webhook to published revision (tests/bench/huge.py).
+
 `--big-layer N`, `--dirs-layer N` and `--dotdot-layer N` instead measure the applier alone on one
 generated layer of N entries (see tests/bench/biglayer.py) against
 `umoci unpack`: time and peak RSS of both, the bound the applier must keep.
@@ -141,6 +144,9 @@ def main() -> int:
     parser.add_argument("--cvmfs", action="store_true", help="also into a real CernVM-FS repository (as root)")
     parser.add_argument("--cvmfs-lease", action="store_true", help="only v1 -> v2 through a gateway lease: cold, "
                         "copy of v1 in the lease, ingest, graft, and the stratum 0 update (see tests/bench/lease.py)")
+    parser.add_argument("--cvmfs-settings", action="store_true", help="only what CernVM-FS offers for a cheaper "
+                        "publish of the bench image's tree: ingest of a tar stream, no compression, more upload "
+                        "tasks (see tests/bench/publish_settings.py)")
     parser.add_argument("--cvmfs-lease-on-s0", action="store_true", help="--cvmfs-lease's candidates in whole "
                         "transactions of the bench's own stratum 0 (no gateway, no test session lock)")
     parser.add_argument("--scratch", type=Path, help="where both tools write their trees (default: the workdir); "
@@ -149,6 +155,9 @@ def main() -> int:
                         "latency: cold, warm and warm without latency (see tests/bench/scale.py)")
     parser.add_argument("--takeover", type=int, metavar="N", help="only the takeover of a cvmfs-singularity-sync "
                         "repository of N tags behind the --rtt proxy (see tests/bench/takeover.py)")
+    parser.add_argument("--huge", type=float, metavar="GB", help="only the headline: a generated image of about "
+                        "GB gigabytes from webhook to published revision in the real CernVM-FS, against skopeo + "
+                        "transaction + umoci unpack + publish; peak memory and disk of both (tests/bench/huge.py)")
     parser.add_argument("--rtt", type=float, default=0.05, help="the latency --scale adds per request (seconds)")
     parser.add_argument("--repositories", type=int, default=200, help="--scale: watched repositories, 5 tags each")
     parser.add_argument("--distinct", action="store_true", help="--scale: each tag its own small image (a cold "
@@ -185,6 +194,14 @@ def main() -> int:
         out = work / "results-scale.json"
         out.write_text(json.dumps(results, indent=2))
         print(scale_summary(results))
+        return 0
+    if args.huge:
+        from tests.bench.huge import bench_huge, huge_summary
+
+        results = bench_huge(work, RECONCILE, args.huge, args.pairs, catalog_entries, BENCH_REPO)
+        out = work / f"results-huge-{args.huge:g}.json"
+        out.write_text(json.dumps(results, indent=2))
+        print(huge_summary(results))
         return 0
     if args.takeover:
         from tests.bench.takeover import bench_takeover, takeover_summary
@@ -253,6 +270,16 @@ def main() -> int:
             name = "results-lease.json" if args.cvmfs_lease else "results-lease-s0.json"
             (work / name).write_text(json.dumps(lease, indent=2))
             print(lease_summary(lease))
+            return 0
+        if args.cvmfs_settings:
+            from tests.bench.huge import fresh_repository
+            from tests.bench.publish_settings import bench_settings, settings_summary
+
+            skopeo_umoci("v1")
+            settings = bench_settings(oci / "bundle" / "rootfs", BENCH_REPO, args.pairs, fresh_repository,
+                                      v1.layer_files, scratch / "staging")  # type: ignore[attr-defined]
+            (work / "results-settings.json").write_text(json.dumps(settings, indent=2))
+            print(settings_summary(settings))
             return 0
         if args.cvmfs or args.only == "cvmfs":
             results["cvmfs"] = bench_cvmfs(scratch, registry.host, args.pairs, skopeo_umoci)
