@@ -19,11 +19,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import sqlite3
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
-from typing import Callable, Dict, Iterator, List, Optional, Protocol, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Protocol, Sequence, Set, Tuple
 
 log = logging.getLogger("reconciler.service")
 
@@ -142,9 +141,9 @@ class DeliveryLog:
             for write, args in writes:
                 try:
                     write(*args)
-                except sqlite3.Error as exc:
-                    log.warning("cannot keep delivery times in the state database (%s); they are kept in memory, "
-                                "and lost at a restart", exc)
+                except Exception as exc:  # sqlite3.Error, or a value SQLite refuses (a lone surrogate, 2**63)
+                    log.warning("cannot keep delivery times in the state database (%s: %s); they are kept in "
+                                "memory, and lost at a restart", type(exc).__name__, exc)
 
     def pushed(self, dest: str, tag: Optional[str], at: float, received: float) -> None:
         """A webhook, received at `received`, said the repository of the entry
@@ -160,13 +159,15 @@ class DeliveryLog:
                 self._pushes[key] = (at, received)
                 writes.append((self.store.record_push, (key, at, received)))
 
-    def take_pushes(self, dests: Sequence[str], seen: float) -> Dict[PushKey, float]:
-        """The push times of the entries publishing to `dests` a cycle that
-        started at `seen` may have seen (hooks received before it), forgotten
-        here: each push is told once."""
+    def take_pushes(self, published: Sequence[Tuple[str, str]], seen: float) -> Dict[PushKey, float]:
+        """The push times of the (dest, tag) pairs a cycle that started at
+        `seen` published, and of hooks naming no tag for those dests, received
+        before it; forgotten here: each push is told once. A push of another
+        tag of the same dest waits for that tag's publish."""
+        wanted: Set[PushKey] = {(dest, tag) for dest, tag in published} | {(dest, None) for dest, _ in published}
         with self._change() as writes:
             taken = {key: at for key, (at, received) in self._pushes.items()
-                     if key[0] in dests and received <= seen}
+                     if key in wanted and received <= seen}
             for key in taken:
                 del self._pushes[key]
                 writes.append((self.store.forget_push, (key,)))

@@ -24,6 +24,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
+import logging
 import math
 import re
 import threading
@@ -34,7 +35,10 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Set, Tuple
 
 from . import boundedjson
 from .errors import ReconcilerError
-from .registry.reference import normalize_registry
+from .registry.reference import is_valid_tag, normalize_registry
+from .safetext import inert
+
+log = logging.getLogger(__name__)
 
 PROVIDERS = ("distribution", "dockerhub", "gitlab", "harbor", "quay", "github", "generic")
 MAX_BODY_BYTES = 1 << 20
@@ -263,15 +267,17 @@ def _iso_time(value: object) -> Optional[float]:
     up to nanoseconds), or None when it is not one."""
     if not isinstance(value, str):
         return None
-    match = re.fullmatch(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)", value.strip())
+    # RFC 3339 allows a lower-case "t" and "z".
+    match = re.fullmatch(r"(\d{4}-\d\d-\d\d)[Tt](\d\d:\d\d:\d\d)(\.\d+)?([Zz]|[+-]\d\d:\d\d)", value.strip())
     if match is None:
         return None
-    zone = "+00:00" if match.group(3) == "Z" else match.group(3)
+    zone = "+00:00" if match.group(4) in ("Z", "z") else match.group(4)
     try:
-        when = dt.datetime.fromisoformat(match.group(1) + zone)
+        when = dt.datetime.fromisoformat(f"{match.group(1)}T{match.group(2)}{zone}")
     except ValueError:
         return None
-    return when.timestamp() + float("0" + (match.group(2) or ".0"))
+    # The bounds of unix-seconds times: year 1 would break every ISO time written from it.
+    return _epoch_time(when.timestamp() + float("0" + (match.group(3) or ".0")))
 
 
 def _distribution_events(data: Dict[str, Any]) -> List[RepositoryHint]:
@@ -364,12 +370,14 @@ def _github_hints(data: Dict[str, Any]) -> List[RepositoryHint]:
 
 
 def _generic_time(value: object) -> Optional[float]:
-    """The generic hook's optional `pushed_at`: RFC 3339 or unix seconds."""
+    """The generic hook's optional `pushed_at`: RFC 3339 or unix seconds. One
+    that is neither is ignored with a warning: the hook still makes its poll."""
     if value is None:
         return None
     when = _epoch_time(value) if isinstance(value, (int, float)) else _iso_time(value)
     if when is None:
-        raise HookRejected(400, "pushed_at is neither an RFC 3339 time (2026-12-02T10:00:05Z) nor unix seconds")
+        log.warning("webhook generic: pushed_at %s is neither an RFC 3339 time (2026-12-02T10:00:05Z) nor unix "
+                    "seconds; ignored", inert(repr(value)[:80]))
     return when
 
 
@@ -377,9 +385,11 @@ def _generic_hints(data: Dict[str, Any]) -> List[RepositoryHint]:
     # Our own format (README, "Webhooks per registry"): optional `pushed_at` and
     # `tag` beside `image` or `repository`; a tag in `image` counts when `tag` is absent.
     pushed = _generic_time(data.get("pushed_at"))
-    if "tag" in data and not _str_at(data, "tag"):
-        raise HookRejected(400, "tag is not a non-empty string")
     tag = _str_at(data, "tag")
+    if tag is not None and not is_valid_tag(tag):
+        tag = None
+    if tag is None and data.get("tag") is not None:
+        log.warning("webhook generic: tag %s is not a tag name; ignored", inert(repr(data.get("tag"))[:80]))
     image = _str_at(data, "image")
     if image:
         host, _, repo = image.partition("/")

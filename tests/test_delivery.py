@@ -275,7 +275,7 @@ def test_a_push_no_publish_took_within_a_day_is_forgotten(tmp_path):
         delivery_log.pushed("app", "sha-1", 100.0, 101.0)  # a tag nobody watches: no publish ever takes it
         delivery_log.pushed("app", "v2", 200.0, 201.0 + PUSH_KEEP_S)
         assert state.pushes() == {("app", "v2"): (200.0, 201.0 + PUSH_KEEP_S)}
-        assert DeliveryLog([], store=state).take_pushes(["app"], 1e9) == {("app", "v2"): 200.0}
+        assert DeliveryLog([], store=state).take_pushes([("app", "v2")], 1e9) == {("app", "v2"): 200.0}
         assert state.pushes() == {}
     finally:
         state.close()
@@ -331,3 +331,16 @@ def test_each_publish_target_has_its_own_stratum_1s_and_deliveries(tmp_path, ser
         assert (shown["site"]["path"], shown["site"]["revision"], shown["site"]["replicas"]) == ("tool:v2", None, [])
     finally:
         tracker.close()
+
+
+def test_a_push_of_another_tag_waits_for_that_tags_publish():
+    """A cycle that published v1 takes v1's push and a push naming no tag;
+    v2's waits for v2's publish (before: every push of the dest went)."""
+    delivery_log = DeliveryLog([])
+    delivery_log.pushed("app", "v1", 100.0, 101.0)
+    delivery_log.pushed("app", "v2", 110.0, 111.0)
+    delivery_log.pushed("app", None, 120.0, 121.0)
+    delivery_log.pushed("other", "v1", 130.0, 131.0)
+    assert delivery_log.take_pushes([("app", "v1")], 200.0) == {("app", "v1"): 100.0, ("app", None): 120.0}
+    assert delivery_log.take_pushes([("app", "v2")], 200.0) == {("app", "v2"): 110.0}
+    assert delivery_log.take_pushes([("other", "v1")], 130.5) == {}  # received after the cycle began

@@ -20,7 +20,7 @@ from reconciler.service.delivery import DeliveryTracker
 from reconciler.service.hook_secrets import load_hook_secrets
 from reconciler.service.metrics import Metrics
 from reconciler.watchlist import WebhookConfig, load_watchlist
-from reconciler.webhooks import _PARSERS, MAX_HINT_TAGS, HookRejected
+from reconciler.webhooks import _PARSERS, MAX_HINT_TAGS
 
 SECRET = "s3cret-s3cret-s3cret"
 
@@ -158,7 +158,6 @@ INVALID = [
     ("generic", "/hooks/generic", lambda: generic_headers(GENERIC_BODY, stamp=str(int(time.time()) - 3600)),
      GENERIC_BODY, 401),
     ("generic", "/hooks/generic", lambda: generic_headers(GENERIC_BODY, secret="other-secret"), GENERIC_BODY, 401),
-    ("generic", "/hooks/generic", lambda: generic_headers(BAD_TIME_BODY), BAD_TIME_BODY, 400),
     ("nonesuch", "/hooks/nonesuch", {}, b"{}", 404),
 ]
 
@@ -665,7 +664,30 @@ def test_generic_hook_takes_an_optional_push_time_and_tag():
     assert (iso.tag, iso.pushed_at) == ("2", 1796202005.25)
     (plain,) = _PARSERS["generic"]({"image": "registry.example.org/team/app@sha256:" + "4" * 64})
     assert (plain.repository, plain.tag, plain.pushed_at) == ("team/app", None, None)
-    for bad in ({"pushed_at": "yesterday"}, {"pushed_at": True}, {"pushed_at": -1}, {"tag": ""}, {"tag": 3}):
-        with pytest.raises(HookRejected) as refused:
-            _PARSERS["generic"](dict({"repository": "team/app"}, **bad))
-        assert refused.value.status == 400
+    (lower,) = _PARSERS["generic"]({"repository": "team/app", "pushed_at": "2026-12-02t09:00:05z"})
+    assert lower.pushed_at == 1796202005.0  # RFC 3339 allows lower case
+    # What cannot be read is ignored, with a warning: the hook still polls (a hint, never trusted).
+    for bad in ({"pushed_at": "yesterday"}, {"pushed_at": True}, {"pushed_at": -1}, {"tag": ""}, {"tag": 3},
+                {"tag": "\ud800"}, {"tag": "a/b"}, {"pushed_at": "0001-01-01T00:00:00+00:01"},
+                {"pushed_at": "9999-12-31T23:59:59Z"}, {"pushed_at": "2026-12-02T10:00:05"}):
+        (hint,) = _PARSERS["generic"](dict({"repository": "team/app"}, **bad))
+        assert (hint.repository, hint.tag, hint.pushed_at) == ("team/app", None, None), bad
+
+
+def test_a_generic_hook_with_an_unreadable_push_time_still_polls(client, caplog):
+    response = client.post("/hooks/generic", content=BAD_TIME_BODY, headers=generic_headers(BAD_TIME_BODY))
+    assert response.status_code == 202
+    assert client.service.nudged == [[1]]
+    assert "pushed_at 'yesterday' is neither an RFC 3339 time" in caplog.text
+
+
+def test_a_hook_whose_push_time_cannot_be_recorded_still_polls(client, caplog, monkeypatch):
+    def refuse(*args):
+        raise UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates not allowed")  # what SQLite says of one
+
+    monkeypatch.setattr(client.service.delivery, "hook", refuse)
+    body = json.dumps({"repository": "team/app", "pushed_at": 1796202005}).encode()
+    response = client.post("/hooks/generic", content=body, headers=generic_headers(body))
+    assert response.status_code == 202
+    assert client.service.nudged == [[1]]
+    assert "webhook generic: cannot record its push times" in caplog.text

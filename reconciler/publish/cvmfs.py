@@ -42,7 +42,6 @@ of one repository through a gateway.
 from __future__ import annotations
 
 import errno
-import fcntl
 import json
 import logging
 import os
@@ -196,6 +195,45 @@ _GATEWAY_FAILURES = (
 )
 
 
+def flock_holder(path: Path) -> Optional[int]:
+    """The pid holding an flock on `path` (from /proc/locks, by device and
+    inode), or None: nobody, no such file, or no /proc to ask."""
+    try:
+        st = os.stat(path, follow_symlinks=False)
+        with open("/proc/locks") as locks:
+            lines = locks.read().splitlines()
+    except OSError:
+        return None
+    ident = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    for line in lines:
+        # "1: FLOCK  ADVISORY  WRITE 4242 fe:00:1234 0 EOF"; "1: -> FLOCK …" is one waiting for it.
+        fields = line.split()
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == ident and fields[4].isdigit():
+            return int(fields[4])
+    return None
+
+
+def publish_process(target: str) -> Optional[int]:
+    """The pid of a `cvmfs_server publish … <target>` running on this machine, or None."""
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return None
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                argv = fh.read().split(b"\0")
+        except OSError:
+            continue  # gone meanwhile, or not ours to read
+        args = [a for a in argv if a]
+        for i, arg in enumerate(args[:-2]):
+            if arg.endswith(b"cvmfs_server") and args[i + 1] == b"publish" and args[-1] == target.encode():
+                return int(entry)
+    return None
+
+
 def _tail(done: subprocess.CompletedProcess[str]) -> str:
     """The end of what a failed command said: `publish` reports on stdout, the
     others on stderr, and both print remount chatter first; the command line
@@ -323,17 +361,24 @@ class CvmfsPublisher(Publisher):
             log.error("%s: the open transaction belongs to reconciler pid %d, which still runs; leaving it alone",
                       self.target, pid)
             return
-        if self._publishing():
+        publishing = self._publishing()
+        if publishing is not None:
             # Its reconciler was killed alone: the publish goes on (see `run`). An abort now
             # fails on the publish's lock, or would cut short a publish the gateway may
             # have committed already; when it ends, the transaction is closed.
             self.needs_recovery = True
-            if not self._publish_reported:  # said once: a cycle right after the start asks again
+            opened = marker.get("opened")
+            if isinstance(opened, (int, float)) and time.time() - opened > _TIMEOUT_S:
+                log.error("%s: a cvmfs_server publish (%s) of the transaction an interrupted run of reconciler opened "
+                          "has run for more than %d hours; if it hangs, stop it and run `cvmfs_server abort -f %s`",
+                          self.target, publishing, _TIMEOUT_S // 3600, self.target)
+            elif not self._publish_reported:  # said once: a cycle right after the start asks again
                 self._publish_reported = True
                 log.warning("%s: a cvmfs_server publish of the transaction an interrupted run of reconciler (pid %s) "
-                            "opened is still running (it holds %s); leaving it to finish: every cycle looks again",
-                            self.target, pid if pid is not None else "unknown", self._spool() / "is_publishing.lock")
+                            "opened is still running (%s); leaving it to finish: every cycle looks again",
+                            self.target, pid if pid is not None else "unknown", publishing)
             return
+        self._publish_reported = False
         if marker.get("opening") is True and not self._opened_as_marked(marker):
             log.error("%s: an interrupted run of reconciler (pid %s) was opening a transaction, but the one open now "
                       "did not begin then: someone else's, left alone", self.target, pid)
@@ -346,24 +391,19 @@ class CvmfsPublisher(Publisher):
     def _spool(self) -> Path:
         return Path("/var/spool/cvmfs") / self.repository
 
-    def _publishing(self) -> bool:
-        """True while a `cvmfs_server publish` of this repository runs on this
-        machine: it holds an flock on the spool area's is_publishing.lock for
-        the whole publish, and `cvmfs_server` asks the same way (its
-        is_publishing, cvmfs_server_common.sh in 2.11.5: try the lock, release)."""
-        try:
-            fd = os.open(self._spool() / "is_publishing.lock", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except OSError:
-            return False  # no lock file: no publish (cvmfs_server removes it when one ends)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        except OSError:
-            return False
-        finally:
-            os.close(fd)  # releases the lock if we took it
-        return False
+    def _publishing(self) -> Optional[str]:
+        """How a `cvmfs_server publish` of our target is seen running on this
+        machine (for the log), or None. Its flock on the spool area's
+        is_publishing.lock is read from /proc/locks, never taken: a publish
+        that finds the lock taken, even for a moment, gives up (`acquire_lock`,
+        `flock -n`, in 2.11.5). Before it takes the lock a publish spends
+        seconds on checks, so its process is looked for too."""
+        lock = self._spool() / "is_publishing.lock"
+        holder = flock_holder(lock)
+        if holder is not None:
+            return f"pid {holder} holds {lock}"
+        pid = publish_process(self.target)
+        return f"pid {pid}" if pid is not None else None
 
     def lock_path(self) -> Path:
         """One lock per repository on this machine, whatever the lease path and

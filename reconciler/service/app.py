@@ -84,7 +84,10 @@ def _hook_endpoint(service: Service, secrets: Dict[str, str], limits: ListenerLi
         service.metrics.hooks.labels(provider, "accepted").inc()
         # In a worker thread: the push time goes to the state database, which
         # may be busy recording a cycle, and the event loop must not wait for it.
-        await run_in_threadpool(service.delivery.hook, hints, service.watchlist.images, now)
+        try:
+            await run_in_threadpool(service.delivery.hook, hints, service.watchlist.images, now)
+        except Exception:  # only the push times are lost: the hook still makes its poll
+            log.exception("webhook %s: cannot record its push times", provider)
         if matched:
             log.info("webhook %s: polling %s soon", provider,
                      ", ".join(e.label for e in service.watchlist.images if e.index in matched))

@@ -129,7 +129,7 @@ class DeliveryTracker:
                 continue
             revision = self._stratum0_revision(target)
             # A push is told to the tags this cycle published of its entry (a hook naming no tag: all of them).
-            pushes = target.log.take_pushes([o.entry.dest for o in published], started)
+            pushes = target.log.take_pushes([(o.entry.dest, o.tag) for o in published], started)
             for o in published:
                 assert o.digest is not None
                 pushed = pushes.get((o.entry.dest, o.tag), pushes.get((o.entry.dest, None)))
