@@ -49,7 +49,10 @@ GATEWAY_PID = Path("/var/run/cvmfs-gateway.pid")
 GATEWAY_CONFIG = Path("/etc/cvmfs/gateway/user.json")
 
 # The wrapper: NODE_NAME names the node in the log; NODE_SYNC the signal directory.
-#   NODE_MEET="a b": after its transaction opened, wait until every named node's is open too.
+#   NODE_MEET="a b": after its transaction opened, wait until every named node's is open too;
+#     and before publishing, until every named node is about to publish (done writing): nodes on
+#     one machine see each other's open files, and `cvmfs_server publish` refuses while any
+#     process has a file under /cvmfs/<repo> open for writing ("Open writable file descriptors").
 #   NODE_HOLD=publish: before publishing, say so (<node>.holding) and wait for <node>.go.
 #   NODE_HOLD_AFTER=transaction: the same once the transaction is open, before returning.
 #   NODE_DIRECT=publish: run that command in the wrapper's place (exec), its output going
@@ -65,6 +68,10 @@ wait_for() {
 }
 if [ "$1" = "${NODE_HOLD:-}" ]; then
   touch "$sync/$me.holding"; wait_for "$sync/$me.go"
+fi
+if [ "$1" = publish ] && [ -n "${NODE_MEET:-}" ]; then
+  touch "$sync/$me.publishing"
+  for other in $NODE_MEET; do wait_for "$sync/$other.publishing"; done
 fi
 if [ "$1" = "${NODE_DIRECT:-}" ]; then
   touch "$sync/$me.$1"; exec /usr/bin/cvmfs_server "$@"
