@@ -34,7 +34,6 @@ import json
 import os
 import random
 import signal
-import socket
 import statistics
 import subprocess
 import tarfile
@@ -48,6 +47,7 @@ import httpx
 
 from fixtures.build import Blob, BuiltImage
 from tests.bench.images import _sha256_file, build_base
+from tests.registry_server import free_port
 
 GZ = "application/vnd.oci.image.layer.v1.tar+gzip"
 SMALL_SHARE = 0.15
@@ -263,12 +263,6 @@ def served_revision(http: httpx.Client, repo: str) -> int:
     return read_served(http, stratum0_url(repo)).revision
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def wait_for(what: str, check: Callable[[], bool], deadline_s: float, every: float = 0.1) -> None:
     deadline = time.monotonic() + deadline_s
     while not check():
@@ -411,10 +405,6 @@ def run_naive(work: Path, host: str, repo: str, tag: str) -> Dict[str, object]:
     return result
 
 
-def tree_entries(root: Path) -> int:
-    return sum(len(d) + len(f) for _, d, f in os.walk(root))
-
-
 def push_blobs(pusher, images: Dict[str, BuiltImage], scratch: Path) -> None:
     """Every layer and config of both versions, no manifest (no tag yet)."""
     for image in images.values():
@@ -430,7 +420,7 @@ def bench_huge(work: Path, reconcile: Path, gigabytes: float, rounds: int, catal
                repo: str) -> Dict[str, object]:
     """`rounds` alternating rounds of ours (webhook to revision) and the naive pipeline."""
     from fixtures.push import FixturePusher
-    from tests.bench.__main__ import fresh
+    from tests.bench.__main__ import fresh, tree_entries
     from tests.registry_server import start_registry
 
     images = build_huge(work / "huge-cache", gigabytes)
