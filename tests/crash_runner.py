@@ -8,9 +8,7 @@ CRASH_AT picks the moment:
   CRASH_AFTER_CALLS, default 1, says after how many: also for the two below);
 - `commit`: after everything was applied, before the transaction is committed;
 - `remove-tag`: at a tag link removal of the cycle (a takeover collecting the old tool's links);
-- `collect`: at a removal of an earlier tool's image directory;
-- `ingest`: once CRASH_INGEST_BYTES (default 64 KiB) of the tar stream went to `cvmfs_server ingest`,
-  which goes on alone with its input cut there.
+- `collect`: at a removal of an earlier tool's image directory.
 Killing during `cvmfs_server publish` is the test double's own switch
 (CVMFS_DOUBLE_DIE_IN_PUBLISH), as the whole process group dies there.
 """
@@ -24,7 +22,6 @@ import reconciler.cycle.fetch_stage as fetch_stage
 from reconciler.cli import main
 from reconciler.publish.base import PublishTransaction
 from reconciler.publish.cvmfs import CvmfsTransaction
-from reconciler.publish.cvmfs_ingest import CvmfsIngestTransaction
 from reconciler.publish.local import LocalTransaction
 
 AT = os.environ.get("CRASH_AT", "apply")
@@ -85,25 +82,9 @@ elif AT == "collect":
     LocalTransaction.remove_foreign_image = after(AFTER_CALLS, LocalTransaction.remove_foreign_image)  # type: ignore
 elif AT == "flush":
     LocalTransaction._before_links = after(0, LocalTransaction._before_links)  # type: ignore[method-assign]
-elif AT == "ingest":
-    from reconciler.publish import cvmfs_ingest
-
-    def dying_relay(source: int, sink: int) -> bytes:
-        budget = int(os.environ.get("CRASH_INGEST_BYTES", str(64 << 10)))
-        while budget > 0:
-            chunk = os.read(source, min(budget, 1 << 16))
-            if not chunk:
-                break
-            os.write(sink, chunk)
-            budget -= len(chunk)
-        die()
-        return b""
-
-    cvmfs_ingest._relay = dying_relay
 elif AT == "commit":
     LocalTransaction.commit = after(0, LocalTransaction.commit)  # type: ignore[method-assign]
     CvmfsTransaction.commit = after(0, CvmfsTransaction.commit)  # type: ignore[method-assign]
-    CvmfsIngestTransaction.commit = after(0, CvmfsIngestTransaction.commit)  # type: ignore[method-assign]
 elif AT != "none":
     raise SystemExit(f"crash_runner: unknown CRASH_AT={AT}")
 

@@ -114,8 +114,6 @@ def test_ctrl_c_during_once_exits_130_and_leaves_nothing_half_done(backend, fixt
     assert not (backend.visible / "edges:latest").exists()
     if backend.kind == "local":
         assert list((backend.tmp / "publish" / ".staging").iterdir()) == []
-    elif backend.real:  # applied into a staging tree for an ingest: nothing was opened; the tree is gone
-        assert backend.calls() == [] and backend.staging_left() == []
     else:
         # The transaction was aborted on the way out: the next run opens its own.
         assert [c[0] for c in backend.calls()][-2:] == ["transaction", "abort"]

@@ -260,7 +260,6 @@ def test_cvmfs_a_failing_publish_always_ends_in_a_checked_abort(tmp_path, monkey
     backend, wl = _cvmfs(tmp_path, monkeypatch, fixture_registry)
     marker = tmp_path / "state-watchlist.toml" / "cvmfs-transaction.json"
     real_run = CvmfsPublisher.run
-    monkeypatch.setattr(CvmfsPublisher, "_ingest_staging", lambda self, intent: None)  # built in the transaction
 
     def timing_out(self, *args, check=True):
         if args[0] == "publish":

@@ -91,11 +91,7 @@ class Backend:
 
     def publishes(self) -> int:
         """How many revisions our runs published."""
-        return sum(1 for c in self.calls() if c[0] in ("publish", "ingest"))
-
-    def staging_left(self) -> List[Path]:
-        """Staging trees of cold builds by ingest (real CernVM-FS) still there."""
-        return list((Path("/var/spool/cvmfs") / self.repo).glob("reconciler-staging-*")) if self.real else []
+        return sum(1 for c in self.calls() if c[0] == "publish")
 
     def violations(self) -> List[dict]:
         if self.real:
@@ -182,13 +178,11 @@ def test_three_changed_images_make_one_transaction(backend, fixture_registry):
     assert report.transactions == 1 and not report.failed
     if backend.kind == "cvmfs":
         verbs = [c[0] for c in backend.calls()]
-        # No marker of ours: nothing to recover, no `list`. On a stratum 0 new images go in by one
-        # ingest, and the one with xattrs (special) gets them in a transaction after it.
-        assert verbs == (["ingest", "transaction", "publish"] if backend.real else ["transaction", "publish"])
+        assert verbs == ["transaction", "publish"]  # no marker of ours: nothing to recover, no `list`
         publish = backend.calls()[-1]
         assert publish[:2] == ["publish", "-m"] and publish[-1] == backend.repo
         assert all(name in publish[2] for name in ("fixtures/basic:v1", "fixtures/edges:latest", "fixtures/special:latest"))
-        assert backend.publishes() == (2 if backend.real else 1)
+        assert backend.publishes() == 1
 
 
 def test_tag_moved_keeps_the_old_image_until_gc(backend, fixture_registry):
@@ -235,9 +229,7 @@ def test_failure_of_the_whole_transaction_aborts_it(backend, fixture_registry, m
     with pytest.raises(KeyboardInterrupt):
         run(wl)
     assert not (backend.visible / "app:v1").exists()
-    if backend.real:  # built in a staging tree for an ingest: nothing was opened, the staging tree is gone
-        assert backend.calls() == [] and backend.staging_left() == []
-    elif backend.kind == "cvmfs":
+    if backend.kind == "cvmfs":
         assert backend.calls()[-1] == ["abort", "-f", backend.repo]
         assert not list(backend.visible.glob(".images/*/*"))
 
@@ -283,8 +275,6 @@ def test_killed_run_never_shows_a_partial_image_and_the_next_run_converges(backe
     assert (backend.visible / "app:v1" / "etc" / "motd").read_text() == "upper motd\n"
     if backend.kind == "local":
         assert list((backend.visible / ".staging").iterdir()) == []
-    elif backend.real:  # killed while applying into a staging tree: nothing to abort; the tree was removed
-        assert [c[0] for c in backend.calls()] == ["ingest"] and backend.staging_left() == []
     else:
         verbs = [c[0] for c in backend.calls()]
         assert verbs[-4:] == ["list", "abort", "transaction", "publish"]  # our stale transaction aborted first

@@ -80,7 +80,6 @@ class LayerStats:
     skipped_count: int = 0
     capabilities: int = 0  # files given a security.capability (file capabilities, e.g. ping)
     special: int = 0  # device nodes and FIFOs made
-    xattrs: int = 0  # extended attributes set (on files and directories)
     diff_id: str = ""
 
     def skip(self, note: str) -> None:

@@ -40,7 +40,6 @@ def set_xattrs_fd(fd: int, member: tarfile.TarInfo, privileged: bool, stats: Lay
     for xname, value in image_xattrs(member, privileged, stats):
         try:
             os.setxattr(fd, xname, value)
-            stats.xattrs += 1
             if xname == b"security.capability":
                 stats.capabilities += 1
         except OSError as exc:

@@ -77,8 +77,7 @@ class BuildStage:
         try:
             builds = {o.resolved.manifest_digest: chain_ids(o.resolved.config.diff_ids)
                       for o in changes if o.resolved is not None}
-            only_adds = not (removals or doomed or foreign_removals)
-            with self.publisher.transaction(message, builds, only_adds) as txn:
+            with self.publisher.transaction(message, builds) as txn:
                 self._apply(txn, changes, builds, result)
                 for row in removals:
                     txn.remove_tag(row.tag_path)
@@ -172,7 +171,6 @@ class BuildStage:
                 raise type(exc)(f"layer {i + 1} of {len(layers)} ({layer.digest[:19]}): {exc}") from None
             capabilities += stats.capabilities
             special += stats.special
-            build.xattrs += stats.xattrs
         for hint in self.publisher.build_hints(str(image.reference), capabilities, special=special):
             log.warning("%s", hint)
         if self.progress is not None:

@@ -88,8 +88,6 @@ class Build:
     # How many of the image's layers lie below its undo log (set by the builder;
     # 0: the log is no start for an update).
     undo_layers: int = 0
-    # Extended attributes its layers set (some may since have been replaced).
-    xattrs: int = 0
 
 
 @dataclass
@@ -115,8 +113,6 @@ class TransactionIntent:
 
     message: str
     builds: Mapping[str, Sequence[str]] = field(default_factory=dict)
-    # True when it only adds: builds and tag links, no tag or image removed.
-    only_adds: bool = False
 
 
 def read_record(root: Path, digest: str) -> Optional[Dict[str, object]]:
@@ -385,12 +381,12 @@ class Publisher(ABC):
             return None
 
     @contextlib.contextmanager
-    def transaction(self, message: str, builds: Optional[Mapping[str, Sequence[str]]] = None,
-                    only_adds: bool = False) -> Iterator[PublishTransaction]:
+    def transaction(self, message: str, builds: Optional[Mapping[str, Sequence[str]]] = None
+                    ) -> Iterator[PublishTransaction]:
         """`begin()`, then commit on success or abort on any exception (a failing
         commit aborts by itself). `builds`: the images it may build (digest ->
-        the ChainIDs of their layers); `only_adds`: no tag or image is removed in it."""
-        txn = self.begin(TransactionIntent(message, dict(builds or {}), only_adds))
+        the ChainIDs of their layers)."""
+        txn = self.begin(TransactionIntent(message, dict(builds or {})))
         try:
             yield txn
         except BaseException as exc:

@@ -37,10 +37,6 @@ the `.images/<xx>` parents are created ahead, as a template's destination
 needs one. Not used with a gateway lease, where template transactions are not
 supported. With a lease path, several reconcilers publish disjoint sub-trees
 of one repository through a gateway.
-
-A cycle that only adds images built from nothing goes in by `cvmfs_server
-ingest` instead, on a stratum 0 (cvmfs_ingest.py): built in a staging tree,
-published as one revision, announced by the same marker.
 """
 
 from __future__ import annotations
@@ -56,6 +52,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from ..applier.undo import UndoRecorder
 from ..confined import ConfinedTree
 from ..errors import PublishError, StartError
 from ..locking import process_alive, process_start_time
@@ -72,11 +69,10 @@ from .base import (
     remove_legacy_chains,
     remove_tree,
 )
-from .cvmfs_catalog import CATALOG_MARKER, mark_catalog
-from .cvmfs_ingest import STAGING_PREFIX, CvmfsIngestTransaction, ingest_eligible, remove_stale_staging, run_ingest
 
 log = logging.getLogger(__name__)
 
+CATALOG_MARKER = ".cvmfscatalog"
 _TIMEOUT_S = 6 * 3600  # a publish of a large change can take hours
 # How long after an "opening" marker the transaction it announced may begin
 # (`transaction` takes a fraction of a second; through a busy gateway, seconds).
@@ -168,6 +164,16 @@ class CvmfsTransaction(PublishTransaction):
         self.publisher.close_transaction()
 
 
+def mark_catalog(directory: Path, observer: Optional[UndoRecorder] = None) -> None:
+    """Make `directory` a nested catalog: an empty regular `.cvmfscatalog` in it,
+    replacing whatever the image put at that name without following it
+    (and telling `observer`, the image's undo log)."""
+    with ConfinedTree(directory, observer) as tree:
+        if not tree.write_file(CATALOG_MARKER, b"", 0o644, replace=True):
+            raise PublishError(f"{directory / CATALOG_MARKER} is a directory in the image; cannot make "
+                               f"{directory} a nested catalog")
+
+
 # What every publish and abort prints while remounting, and a publish's warning
 # per hard link it breaks up: never the reason for a failure.
 _NOISE = ("CernVM-FS: ", "Failed to set requested number of open files", "Warning: Found file with linkcount")
@@ -208,7 +214,7 @@ def flock_holder(path: Path) -> Optional[int]:
 
 
 def publish_process(target: str) -> Optional[int]:
-    """The pid of a `cvmfs_server publish|ingest … <target>` running on this machine, or None."""
+    """The pid of a `cvmfs_server publish … <target>` running on this machine, or None."""
     try:
         entries = os.listdir("/proc")
     except OSError:
@@ -223,8 +229,7 @@ def publish_process(target: str) -> Optional[int]:
             continue  # gone meanwhile, or not ours to read
         args = [a for a in argv if a]
         for i, arg in enumerate(args[:-2]):
-            if arg.endswith(b"cvmfs_server") and args[i + 1] in (b"publish", b"ingest") and \
-                    args[-1] == target.encode():
+            if arg.endswith(b"cvmfs_server") and args[i + 1] == b"publish" and args[-1] == target.encode():
                 return int(entry)
     return None
 
@@ -342,7 +347,6 @@ class CvmfsPublisher(Publisher):
 
     def recover(self) -> None:
         self.needs_recovery = False
-        remove_stale_staging(self._spool())
         marker = self._read_marker()
         if marker is None:
             # Nothing of ours to recover. (`cvmfs_server list` costs half a second, so an
@@ -522,68 +526,6 @@ class CvmfsPublisher(Publisher):
             mark_catalog(base)
         return changed or bool(missing)
 
-    def _ingest_staging(self, intent: TransactionIntent) -> Optional[Path]:
-        """A new staging tree when this cycle's images go in by `ingest` (see
-        cvmfs_ingest), else None: on a stratum 0, with nothing of ours
-        pending, and no unfinished build of one of the images in the repository."""
-        settings = self._server_settings()
-        if not intent.builds or settings is None or self.through_gateway() or self.marker.exists():
-            return None
-        unfit = ingest_eligible(intent.builds, self.root)
-        if unfit is not None:
-            log.info("%s: building in the transaction: %s", self.target, unfit)
-            return None
-        staging = self._spool() / f"{STAGING_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
-        try:
-            staging.mkdir(mode=0o700)
-        except OSError as exc:
-            log.info("%s: building in the transaction: cannot make a staging tree %s (%s)", self.target, staging,
-                     exc.strerror)
-            return None
-        return staging
-
-    def ingest(self, staging: Path, members: Sequence[str]) -> None:
-        """Publish `members` of the staging tree as one revision: `tar |
-        cvmfs_server ingest -b /`, announced by an "opening" marker as a
-        transaction is (an interrupted ingest leaves a transaction open that
-        the next start aborts); any failure leaves the repository out of the
-        transaction and raises PublishError."""
-        if (self._spool() / "in_transaction.lock").exists():  # what cvmfs_server itself looks at
-            raise PublishError(f"cvmfs_server ingest into {self.target} cannot start: "
-                               f"{_TRANSACTION_ERRORS[errno.EEXIST]}")
-        try:
-            self._write_marker(opening=True)
-        except OSError as exc:
-            raise PublishError(f"cannot write the transaction marker {self.marker}: {exc.strerror}") from None
-        command = [self.command, "ingest", "--tar_file", "-", "--base_dir", "/", self.repository]
-        try:
-            done = run_ingest(command, staging, members, _TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            self._after_failed_ingest()
-            raise PublishError(f"{self.command} ingest {self.target} did not finish within {_TIMEOUT_S}s") from None
-        except FileNotFoundError as exc:
-            self.clear_marker()
-            raise PublishError(f"{exc.filename} is not installed or not on PATH; the cvmfs backend needs it") from None
-        except BaseException:
-            self._after_failed_ingest()
-            raise
-        if done.returncode != 0:
-            self._after_failed_ingest()
-            raise PublishError(f"cvmfs_server ingest into {self.target} failed (exit {done.returncode}): "
-                               f"{_tail(done)}")
-        self.clear_marker()
-
-    def _after_failed_ingest(self) -> None:
-        """A failed ingest aborts its own transaction, a killed one cannot: close
-        it, if it is the ingest's (one that began before it is someone else's)."""
-        if self.in_transaction():
-            if not self._opened_as_marked(self._read_marker() or {}):
-                log.error("%s: the open transaction did not begin with our ingest: someone else's, left alone",
-                          self.target)
-            else:
-                self.close_transaction()
-        self.clear_marker()
-
     def _opened_as_marked(self, marker: Dict[str, Any]) -> bool:
         """True when the open transaction began while the run of an "opening"
         marker was running `cvmfs_server transaction` (its flag file, made then,
@@ -606,14 +548,10 @@ class CvmfsPublisher(Publisher):
                                            "start_time": process_start_time(os.getpid()), "opened": time.time(),
                                            "opening": opening}))
 
-    def begin(self, intent: TransactionIntent) -> PublishTransaction:
+    def begin(self, intent: TransactionIntent) -> CvmfsTransaction:
         """`cvmfs_server transaction`: as a clone of the published image that saves
         the most layers of one of `intent.builds` when there is one (`-T`)."""
         template = self._template(intent.builds)
-        if template is None and intent.only_adds:
-            staging = self._ingest_staging(intent)
-            if staging is not None:
-                return CvmfsIngestTransaction(self, staging, intent.message)
         templated: Dict[Path, BaseImage] = {}
         done = None
         # Say what we are about to do (unless a marker of ours is there: the transaction
