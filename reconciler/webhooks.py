@@ -280,7 +280,18 @@ def _iso_time(value: object) -> Optional[float]:
     return _epoch_time(when.timestamp() + float("0" + (match.group(3) or ".0")))
 
 
-def _distribution_events(data: Dict[str, Any]) -> List[RepositoryHint]:
+def _tag_name(value: Optional[str], provider: str) -> Optional[str]:
+    """`value` when it is a tag name, else None: a hint whose tag is not one (a
+    registry's bug, a body made up) names the whole repository, so the poll
+    still happens and nothing is matched or recorded under that string."""
+    if value is None or is_valid_tag(value):
+        return value
+    log.warning("webhook %s: tag %s is not a tag name; the hint names the whole repository", provider,
+                inert(repr(value)[:80]))
+    return None
+
+
+def _distribution_events(data: Dict[str, Any], provider: str = "distribution") -> List[RepositoryHint]:
     events = data.get("events")
     if not isinstance(events, list):
         raise HookRejected(400, "expected a notification envelope with an events list")
@@ -295,7 +306,7 @@ def _distribution_events(data: Dict[str, Any]) -> List[RepositoryHint]:
             # No registry: the endpoint is configured per registry, and request.host is
             # whatever name the pusher used (a proxy's, say).
             hints.append(RepositoryHint(repository, pushed_at=_iso_time(event.get("timestamp")),
-                                        tag=_str_at(event, "target", "tag")))
+                                        tag=_tag_name(_str_at(event, "target", "tag"), provider)))
     return hints
 
 
@@ -305,7 +316,7 @@ def _dockerhub_hints(data: Dict[str, Any]) -> List[RepositoryHint]:
         raise HookRejected(400, "expected repository.repo_name")
     return [RepositoryHint(name if "/" in name else f"library/{name}", "docker.io",
                            pushed_at=_epoch_time(_at(data, "push_data", "pushed_at")),
-                           tag=_str_at(data, "push_data", "tag"))]
+                           tag=_tag_name(_str_at(data, "push_data", "tag"), "dockerhub"))]
 
 
 # Quay's repo_push names the tags it moved but sends no push time
@@ -322,7 +333,7 @@ def _quay_hints(data: Dict[str, Any]) -> List[RepositoryHint]:
     registry = normalize_registry(url.split("/", 1)[0]) if "/" in url else None
     updated = data.get("updated_tags")
     listed = updated if isinstance(updated, list) else list(updated) if isinstance(updated, dict) else []
-    tags = list(dict.fromkeys(t for t in listed if isinstance(t, str) and t))
+    tags = list(dict.fromkeys(t for t in listed if isinstance(t, str) and _tag_name(t, "quay")))
     if not tags or len(tags) > MAX_HINT_TAGS:
         return [RepositoryHint(name, registry)]
     return [RepositoryHint(name, registry, tag=tag) for tag in tags]
@@ -336,7 +347,7 @@ def _gitlab_hints(data: Dict[str, Any]) -> List[RepositoryHint]:
     # event, https://docs.gitlab.com/user/project/integrations/webhook_events/) says
     # nothing of an image: no push time, no tag.
     if "events" in data:
-        return _distribution_events(data)
+        return _distribution_events(data, "gitlab")
     path = _str_at(data, "project", "path_with_namespace")
     if not path:
         raise HookRejected(400, "expected registry events or project.path_with_namespace")
@@ -366,7 +377,7 @@ def _github_hints(data: Dict[str, Any]) -> List[RepositoryHint]:
     version = package.get("package_version")
     pushed = _iso_time(_at(version, "updated_at")) or _iso_time(_at(version, "created_at"))
     return [RepositoryHint(f"{owner}/{name}".lower(), "ghcr.io", pushed_at=pushed,
-                           tag=_str_at(version, "container_metadata", "tag", "name"))]
+                           tag=_tag_name(_str_at(version, "container_metadata", "tag", "name"), "github"))]
 
 
 def _generic_time(value: object) -> Optional[float]:
@@ -385,16 +396,16 @@ def _generic_hints(data: Dict[str, Any]) -> List[RepositoryHint]:
     # Our own format (README, "Webhooks per registry"): optional `pushed_at` and
     # `tag` beside `image` or `repository`; a tag in `image` counts when `tag` is absent.
     pushed = _generic_time(data.get("pushed_at"))
-    tag = _str_at(data, "tag")
-    if tag is not None and not is_valid_tag(tag):
-        tag = None
-    if tag is None and data.get("tag") is not None:
-        log.warning("webhook generic: tag %s is not a tag name; ignored", inert(repr(data.get("tag"))[:80]))
+    given_tag = data.get("tag")
+    tag = _tag_name(_str_at(data, "tag"), "generic")
+    if given_tag is not None and not _str_at(data, "tag"):
+        log.warning("webhook generic: tag %s is not a tag name; ignored", inert(repr(given_tag)[:80]))
     image = _str_at(data, "image")
     if image:
         host, _, repo = image.partition("/")
         path, _, given = repo.split("@", 1)[0].partition(":")
-        return [RepositoryHint(path, normalize_registry(host), pushed_at=pushed, tag=tag or given or None)]
+        return [RepositoryHint(path, normalize_registry(host), pushed_at=pushed,
+                               tag=tag or _tag_name(given or None, "generic"))]
     name = _str_at(data, "repository")
     if not name:
         raise HookRejected(400, "expected repository or image")

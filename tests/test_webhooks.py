@@ -691,3 +691,27 @@ def test_a_hook_whose_push_time_cannot_be_recorded_still_polls(client, caplog, m
     assert response.status_code == 202
     assert client.service.nudged == [[1]]
     assert "webhook generic: cannot record its push times" in caplog.text
+
+
+@pytest.mark.parametrize("bogus", ["a/b", "-lead", "x" * 129, "t\u00e9", "v1 v2"])
+def test_a_tag_that_is_no_tag_name_makes_a_repository_hint_in_every_provider(bogus, caplog):
+    """Nothing is matched or recorded under a string that cannot be a tag: the
+    hint names the whole repository, so the poll still happens (and says why)."""
+    distribution = {"events": [{"action": "push", "timestamp": "2026-12-02T10:00:05Z", "target": {
+        "mediaType": "application/vnd.oci.image.manifest.v1+json", "repository": "team/app", "tag": bogus}}]}
+    version = dict(GITHUB_PACKAGE["package"]["package_version"], container_metadata={"tag": {"name": bogus}})
+    bodies = {
+        "distribution": distribution,
+        "gitlab": distribution,
+        "dockerhub": {"repository": {"repo_name": "team/app"}, "push_data": {"tag": bogus, "pushed_at": 1796202005}},
+        "quay": {"repository": "team/app", "docker_url": "quay.io/team/app", "updated_tags": [bogus]},
+        "github": {"action": "published", "package": dict(GITHUB_PACKAGE["package"], package_version=version)},
+        "generic": {"repository": "team/app", "tag": bogus},
+    }
+    for provider, body in bodies.items():
+        caplog.clear()
+        (hint,) = _PARSERS[provider](body)
+        assert hint.tag is None, provider
+        assert f"webhook {provider}: tag" in caplog.text and "is not a tag name" in caplog.text, provider
+    (image,) = _PARSERS["generic"]({"image": f"registry.example.org/team/app:{bogus}"})
+    assert image.tag is None
