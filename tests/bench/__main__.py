@@ -147,6 +147,8 @@ def main() -> int:
     parser.add_argument("--cvmfs-settings", action="store_true", help="only what CernVM-FS offers for a cheaper "
                         "publish of the bench image's tree: ingest of a tar stream, no compression, more upload "
                         "tasks (see tests/bench/publish_settings.py)")
+    parser.add_argument("--settings-variants", type=lambda v: [x.strip() for x in v.split(",")], default=None,
+                        metavar="VARIANT,...", help="--cvmfs-settings: these variants only (and copy), e.g. graft")
     parser.add_argument("--cvmfs-lease-on-s0", action="store_true", help="--cvmfs-lease's candidates in whole "
                         "transactions of the bench's own stratum 0 (no gateway, no test session lock)")
     parser.add_argument("--scratch", type=Path, help="where both tools write their trees (default: the workdir); "
@@ -273,11 +275,12 @@ def main() -> int:
             return 0
         if args.cvmfs_settings:
             from tests.bench.huge import fresh_repository
-            from tests.bench.publish_settings import bench_settings, settings_summary
+            from tests.bench.publish_settings import VARIANTS, bench_settings, settings_summary
 
             skopeo_umoci("v1")
             settings = bench_settings(oci / "bundle" / "rootfs", BENCH_REPO, args.pairs, fresh_repository,
-                                      v1.layer_files, scratch / "staging")  # type: ignore[attr-defined]
+                                      v1.layer_files, scratch / "staging",  # type: ignore[attr-defined]
+                                      args.settings_variants or VARIANTS)
             (work / "results-settings.json").write_text(json.dumps(settings, indent=2))
             print(settings_summary(settings))
             return 0
