@@ -11,7 +11,7 @@ from reconciler.reconcile import Reconciler
 from reconciler.service.metrics import Metrics
 from reconciler.service.page import render_page
 from reconciler.service.scheduler import Service
-from reconciler.state import TagKey
+from reconciler.state import RepositoryVisibility, TagKey
 from reconciler.watchlist import load_watchlist
 from tests.cosign_signer import Signer
 
@@ -66,3 +66,43 @@ dest = "plain"
             'tag="signed"} 1.0') in text
     assert 'reconciler_published_signer{dest="plain",platform="linux/amd64",signed_by="no policy",tag="1"} 1.0' \
         in text
+
+
+def test_source_public_names_only_watched_repositories_and_their_last_answer(tmp_path):
+    """A repository that left the watchlist, or whose last probe could not
+    tell, is no longer in reconciler_source_public (before: its last 0 or 1
+    stayed until the service restarted)."""
+    (tmp_path / "watchlist.toml").write_text(f'''
+[publish]
+root = "publish"
+[state]
+dir = "state"
+[[image]]
+source = "{SOURCE}"
+tags = ["1"]
+dest = "app"
+[[image]]
+source = "registry.example.org/team/other"
+tags = ["1"]
+dest = "other"
+''')
+    watchlist = load_watchlist(tmp_path / "watchlist.toml")
+    reconciler = Reconciler(watchlist)
+    metrics = Metrics()
+    try:
+        state = reconciler.state
+        state.record_visibility(RepositoryVisibility(SOURCE, True, "", 1.0))
+        state.record_visibility(RepositoryVisibility("registry.example.org/team/other", False, "needs credentials", 1.0))
+        state.record_visibility(RepositoryVisibility("registry.example.org/team/gone", True, "", 1.0))
+        metrics.record(CycleReport(), 0.1, reconciler)
+        first = generate_latest(metrics.registry).decode()
+        state.record_visibility(RepositoryVisibility("registry.example.org/team/other", None, "probe failed", 2.0))
+        metrics.record(CycleReport(), 0.1, reconciler)
+        second = generate_latest(metrics.registry).decode()
+    finally:
+        reconciler.close()
+    assert f'reconciler_source_public{{image="{SOURCE}"}} 1.0' in first
+    assert 'reconciler_source_public{image="registry.example.org/team/other"} 0.0' in first
+    assert "team/gone" not in first  # not watched: its old answer is no metric
+    assert f'reconciler_source_public{{image="{SOURCE}"}} 1.0' in second
+    assert "team/other" not in second  # the last probe could not tell

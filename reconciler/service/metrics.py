@@ -55,14 +55,22 @@ class Metrics:
             self.bytes.inc(o.downloaded)
         for entry, _ in report.entry_failures:
             self.failures.labels(entry.source.name).inc()
-        for run in reconciler.targets:
-            for name, seen in run.state.visibilities().items():
-                if seen.public is not None:
-                    self.source_public.labels(name).set(1 if seen.public else 0)
+        self._record_source_public(reconciler)
         self._record_signers(reconciler)
         for host, client in reconciler.registry_clients().items():
             if client.rate_limit_remaining is not None:
                 self.rate_limit.labels(host).set(client.rate_limit_remaining)
+
+    def _record_source_public(self, reconciler: Reconciler) -> None:
+        """The last probe's answer per watched source repository: one that left
+        the watchlist, or whose last probe could not tell, drops out (a stale 1
+        would say a repository is public long after anyone last looked)."""
+        watched = {entry.source.name for entry in reconciler.current.images}
+        self.source_public.clear()
+        for run in reconciler.targets:
+            for name, seen in run.state.visibilities().items():
+                if seen.public is not None and name in watched:
+                    self.source_public.labels(name).set(1 if seen.public else 0)
 
     def _record_signers(self, reconciler: Reconciler) -> None:
         """Who signed each published tag, from every target's state database (so also after a restart)."""
