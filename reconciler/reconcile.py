@@ -309,12 +309,15 @@ class Reconciler:
                 # full cycle of the target removes them.
                 planned = None
             try:
-                report.merge(self._run_target(run, planned))
+                part = self._run_target(run, planned)
             except Exception as exc:
                 if len(self.targets) == 1:
                     raise  # the target's failure is the cycle's: the caller tells it as before
                 # One target that cannot work (its repository, its gateway) never stops the others.
-                report.merge(self._target_failed(run, planned, exc))
+                part = self._target_failed(run, planned, exc)
+            if len(self.targets) > 1:
+                part.target = run.audience.label
+            report.merge(part)
         return report
 
     def _target_failed(self, run: TargetRun, planned: Optional[Sequence[ImageEntry]],

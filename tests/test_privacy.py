@@ -113,6 +113,28 @@ def test_a_private_image_goes_to_a_restricted_target_in_the_same_cycle(tmp_path,
     assert (tmp_path / "state" / "blobs").is_dir()
 
 
+def test_the_summary_of_several_targets_names_the_target_of_each_line(tmp_path, acl_registry, capsys):
+    path = write(tmp_path, acl_registry, TWO_TARGETS,
+                 ['fixtures/basic"\ntags = ["v1"]\ndest = "basic"\npublish = "open"',
+                  'fixtures/edges"\ntags = ["latest"]\ndest = "edges"\npublish = "members"'])
+    assert main(["--once", "--watchlist", str(path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("2 published"))
+    details = lines[start + 1:start + 5]
+    assert details[0].startswith("  [publish.open] (") and details[0].endswith(":")
+    assert details[1].strip().startswith("published") and "basic:v1" in details[1]
+    assert details[2].startswith("  [publish.members] (")
+    assert details[3].strip().startswith("published") and "edges:latest" in details[3]
+
+
+def test_a_single_target_summary_has_no_target_lines(tmp_path, acl_registry, capsys):
+    path = write(tmp_path, acl_registry, PUBLIC, ['fixtures/basic"\ntags = ["v1"]\ndest = "basic"'])
+    assert main(["--once", "--watchlist", str(path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines[lines.index("1 published") + 1:]] == ["published"]
+    assert not any("[publish" in line for line in lines)
+
+
 def test_private_ok_publishes_with_a_warning_at_each_publish(tmp_path, acl_registry, capsys):
     path = write(tmp_path, acl_registry, PUBLIC,
                  ['fixtures/edges"\ntags = ["latest"]\ndest = "edges"\nprivate_ok = true'])

@@ -16,16 +16,15 @@ from reconciler.watchlist import load_watchlist
 from tests.cosign_signer import Signer
 
 SOURCE = "registry.example.org/team/app"
+OTHER = "registry.example.org/team/other"
+# A local target in the test's directory; the tests add their [[image]] tables.
+HEADER = '[publish]\nroot = "publish"\n[state]\ndir = "state"\n'
 
 
 def test_status_page_and_metrics_say_who_signed_each_published_tag(tmp_path):
     signer = Signer()
     signer.write(tmp_path / "ci.pub")
-    (tmp_path / "watchlist.toml").write_text(f'''
-[publish]
-root = "publish"
-[state]
-dir = "state"
+    (tmp_path / "watchlist.toml").write_text(HEADER + f'''
 [[image]]
 source = "{SOURCE}"
 tags = ["signed", "old", "new"]
@@ -72,17 +71,13 @@ def test_source_public_names_only_watched_repositories_and_their_last_answer(tmp
     """A repository that left the watchlist, or whose last probe could not
     tell, is no longer in reconciler_source_public (before: its last 0 or 1
     stayed until the service restarted)."""
-    (tmp_path / "watchlist.toml").write_text(f'''
-[publish]
-root = "publish"
-[state]
-dir = "state"
+    (tmp_path / "watchlist.toml").write_text(HEADER + f'''
 [[image]]
 source = "{SOURCE}"
 tags = ["1"]
 dest = "app"
 [[image]]
-source = "registry.example.org/team/other"
+source = "{OTHER}"
 tags = ["1"]
 dest = "other"
 ''')
@@ -92,17 +87,17 @@ dest = "other"
     try:
         state = reconciler.state
         state.record_visibility(RepositoryVisibility(SOURCE, True, "", 1.0))
-        state.record_visibility(RepositoryVisibility("registry.example.org/team/other", False, "needs credentials", 1.0))
+        state.record_visibility(RepositoryVisibility(OTHER, False, "needs credentials", 1.0))
         state.record_visibility(RepositoryVisibility("registry.example.org/team/gone", True, "", 1.0))
         metrics.record(CycleReport(), 0.1, reconciler)
         first = generate_latest(metrics.registry).decode()
-        state.record_visibility(RepositoryVisibility("registry.example.org/team/other", None, "probe failed", 2.0))
+        state.record_visibility(RepositoryVisibility(OTHER, None, "probe failed", 2.0))
         metrics.record(CycleReport(), 0.1, reconciler)
         second = generate_latest(metrics.registry).decode()
     finally:
         reconciler.close()
     assert f'reconciler_source_public{{image="{SOURCE}"}} 1.0' in first
-    assert 'reconciler_source_public{image="registry.example.org/team/other"} 0.0' in first
+    assert f'reconciler_source_public{{image="{OTHER}"}} 0.0' in first
     assert "team/gone" not in first  # not watched: its old answer is no metric
     assert f'reconciler_source_public{{image="{SOURCE}"}} 1.0' in second
     assert "team/other" not in second  # the last probe could not tell

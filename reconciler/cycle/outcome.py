@@ -156,6 +156,8 @@ class CycleReport:
     collected: List[str] = field(default_factory=list)
     transactions: int = 0
     takeovers: List["TakeoverPlan"] = field(default_factory=list)  # an earlier tool's tag links, per target
+    target: str = ""  # the publish target it covers ("[publish.NAME] (where)") when there are several
+    parts: List["CycleReport"] = field(default_factory=list)  # the targets' own reports, merged into this one
 
     @property
     def failed(self) -> bool:
@@ -170,6 +172,7 @@ class CycleReport:
         self.collected.extend(other.collected)
         self.transactions += other.transactions
         self.takeovers.extend(other.takeovers)
+        self.parts.append(other)
 
     def summary(self) -> str:
         """A human-readable summary, one line per change or failure. Each line is
@@ -178,6 +181,19 @@ class CycleReport:
         for o in self.outcomes:
             counts[o.status] = counts.get(o.status, 0) + 1
         lines = [", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "nothing watched"]
+        if any(part.target for part in self.parts):
+            # Several targets: each one's lines under its name, so an admin sees where each change went.
+            for part in self.parts:
+                details = part._details()
+                if details:
+                    lines += [f"  {part.target}:"] + ["  " + line for line in details]
+        else:
+            lines += self._details()
+        return "\n".join(inert(line) for line in lines)
+
+    def _details(self) -> List[str]:
+        """One line per change or failure of this report's own outcomes."""
+        lines: List[str] = []
         for o in self.outcomes:
             if o.status in (Status.PUBLISHED, Status.PLANNED):
                 lines.append(f"  {o.status:9} {o.name} -> {o.tag_path} ({(o.digest or '')[:19]})")
@@ -193,7 +209,7 @@ class CycleReport:
         for o in self.outcomes:
             if o.status is Status.FAILED:
                 lines.append(f"  FAILED    {o.name}: {o.reason}")
-        return "\n".join(inert(line) for line in lines)
+        return lines
 
 
 def traceback_for(exc: BaseException) -> bool:
